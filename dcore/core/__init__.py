@@ -1,0 +1,1 @@
+"""The pipeline model: contexts, plugins, interfaces, environment, messages, runner."""

@@ -1,0 +1,255 @@
+"""``PipelineContext``: the data one pipeline run carries, and how it crosses processes.
+
+A context is a Pydantic v2 model. Fields annotated ``Runtime[T]`` hold request-scoped
+objects (FastAPI's ``BackgroundTasks``, a DB session) that are never serialized and are
+``None`` on a worker. Everything else travels in a versioned JSON envelope
+``{"type": "pkg.mod:Class", "version": "1.0", "data": {...}}``; only registered
+subclasses (every subclass registers itself) can be rebuilt from one, and
+``@migration`` class methods upgrade old payloads so jobs in flight survive a deploy.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self, TypeVar
+from uuid import uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+from pydantic.fields import FieldInfo
+
+from dcore.core.hashing import stable_hash
+from dcore.errors import ContextSerializationError, MessageError
+
+if TYPE_CHECKING:
+    from dcore.core.errorbus import ErrorBus
+    from dcore.core.pipeline import Pipeline
+
+__all__ = [
+    "SHARD_COUNT",
+    "ErrorRecord",
+    "PipelineContext",
+    "Runtime",
+    "context_type",
+    "context_type_name",
+    "migration",
+    "registered_context_types",
+]
+
+T = TypeVar("T")
+
+#: Default shard space for ``shard_key``; dispatchers map shards onto queues.
+SHARD_COUNT = 1024
+
+
+class _RuntimeOnly:
+    """Marker found in a field's metadata: never serialize, ``None`` when rebuilt."""
+
+    def __repr__(self) -> str:
+        return "RuntimeOnly"
+
+
+RUNTIME_ONLY = _RuntimeOnly()
+
+if TYPE_CHECKING:
+    Runtime = Annotated[T, RUNTIME_ONLY]
+else:
+
+    class Runtime:
+        """``Runtime[T]``: a request-scoped field, excluded from every serialization."""
+
+        def __class_getitem__(cls, item: Any) -> Any:
+            return Annotated[
+                SkipValidation[item], Field(default=None, exclude=True), RUNTIME_ONLY
+            ]
+
+
+class ErrorRecord(BaseModel):
+    """An error reported on a context: what, where, and when (clock time)."""
+
+    type: str
+    message: str
+    stage: str | None = None
+    at: float | None = None
+    traceback: str | None = None
+
+    @classmethod
+    def from_exception(
+        cls, exc: BaseException, *, stage: str | None = None, at: float | None = None
+    ) -> ErrorRecord:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(
+            type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+            message=str(exc),
+            stage=stage,
+            at=at,
+            traceback=tb[-4000:],
+        )
+
+
+_CONTEXT_TYPES: dict[str, type[PipelineContext]] = {}
+
+
+def context_type_name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def registered_context_types() -> dict[str, type[PipelineContext]]:
+    return dict(_CONTEXT_TYPES)
+
+
+def context_type(name: str) -> type[PipelineContext]:
+    """Resolve a registered context class by ``pkg.mod:Class``; never imports anything."""
+    try:
+        return _CONTEXT_TYPES[name]
+    except KeyError:
+        raise MessageError(
+            f"unknown context type {name!r}: no PipelineContext subclass of that name is "
+            "imported on this worker; list its module in DCORE_IMPORTS so the worker "
+            "imports it at start-up"
+        ) from None
+
+
+Migration = Callable[[type, dict[str, Any]], dict[str, Any]]
+
+
+def migration(from_version: str, *, to: str | None = None) -> Callable[[Any], Any]:
+    """Mark a classmethod that upgrades payload ``data`` from ``from_version``.
+
+    ``to`` defaults to the class's current ``__version__``; chains of migrations are
+    applied in order (1.0 → 1.1 → 2.0)."""
+
+    def decorate(fn: Any) -> Any:
+        target = fn.__func__ if isinstance(fn, classmethod) else fn
+        target.__dcore_migration__ = (from_version, to)
+        return fn if isinstance(fn, classmethod) else classmethod(fn)
+
+    return decorate
+
+
+class PipelineContext(BaseModel):
+    """Base for the data a pipeline carries. Subclass it; ``__version__`` tags payloads."""
+
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True,
+        ser_json_bytes="base64",
+        val_json_bytes="base64",
+        validate_assignment=False,
+    )
+
+    __version__: ClassVar[str] = "1.0"
+
+    job_id: str = Field(default_factory=lambda: uuid4().hex)
+    errors: list[ErrorRecord] = Field(default_factory=list)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        _CONTEXT_TYPES[context_type_name(cls)] = cls
+
+    # -- derived -------------------------------------------------------------------------
+    @property
+    def failed(self) -> bool:
+        """True once any error has been reported on this context."""
+        return bool(self.errors)
+
+    @property
+    def shard_key(self) -> int:
+        """Stable shard in ``range(SHARD_COUNT)``; override to shard by a business key,
+        e.g. ``stable_hash(self.file_path) % SHARD_COUNT``."""
+        return stable_hash(self.job_id) % SHARD_COUNT
+
+    @property
+    def error_bus(self) -> ErrorBus:
+        """Report errors: recorded on this context and published on the ``errors`` topic."""
+        from dcore.core.errorbus import ErrorBus
+
+        return ErrorBus(self)
+
+    # -- pipelines -----------------------------------------------------------------------
+    def create_pipeline(self, core_fn: Callable[[Self], Any]) -> Pipeline[Self]:
+        """A pipeline over this context whose last step is ``core_fn``."""
+        from dcore.core.pipeline import Pipeline
+
+        return Pipeline(self, core_fn)
+
+    # -- runtime-only fields -----------------------------------------------------------------
+    @classmethod
+    def runtime_fields(cls) -> list[str]:
+        return [n for n, f in cls.model_fields.items() if _is_runtime(f)]
+
+    # -- envelope ------------------------------------------------------------------------
+    def to_envelope(self) -> dict[str, Any]:
+        """``{"type", "version", "data"}`` with runtime-only fields left out.
+
+        Raises ContextSerializationError naming the field that cannot be serialized."""
+        try:
+            data = self.model_dump(mode="json")
+        except Exception as exc:
+            raise ContextSerializationError(self._explain_serialization(exc)) from exc
+        return {"type": context_type_name(type(self)), "version": self.__version__, "data": data}
+
+    def _explain_serialization(self, exc: Exception) -> str:
+        name = type(self).__name__
+        for field_name in type(self).model_fields:
+            try:
+                self.model_dump(mode="json", include={field_name})
+            except Exception:
+                value = getattr(self, field_name, None)
+                return (
+                    f"{name}.{field_name} ({type(value).__name__}) cannot be serialized for "
+                    f"a remote hand-off: {exc}. Annotate it `Runtime[...]` if it is "
+                    "request-scoped, or give it a JSON-serializable type"
+                )
+        return f"{name} cannot be serialized for a remote hand-off: {exc}"
+
+    @classmethod
+    def from_envelope(cls, envelope: dict[str, Any]) -> PipelineContext:
+        """Rebuild a context (of the registered type the envelope names), migrating old data.
+
+        Raises MessageError for an unknown type, a missing migration or invalid data."""
+        if not isinstance(envelope, dict) or not {"type", "version", "data"} <= envelope.keys():
+            raise MessageError("context envelope must have 'type', 'version' and 'data'")
+        target = context_type(str(envelope["type"]))
+        if cls is not PipelineContext and not issubclass(target, cls):
+            raise MessageError(f"envelope holds a {target.__name__}, not a {cls.__name__}")
+        data = target._migrate(str(envelope["version"]), envelope["data"])
+        try:
+            # JSON mode, so bytes come back from base64 exactly as they were sent
+            return target.model_validate_json(json.dumps(data))
+        except Exception as exc:
+            raise MessageError(f"invalid {target.__name__} data: {exc}") from exc
+
+    @classmethod
+    def _migrations(cls) -> dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]]:
+        found: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+        for klass in reversed(cls.__mro__):
+            for attr in vars(klass).values():
+                fn = attr.__func__ if isinstance(attr, classmethod) else None
+                mark = getattr(fn, "__dcore_migration__", None)
+                if mark is not None:
+                    source, target = mark
+                    found[source] = (target or cls.__version__, getattr(cls, fn.__name__))
+        return found
+
+    @classmethod
+    def _migrate(cls, version: str, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise MessageError(f"{cls.__name__} data must be a JSON object")
+        migrations = cls._migrations()
+        seen: set[str] = set()
+        while version != cls.__version__:
+            if version in seen or version not in migrations:
+                raise MessageError(
+                    f"{cls.__name__} payload has version {version!r} but the class is at "
+                    f"{cls.__version__!r} and no @migration({version!r}) upgrades it; add one"
+                )
+            seen.add(version)
+            version, upgrade = migrations[version]
+            data = upgrade(dict(data))
+        return data
+
+
+def _is_runtime(info: FieldInfo) -> bool:
+    return any(m is RUNTIME_ONLY for m in info.metadata)

@@ -1,0 +1,197 @@
+"""The Environment: which implementation serves each service, plus the clock.
+
+Built from ``DCORE_*`` settings; each service is created lazily, on first use, by
+looking its backend name up in the plugin registry. ``use_environment(env)`` scopes one
+(tests, the simulator); a scoped environment is visible to every thread, so work a
+dispatcher runs in the background sees the same services as the request that made it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from dcore.core.clock import Clock, SystemClock
+from dcore.core.plugins import PluginRegistry, current_registry
+from dcore.core.settings import DcoreSettings
+
+if TYPE_CHECKING:
+    from dcore.core.interfaces import Dispatch
+    from dcore.services.events import EventBusInterface
+    from dcore.services.jobs import JobStorageInterface
+    from dcore.services.locks import LockInterface
+    from dcore.services.storage import StorageInterface
+
+__all__ = ["Environment", "current_environment", "reset_default_environment", "use_environment"]
+
+S = TypeVar("S")
+
+#: Environment attribute → the settings field naming its backend.
+_SERVICE_SETTINGS = {
+    "storage": "storage",
+    "events": "event_bus",
+    "jobs": "job_store",
+    "locks": "locks",
+}
+
+
+class Environment:
+    """Services and settings for pipelines. Pass instances to override a backend."""
+
+    def __init__(
+        self,
+        settings: DcoreSettings | None = None,
+        *,
+        clock: Clock | None = None,
+        registry: PluginRegistry | None = None,
+        storage: StorageInterface | None = None,
+        events: EventBusInterface | None = None,
+        jobs: JobStorageInterface | None = None,
+        locks: LockInterface | None = None,
+    ) -> None:
+        self.settings = settings or DcoreSettings()
+        self.clock: Clock = clock or SystemClock()
+        self._registry = registry
+        self._services: dict[str, Any] = {
+            k: v
+            for k, v in {"storage": storage, "events": events, "jobs": jobs, "locks": locks}.items()
+            if v is not None
+        }
+        self._owned: list[Any] = []
+        self._resources: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        #: Replaces every Dispatch the pipeline builds (the simulator sets this).
+        self.dispatch_wrapper: Callable[[Dispatch[Any]], Dispatch[Any]] | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Environment:
+        """An environment from ``DCORE_*`` variables; ``overrides`` replace settings."""
+        return cls(DcoreSettings(**overrides))
+
+    @property
+    def registry(self) -> PluginRegistry:
+        return self._registry or current_registry()
+
+    # -- services -------------------------------------------------------------------
+    @property
+    def storage(self) -> StorageInterface:
+        return cast("StorageInterface", self._service("storage"))
+
+    @property
+    def events(self) -> EventBusInterface:
+        return cast("EventBusInterface", self._service("events"))
+
+    @property
+    def jobs(self) -> JobStorageInterface:
+        return cast("JobStorageInterface", self._service("jobs"))
+
+    @property
+    def locks(self) -> LockInterface:
+        return cast("LockInterface", self._service("locks"))
+
+    def service(self, interface: type[S]) -> S:
+        """The instance serving ``interface`` (how the plugin factory injects services)."""
+        name = getattr(interface, "service_name", "")
+        if name not in _SERVICE_SETTINGS:
+            raise LookupError(f"{interface.__name__} is not a service the environment serves")
+        return cast(S, self._service(name))
+
+    def _service(self, name: str) -> Any:
+        with self._lock:
+            if name not in self._services:
+                from dcore.services import (
+                    EventBusInterface,
+                    JobStorageInterface,
+                    LockInterface,
+                    StorageInterface,
+                )
+
+                interface: type[Any] = {
+                    "storage": StorageInterface,
+                    "events": EventBusInterface,
+                    "jobs": JobStorageInterface,
+                    "locks": LockInterface,
+                }[name]
+                backend = getattr(self.settings, _SERVICE_SETTINGS[name])
+                cls = self.registry.get(interface, backend)
+                instance = cls.from_environment(self)
+                self._services[name] = instance
+                self._owned.append(instance)
+            return self._services[name]
+
+    def resource(self, key: str, factory: Callable[[], S]) -> S:
+        """A per-environment singleton (a thread pool, a Celery app), made on first use."""
+        with self._lock:
+            if key not in self._resources:
+                self._resources[key] = factory()
+            return cast(S, self._resources[key])
+
+    def close(self) -> None:
+        """Close the services and resources this environment created (not ones passed in)."""
+        with self._lock:
+            owned, self._owned = self._owned, []
+            resources, self._resources = self._resources, {}
+            for name in [n for n, s in self._services.items() if s in owned]:
+                del self._services[name]
+        for resource in resources.values():
+            closer = getattr(resource, "close", None) or getattr(resource, "shutdown", None)
+            if callable(closer):
+                closer()
+        for service in owned:
+            service.close()
+
+    def __enter__(self) -> Environment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (
+            f"Environment(storage={s.storage!r}, event_bus={s.event_bus!r}, "
+            f"job_store={s.job_store!r}, locks={s.locks!r}, dispatcher={s.dispatcher!r})"
+        )
+
+
+_default: Environment | None = None
+_stack: list[Environment] = []
+_guard = threading.Lock()
+
+
+def current_environment() -> Environment:
+    """The innermost :func:`use_environment`, else the default one from ``DCORE_*``."""
+    global _default
+    with _guard:
+        if _stack:
+            return _stack[-1]
+        if _default is None:
+            _default = Environment()
+            # resolve the storage root now, so a later chdir cannot move it
+            root = _default.settings.storage_root
+            _default.settings.storage_root = Path(root).resolve()
+        return _default
+
+
+def reset_default_environment() -> None:
+    """Forget (and close) the default environment; the next use rebuilds it."""
+    global _default
+    with _guard:
+        env, _default = _default, None
+    if env is not None:
+        env.close()
+
+
+@contextmanager
+def use_environment(env: Environment) -> Iterator[Environment]:
+    """Make ``env`` current for every thread until the block ends."""
+    with _guard:
+        _stack.append(env)
+    try:
+        yield env
+    finally:
+        with _guard:
+            _stack.remove(env)

@@ -1,0 +1,57 @@
+"""``DCORE_*`` settings: which backend serves each service, and how to reach it.
+
+Swapping local files for MinIO is one variable: ``DCORE_STORAGE=minio``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DcoreSettings"]
+
+
+class DcoreSettings(BaseSettings):
+    """Read from the environment with the ``DCORE_`` prefix (``DCORE_REDIS_URL`` …)."""
+
+    model_config = SettingsConfigDict(env_prefix="DCORE_", extra="ignore")
+
+    # which plugin serves each service (names in the registry)
+    storage: str = "local"
+    event_bus: str = "memory"
+    job_store: str = "memory"
+    locks: str = "memory"
+    #: what the ``schedule_job`` Dispatch resolves to: auto = fastapi when the context
+    #: carries BackgroundTasks, else thread; or inline, thread, fastapi, celery
+    dispatcher: str = "auto"
+
+    storage_root: Path = Path(".dcore/storage")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "dcore"
+
+    s3_endpoint: str | None = None
+    s3_bucket: str = "dcore"
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_path_style: bool = True
+    s3_create_bucket: bool = False
+
+    thread_workers: int = Field(default=4, ge=1)
+    job_ttl: float = Field(default=7 * 24 * 3600.0, gt=0)
+
+    #: modules a worker imports at start-up (context classes, core functions, plugins)
+    imports: list[str] = Field(default_factory=list)
+
+    celery_broker_url: str | None = None
+    celery_queue: str = "dcore"
+    celery_queues: int = Field(default=1, ge=1)
+    celery_visibility_timeout: float = Field(default=300.0, gt=0)
+
+    job_attempts: int = Field(default=1, ge=1)
+    job_backoff: float = Field(default=2.0, ge=1.0)
+    job_initial_delay: float = Field(default=1.0, ge=0)
+    job_max_delay: float = Field(default=300.0, ge=0)
+    dlq_topic: str = "dcore.dlq"

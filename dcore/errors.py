@@ -1,0 +1,154 @@
+"""The exceptions dcore raises, in one small tree.
+
+Each error names the object, the bad value and the fix. Where a builtin fits, the error
+also subclasses it, so ``except TypeError`` and friends keep working::
+
+    DcoreError
+    ├── PipelineDefinitionError (ValueError)   bad chain: second Dispatch, chain after run()
+    ├── PluginError
+    │   ├── PluginNotFoundError (LookupError)  unknown plugin name (lists names, suggests one)
+    │   ├── PluginOptionsError (TypeError)     options that do not fit the constructor
+    │   └── DuplicatePluginError (ValueError)  a name registered twice without replace=True
+    ├── ContextSerializationError (TypeError)  a context that cannot cross a remote hand-off
+    ├── MessageError (ValueError)              a JobMessage that cannot be run (→ DLQ)
+    ├── StorageError
+    │   ├── InvalidKeyError (ValueError)       a key escaping the storage root
+    │   └── ObjectNotFoundError (KeyError)
+    ├── JobStateError
+    │   ├── IllegalTransitionError (ValueError)
+    │   └── JobNotFoundError (KeyError)
+    ├── LockNotAcquired (TimeoutError)
+    ├── LockLostError                       a lock released or extended after it expired
+    ├── PoolExhausted (TimeoutError)        no pooled plugin instance free in time
+    ├── ServiceUnavailableError (ConnectionError)  a backend that cannot be reached
+    └── DispatchError                               a dispatcher that could not hand off
+        └── DispatcherShutdownTimeout (TimeoutError)
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "ContextSerializationError",
+    "DcoreError",
+    "DispatchError",
+    "DispatcherShutdownTimeout",
+    "DuplicatePluginError",
+    "IllegalTransitionError",
+    "InvalidKeyError",
+    "JobNotFoundError",
+    "JobStateError",
+    "LockLostError",
+    "LockNotAcquired",
+    "MessageError",
+    "ObjectNotFoundError",
+    "PipelineDefinitionError",
+    "PluginError",
+    "PluginNotFoundError",
+    "PluginOptionsError",
+    "PoolExhausted",
+    "ServiceUnavailableError",
+    "StorageError",
+]
+
+
+class DcoreError(Exception):
+    """Base of every error dcore raises on purpose."""
+
+
+class PipelineDefinitionError(DcoreError, ValueError):
+    """The pipeline as chained cannot run (e.g. a second Dispatch)."""
+
+
+class PluginError(DcoreError):
+    """A plugin could not be found, registered or built."""
+
+
+class PluginNotFoundError(PluginError, LookupError):
+    """No plugin of that name is registered for the interface."""
+
+    def __init__(self, interface: str, name: str, registered: Iterable[str]) -> None:
+        self.interface = interface
+        self.name = name
+        self.registered = sorted(registered)
+        listed = ", ".join(self.registered) or "(none)"
+        message = f"no {interface} plugin named {name!r}; registered: {listed}."
+        close = difflib.get_close_matches(name, self.registered, n=1)
+        if close:
+            message += f" Did you mean {close[0]!r}?"
+        super().__init__(message)
+
+    def __str__(self) -> str:  # LookupError would repr() the message otherwise
+        return str(self.args[0])
+
+
+class PluginOptionsError(PluginError, TypeError):
+    """Options given for a plugin do not fit its constructor."""
+
+
+class DuplicatePluginError(PluginError, ValueError):
+    """A plugin name is already taken for that interface."""
+
+
+class ContextSerializationError(DcoreError, TypeError):
+    """A context (or core_fn) cannot be shipped to another process."""
+
+
+class MessageError(DcoreError, ValueError):
+    """A JobMessage is malformed, of an unknown type, or needs a missing migration."""
+
+
+class StorageError(DcoreError):
+    """A storage backend failed."""
+
+
+class InvalidKeyError(StorageError, ValueError):
+    """A storage key is empty, absolute, contains NUL or escapes the root."""
+
+
+class ObjectNotFoundError(StorageError, KeyError):
+    """No object is stored under that key."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "object not found"
+
+
+class JobStateError(DcoreError):
+    """A job record cannot be changed as asked."""
+
+
+class IllegalTransitionError(JobStateError, ValueError):
+    """The job is not in a state from which the requested transition is allowed."""
+
+
+class JobNotFoundError(JobStateError, KeyError):
+    """No job record with that id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class LockNotAcquired(DcoreError, TimeoutError):
+    """A lock could not be acquired within its blocking timeout."""
+
+
+class LockLostError(DcoreError):
+    """A lock was released or extended by a holder that no longer owns it (its TTL ran out)."""
+
+
+class PoolExhausted(DcoreError, TimeoutError):
+    """Every pooled instance was in use for the whole acquire timeout."""
+
+
+class ServiceUnavailableError(DcoreError, ConnectionError):
+    """A backend service (Redis, S3, a broker) cannot be reached or refused the request."""
+
+
+class DispatchError(DcoreError):
+    """A dispatcher could not hand off the rest of the pipeline."""
+
+
+class DispatcherShutdownTimeout(DispatchError, TimeoutError):
+    """A dispatcher's shutdown did not drain its work in time."""
