@@ -20,6 +20,7 @@ from dcore.core.settings import DcoreSettings
 
 if TYPE_CHECKING:
     from dcore.core.interfaces import Dispatch
+    from dcore.core.observe import PipelineObserver
     from dcore.services.events import EventBusInterface
     from dcore.services.jobs import JobStorageInterface
     from dcore.services.locks import LockInterface
@@ -65,6 +66,8 @@ class Environment:
         self._lock = threading.RLock()
         #: Replaces every Dispatch the pipeline builds (the simulator sets this).
         self.dispatch_wrapper: Callable[[Dispatch[Any]], Dispatch[Any]] | None = None
+        #: Told of every stage enter/exit (tracing, the simulator's trace).
+        self.observers: list[PipelineObserver] = []
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Environment:

@@ -20,7 +20,7 @@ from dcore.core.plugins import define_interface, is_interface
 
 if TYPE_CHECKING:
     from dcore.core.context import PipelineContext
-    from dcore.core.message import Continuation
+    from dcore.core.pipeline import Continuation
     from dcore.core.retry import RetryPolicy
 
 __all__ = [

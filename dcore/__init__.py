@@ -1,0 +1,93 @@
+"""distributed-core: pluggable, distributed data-processing pipelines.
+
+::
+
+    ctx = FileJobContext(file_path="uploads/a.txt", file_content=b"...", job_type="demo")
+    pipeline = ctx.create_pipeline(core_fn=finalize)
+    pipeline.chain(Dispatch, plugin="schedule_job").chain(Execute, plugin="storage_write")
+    handle = pipeline.run()
+"""
+
+from dcore.core.clock import Clock, SystemClock
+from dcore.core.context import SHARD_COUNT, ErrorRecord, PipelineContext, Runtime, migration
+from dcore.core.environment import (
+    Environment,
+    current_environment,
+    reset_default_environment,
+    use_environment,
+)
+from dcore.core.factory import PluginFactory
+from dcore.core.handle import JobHandle
+from dcore.core.hashing import stable_hash
+from dcore.core.interfaces import Dispatch, Execute, NextFn, StageRef
+from dcore.core.message import JobMessage, StageSpec
+from dcore.core.pipeline import Continuation, Pipeline
+from dcore.core.plugins import (
+    PluginRegistry,
+    current_registry,
+    default_registry,
+    define_interface,
+    register_plugin,
+    use_registry,
+)
+from dcore.core.pool import PluginPool
+from dcore.core.retry import RetryPolicy
+from dcore.core.settings import DcoreSettings
+from dcore.errors import (
+    ContextSerializationError,
+    DcoreError,
+    MessageError,
+    PipelineDefinitionError,
+    PluginNotFoundError,
+    PluginOptionsError,
+)
+from dcore.runtime import run_message
+from dcore.services import JobState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SHARD_COUNT",
+    "Clock",
+    "ContextSerializationError",
+    "Continuation",
+    "DcoreError",
+    "DcoreSettings",
+    "Dispatch",
+    "Environment",
+    "ErrorRecord",
+    "Execute",
+    "JobHandle",
+    "JobMessage",
+    "JobState",
+    "MessageError",
+    "NextFn",
+    "Pipeline",
+    "PipelineContext",
+    "PipelineDefinitionError",
+    "PluginFactory",
+    "PluginNotFoundError",
+    "PluginOptionsError",
+    "PluginPool",
+    "PluginRegistry",
+    "RetryPolicy",
+    "Runtime",
+    "StageRef",
+    "StageSpec",
+    "SystemClock",
+    "current_environment",
+    "current_registry",
+    "default_registry",
+    "define_interface",
+    "migration",
+    "register_plugin",
+    "reset_default_environment",
+    "run_message",
+    "stable_hash",
+    "use_environment",
+    "use_registry",
+]
+
+from dcore import _builtins  # noqa: E402  (registers built-in plugins last)
+
+_builtins.load()

@@ -1,0 +1,56 @@
+"""Text and Mermaid pictures of a pipeline that show where the async boundary falls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dcore.core.interfaces import Dispatch, StageRef
+
+__all__ = ["describe", "to_mermaid"]
+
+
+def _split(refs: Sequence[StageRef]) -> tuple[list[str], str | None, list[str]]:
+    for i, ref in enumerate(refs):
+        if issubclass(ref.interface, Dispatch):
+            return [r.plugin for r in refs[:i]], ref.plugin, [r.plugin for r in refs[i + 1 :]]
+    return [r.plugin for r in refs], None, []
+
+
+def describe(refs: Sequence[StageRef]) -> str:
+    """``[sync] a → b ⇒ dispatch(x) ┆ async ┆ [background] c → d → core``."""
+    sync, dispatch, background = _split(refs)
+    if dispatch is None:
+        return "[sync] " + " → ".join([*sync, "core"])
+    head = "[sync] " + (" → ".join(sync) + " " if sync else "")
+    tail = " → ".join([*background, "core"])
+    return f"{head}⇒ dispatch({dispatch}) ┆ async ┆ [background] {tail}"
+
+
+def to_mermaid(refs: Sequence[StageRef]) -> str:
+    """A Mermaid flowchart with the sync and background parts as subgraphs."""
+    sync, dispatch, background = _split(refs)
+    lines = ["flowchart LR"]
+    nodes: list[str] = []
+
+    def node(i: int, label: str, shape: str = "box") -> str:
+        ident = f"s{i}"
+        text = label.replace('"', "'")
+        lines.append(f'    {ident}{"{{" if shape == "hex" else "["}"{text}"'
+                     f'{"}}" if shape == "hex" else "]"}')
+        return ident
+
+    lines.append('  subgraph sync["sync (caller)"]')
+    for i, name in enumerate(sync):
+        nodes.append(node(i, name))
+    if dispatch is not None:
+        nodes.append(node(len(sync), f"dispatch({dispatch})", "hex"))
+        lines.append("  end")
+        lines.append('  subgraph background["background"]')
+        for j, name in enumerate(background):
+            nodes.append(node(len(sync) + 1 + j, name))
+    nodes.append(node(len(refs), "core"))
+    lines.append("  end")
+    for a, b in zip(nodes, nodes[1:], strict=False):
+        arrow = "-. async .->" if a == f"s{len(sync)}" and dispatch is not None else "-->"
+        lines.append(f"  {a} {arrow} {b}")
+    return "\n".join(lines)

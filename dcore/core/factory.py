@@ -1,0 +1,146 @@
+"""Building plugin instances: options checked against the constructor, services injected.
+
+A constructor parameter annotated with a service interface (``storage:
+StorageInterface``) is filled from the active Environment (one annotated
+``Environment`` gets the environment itself); every other parameter comes
+from the options, validated by a Pydantic model derived once per class from the
+signature. Unknown, missing or ill-typed options raise ``PluginOptionsError`` naming the
+plugin, the option and what it accepts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from dcore.core.environment import Environment, current_environment
+from dcore.core.plugins import PluginRegistry
+from dcore.errors import PluginOptionsError
+
+__all__ = ["PluginFactory", "plugin_signature"]
+
+
+class _Signature:
+    """What a plugin class's constructor wants: injected services and an options model."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.services: dict[str, type] = {}
+        fields: dict[str, Any] = {}
+        init = cls.__init__
+        if init is object.__init__:
+            params: list[inspect.Parameter] = []
+            hints: dict[str, Any] = {}
+        else:
+            params = list(inspect.signature(init).parameters.values())[1:]
+            try:
+                hints = typing.get_type_hints(init)
+            except Exception:
+                hints = {}
+        self.accepts_any = False
+        for p in params:
+            if p.kind is p.VAR_KEYWORD:
+                self.accepts_any = True
+                continue
+            if p.kind is p.VAR_POSITIONAL:
+                continue
+            hint = hints.get(p.name, Any)
+            if hint is Environment or (
+                isinstance(hint, type) and getattr(hint, "service_name", "")
+            ):
+                self.services[p.name] = hint
+                continue
+            default = ... if p.default is p.empty else p.default
+            fields[p.name] = (hint, default)
+        self.model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+            f"{cls.__name__}Options",
+            __config__=ConfigDict(extra="allow" if self.accepts_any else "forbid",
+                                  arbitrary_types_allowed=True),
+            **fields,
+        )
+
+    def validate(self, plugin: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            model = self.model.model_validate(dict(options))
+        except ValidationError as exc:
+            raise PluginOptionsError(self._explain(plugin, exc)) from None
+        values = {k: getattr(model, k) for k in type(model).model_fields}
+        values.update(model.model_extra or {})
+        return values
+
+    def _explain(self, plugin: str, exc: ValidationError) -> str:
+        accepted = ", ".join(
+            f"{n}{'' if f.is_required() else '?'}" for n, f in self.model.model_fields.items()
+        ) or "(none)"
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "options"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown option {where!r}")
+            elif err["type"] == "missing":
+                problems.append(f"missing required option {where!r}")
+            else:
+                problems.append(f"option {where!r}={err.get('input')!r}: {err['msg']}")
+        return (
+            f"bad options for plugin {plugin!r} ({self.cls.__qualname__}): "
+            f"{'; '.join(problems)}. It accepts: {accepted}"
+        )
+
+
+_signatures: dict[type, _Signature] = {}
+_sig_lock = threading.Lock()
+
+
+def plugin_signature(cls: type) -> _Signature:
+    with _sig_lock:
+        sig = _signatures.get(cls)
+        if sig is None:
+            sig = _signatures[cls] = _Signature(cls)
+        return sig
+
+
+class PluginFactory:
+    """Creates plugin instances from a registry, injecting services from an environment."""
+
+    def __init__(
+        self, registry: PluginRegistry | None = None, environment: Environment | None = None
+    ) -> None:
+        self._registry = registry
+        self._environment = environment
+
+    @property
+    def registry(self) -> PluginRegistry:
+        return self._registry or self.environment.registry
+
+    @property
+    def environment(self) -> Environment:
+        return self._environment or current_environment()
+
+    def resolve(self, interface: type, name: str) -> type:
+        return self.registry.get(interface, name)
+
+    def validate(self, interface: type, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Check ``options`` for plugin ``name`` without building it."""
+        return plugin_signature(self.resolve(interface, name)).validate(name, options)
+
+    def create(self, interface: type, name: str, /, **options: Any) -> Any:
+        """Build plugin ``name`` of ``interface`` with ``options``."""
+        cls = self.resolve(interface, name)
+        sig = plugin_signature(cls)
+        kwargs = sig.validate(name, options)
+        env = self.environment
+        for param, service in sig.services.items():
+            kwargs[param] = env if service is Environment else env.service(service)
+        try:
+            return cls(**kwargs)
+        except PluginOptionsError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise PluginOptionsError(
+                f"plugin {name!r} ({cls.__qualname__}) rejected its options: {exc}"
+            ) from exc

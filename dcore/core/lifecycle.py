@@ -1,0 +1,143 @@
+"""A background job's life: PENDING → RUNNING → SUCCEEDED, or FAILED → (retry | DEAD + DLQ).
+
+Dispatchers and the worker entry point share this one path, so a job's record, its
+state events and its dead letter look the same whichever engine ran it.
+
+Only ``Exception`` marks a job FAILED. A ``BaseException`` (a worker being killed, a
+simulated crash) leaves the record RUNNING, exactly as a dead process would, and the
+job comes back by redelivery.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic_core import to_jsonable_python
+
+from dcore.core import events
+from dcore.errors import IllegalTransitionError, JobNotFoundError
+from dcore.services.jobs import JobState
+
+if TYPE_CHECKING:
+    from dcore.core.environment import Environment
+
+__all__ = ["SkippedDuplicate", "dead_letter", "describe_error", "run_job", "schedule"]
+
+T = TypeVar("T")
+_log = logging.getLogger("dcore.jobs")
+
+
+class SkippedDuplicate(Exception):
+    """A delivery of a job that already finished; nothing was run."""
+
+    def __init__(self, job_id: str, state: JobState, result: Any) -> None:
+        super().__init__(f"job {job_id} is already {state}; duplicate delivery skipped")
+        self.job_id = job_id
+        self.state = state
+        self.result = result
+
+
+def describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def schedule(env: Environment, job_id: str, *, message: str | None = None) -> None:
+    """Record a new PENDING job (or re-schedule a DEAD/FAILED one) and announce it."""
+    env.jobs.create(job_id, message=message)
+    events.emit(env, events.JOB_SCHEDULED, job_id=job_id)
+
+
+def _start(env: Environment, job_id: str, attempt: int, message: str | None) -> None:
+    try:
+        record = env.jobs.get(job_id)
+    except JobNotFoundError:
+        # the job store of the process that scheduled it was not this one's (or was
+        # cleared): start the record here rather than drop the work
+        env.jobs.create(job_id, message=message)
+        record = env.jobs.get(job_id)
+    if record.state in (JobState.SUCCEEDED, JobState.DEAD):
+        raise SkippedDuplicate(job_id, record.state, record.result)
+    try:
+        env.jobs.transition(job_id, JobState.RUNNING, note=f"attempt {attempt}")
+    except IllegalTransitionError:
+        record = env.jobs.get(job_id)
+        raise SkippedDuplicate(job_id, record.state, record.result) from None
+    events.emit(env, events.JOB_STARTED, job_id=job_id, attempt=attempt)
+
+
+def run_job(
+    env: Environment,
+    job_id: str,
+    fn: Callable[[], T],
+    *,
+    attempt: int = 1,
+    final: bool = True,
+    message: str | None = None,
+) -> T:
+    """Run ``fn`` as attempt ``attempt`` of job ``job_id``, recording every transition.
+
+    A failure is re-raised after it is recorded. With ``final`` (nobody will deliver the
+    job again) the job goes DEAD and to the dead-letter queue; otherwise it stays FAILED
+    and ``job.retrying`` announces the next delivery."""
+    _start(env, job_id, attempt, message)
+    try:
+        result = fn()
+    except Exception as exc:
+        error = describe_error(exc)
+        env.jobs.transition(job_id, JobState.FAILED, error=error, note=f"attempt {attempt}")
+        if final:
+            dead_letter(env, job_id, error=error, message=message, attempt=attempt)
+        else:
+            events.emit(env, events.JOB_RETRYING, job_id=job_id, attempt=attempt, error=error)
+        raise
+    env.jobs.transition(job_id, JobState.SUCCEEDED, result=_jsonable(result))
+    events.emit(env, events.JOB_SUCCEEDED, job_id=job_id, attempt=attempt)
+    return result
+
+
+def dead_letter(
+    env: Environment,
+    job_id: str,
+    *,
+    error: str,
+    message: str | None = None,
+    attempt: int | None = None,
+) -> str:
+    """Mark the job DEAD and put its message, error and history on the durable DLQ.
+
+    The DLQ entry is written before the state changes, so a crash in between leaves the
+    job FAILED with a dead letter (replayable), never DEAD without one."""
+    try:
+        record = env.jobs.get(job_id)
+        history = [t.model_dump(mode="json") for t in record.history]
+        stored_message = message or record.message
+    except JobNotFoundError:
+        record, history, stored_message = None, [], message
+    entry_id = env.events.append(
+        env.settings.dlq_topic,
+        {
+            "job_id": job_id,
+            "error": error,
+            "message": stored_message,
+            "attempt": attempt,
+            "history": history,
+            "at": env.clock.time(),
+        },
+    )
+    if record is None:
+        env.jobs.create(job_id, message=stored_message)
+    try:
+        env.jobs.transition(job_id, JobState.DEAD, error=error, note="dead-lettered")
+    except IllegalTransitionError:
+        _log.warning("job %s could not be marked DEAD", job_id, exc_info=True)
+    events.emit(env, events.JOB_DEAD, job_id=job_id, error=error, dlq_id=entry_id)
+    return entry_id
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        return to_jsonable_python(value)
+    except Exception:
+        return repr(value)

@@ -1,0 +1,119 @@
+"""Retry policies for stages (and jobs), run with tenacity on the environment's clock.
+
+Resolution order for a stage: ``chain(..., retry=...)`` > the plugin class's
+``retry_policy`` > the interface's ``retry_policy`` > :data:`NO_RETRY` (one attempt:
+retrying a non-idempotent stage must be opt-in).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import tenacity
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dcore.core.clock import Clock
+
+__all__ = ["NO_RETRY", "RetryPolicy", "call_with_retry", "resolve_policy"]
+
+T = TypeVar("T")
+
+
+class RetryPolicy(BaseModel):
+    """``attempts`` tries in all; waits ``initial * backoff**n`` capped at ``max_delay``,
+    plus up to ``jitter`` × that delay of random extra. ``retry_on`` names the exception
+    types worth retrying (default: any ``Exception``)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    attempts: int = Field(default=3, ge=1)
+    backoff: float = Field(default=2.0, ge=1.0)
+    initial: float = Field(default=0.1, ge=0.0)
+    max_delay: float = Field(default=60.0, ge=0.0)
+    jitter: float = Field(default=0.0, ge=0.0, le=1.0)
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+
+    @field_validator("retry_on", mode="before")
+    @classmethod
+    def _as_tuple(cls, value: Any) -> Any:
+        if isinstance(value, type):
+            return (value,)
+        return tuple(value) if isinstance(value, list | tuple) else value
+
+    @model_validator(mode="after")
+    def _check_types(self) -> RetryPolicy:
+        for kind in self.retry_on:
+            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                raise ValueError(f"retry_on must hold exception classes, got {kind!r}")
+        return self
+
+    def delay(self, retry_number: int, rng: random.Random | None = None) -> float:
+        """The wait before retry ``retry_number`` (1 = after the first failure)."""
+        base = min(self.initial * self.backoff ** (retry_number - 1), self.max_delay)
+        if self.jitter and rng is not None:
+            base += rng.uniform(0, self.jitter * base)
+        return base
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """Every wait the policy allows, in order (``attempts - 1`` of them)."""
+        for n in range(1, self.attempts):
+            yield self.delay(n, rng)
+
+    def should_retry(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.retry_on)
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def resolve_policy(
+    explicit: RetryPolicy | None, plugin_cls: type, default: RetryPolicy = NO_RETRY
+) -> RetryPolicy:
+    """``chain(retry=)`` > plugin attribute > interface attribute > ``default``."""
+    if explicit is not None:
+        return explicit
+    for klass in plugin_cls.__mro__:
+        policy = vars(klass).get("retry_policy")
+        if isinstance(policy, RetryPolicy):
+            return policy
+    return default
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    policy: RetryPolicy,
+    clock: Clock,
+    *,
+    retry_if: Callable[[BaseException], bool] | None = None,
+    before_sleep: Callable[[int, BaseException, float], None] | None = None,
+    rng: random.Random | None = None,
+) -> T:
+    """Call ``fn`` under ``policy``, sleeping through ``clock``; the last error is re-raised
+    with its own type. ``retry_if`` narrows which failures count (e.g. only the stage's
+    own, not those raised further down the chain)."""
+    if policy.attempts == 1:
+        return fn()
+
+    def should(exc: BaseException) -> bool:
+        return policy.should_retry(exc) and (retry_if is None or retry_if(exc))
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        return policy.delay(state.attempt_number, rng)
+
+    def notify(state: tenacity.RetryCallState) -> None:
+        if before_sleep is not None and state.outcome is not None and state.next_action:
+            exc = state.outcome.exception()
+            assert exc is not None
+            before_sleep(state.attempt_number, exc, state.next_action.sleep)
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(policy.attempts),
+        wait=wait,
+        retry=tenacity.retry_if_exception(should),
+        sleep=clock.sleep,
+        before_sleep=notify,
+        reraise=True,
+    )
+    return retrying(fn)

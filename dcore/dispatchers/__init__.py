@@ -1,0 +1,1 @@
+"""Built-in Dispatch plugins: inline, thread, fastapi, schedule_job (and celery)."""

@@ -1,0 +1,57 @@
+"""``fastapi``: run the background part in FastAPI's ``BackgroundTasks``, after the
+response is sent.
+
+The context must carry the request's ``BackgroundTasks`` in a runtime-only field (any
+name; ``background_tasks: Runtime[BackgroundTasks]`` in the examples). This is
+at-most-once: if the web process dies before the task runs, the job stays PENDING.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dcore.core.handle import JobHandle
+from dcore.core.interfaces import Dispatch
+from dcore.core.pipeline import Continuation
+from dcore.core.plugins import default_registry, register_plugin
+from dcore.errors import DispatchError
+
+__all__ = ["FastAPIDispatcher", "find_background_tasks"]
+
+
+def find_background_tasks(context: Any) -> Any | None:
+    """The context's BackgroundTasks-like object (it has ``add_task``), if any."""
+    for name in type(context).runtime_fields():
+        value = getattr(context, name, None)
+        if value is not None and callable(getattr(value, "add_task", None)):
+            return value
+    return None
+
+
+def _run_quietly(next_fn: Continuation[Any], context: Any) -> None:
+    # the failure is already recorded (job FAILED → DEAD + DLQ); raising it into the ASGI
+    # server after the response would only produce a second, context-free traceback
+    try:
+        next_fn(context)
+    except Exception:
+        import logging
+
+        logging.getLogger("dcore.dispatch.fastapi").exception(
+            "background job %s failed", context.job_id
+        )
+
+
+@register_plugin("fastapi", registry=default_registry())
+class FastAPIDispatcher(Dispatch[Any]):
+    """Adds the remainder to the request's BackgroundTasks."""
+
+    def dispatch(self, next_fn: Continuation[Any], context: Any) -> JobHandle:
+        tasks = find_background_tasks(context)
+        if tasks is None:
+            raise DispatchError(
+                f"the fastapi dispatcher needs the request's BackgroundTasks on the context, "
+                f"but {type(context).__name__} has none; declare "
+                "`background_tasks: Runtime[BackgroundTasks]` and pass it in"
+            )
+        tasks.add_task(_run_quietly, next_fn, context)
+        return JobHandle(job_id=context.job_id, status="scheduled")

@@ -1,0 +1,135 @@
+"""``thread``: run the background part on a bounded pool of worker threads.
+
+The pool belongs to the Environment (one per environment, made on first dispatch, not
+at import). ``shutdown(timeout)`` stops taking work, drains what is queued and raises
+``DispatcherShutdownTimeout`` if that takes longer than ``timeout``. A job that fails is
+re-delivered after the job policy's backoff (a timer on the environment's clock) until
+its attempts are used up; then it is DEAD and in the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from dcore.core.environment import Environment, current_environment
+from dcore.core.handle import JobHandle
+from dcore.core.interfaces import Dispatch
+from dcore.core.pipeline import Continuation
+from dcore.core.plugins import default_registry, register_plugin
+from dcore.core.retry import RetryPolicy
+from dcore.errors import DispatchError, DispatcherShutdownTimeout
+
+__all__ = ["ThreadDispatcher", "WorkerPool", "job_policy"]
+
+_log = logging.getLogger("dcore.dispatch.thread")
+
+
+def job_policy(continuation: Continuation[Any], env: Environment) -> RetryPolicy:
+    """The Dispatch stage's ``retry=``, else the environment's ``DCORE_JOB_*`` policy."""
+    if continuation.policy.attempts > 1:
+        return continuation.policy
+    s = env.settings
+    return RetryPolicy(
+        attempts=s.job_attempts,
+        backoff=s.job_backoff,
+        initial=s.job_initial_delay,
+        max_delay=s.job_max_delay,
+    )
+
+
+class WorkerPool:
+    """A bounded thread pool that counts in-flight jobs so shutdown can drain with a
+    deadline (``ThreadPoolExecutor.shutdown`` cannot time out)."""
+
+    def __init__(self, workers: int, env: Environment) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dcore")
+        self._env = env
+        self._cond = threading.Condition()
+        self._in_flight = 0
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return self._in_flight
+
+    def submit(self, fn: Any, *args: Any, delay: float = 0.0) -> None:
+        with self._cond:
+            if self._closed:
+                raise DispatchError("the thread dispatcher is shut down; no new jobs accepted")
+            self._in_flight += 1
+
+        def task() -> None:
+            try:
+                if delay > 0:
+                    self._env.clock.sleep(delay)
+                fn(*args)
+            except Exception:
+                _log.exception("background job failed")
+            finally:
+                with self._cond:
+                    self._in_flight -= 1
+                    self._cond.notify_all()
+
+        self._executor.submit(task)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until no job is queued or running (including scheduled retries)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._in_flight == 0, timeout):
+                raise DispatcherShutdownTimeout(
+                    f"{self._in_flight} background job(s) still running after {timeout}s"
+                )
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        with self._cond:
+            self._closed = True
+        try:
+            self.drain(timeout)
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=False)
+
+    close = shutdown
+
+
+def worker_pool(env: Environment) -> WorkerPool:
+    return env.resource(
+        "dcore.thread_pool", lambda: WorkerPool(env.settings.thread_workers, env)
+    )
+
+
+@register_plugin("thread", registry=default_registry())
+class ThreadDispatcher(Dispatch[Any]):
+    """Hands the remainder to the environment's worker threads."""
+
+    def dispatch(self, next_fn: Continuation[Any], context: Any) -> JobHandle:
+        env = next_fn.environment
+        policy = job_policy(next_fn, env)
+        pool = worker_pool(env)
+
+        def attempt(n: int) -> None:
+            final = n >= policy.attempts
+            try:
+                next_fn.run(context, attempt=n, final=final)
+            except Exception:
+                if not final:
+                    pool.submit(attempt, n + 1, delay=policy.delay(n))
+                raise
+
+        pool.submit(attempt, 1)
+        return JobHandle(job_id=context.job_id, status="scheduled")
+
+    @staticmethod
+    def shutdown(timeout: float | None = None, environment: Environment | None = None) -> None:
+        """Drain the environment's worker threads and stop them."""
+        env = environment or current_environment()
+        worker_pool(env).shutdown(timeout)
+
+    @staticmethod
+    def drain(timeout: float | None = None, environment: Environment | None = None) -> None:
+        """Wait for the environment's background jobs (and their retries) to finish."""
+        env = environment or current_environment()
+        worker_pool(env).drain(timeout)
