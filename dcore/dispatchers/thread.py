@@ -92,7 +92,9 @@ class WorkerPool:
         finally:
             self._executor.shutdown(wait=False, cancel_futures=False)
 
-    close = shutdown
+    def close(self) -> None:
+        """Shut down when the environment closes; a stuck job cannot hang it forever."""
+        self.shutdown(timeout=30.0)
 
 
 def worker_pool(env: Environment) -> WorkerPool:

@@ -1,0 +1,5 @@
+import sys
+
+from dcore.cli import main
+
+sys.exit(main())
