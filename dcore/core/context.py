@@ -2,7 +2,7 @@
 
 A context is a Pydantic v2 model. Fields annotated ``Runtime[T]`` hold request-scoped
 objects (FastAPI's ``BackgroundTasks``, a DB session) that are never serialized and are
-``None`` on a worker. Everything else travels in a versioned JSON envelope
+``None`` on a worker; a field typed plainly as ``BackgroundTasks`` is treated the same. Everything else travels in a versioned JSON envelope
 ``{"type": "pkg.mod:Class", "version": "1.0", "data": {...}}``; only registered
 subclasses (every subclass registers itself) can be rebuilt from one, and
 ``@migration`` class methods upgrade old payloads so jobs in flight survive a deploy.
@@ -143,6 +143,16 @@ class PipelineContext(BaseModel):
     job_id: str = Field(default_factory=lambda: uuid4().hex)
     errors: list[ErrorRecord] = Field(default_factory=list)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A request-scoped object declared as a plain field (the seed's
+        # ``background_tasks: BackgroundTasks``) is treated as ``Runtime[...]``: it must
+        # never be shipped to a worker, and a worker must be able to rebuild the context.
+        annotations = cls.__dict__.get("__annotations__", {})
+        for name, annotation in list(annotations.items()):
+            if _is_request_scoped(annotation):
+                annotations[name] = Runtime[annotation if isinstance(annotation, type) else Any]
+        super().__init_subclass__(**kwargs)
+
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
@@ -249,6 +259,19 @@ class PipelineContext(BaseModel):
             version, upgrade = migrations[version]
             data = upgrade(dict(data))
         return data
+
+
+#: Types that only make sense inside one request; always runtime-only.
+REQUEST_SCOPED_TYPES = {("starlette", "BackgroundTasks"), ("fastapi", "BackgroundTasks")}
+
+
+def _is_request_scoped(annotation: Any) -> bool:
+    if isinstance(annotation, str):
+        return annotation.rsplit(".", 1)[-1] == "BackgroundTasks"
+    if isinstance(annotation, type):
+        root = annotation.__module__.split(".", 1)[0]
+        return (root, annotation.__name__) in REQUEST_SCOPED_TYPES
+    return False
 
 
 def _is_runtime(info: FieldInfo) -> bool:

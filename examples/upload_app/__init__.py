@@ -1,0 +1,1 @@
+"""The seed's asynchronous file upload: FastAPI + storage_write + a background dispatch."""
