@@ -88,6 +88,6 @@ __all__ = [
     "use_registry",
 ]
 
-from dcore import _builtins  # noqa: E402  (registers built-in plugins last)
+from dcore import _builtins
 
 _builtins.load()

@@ -2,7 +2,8 @@
 
 A context is a Pydantic v2 model. Fields annotated ``Runtime[T]`` hold request-scoped
 objects (FastAPI's ``BackgroundTasks``, a DB session) that are never serialized and are
-``None`` on a worker; a field typed plainly as ``BackgroundTasks`` is treated the same. Everything else travels in a versioned JSON envelope
+``None`` on a worker; a field typed plainly as ``BackgroundTasks`` is treated the same.
+Everything else travels in a versioned JSON envelope
 ``{"type": "pkg.mod:Class", "version": "1.0", "data": {...}}``; only registered
 subclasses (every subclass registers itself) can be rebuilt from one, and
 ``@migration`` class methods upgrade old payloads so jobs in flight survive a deploy.
@@ -121,7 +122,7 @@ def migration(from_version: str, *, to: str | None = None) -> Callable[[Any], An
     applied in order (1.0 → 1.1 → 2.0)."""
 
     def decorate(fn: Any) -> Any:
-        target = fn.__func__ if isinstance(fn, classmethod) else fn
+        target: Any = fn.__func__ if isinstance(fn, classmethod) else fn
         target.__dcore_migration__ = (from_version, to)
         return fn if isinstance(fn, classmethod) else classmethod(fn)
 
@@ -147,10 +148,11 @@ class PipelineContext(BaseModel):
         # A request-scoped object declared as a plain field (the seed's
         # ``background_tasks: BackgroundTasks``) is treated as ``Runtime[...]``: it must
         # never be shipped to a worker, and a worker must be able to rebuild the context.
-        annotations = cls.__dict__.get("__annotations__", {})
+        annotations = cls.__dict__.get("__annotations__", {})  # noqa: RUF063 - mutated
         for name, annotation in list(annotations.items()):
             if _is_request_scoped(annotation):
-                annotations[name] = Runtime[annotation if isinstance(annotation, type) else Any]
+                kind: Any = annotation if isinstance(annotation, type) else Any
+                annotations[name] = Runtime[kind]  # type: ignore[misc]
         super().__init_subclass__(**kwargs)
 
     @classmethod
@@ -236,7 +238,7 @@ class PipelineContext(BaseModel):
         found: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
         for klass in reversed(cls.__mro__):
             for attr in vars(klass).values():
-                fn = attr.__func__ if isinstance(attr, classmethod) else None
+                fn: Any = attr.__func__ if isinstance(attr, classmethod) else None
                 mark = getattr(fn, "__dcore_migration__", None)
                 if mark is not None:
                     source, target = mark
@@ -258,6 +260,10 @@ class PipelineContext(BaseModel):
             seen.add(version)
             version, upgrade = migrations[version]
             data = upgrade(dict(data))
+            if not isinstance(data, dict):
+                raise MessageError(
+                    f"{cls.__name__} migration from {version!r} must return a dict of data"
+                )
         return data
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 from dcore.core.interfaces import Dispatch, StageRef
 
@@ -50,7 +51,7 @@ def to_mermaid(refs: Sequence[StageRef]) -> str:
             nodes.append(node(len(sync) + 1 + j, name))
     nodes.append(node(len(refs), "core"))
     lines.append("  end")
-    for a, b in zip(nodes, nodes[1:], strict=False):
+    for a, b in pairwise(nodes):
         arrow = "-. async .->" if a == f"s{len(sync)}" and dispatch is not None else "-->"
         lines.append(f"  {a} {arrow} {b}")
     return "\n".join(lines)

@@ -119,7 +119,7 @@ class Environment:
                     "locks": LockInterface,
                 }[name]
                 backend = getattr(self.settings, _SERVICE_SETTINGS[name])
-                cls = self.registry.get(interface, backend)
+                cls: Any = self.registry.get(interface, backend)
                 instance = cls.from_environment(self)
                 self._services[name] = instance
                 self._owned.append(instance)

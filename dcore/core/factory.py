@@ -10,6 +10,7 @@ plugin, the option and what it accepts.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import threading
 import typing
@@ -24,6 +25,27 @@ from dcore.errors import PluginOptionsError
 
 __all__ = ["PluginFactory", "plugin_signature"]
 
+#: Option values whose validation result can be cached and shared: immutable scalars.
+#: The type is part of the cache key, so ``1``, ``1.0`` and ``True`` never collide.
+_ATOMIC = (str, int, float, bool, bytes, type(None))
+_CACHE_LIMIT = 256
+
+
+def _cache_key(options: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """A key for options made only of immutable scalars, else None (not cached)."""
+    key = []
+    for name, value in options.items():
+        kind = type(value)
+        if kind not in _ATOMIC:
+            return None
+        key.append((name, kind, value))
+    key.sort(key=lambda item: item[0])
+    return tuple(key)
+
+
+def _immutable(value: Any) -> bool:
+    return type(value) in _ATOMIC or isinstance(value, enum.Enum)
+
 
 class _Signature:
     """What a plugin class's constructor wants: injected services and an options model."""
@@ -32,7 +54,9 @@ class _Signature:
         self.cls = cls
         self.services: dict[str, type] = {}
         fields: dict[str, Any] = {}
-        init = cls.__init__
+        init = vars(cls).get("__init__") or next(
+            (vars(k)["__init__"] for k in cls.__mro__ if "__init__" in vars(k)), object.__init__
+        )
         if init is object.__init__:
             params: list[inspect.Parameter] = []
             hints: dict[str, Any] = {}
@@ -51,26 +75,41 @@ class _Signature:
                 continue
             hint = hints.get(p.name, Any)
             if hint is Environment or (
-                isinstance(hint, type) and getattr(hint, "service_name", "")
+                isinstance(hint, type) and bool(getattr(hint, "service_name", ""))
             ):
                 self.services[p.name] = hint
                 continue
             default = ... if p.default is p.empty else p.default
             fields[p.name] = (hint, default)
-        self.model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        self.model: type[BaseModel] = create_model(
             f"{cls.__name__}Options",
             __config__=ConfigDict(extra="allow" if self.accepts_any else "forbid",
                                   arbitrary_types_allowed=True),
             **fields,
         )
+        # validated options by _cache_key: building the same stage per request then costs
+        # a dict lookup instead of a pydantic validation
+        self._validated: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def validate(self, plugin: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options as the constructor gets them (a fresh dict the caller may change)."""
+        key = _cache_key(options)
+        if key is not None:
+            cached = self._validated.get(key)
+            if cached is not None:
+                return dict(cached)
         try:
             model = self.model.model_validate(dict(options))
         except ValidationError as exc:
             raise PluginOptionsError(self._explain(plugin, exc)) from None
         values = {k: getattr(model, k) for k in type(model).model_fields}
         values.update(model.model_extra or {})
+        if (
+            key is not None
+            and len(self._validated) < _CACHE_LIMIT
+            and all(_immutable(v) for v in values.values())
+        ):
+            self._validated[key] = dict(values)
         return values
 
     def _explain(self, plugin: str, exc: ValidationError) -> str:
@@ -97,6 +136,10 @@ _sig_lock = threading.Lock()
 
 
 def plugin_signature(cls: type) -> _Signature:
+    """The (cached) constructor signature of a plugin class."""
+    sig = _signatures.get(cls)
+    if sig is not None:
+        return sig
     with _sig_lock:
         sig = _signatures.get(cls)
         if sig is None:
@@ -131,8 +174,12 @@ class PluginFactory:
     def create(self, interface: type, name: str, /, **options: Any) -> Any:
         """Build plugin ``name`` of ``interface`` with ``options``."""
         cls = self.resolve(interface, name)
+        return self.instantiate(cls, name, plugin_signature(cls).validate(name, options))
+
+    def instantiate(self, cls: type, name: str, options: Mapping[str, Any]) -> Any:
+        """Build ``cls`` from options already validated for it, injecting services."""
+        kwargs = dict(options)
         sig = plugin_signature(cls)
-        kwargs = sig.validate(name, options)
         env = self.environment
         for param, service in sig.services.items():
             kwargs[param] = env if service is Environment else env.service(service)

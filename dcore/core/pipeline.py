@@ -12,6 +12,7 @@ what the Dispatch returned.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -56,10 +57,8 @@ def origin_of(exc: BaseException) -> str | None:
 
 def _tag(exc: BaseException, origin: str) -> None:
     if getattr(exc, _ORIGIN, None) is None:
-        try:
+        with contextlib.suppress(AttributeError, TypeError):  # exceptions with __slots__
             setattr(exc, _ORIGIN, origin)
-        except (AttributeError, TypeError):  # exceptions with __slots__
-            pass
 
 
 class Stage:
@@ -133,7 +132,7 @@ class Pipeline(Generic[ContextT]):
     ) -> Self:
         """Append a stage: ``chain(Execute, plugin="x", **opts)`` or ``chain(Execute("x"))``."""
         if self._stages is not None:
-            name = plugin or getattr(stage, "plugin", stage)
+            name = plugin or (stage.plugin if isinstance(stage, StageRef) else stage)
             raise PipelineDefinitionError(
                 f"cannot chain {name!r}: the pipeline has already run and is frozen; "
                 "build a new pipeline (ctx.create_pipeline) to change it"
@@ -259,7 +258,8 @@ class Pipeline(Generic[ContextT]):
         cached = self._suffix.get(start)
         if cached is not None:
             return cached
-        assert self._stages is not None and self._env is not None
+        assert self._stages is not None
+        assert self._env is not None
         env = self._env
         observers: Sequence[PipelineObserver] = env.observers
         core = self.core_fn

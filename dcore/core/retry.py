@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 class RetryPolicy(BaseModel):
     """``attempts`` tries in all; waits ``initial * backoff**n`` capped at ``max_delay``,
-    plus up to ``jitter`` × that delay of random extra. ``retry_on`` names the exception
+    plus a random extra of up to ``jitter`` times that delay. ``retry_on`` names the exception
     types worth retrying (default: any ``Exception``)."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)

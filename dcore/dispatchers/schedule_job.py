@@ -42,7 +42,8 @@ class ScheduleJob(Dispatch[Any]):
         """The dispatcher that will take ``context``."""
         if self._explicit is not None:
             return self._explicit
-        assert self._fastapi is not None and self._thread is not None
+        assert self._fastapi is not None
+        assert self._thread is not None
         return self._fastapi if find_background_tasks(context) is not None else self._thread
 
     def dispatch(self, next_fn: Continuation[Any], context: Any) -> Any:

@@ -24,5 +24,5 @@ class ServiceInterface(PluginInterface):
         (a Redis URL, an S3 endpoint) override this; the default takes none."""
         return cls(**options)
 
-    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+    def close(self) -> None:
         """Release connections and threads. Idempotent."""

@@ -69,7 +69,9 @@ class JobRecord(BaseModel):
     history: list[Transition] = Field(default_factory=list)
 
 
-def check(job_id: str, current: JobState, to: JobState, expect: Collection[JobState] | None) -> None:
+def check(
+    job_id: str, current: JobState, to: JobState, expect: Collection[JobState] | None
+) -> None:
     """Raise IllegalTransitionError unless ``current → to`` is allowed (and expected)."""
     if expect is not None and current not in expect:
         wanted = "/".join(sorted(expect))

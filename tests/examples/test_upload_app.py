@@ -90,7 +90,7 @@ def test_traversal_filename_stores_nothing_outside_root(
     client: TestClient, dcore_env: Environment, tmp_path: Path, filename: str
 ) -> None:
     root = Path(dcore_env.settings.storage_root)
-    before = {p for p in tmp_path.rglob("*")}
+    before = set(tmp_path.rglob("*"))
 
     response = client.post("/upload", files={"file": (filename, b"pwned")})
 
@@ -115,7 +115,8 @@ def test_v2_endpoint_uses_module_level_core(client: TestClient, dcore_env: Envir
     assert record.state == "SUCCEEDED"
     assert (Path(dcore_env.settings.storage_root) / "uploads" / "b.bin").read_bytes() == b"\x00\xff"
     # the hand-off could have crossed a process: its message is on the record
-    assert record.message is not None and '"core_fn":"examples.upload_app.main:finalize_upload"' in record.message
+    assert record.message is not None
+    assert '"core_fn":"examples.upload_app.main:finalize_upload"' in record.message
 
 
 def test_demo_prints_job_id_path_and_status(
