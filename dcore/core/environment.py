@@ -8,6 +8,7 @@ dispatcher runs in the background sees the same services as the request that mad
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,9 +53,12 @@ class Environment:
         events: EventBusInterface | None = None,
         jobs: JobStorageInterface | None = None,
         locks: LockInterface | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.settings = settings or DcoreSettings()
         self.clock: Clock = clock or SystemClock()
+        #: Randomness for behaviour (retry jitter); a simulator passes a seeded one.
+        self.random: random.Random = rng or random.Random()
         self._registry = registry
         self._services: dict[str, Any] = {
             k: v

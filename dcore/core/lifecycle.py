@@ -10,9 +10,11 @@ job comes back by redelivery.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from pydantic_core import to_jsonable_python
 
@@ -23,7 +25,17 @@ from dcore.services.jobs import JobState
 if TYPE_CHECKING:
     from dcore.core.environment import Environment
 
-__all__ = ["SkippedDuplicate", "dead_letter", "describe_error", "run_job", "schedule"]
+__all__ = [
+    "CurrentJob",
+    "SkippedDuplicate",
+    "current_job",
+    "dead_letter",
+    "describe_error",
+    "give_up",
+    "is_given_up",
+    "run_job",
+    "schedule",
+]
 
 T = TypeVar("T")
 _log = logging.getLogger("dcore.jobs")
@@ -37,6 +49,33 @@ class SkippedDuplicate(Exception):
         self.job_id = job_id
         self.state = state
         self.result = result
+
+
+class CurrentJob(NamedTuple):
+    job_id: str
+    attempt: int
+
+
+_current_job: ContextVar[CurrentJob | None] = ContextVar("dcore_current_job", default=None)
+_GIVE_UP = "__dcore_give_up__"
+
+
+def current_job() -> CurrentJob | None:
+    """The job (id, attempt) whose background part is running in this thread, if any:
+    stages read it to label spans and to know whether a job record owns their failure."""
+    return _current_job.get()
+
+
+def give_up(exc: BaseException) -> BaseException:
+    """Mark ``exc`` as not worth another delivery: the job goes DEAD and to the DLQ now,
+    whatever attempts its policy has left. Returns ``exc`` for ``raise give_up(e)``."""
+    with contextlib.suppress(AttributeError, TypeError):  # exceptions with __slots__
+        setattr(exc, _GIVE_UP, True)
+    return exc
+
+
+def is_given_up(exc: BaseException) -> bool:
+    return bool(getattr(exc, _GIVE_UP, False))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -79,19 +118,23 @@ def run_job(
     """Run ``fn`` as attempt ``attempt`` of job ``job_id``, recording every transition.
 
     A failure is re-raised after it is recorded. With ``final`` (nobody will deliver the
-    job again) the job goes DEAD and to the dead-letter queue; otherwise it stays FAILED
-    and ``job.retrying`` announces the next delivery."""
+    job again) or an error marked by :func:`give_up`, the job goes DEAD and to the
+    dead-letter queue; otherwise it stays FAILED and ``job.retrying`` announces the next
+    delivery."""
     _start(env, job_id, attempt, message)
+    token = _current_job.set(CurrentJob(job_id, attempt))
     try:
         result = fn()
     except Exception as exc:
         error = describe_error(exc)
         env.jobs.transition(job_id, JobState.FAILED, error=error, note=f"attempt {attempt}")
-        if final:
+        if final or is_given_up(exc):
             dead_letter(env, job_id, error=error, message=message, attempt=attempt)
         else:
             events.emit(env, events.JOB_RETRYING, job_id=job_id, attempt=attempt, error=error)
         raise
+    finally:
+        _current_job.reset(token)
     env.jobs.transition(job_id, JobState.SUCCEEDED, result=_jsonable(result))
     events.emit(env, events.JOB_SUCCEEDED, job_id=job_id, attempt=attempt)
     return result

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Self
 
 from dcore.core import events
@@ -36,10 +36,12 @@ from dcore.core.pool import PluginPool
 from dcore.core.retry import NO_RETRY, RetryPolicy, call_with_retry, resolve_policy
 from dcore.errors import (
     ContextSerializationError,
+    JobNotFoundError,
     MessageError,
     PipelineDefinitionError,
     PluginError,
 )
+from dcore.services.jobs import JobState
 
 if TYPE_CHECKING:
     from dcore.core.observe import PipelineObserver
@@ -53,6 +55,19 @@ _ORIGIN = "__dcore_stage__"
 def origin_of(exc: BaseException) -> str | None:
     """The stage (``plugin#index``, or ``core``) whose own code raised ``exc``."""
     return getattr(exc, _ORIGIN, None)
+
+
+def _raised_downstream(exc: BaseException) -> bool:
+    """True when ``exc`` or an error it was raised from/while handling came out of a later
+    stage: a stage that wraps next_fn's failure in its own error must not retry it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if origin_of(current) is not None:
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _tag(exc: BaseException, origin: str) -> None:
@@ -262,6 +277,10 @@ class Pipeline(Generic[ContextT]):
         assert self._env is not None
         env = self._env
         observers: Sequence[PipelineObserver] = env.observers
+        # a stage plugin that also observes (tracing) sees every stage of its pipeline
+        own = [s.instance for s in self._stages if _is_observer(s.instance)]
+        if own:
+            observers = _Observers(env.observers, own)
         core = self.core_fn
 
         def call_core(ctx: Any) -> Any:
@@ -287,14 +306,20 @@ class Pipeline(Generic[ContextT]):
         dispatcher = stage.instance
 
         def call_dispatch(ctx: Any) -> Any:
-            message = continuation.to_json_or_none(ctx)
+            # the trace context of the hand-off travels with the continuation, so an
+            # in-process dispatcher's thread continues the request's trace
+            bound = continuation.with_trace(trace_propagator().inject())
+            message = bound.to_json_or_none(ctx)
             schedule(env, ctx.job_id, message=message)
             try:
-                return dispatcher.dispatch(continuation, ctx)
+                return dispatcher.dispatch(bound, ctx)
             except Exception as exc:
                 _tag(exc, stage.origin)
-                dead_letter(env, ctx.job_id, error=f"dispatch failed: {describe_error(exc)}",
-                            message=message)
+                # an inline run has already recorded (and dead-lettered) its own failure;
+                # only a hand-off that never started the job dead-letters it here
+                if _still_pending(env, ctx.job_id):
+                    dead_letter(env, ctx.job_id, message=message,
+                                error=f"dispatch failed: {describe_error(exc)}")
                 raise
 
         return call_dispatch
@@ -352,6 +377,40 @@ class Pipeline(Generic[ContextT]):
         return self._fold(resume_at)(ctx)
 
 
+def _still_pending(env: Environment, job_id: str) -> bool:
+    try:
+        return env.jobs.get(job_id).state is JobState.PENDING
+    except JobNotFoundError:
+        return True
+
+
+def _is_observer(instance: Any) -> bool:
+    kind = type(instance)
+    return callable(getattr(kind, "stage_enter", None)) and callable(
+        getattr(kind, "stage_exit", None)
+    )
+
+
+class _Observers(Sequence["PipelineObserver"]):
+    """The environment's observers (a live list) followed by the pipeline's own."""
+
+    def __init__(self, shared: Sequence[PipelineObserver], own: list[Any]) -> None:
+        self._shared = shared
+        self._own = own
+
+    def _all(self) -> list[PipelineObserver]:
+        return [*self._shared, *self._own]
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._all()[index]
+
+    def __len__(self) -> int:
+        return len(self._shared) + len(self._own)
+
+    def __iter__(self) -> Iterator[PipelineObserver]:
+        return iter(self._all())
+
+
 def _execute_call(
     stage: Stage, next_call: Call, env: Environment, observers: Sequence[PipelineObserver]
 ) -> Call:
@@ -365,7 +424,7 @@ def _execute_call(
     origin = stage.origin
 
     def own_failure(exc: BaseException) -> bool:
-        return origin_of(exc) is None
+        return not _raised_downstream(exc)
 
     def body(ctx: Any) -> Any:
         if pool is None:
@@ -381,13 +440,13 @@ def _execute_call(
                 result = body(ctx)
             else:
                 result = call_with_retry(
-                    lambda: body(ctx), policy, clock, retry_if=own_failure,
+                    lambda: body(ctx), policy, clock, retry_if=own_failure, rng=env.random,
                     before_sleep=lambda n, exc, delay: events.emit(
                         env, events.STAGE_FAILED, job_id=ctx.job_id, stage=origin,
                         error=describe_error(exc), attempt=n, retry_in=delay),
                 )
         except BaseException as exc:
-            own = origin_of(exc) is None
+            own = not _raised_downstream(exc)
             _tag(exc, origin)
             if own and isinstance(exc, Exception):
                 events.emit(env, events.STAGE_FAILED, job_id=ctx.job_id, stage=origin,
@@ -410,11 +469,26 @@ class Continuation(Generic[ContextT]):
     re-raised). Dispatchers that re-deliver call :meth:`run` with the attempt number.
     """
 
-    def __init__(self, pipeline: Pipeline[Any], resume_at: int, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline[Any],
+        resume_at: int,
+        policy: RetryPolicy,
+        trace: dict[str, str] | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.resume_at = resume_at
         #: the job-level retry policy (the Dispatch stage's ``retry=``)
         self.policy = policy
+        #: trace context captured at the hand-off (see :meth:`with_trace`)
+        self.trace: dict[str, str] = trace or {}
+
+    def with_trace(self, trace: dict[str, str]) -> Continuation[ContextT]:
+        """This continuation carrying ``trace``: :meth:`run` continues that trace in
+        whatever thread it runs, and :meth:`to_message` ships it."""
+        if not trace:
+            return self
+        return Continuation(self.pipeline, self.resume_at, self.policy, trace)
 
     @property
     def environment(self) -> Environment:
@@ -427,14 +501,16 @@ class Continuation(Generic[ContextT]):
         """Run the remainder as attempt ``attempt``; ``final`` if none will follow."""
         message = self.to_json_or_none(context)
         env = self.environment
-        return run_job(
-            env,
-            context.job_id,
-            lambda: self.pipeline._run_suffix(self.resume_at, context),
-            attempt=attempt,
-            final=final,
-            message=message,
-        )
+        scope = trace_propagator().extract(self.trace) if self.trace else contextlib.nullcontext()
+        with scope:
+            return run_job(
+                env,
+                context.job_id,
+                lambda: self.pipeline._run_suffix(self.resume_at, context),
+                attempt=attempt,
+                final=final,
+                message=message,
+            )
 
     def run_unrecorded(self, context: ContextT) -> Any:
         """Run the remainder without touching the job store (for tests and tools)."""
@@ -454,7 +530,7 @@ class Continuation(Generic[ContextT]):
             resume_at=self.resume_at,
             core_fn=callable_path(pipeline.core_fn),
             context=ContextEnvelope.model_validate(context.to_envelope()),
-            trace=trace_propagator().inject(),
+            trace=self.trace or trace_propagator().inject(),
             shard=context.shard_key,
         )
 

@@ -4,7 +4,9 @@ The pool belongs to the Environment (one per environment, made on first dispatch
 at import). ``shutdown(timeout)`` stops taking work, drains what is queued and raises
 ``DispatcherShutdownTimeout`` if that takes longer than ``timeout``. A job that fails is
 re-delivered after the job policy's backoff (a timer on the environment's clock) until
-its attempts are used up; then it is DEAD and in the dead-letter queue.
+its attempts are used up; then it is DEAD and in the dead-letter queue. The backoff waits
+on its own timer thread, never on a worker, so failing jobs cannot starve the pool; a
+retry already promised is delivered even while the pool shuts down (drain waits for it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from dcore.core.environment import Environment, current_environment
 from dcore.core.handle import JobHandle
 from dcore.core.interfaces import Dispatch
+from dcore.core.lifecycle import SkippedDuplicate, is_given_up
 from dcore.core.pipeline import Continuation
 from dcore.core.plugins import default_registry, register_plugin
 from dcore.core.retry import RetryPolicy
@@ -57,24 +60,50 @@ class WorkerPool:
             return self._in_flight
 
     def submit(self, fn: Any, *args: Any, delay: float = 0.0) -> None:
+        """Run ``fn(*args)`` on a worker (after ``delay`` seconds of the clock)."""
         with self._cond:
             if self._closed:
                 raise DispatchError("the thread dispatcher is shut down; no new jobs accepted")
             self._in_flight += 1
+        self._schedule(fn, args, delay)
 
+    def resubmit(self, fn: Any, *args: Any, delay: float = 0.0) -> None:
+        """Like :meth:`submit` for a retry of a job already accepted: allowed while
+        shutting down, so draining never drops a job between two attempts."""
+        with self._cond:
+            self._in_flight += 1
+        self._schedule(fn, args, delay)
+
+    def _schedule(self, fn: Any, args: tuple[Any, ...], delay: float) -> None:
         def task() -> None:
             try:
-                if delay > 0:
-                    self._env.clock.sleep(delay)
                 fn(*args)
             except Exception:
                 _log.exception("background job failed")
             finally:
-                with self._cond:
-                    self._in_flight -= 1
-                    self._cond.notify_all()
+                self._done()
 
-        self._executor.submit(task)
+        if delay <= 0:
+            self._start(task)
+            return
+
+        def timer() -> None:
+            self._env.clock.sleep(delay)
+            self._start(task)
+
+        threading.Thread(target=timer, name="dcore-retry-timer", daemon=True).start()
+
+    def _start(self, task: Any) -> None:
+        try:
+            self._executor.submit(task)
+        except RuntimeError:  # the executor was stopped after a drain timed out
+            _log.error("background job dropped: the thread pool was already stopped")
+            self._done()
+
+    def _done(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
 
     def drain(self, timeout: float | None = None) -> None:
         """Wait until no job is queued or running (including scheduled retries)."""
@@ -116,9 +145,9 @@ class ThreadDispatcher(Dispatch[Any]):
             final = n >= policy.attempts
             try:
                 next_fn.run(context, attempt=n, final=final)
-            except Exception:
-                if not final:
-                    pool.submit(attempt, n + 1, delay=policy.delay(n))
+            except Exception as exc:
+                if not (final or is_given_up(exc) or isinstance(exc, SkippedDuplicate)):
+                    pool.resubmit(attempt, n + 1, delay=policy.delay(n, env.random))
                 raise
 
         pool.submit(attempt, 1)
