@@ -1,0 +1,115 @@
+"""``lock``: run the rest of the pipeline while holding a distributed lock.
+
+The lock name comes from a template over the context's fields, e.g.
+``Execute("lock", key="file:{file_path}", ttl=60, timeout=5)``: two jobs on the same file
+never run the rest of the pipeline at the same time, on any worker (with
+``DCORE_LOCKS=redis``). The lock is released even when the rest fails.
+
+- Not acquired within ``timeout`` seconds (or at once, with ``blocking=False``):
+  ``LockNotAcquired`` naming the key — a ``TimeoutError``, so a job policy can retry it.
+- The TTL ran out before the release (the work took longer than ``ttl``; another holder
+  may have run concurrently): ``LockLostError`` is raised after a successful run, so
+  the job is not silently counted as exclusive. If the run itself failed, its own error
+  is raised with the lost lock added as a note.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from typing import Any
+
+from dcore.core.interfaces import Execute, NextFn
+from dcore.core.plugins import default_registry, register_plugin
+from dcore.errors import LockLostError, LockNotAcquired, PluginOptionsError
+from dcore.services.locks import LockInterface
+
+__all__ = ["LockStage"]
+
+_log = logging.getLogger("dcore.lock")
+
+
+def _template_fields(template: str) -> list[str]:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise PluginOptionsError(f"lock: key template {template!r} is malformed: {exc}") from None
+    names = []
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        root = name.split(".", 1)[0].split("[", 1)[0]
+        if not root or root.isdigit():
+            raise PluginOptionsError(
+                f"lock: key template {template!r} must name context fields, like "
+                "'file:{file_path}', not positional '{}' or '{0}'"
+            )
+        names.append(root)
+    return names
+
+
+@register_plugin("lock", registry=default_registry())
+class LockStage(Execute[Any]):
+    def __init__(
+        self,
+        locks: LockInterface,
+        key: str,
+        ttl: float | None = 60.0,
+        timeout: float | None = 10.0,
+        blocking: bool = True,
+    ) -> None:
+        if not key.strip():
+            raise PluginOptionsError(
+                "lock: key must be a non-empty template, e.g. 'file:{file_path}'"
+            )
+        if ttl is not None and ttl <= 0:
+            raise PluginOptionsError(f"lock: ttl must be > 0 seconds or None, got {ttl!r}")
+        if timeout is not None and timeout < 0:
+            raise PluginOptionsError(f"lock: timeout must be >= 0 seconds or None, got {timeout!r}")
+        self.locks = locks
+        self.key = key
+        self.fields = _template_fields(key)
+        self.ttl = ttl
+        self.timeout = timeout
+        self.blocking = blocking
+
+    def name_for(self, context: Any) -> str:
+        """The lock name for ``context`` (the template filled from its fields)."""
+        known = type(context).model_fields
+        values = {}
+        for name in self.fields:
+            if name not in known:
+                raise PluginOptionsError(
+                    f"lock: key template {self.key!r} names {name!r}, which "
+                    f"{type(context).__name__} does not have; fields: {', '.join(known)}"
+                )
+            values[name] = getattr(context, name)
+        return self.key.format_map(values)
+
+    def execute(self, next_fn: NextFn[Any], context: Any) -> Any:
+        name = self.name_for(context)
+        lock = self.locks.lock(name, ttl=self.ttl)
+        if not lock.acquire(blocking=self.blocking, timeout=self.timeout):
+            wait = f"within {self.timeout}s" if self.blocking else "without waiting"
+            raise LockNotAcquired(
+                f"lock: could not acquire {name!r} {wait} for job {context.job_id}: "
+                "another holder has it (raise the stage's timeout, or retry the job)"
+            )
+        try:
+            result = next_fn(context)
+        except BaseException as exc:
+            try:
+                lock.release()
+            except LockLostError as lost:
+                _log.warning("job %s: %s", context.job_id, lost)
+                exc.add_note(f"and the lock {name!r} was lost before release: {lost}")
+            raise
+        try:
+            lock.release()
+        except LockLostError as lost:  # surfaced: the run was not exclusive throughout
+            raise LockLostError(
+                f"lock: {name!r} (ttl {self.ttl}s) expired while job {context.job_id} held "
+                f"it; another holder may have run concurrently. Raise the stage's ttl. "
+                f"({lost})"
+            ) from lost
+        return result

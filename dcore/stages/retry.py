@@ -1,0 +1,86 @@
+"""``retry``: retry everything after this stage (later stages and core) as one unit.
+
+A stage's own ``retry=`` (``chain(..., retry=RetryPolicy(...))``) covers only that
+stage's body: a failure raised further down the chain is never retried by it, so retries
+cannot multiply. Use this stage when the suffix as a whole is what should be tried again
+— e.g. "fetch, transform, store" where a store failure means fetching afresh::
+
+    pipeline.chain(Execute("retry", attempts=3, initial=0.5, retry_on=["ConnectionError"]))
+
+Each attempt re-runs the whole rest of the pipeline on the same context object, so the
+stages after it must be safe to repeat (and see what the previous attempt changed on
+the context). A later stage's own ``retry=`` still applies inside every attempt: the
+counts multiply here, by request. Put it after the Dispatch: before it, a retry would
+hand the job off again.
+
+Options are plain values so the stage can cross a remote hand-off; ``retry_on`` names
+exception classes: builtins (``"TimeoutError"``) or ``"pkg.mod:Class"`` from a module
+already imported (a message never makes a worker import anything).
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+from typing import Any
+
+from dcore.core.environment import Environment
+from dcore.core.interfaces import Execute, NextFn
+from dcore.core.plugins import default_registry, register_plugin
+from dcore.core.retry import RetryPolicy, call_with_retry
+from dcore.errors import PluginOptionsError
+
+__all__ = ["RetryStage", "exception_class"]
+
+
+def exception_class(name: str, where: str = "retry: retry_on") -> type[BaseException]:
+    """An exception class from a builtin name or ``pkg.mod:Class`` of an imported module;
+    PluginOptionsError naming it (and ``where`` it was given) otherwise."""
+    module_name, sep, qualname = name.partition(":")
+    if sep:
+        target: Any = sys.modules.get(module_name)
+        if target is None:
+            raise PluginOptionsError(
+                f"{where} entry {name!r}: module {module_name!r} is not imported; "
+                "import it first (workers: list it in DCORE_IMPORTS)"
+            )
+        for part in qualname.split("."):
+            target = getattr(target, part, None)
+    else:
+        target = getattr(builtins, name, None)
+    if not (isinstance(target, type) and issubclass(target, BaseException)):
+        raise PluginOptionsError(
+            f"{where} entry {name!r} is not an exception class; use a builtin name "
+            "such as 'ConnectionError' or 'pkg.module:ErrorClass'"
+        )
+    return target
+
+
+@register_plugin("retry", registry=default_registry())
+class RetryStage(Execute[Any]):
+    """Calls ``next_fn`` under a :class:`RetryPolicy`, sleeping on the environment's clock."""
+
+    def __init__(
+        self,
+        env: Environment,
+        attempts: int = 3,
+        backoff: float = 2.0,
+        initial: float = 0.1,
+        max_delay: float = 60.0,
+        jitter: float = 0.0,
+        retry_on: list[str] | None = None,
+    ) -> None:
+        kinds = tuple(exception_class(n) for n in retry_on) if retry_on else (Exception,)
+        try:
+            self.policy = RetryPolicy(
+                attempts=attempts, backoff=backoff, initial=initial, max_delay=max_delay,
+                jitter=jitter, retry_on=kinds,
+            )
+        except ValueError as exc:
+            raise PluginOptionsError(f"retry: bad policy options: {exc}") from None
+        self.env = env
+
+    def execute(self, next_fn: NextFn[Any], context: Any) -> Any:
+        return call_with_retry(
+            lambda: next_fn(context), self.policy, self.env.clock, rng=self.env.random
+        )
