@@ -14,6 +14,7 @@ FIXTURE_MODULES = [
     "dcore_testing.fixtures.core",
     "dcore_testing.fixtures.redis",
     "dcore_testing.fixtures.s3",
+    "dcore_testing.fixtures.celery",
     "dcore_testing.fixtures.sim",
     "dcore_testing.chaos.fixtures",
 ]

@@ -1,0 +1,275 @@
+"""Celery as dcore's distributed engine: the app factory and its one task, ``dcore.run``.
+
+Start a worker (it imports the ``DCORE_IMPORTS`` modules, then serves the queues)::
+
+    DCORE_JOB_STORE=redis DCORE_EVENT_BUS=redis DCORE_IMPORTS=myapp.pipelines \\
+        celery -A dcore.celery:app worker -Q dcore.0 --pool=prefork -c 4
+
+The task only runs ``dcore.runtime.run_message``; job state lives in dcore's job store,
+so Celery keeps no results. Delivery is at-least-once: messages are acknowledged after
+the job (``acks_late``), a pool child that dies returns its message to the queue
+(``reject_on_worker_lost``), and a worker that dies as a whole gets its unacknowledged
+messages back after the broker's ``visibility_timeout`` (``DCORE_CELERY_VISIBILITY_TIMEOUT``,
+300 s here instead of Celery's hour, which would hide a lost job for that long). It must
+exceed the longest job and the longest retry countdown, or a job still running (or
+waiting for its countdown) is delivered a second time.
+
+Importing this module connects to nothing: ``app`` is built on first access.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from celery import Celery, Task
+from celery.exceptions import Reject
+
+from dcore.core.environment import Environment, current_environment
+from dcore.core.interfaces import Dispatch
+from dcore.core.lifecycle import SkippedDuplicate, dead_letter, describe_error
+from dcore.core.message import JobMessage
+from dcore.core.pipeline import origin_of
+from dcore.core.retry import RetryPolicy, resolve_policy
+from dcore.core.settings import DcoreSettings
+from dcore.errors import DcoreError, JobNotFoundError, MessageError, ServiceUnavailableError
+from dcore.runtime import run_message
+from dcore.services.jobs import JobState
+
+__all__ = [
+    "MAX_LOST_DELIVERIES",
+    "TASK_NAME",
+    "Delivery",
+    "celery_config",
+    "execute",
+    "job_policy_for",
+    "make_celery_app",
+    "queue_for",
+    "queue_names",
+]
+
+TASK_NAME = "dcore.run"
+_log = logging.getLogger("dcore.celery")
+
+
+def queue_names(settings: DcoreSettings) -> list[str]:
+    """``<celery_queue>.0 … <celery_queue>.<N-1>`` for ``DCORE_CELERY_QUEUES=N``."""
+    return [f"{settings.celery_queue}.{n}" for n in range(settings.celery_queues)]
+
+
+def queue_for(shard: int | None, settings: DcoreSettings) -> str:
+    """The queue serving ``shard`` (a context's stable ``shard_key``): ``shard % N``.
+
+    Every job of one shard lands on one queue, so a worker serving only that queue
+    sees them in order of sending."""
+    return f"{settings.celery_queue}.{(shard or 0) % settings.celery_queues}"
+
+
+def celery_config(settings: DcoreSettings) -> dict[str, Any]:
+    """The Celery settings dcore relies on (see the module docstring for why)."""
+    visibility = settings.celery_visibility_timeout
+    # kombu sweeps for expired unacked messages every interval * throttle seconds
+    # (10 * 10 by default); a lost job should come back soon after the visibility timeout
+    restore_interval = max(1.0, min(10.0, visibility / 5))
+    queues = queue_names(settings)
+    return {
+        "broker_url": settings.celery_broker_url or settings.redis_url,
+        "broker_transport_options": {
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": restore_interval,
+            "unacked_restore_throttle": 1,
+        },
+        "broker_connection_retry_on_startup": True,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # a lost broker connection cannot ack running jobs anyway; they come back
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_queues": {name: {"exchange": name, "routing_key": name} for name in queues},
+        "task_default_queue": queues[0],
+        "task_create_missing_queues": True,
+        "imports": tuple(settings.imports),
+    }
+
+
+#: A job whose deliveries keep dying with the worker (out of memory, a crash in native
+#: code) is dead-lettered after this many lost deliveries instead of looping forever.
+MAX_LOST_DELIVERIES = 5
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What became of one delivery of a job message, and what the task does next:
+    ``retry`` sends ``next_message`` after ``countdown`` seconds, ``requeue`` puts this
+    delivery back (the job store was unreachable, so the job could not be recorded)."""
+
+    status: Literal["succeeded", "retry", "dead", "malformed", "skipped", "requeue"]
+    job_id: str
+    reason: str | None = None
+    next_message: str | None = None
+    countdown: float = 0.0
+
+
+def job_policy_for(message: JobMessage, env: Environment) -> RetryPolicy:
+    """The job-level policy of a shipped job: the Dispatch stage's ``retry=`` (carried in
+    the spec) or its plugin's policy, else the worker's ``DCORE_JOB_*`` -- the resolution
+    ``dcore.dispatchers.thread.job_policy`` applies in-process."""
+    if 0 < message.resume_at <= len(message.spec):
+        stage = message.spec[message.resume_at - 1]
+        try:
+            explicit = RetryPolicy.model_validate(stage.retry) if stage.retry else None
+            cls: type = env.registry.get(Dispatch, stage.plugin)
+        except (DcoreError, ValueError):  # run_message will reject the message itself
+            explicit, cls = None, object
+        policy = resolve_policy(explicit, cls)
+        if policy.attempts > 1:
+            return policy
+    s = env.settings
+    return RetryPolicy(
+        attempts=s.job_attempts,
+        backoff=s.job_backoff,
+        initial=s.job_initial_delay,
+        max_delay=s.job_max_delay,
+    )
+
+
+def execute(
+    raw: Any, *, environment: Environment | None = None, redelivered: bool = False
+) -> Delivery:
+    """Run one delivery of a job message (its JSON) and say what should follow.
+
+    Never raises for a job's own failure: a malformed message is dead-lettered by
+    ``run_message`` and the worker moves on; a failed attempt is retried per the job
+    policy (``final=`` tells ``run_message`` whether another attempt will come)."""
+    env = environment or current_environment()
+    text: str | bytes = raw if isinstance(raw, str | bytes) else json.dumps(raw, default=str)
+    try:
+        message = JobMessage.parse(text)
+    except MessageError:
+        message = None
+    if message is None:
+        try:
+            run_message(text, environment=env)  # dead-letters it and raises
+        except MessageError as exc:
+            _log.error("malformed job message dead-lettered: %s", exc)
+            return Delivery("malformed", JobMessage.peek_job_id(text) or "unknown", str(exc))
+        raise AssertionError("run_message accepted a message JobMessage.parse rejected")
+    job_id = message.job_id
+    if redelivered:
+        lost = _lost_deliveries(env, message)
+        if lost >= MAX_LOST_DELIVERIES:
+            error = (
+                f"WorkerLost: the worker running job {job_id} died {lost} times "
+                f"(limit {MAX_LOST_DELIVERIES}); not delivering it again"
+            )
+            _give_up(env, message, error)
+            return Delivery("dead", job_id, error)
+    policy = job_policy_for(message, env)
+    final = message.attempt >= policy.attempts
+    try:
+        run_message(message, environment=env, final=final)
+    except MessageError as exc:
+        _log.error("job %s: message cannot run, dead-lettered: %s", job_id, exc)
+        return Delivery("malformed", job_id, str(exc))
+    except SkippedDuplicate as exc:
+        _log.info("%s", exc)
+        return Delivery("skipped", job_id, str(exc))
+    except ServiceUnavailableError as exc:
+        if origin_of(exc) is not None:  # raised by a stage: the job's own failure
+            return _after_failure(env, message, policy, final, exc)
+        _log.warning("job %s: job store unreachable, delivery requeued: %s", job_id, exc)
+        return Delivery("requeue", job_id, describe_error(exc))
+    except Exception as exc:
+        return _after_failure(env, message, policy, final, exc)
+    return Delivery("succeeded", job_id)
+
+
+def _after_failure(
+    env: Environment, message: JobMessage, policy: RetryPolicy, final: bool, exc: Exception
+) -> Delivery:
+    error = describe_error(exc)
+    if final:  # run_message has marked it DEAD and dead-lettered it
+        return Delivery("dead", message.job_id, error)
+    if not policy.should_retry(exc):
+        dead_letter(env, message.job_id, error=error, message=message.to_json(),
+                    attempt=message.attempt)
+        return Delivery("dead", message.job_id, error)
+    return Delivery(
+        "retry",
+        message.job_id,
+        error,
+        next_message=message.with_attempt(message.attempt + 1).to_json(),
+        countdown=policy.delay(message.attempt),
+    )
+
+
+def _lost_deliveries(env: Environment, message: JobMessage) -> int:
+    """How many times the job was started and then lost with its worker (it is still
+    RUNNING, and was started more often than its attempt number accounts for)."""
+    try:
+        record = env.jobs.get(message.job_id)
+    except JobNotFoundError:
+        return 0
+    if record.state is not JobState.RUNNING:
+        return 0
+    return max(0, record.attempts - (message.attempt - 1))
+
+
+def _give_up(env: Environment, message: JobMessage, error: str) -> None:
+    env.jobs.transition(message.job_id, JobState.FAILED, error=error, note="worker lost")
+    dead_letter(env, message.job_id, error=error, message=message.to_json(),
+                attempt=message.attempt)
+
+
+def make_celery_app(
+    settings: DcoreSettings | None = None, *, environment: Environment | None = None
+) -> Celery:
+    """A Celery app configured from ``settings`` (default: ``DCORE_*``), with ``dcore.run``.
+
+    Jobs run in ``environment`` when given, else in the worker's current environment
+    (built from the same ``DCORE_*`` variables). Creating the app connects to nothing."""
+    if settings is None:
+        settings = environment.settings if environment is not None else DcoreSettings()
+    app = Celery("dcore", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    env = environment
+
+    @app.task(name=TASK_NAME, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+    def run(self: Task, message: Any) -> None:
+        """Run one delivery of a dcore JobMessage (its JSON text)."""
+        delivery_info = self.request.delivery_info or {}
+        outcome: Delivery = execute(
+            message, environment=env, redelivered=bool(delivery_info.get("redelivered"))
+        )
+        if outcome.status == "requeue":
+            raise Reject(outcome.reason, requeue=True)
+        if outcome.status == "retry":
+            raise self.retry(
+                args=[outcome.next_message], countdown=outcome.countdown, max_retries=None
+            )
+
+    return app
+
+
+_app: Celery | None = None
+_app_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    """``dcore.celery.app``: the app for ``DCORE_*``, built on first access (so
+    ``celery -A dcore.celery:app`` works and a plain import stays side-effect free)."""
+    global _app
+    if name == "app":
+        with _app_lock:
+            if _app is None:
+                _app = make_celery_app()
+            return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
