@@ -1,0 +1,157 @@
+"""PluginFactory: services injected from the Environment, options validated with errors
+that name the plugin, the option and what it accepts."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytest
+
+from dcore import Environment, Execute, NextFn, PluginFactory, PluginOptionsError, PluginRegistry
+from dcore.services import EventBusInterface, StorageInterface
+
+
+class Base(Execute[Any]):
+    def execute(self, next_fn: NextFn[Any], context: Any) -> Any:
+        return next_fn(context)
+
+
+class Needs(Base):
+    def __init__(
+        self,
+        storage: StorageInterface,
+        bus: EventBusInterface,
+        env: Environment,
+        size: int,
+        mode: Literal["fast", "safe"] = "safe",
+    ) -> None:
+        self.storage, self.bus, self.env, self.size, self.mode = storage, bus, env, size, mode
+
+
+class Flexible(Base):
+    def __init__(self, level: int = 1, **extra: Any) -> None:
+        self.level = level
+        self.extra = extra
+
+
+class Scalar(Base):
+    def __init__(self, value: int | bool | str = 0, tags: list[str] | None = None,
+                 names: list[str] = ["a"]) -> None:  # noqa: B006 - tests default copying
+        self.value, self.tags, self.names = value, tags, names
+
+
+class Picky(Base):
+    def __init__(self, ratio: float = 0.5) -> None:
+        if not 0 <= ratio <= 1:
+            raise ValueError(f"ratio must be within [0, 1], got {ratio}")
+        self.ratio = ratio
+
+
+class NoInit(Base):
+    pass
+
+
+@pytest.fixture
+def factory(dcore_registry: PluginRegistry, dcore_env: Environment) -> PluginFactory:
+    for name, cls in {"needs": Needs, "flexible": Flexible, "scalar": Scalar,
+                      "picky": Picky, "noinit": NoInit}.items():
+        dcore_registry.register(name, cls)
+    return PluginFactory(environment=dcore_env)
+
+
+def test_service_parameters_are_injected_from_the_environment(
+    factory: PluginFactory, dcore_env: Environment
+) -> None:
+    plugin = factory.create(Execute, "needs", size=3)
+
+    assert plugin.storage is dcore_env.storage
+    assert plugin.bus is dcore_env.events
+    assert plugin.env is dcore_env
+    assert (plugin.size, plugin.mode) == (3, "safe")
+
+
+def test_options_are_coerced_by_their_annotation(factory: PluginFactory) -> None:
+    assert factory.create(Execute, "needs", size="7").size == 7
+
+
+def test_services_cannot_be_passed_as_options(factory: PluginFactory) -> None:
+    with pytest.raises(PluginOptionsError, match="unknown option 'storage'"):
+        factory.create(Execute, "needs", size=1, storage="elsewhere")
+
+
+def test_unknown_option_names_plugin_option_and_accepted(factory: PluginFactory) -> None:
+    with pytest.raises(PluginOptionsError) as info:
+        factory.create(Execute, "needs", size=1, colour="red")
+    assert str(info.value) == (
+        "bad options for plugin 'needs' (Needs): unknown option 'colour'. "
+        "It accepts: size, mode?"
+    )
+
+
+def test_missing_option_is_named(factory: PluginFactory) -> None:
+    with pytest.raises(PluginOptionsError, match="'needs'.*missing required option 'size'"):
+        factory.create(Execute, "needs")
+
+
+def test_wrong_type_names_option_and_value(factory: PluginFactory) -> None:
+    with pytest.raises(PluginOptionsError) as info:
+        factory.create(Execute, "needs", size="lots", mode="reckless")
+    message = str(info.value)
+    assert "option 'size'='lots'" in message
+    assert "option 'mode'='reckless'" in message
+    assert "It accepts: size, mode?" in message
+    assert isinstance(info.value, TypeError)
+
+
+def test_validate_checks_without_building(factory: PluginFactory) -> None:
+    assert factory.validate(Execute, "needs", {"size": "2"}) == {"size": 2, "mode": "safe"}
+    with pytest.raises(PluginOptionsError, match="missing required option 'size'"):
+        factory.validate(Execute, "needs", {})
+
+
+def test_var_keyword_constructor_accepts_extra_options(factory: PluginFactory) -> None:
+    plugin = factory.create(Execute, "flexible", level="2", anything=[1])
+    assert plugin.level == 2
+    assert plugin.extra == {"anything": [1]}
+
+
+def test_plugin_without_init_takes_no_options(factory: PluginFactory) -> None:
+    assert isinstance(factory.create(Execute, "noinit"), NoInit)
+    with pytest.raises(PluginOptionsError, match=r"unknown option 'x'. It accepts: \(none\)"):
+        factory.create(Execute, "noinit", x=1)
+
+
+def test_constructor_value_error_becomes_options_error_naming_plugin(
+    factory: PluginFactory,
+) -> None:
+    with pytest.raises(PluginOptionsError) as info:
+        factory.create(Execute, "picky", ratio=3)
+    assert "plugin 'picky' (Picky) rejected its options: ratio must be within" in str(info.value)
+
+
+def test_cached_validation_keeps_scalar_types_apart(factory: PluginFactory) -> None:
+    for _ in range(2):  # the second round is served from the cache
+        assert factory.create(Execute, "scalar", value=True).value is True
+        assert factory.create(Execute, "scalar", value=1).value == 1
+        assert type(factory.create(Execute, "scalar", value=1).value) is int
+        assert factory.create(Execute, "scalar", value="1").value == "1"
+
+
+def test_mutable_option_values_are_never_shared_between_instances(
+    factory: PluginFactory,
+) -> None:
+    a = factory.create(Execute, "scalar", tags=["x"])
+    b = factory.create(Execute, "scalar", tags=["x"])
+    c, d = factory.create(Execute, "scalar"), factory.create(Execute, "scalar")
+
+    assert a.tags == b.tags == ["x"]
+    assert a.tags is not b.tags
+    c.names.append("mutated")
+    assert d.names == ["a"]
+
+
+def test_unknown_plugin_name_raises_not_found(factory: PluginFactory) -> None:
+    from dcore import PluginNotFoundError
+
+    with pytest.raises(PluginNotFoundError, match="'needz'.*Did you mean 'needs'"):
+        factory.create(Execute, "needz")
