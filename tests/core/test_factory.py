@@ -89,7 +89,7 @@ def test_unknown_option_names_plugin_option_and_accepted(factory: PluginFactory)
 
 
 def test_missing_option_is_named(factory: PluginFactory) -> None:
-    with pytest.raises(PluginOptionsError, match="'needs'.*missing required option 'size'"):
+    with pytest.raises(PluginOptionsError, match=r"'needs'.*missing required option 'size'"):
         factory.create(Execute, "needs")
 
 
@@ -153,5 +153,5 @@ def test_mutable_option_values_are_never_shared_between_instances(
 def test_unknown_plugin_name_raises_not_found(factory: PluginFactory) -> None:
     from dcore import PluginNotFoundError
 
-    with pytest.raises(PluginNotFoundError, match="'needz'.*Did you mean 'needs'"):
+    with pytest.raises(PluginNotFoundError, match=r"'needz'.*Did you mean 'needs'"):
         factory.create(Execute, "needz")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import textwrap
 import uuid
 from abc import abstractmethod
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +150,7 @@ def test_interface_marking_is_not_inherited() -> None:
 def test_interface_by_name_resolves_and_lists_known_on_error() -> None:
     assert interface_by_name("Execute") is Execute
     assert interface_by_name("Dispatch") is Dispatch
-    with pytest.raises(PluginError, match="no plugin interface named 'Exekute'; known: .*Execute"):
+    with pytest.raises(PluginError, match=r"no plugin interface named 'Exekute'; known: .*Execute"):
         interface_by_name("Exekute")
 
 
@@ -194,10 +193,10 @@ def test_not_found_without_close_match_or_registrations() -> None:
 
 
 @pytest.fixture
-def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A directory on sys.path where a test writes an installed-looking distribution."""
     monkeypatch.syspath_prepend(str(tmp_path))
-    yield tmp_path
+    return tmp_path
 
 
 def install(root: Path, entry_points: dict[str, str], modules: dict[str, str]) -> None:

@@ -149,7 +149,7 @@ def test_release_of_foreign_instance_is_rejected(pool: PluginPool) -> None:
 
 
 def test_bad_options_fail_before_blocking(pool: PluginPool) -> None:
-    with pytest.raises(PluginOptionsError, match="'conn'.*unknown option 'port'"):
+    with pytest.raises(PluginOptionsError, match=r"'conn'.*unknown option 'port'"):
         pool.acquire(Execute, "conn", port=5432)
 
 
