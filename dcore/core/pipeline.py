@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, Self
 from dcore.core import events
 from dcore.core.context import PipelineContext
 from dcore.core.environment import Environment, current_environment
-from dcore.core.factory import PluginFactory
+from dcore.core.factory import PluginFactory, plugin_signature
 from dcore.core.interfaces import ContextT, Dispatch, Execute, StageRef
 from dcore.core.lifecycle import dead_letter, describe_error, run_job, schedule
 from dcore.core.message import (
@@ -84,7 +84,7 @@ class Stage:
         self.ref = ref
         self.cls = cls
         self.options = options
-        self.is_dispatch = issubclass(ref.interface, Dispatch)
+        self.is_dispatch = ref.interface is Dispatch or issubclass(ref.interface, Dispatch)
         self.policy: RetryPolicy = resolve_policy(ref.retry, cls)
         self.label = ref.plugin
         self.origin = f"{ref.plugin}#{index}"
@@ -126,6 +126,9 @@ class Pipeline(Generic[ContextT]):
         self.core_fn = core_fn
         self._environment = environment
         self._refs: list[StageRef] = []
+        # (plugin class, validated options) per stage as checked by chain(), reused when
+        # the pipeline is frozen unless the registry now maps the name to another class
+        self._checked: list[tuple[type, dict[str, Any]]] = []
         self._stages: list[Stage] | None = None
         self._entry: Call | None = None
         self._suffix: dict[int, Call] = {}
@@ -153,9 +156,6 @@ class Pipeline(Generic[ContextT]):
                 "build a new pipeline (ctx.create_pipeline) to change it"
             )
         ref = self._as_ref(stage, plugin, retry, options)
-        env = self.environment
-        factory = PluginFactory(environment=env)
-        factory.validate(ref.interface, ref.plugin, ref.options)
         if issubclass(ref.interface, Dispatch):
             first = next((r for r in self._refs if issubclass(r.interface, Dispatch)), None)
             if first is not None:
@@ -165,6 +165,9 @@ class Pipeline(Generic[ContextT]):
                     f"{self._refs.index(first)}); everything after {first.plugin!r} already "
                     "runs in the background"
                 )
+        cls = self.environment.registry.get(ref.interface, ref.plugin)
+        checked = plugin_signature(cls).validate(ref.plugin, ref.options)
+        self._checked.append((cls, checked))
         self._refs.append(ref)
         return self
 
@@ -178,20 +181,19 @@ class Pipeline(Generic[ContextT]):
                     f"pass options inside the stage reference, e.g. "
                     f"{stage.interface.__name__}({stage.plugin!r}, ...), not to chain()"
                 )
+            _check_stage_interface(stage.interface)
             if retry is not None:
                 stage = StageRef(stage.interface, stage.plugin, stage.options, retry)
             return stage
-        if not is_interface(stage):
-            raise PipelineDefinitionError(
-                f"chain() takes a plugin interface such as Execute or Dispatch (or a stage "
-                f"reference like Execute('logging')), got {stage!r}"
-            )
+        if stage is not Execute and stage is not Dispatch:
+            if not is_interface(stage):
+                raise PipelineDefinitionError(
+                    f"chain() takes a plugin interface such as Execute or Dispatch (or a "
+                    f"stage reference like Execute('logging')), got {stage!r}"
+                )
+            assert isinstance(stage, type)
+            _check_stage_interface(stage)
         assert isinstance(stage, type)
-        if not issubclass(stage, Execute | Dispatch):
-            raise PipelineDefinitionError(
-                f"{stage.__name__} is a service interface, not a stage; chain an Execute "
-                "or Dispatch plugin"
-            )
         if not isinstance(plugin, str) or not plugin:
             raise PipelineDefinitionError(
                 f"chain({stage.__name__}, plugin=...) needs the plugin's name, got {plugin!r}"
@@ -256,15 +258,14 @@ class Pipeline(Generic[ContextT]):
         stages = []
         for i, ref in enumerate(self._refs):
             cls = factory.resolve(ref.interface, ref.plugin)
-            options = factory.validate(ref.interface, ref.plugin, ref.options)
+            checked_cls, options = self._checked[i]
+            if cls is not checked_cls:
+                options = factory.validate(ref.interface, ref.plugin, ref.options)
             stage = Stage(i, ref, cls, options)
-            if not stage.pooled:
-                stage.instance = factory.create(ref.interface, ref.plugin, **ref.options)
-            if stage.is_dispatch:
-                if stage.instance is None:
-                    stage.instance = factory.create(ref.interface, ref.plugin, **ref.options)
-                if env.dispatch_wrapper is not None:
-                    stage.instance = env.dispatch_wrapper(stage.instance)
+            if not stage.pooled or stage.is_dispatch:
+                stage.instance = factory.instantiate(cls, ref.plugin, options)
+            if stage.is_dispatch and env.dispatch_wrapper is not None:
+                stage.instance = env.dispatch_wrapper(stage.instance)
             stages.append(stage)
         return stages
 
@@ -375,6 +376,15 @@ class Pipeline(Generic[ContextT]):
                 f"resume_at={resume_at} is past the end of a {len(self._refs)}-stage pipeline"
             )
         return self._fold(resume_at)(ctx)
+
+
+def _check_stage_interface(interface: type) -> None:
+    if interface is Execute or interface is Dispatch or issubclass(interface, Execute | Dispatch):
+        return
+    raise PipelineDefinitionError(
+        f"{interface.__name__} is a service interface, not a stage; chain an Execute "
+        "or Dispatch plugin"
+    )
 
 
 def _still_pending(env: Environment, job_id: str) -> bool:
