@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 from dcore import Environment, JobState
+from dcore.errors import JobNotFoundError
 from dcore.services.jobs import TERMINAL, JobRecord
 
 HERE = Path(__file__).parent
@@ -33,7 +34,11 @@ def wait_terminal(
     while pending:
         still = []
         for job_id in pending:
-            record = env.jobs.get(job_id)
+            try:
+                record = env.jobs.get(job_id)
+            except JobNotFoundError:  # sent straight to the queue: no record until run
+                still.append(job_id)
+                continue
             seen[job_id] = record
             if record.state not in TERMINAL:
                 still.append(job_id)
