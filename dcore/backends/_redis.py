@@ -1,0 +1,141 @@
+"""What the Redis backends share: the client, key names, and error mapping.
+
+Every Redis backend takes either a ready ``client`` (tests inject fakeredis, an app may
+share its own pool) or a URL, and names its keys ``<prefix>:<kind>:<name>`` so that
+several deployments can share one database. A Redis that cannot be reached surfaces as
+:class:`~dcore.errors.ServiceUnavailableError` naming the URL (never its password), not
+as a redis-py exception the caller would have to know about.
+
+redis-py is imported lazily (``dcore._builtins`` imports every backend module at
+``import dcore``), so only a Redis backend that is actually built needs the extra.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from dcore.errors import ServiceUnavailableError
+
+if TYPE_CHECKING:
+    import redis
+    from redis.client import Pipeline
+
+    RedisClient = redis.Redis[Any]
+    RedisPipeline = Pipeline[Any]
+
+__all__ = [
+    "DEFAULT_URL",
+    "RedisBackend",
+    "connect",
+    "redact_url",
+    "require_redis",
+    "text",
+    "translate_errors",
+]
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+B = TypeVar("B", bound="RedisBackend")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, safe for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def require_redis() -> None:
+    """Fail with the fix when redis-py is not installed."""
+    try:
+        import redis  # noqa: F401
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "the Redis backends need redis-py: pip install 'distributed-core[redis]'",
+            name="redis",
+        ) from None
+
+
+def connect(url: str) -> RedisClient:
+    """A client for ``url``. Connecting is lazy; a short connect timeout makes an
+    unreachable server fail fast instead of hanging a request."""
+    require_redis()
+    import redis
+
+    return redis.Redis.from_url(url, socket_connect_timeout=5.0, health_check_interval=30)
+
+
+def text(value: bytes | str) -> str:
+    """Decode a reply; clients may or may not be built with ``decode_responses``."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _describe(client: Any) -> str:
+    """Where an injected client points, for error messages (no credentials)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    host, port, db = kwargs.get("host"), kwargs.get("port"), kwargs.get("db", 0)
+    if host is None:
+        return f"{type(client).__name__} client"
+    return f"redis://{host}:{port}/{db}"
+
+
+class RedisBackend:
+    """Client ownership (close only what we opened), key naming, the URL for errors."""
+
+    def __init__(
+        self, client: RedisClient | None = None, *, url: str | None = None, prefix: str = "dcore"
+    ) -> None:
+        require_redis()
+        if client is not None and url is not None:
+            raise TypeError("pass either client= or url=, not both")
+        if not prefix or not isinstance(prefix, str):
+            raise ValueError(f"key prefix must be a non-empty string, got {prefix!r}")
+        self._owns_client = client is None
+        self.url = redact_url(url or DEFAULT_URL) if client is None else _describe(client)
+        self.client: RedisClient = client if client is not None else connect(url or DEFAULT_URL)
+        self.prefix = prefix
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def close(self) -> None:
+        """Close the connection pool if this backend created it (idempotent)."""
+        if self._owns_client:
+            self._owns_client = False
+            self.client.close()
+
+    @contextmanager
+    def translating(self) -> Iterator[None]:
+        """Turn redis-py's connection/timeout errors into ServiceUnavailableError."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise ServiceUnavailableError(
+                f"Redis at {self.url} is unreachable ({exc}); check DCORE_REDIS_URL and "
+                "that the server is running"
+            ) from exc
+
+
+def translate_errors(method: Callable[Concatenate[B, P], R]) -> Callable[Concatenate[B, P], R]:
+    """Method decorator form of :meth:`RedisBackend.translating`."""
+
+    @functools.wraps(method)
+    def wrapper(self: B, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.translating():
+            return method(self, *args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,216 @@
+"""Fuzz the memory and the Redis (fakeredis) job store and locks with the same random
+operations; they must agree with each other and with a tiny model of the contract.
+
+As fakeredis's own suite does for fakeredis vs Redis: any divergence (an outcome, an
+error message, a record, a list order, a fence) fails and shrinks to a short sequence.
+Locks have no TTL here: Redis expires keys on its own clock, which this test does not
+control; TTL behaviour is covered by the lock contract suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from dcore.backends.memory import MemoryJobStore, MemoryLocks
+from dcore.backends.redis_jobs import RedisJobStore
+from dcore.backends.redis_locks import RedisLocks
+from dcore.errors import DcoreError
+from dcore.services.jobs import ALLOWED, JobRecord, JobState, JobStorageInterface
+from dcore.services.locks import Lock, LockInterface
+
+JOB_IDS = st.sampled_from(["a", "b", "c"])
+LOCK_NAMES = st.sampled_from(["l1", "l2"])
+SLOTS = st.integers(0, 2)  # three handles per lock name
+STATES = st.sampled_from(list(JobState))
+RESULTS = (
+    st.none()
+    | st.integers()
+    | st.text(max_size=4)
+    | st.dictionaries(
+        st.text(max_size=3),
+        st.integers() | st.text(max_size=3) | st.tuples(st.booleans()),
+        max_size=2,
+    )
+)
+TEXT = st.none() | st.text(max_size=6)
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.t, self.mono = 1_700_000_000.0, 0.0
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.t, UTC)
+
+    def time(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        self.mono += seconds
+
+
+Outcome = tuple[str, Any]
+
+
+def outcome(call: Callable[[], Any]) -> Outcome:
+    """A call's result, or its error's type and message, for comparing backends."""
+    try:
+        return ("ok", call())
+    except (DcoreError, ValueError, TypeError) as exc:
+        return (type(exc).__name__, str(exc))
+
+
+class StoresAgree(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        import fakeredis
+
+        client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        self.clock = ManualClock()
+        self.stores: list[JobStorageInterface] = [
+            MemoryJobStore(self.clock),
+            RedisJobStore(client, clock=self.clock),
+        ]
+        lockers: list[LockInterface] = [MemoryLocks(self.clock), RedisLocks(client)]
+        self.handles: dict[tuple[str, int], list[Lock]] = {
+            (name, slot): [locker.lock(name, ttl=None) for locker in lockers]
+            for name in ("l1", "l2")
+            for slot in range(3)
+        }
+        self.jobs: dict[str, tuple[JobState, int]] = {}  # model: state, attempts
+        self.holder: dict[str, int | None] = {"l1": None, "l2": None}
+        self.fences: dict[str, int] = {"l1": 0, "l2": 0}
+
+    def both(self, call: Callable[[Any], Any]) -> Outcome:
+        results = [outcome(lambda s=s: call(s)) for s in self.stores]  # type: ignore[misc]
+        assert results[0] == results[1], results
+        return results[0]
+
+    # -- jobs -----------------------------------------------------------------------
+    @rule(job_id=JOB_IDS, message=TEXT)
+    def create(self, job_id: str, message: str | None) -> None:
+        kind, value = self.both(lambda s: s.create(job_id, message=message))
+        current = self.jobs.get(job_id)
+        if current is None or current[0] in (JobState.FAILED, JobState.DEAD):
+            assert kind == "ok"
+            assert value.state is JobState.PENDING
+            self.jobs[job_id] = (JobState.PENDING, 0 if current is None else current[1])
+        else:
+            assert kind == "IllegalTransitionError"
+            assert "already exists" in value
+
+    @rule(
+        job_id=JOB_IDS,
+        to=STATES,
+        expect=st.none() | st.frozensets(STATES, max_size=2),
+        result=RESULTS,
+        error=TEXT,
+        note=TEXT,
+    )
+    def transition(
+        self,
+        job_id: str,
+        to: JobState,
+        expect: frozenset[JobState] | None,
+        result: Any,
+        error: str | None,
+        note: str | None,
+    ) -> None:
+        kind, value = self.both(
+            lambda s: s.transition(job_id, to, expect=expect, result=result, error=error,
+                                   note=note)
+        )  # fmt: skip
+        current = self.jobs.get(job_id)
+        if current is None:
+            assert kind == "JobNotFoundError"
+            return
+        state, attempts = current
+        allowed = to in ALLOWED[state] and (expect is None or state in expect)
+        assert (kind == "ok") is allowed, (state, to, expect, kind, value)
+        if allowed:
+            attempts += to is JobState.RUNNING
+            self.jobs[job_id] = (to, attempts)
+            assert isinstance(value, JobRecord)
+            assert (value.state, value.attempts) == (to, attempts)
+            assert value.history[-1].note == note
+            assert value.updated_at == self.clock.time()
+
+    @rule(job_id=JOB_IDS)
+    def delete(self, job_id: str) -> None:
+        assert self.both(lambda s: s.delete(job_id)) == ("ok", job_id in self.jobs)
+        self.jobs.pop(job_id, None)
+
+    @rule(state=st.none() | STATES, limit=st.integers(0, 4))
+    def list_jobs(self, state: JobState | None, limit: int) -> None:
+        kind, records = self.both(lambda s: s.list(state, limit=limit))
+        expected = {j for j, (st_, _) in self.jobs.items() if state in (None, st_)}
+        assert kind == "ok"
+        assert len(records) == min(limit, len(expected))
+        assert {r.job_id for r in records} <= expected
+
+    @rule(seconds=st.sampled_from([0.0, 0.001, 1.5, 60.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.sleep(seconds)
+
+    # -- locks ----------------------------------------------------------------------
+    def on_locks(self, name: str, slot: int, call: Callable[[Lock], Any]) -> Outcome:
+        results = [outcome(lambda h=h: call(h)) for h in self.handles[(name, slot)]]  # type: ignore[misc]
+        assert results[0] == results[1], results
+        return results[0]
+
+    @rule(name=LOCK_NAMES, slot=SLOTS)
+    def acquire(self, name: str, slot: int) -> None:
+        got = self.on_locks(name, slot, lambda h: (h.acquire(blocking=False), h.fence))
+        if self.holder[name] is None:
+            self.fences[name] += 1
+            self.holder[name] = slot
+            assert got == ("ok", (True, self.fences[name]))
+        else:
+            assert got[0] == "ok"
+            assert got[1][0] is False
+
+    @rule(name=LOCK_NAMES, slot=SLOTS)
+    def release(self, name: str, slot: int) -> None:
+        kind, _ = self.on_locks(name, slot, lambda h: h.release())
+        if self.holder[name] == slot:
+            assert kind == "ok"
+            self.holder[name] = None
+        else:
+            assert kind == "LockLostError"
+
+    # -- invariants -----------------------------------------------------------------
+    @invariant()
+    def records_agree_with_each_other_and_the_model(self) -> None:
+        for job_id in ("a", "b", "c"):
+            kind, record = self.both(lambda s, j=job_id: s.get(j))  # type: ignore[misc]
+            if job_id not in self.jobs:
+                assert kind == "JobNotFoundError"
+                continue
+            assert kind == "ok"
+            assert (record.state, record.attempts) == self.jobs[job_id]
+        self.both(lambda s: s.list())  # same order, same records
+
+    @invariant()
+    def locks_are_owned_exactly_by_the_model_holder(self) -> None:
+        for (name, slot), _ in self.handles.items():
+            expected = self.holder[name] == slot
+            assert self.on_locks(name, slot, lambda h: h.owned()) == ("ok", expected)
+
+
+TestStoresAgree = StoresAgree.TestCase
+TestStoresAgree.settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
