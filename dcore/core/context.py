@@ -271,6 +271,11 @@ class PipelineContext(BaseModel):
 REQUEST_SCOPED_TYPES = {("starlette", "BackgroundTasks"), ("fastapi", "BackgroundTasks")}
 
 
+# the base class carries a pipeline too (e.g. ``PipelineContext().create_pipeline(fn)``),
+# so a worker must be able to rebuild it like any subclass
+_CONTEXT_TYPES[context_type_name(PipelineContext)] = PipelineContext
+
+
 def _is_request_scoped(annotation: Any) -> bool:
     if isinstance(annotation, str):
         return annotation.rsplit(".", 1)[-1] == "BackgroundTasks"

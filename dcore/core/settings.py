@@ -5,10 +5,12 @@ Swapping local files for MinIO is one variable: ``DCORE_STORAGE=minio``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["DcoreSettings"]
 
@@ -42,8 +44,9 @@ class DcoreSettings(BaseSettings):
     thread_workers: int = Field(default=4, ge=1)
     job_ttl: float = Field(default=7 * 24 * 3600.0, gt=0)
 
-    #: modules a worker imports at start-up (context classes, core functions, plugins)
-    imports: list[str] = Field(default_factory=list)
+    #: modules a worker imports at start-up (context classes, core functions, plugins);
+    #: ``DCORE_IMPORTS=app.tasks,app.models`` or a JSON list
+    imports: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     celery_broker_url: str | None = None
     celery_queue: str = "dcore"
@@ -55,3 +58,13 @@ class DcoreSettings(BaseSettings):
     job_initial_delay: float = Field(default=1.0, ge=0)
     job_max_delay: float = Field(default=300.0, ge=0)
     dlq_topic: str = "dcore.dlq"
+
+    @field_validator("imports", mode="before")
+    @classmethod
+    def _split_imports(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value

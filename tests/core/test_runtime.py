@@ -1,0 +1,154 @@
+"""``run_message``: a malformed message is a MessageError, the job goes DEAD with a
+dead letter holding the raw message, and the worker lives on."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from dcore import Dispatch, Environment, Execute, JobState, MessageError, run_message
+from dcore.runtime import load_message
+
+MODULE = "dcore_roundtrip_pipeline"
+
+
+def _load_pipeline_module() -> ModuleType:
+    if MODULE in sys.modules:
+        return sys.modules[MODULE]
+    spec = importlib.util.spec_from_file_location(MODULE, Path(__file__).parent / f"{MODULE}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+rt = _load_pipeline_module()
+
+
+@pytest.fixture
+def message(dcore_env: Environment) -> dict[str, Any]:
+    """A valid message for ``before ⇒ rt_capture ┆ after → summarize``, as a dict."""
+    rt.Capture.captured.clear()
+    ctx = rt.RoundTripContext(name="m")
+    pipeline = ctx.create_pipeline(rt.summarize)
+    pipeline.chain(Execute("rt_mark", tag="before")).chain(Dispatch("rt_capture"))
+    pipeline.chain(Execute("rt_mark", tag="after"))
+    pipeline.run()
+    [(continuation, shipped)] = rt.Capture.captured
+    return json.loads(continuation.to_message(shipped).to_json())  # type: ignore[no-any-return]
+
+
+def dead_letters(env: Environment) -> list[dict[str, Any]]:
+    return [e.payload for e in env.events.entries(env.settings.dlq_topic)]
+
+
+def test_valid_message_runs_remainder(dcore_env: Environment, message: dict[str, Any]) -> None:
+    result = run_message(json.dumps(message).encode())
+    assert result["steps"] == ["before", "after", "core"]
+    assert dcore_env.jobs.get(message["job_id"]).state is JobState.SUCCEEDED
+    assert dead_letters(dcore_env) == []
+
+
+def set_path(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(msg: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        target: Any = msg
+        for key in parents:
+            target = target[int(key)] if key.isdigit() else target[key]
+        target[int(last) if last.isdigit() else last] = value
+
+    return mutate
+
+
+MALFORMED = {
+    "unknown context type": (set_path("context.type", "nowhere.mod:Ghost"),
+                             "unknown context type 'nowhere.mod:Ghost'"),
+    "unknown plugin": (set_path("spec.2.plugin", "rt_nope"),
+                       "stage 2 of the message cannot be built: no Execute plugin named "
+                       "'rt_nope'"),
+    "unknown interface": (set_path("spec.0.interface", "Transmogrify"),
+                          "no plugin interface named 'Transmogrify'"),
+    "bad plugin options": (set_path("spec.2.options", {"tag": "x", "speed": 9}),
+                           "unknown option 'speed'"),
+    "resume_at past the end": (set_path("resume_at", 4),
+                               "resume_at=4 is past the end of a 3-stage spec"),
+    "negative resume_at": (set_path("resume_at", -1), "resume_at"),
+    "missing migration": (set_path("context.version", "0.1"),
+                          "no @migration('0.1') upgrades it"),
+    "core_fn not imported": (set_path("core_fn", "not_imported_anywhere:fn"),
+                             "module 'not_imported_anywhere' is not imported on this worker"),
+    "core_fn not a path": (set_path("core_fn", "summarize"), "not of the form 'pkg.mod:func'"),
+    "unsupported format": (set_path("dcore", 2), "dcore"),
+    "invalid context data": (set_path("context.data.name", ["not", "a", "str"]),
+                             "invalid RoundTripContext data"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_message_is_dead_lettered_and_worker_lives_on(
+    dcore_env: Environment, message: dict[str, Any], case: str
+) -> None:
+    mutate, culprit = MALFORMED[case]
+    good = copy.deepcopy(message)
+    mutate(message)
+    raw = json.dumps(message)
+
+    with pytest.raises(MessageError) as info:
+        run_message(raw)
+
+    assert culprit in str(info.value)
+    assert dcore_env.jobs.get(message["job_id"]).state is JobState.DEAD
+    [letter] = dead_letters(dcore_env)
+    assert letter["job_id"] == message["job_id"]
+    assert letter["error"].startswith("MessageError: ")
+    assert culprit in letter["error"]
+    assert letter["message"] == raw
+    assert "not_imported_anywhere" not in sys.modules  # a message never imports anything
+
+    # the worker lives on: the next (good) message runs
+    good["job_id"] = good["context"]["data"]["job_id"] = "next-job"
+    assert run_message(json.dumps(good))["steps"] == ["before", "after", "core"]
+
+
+def test_job_id_mismatch_is_dead_lettered_under_the_message_id(
+    dcore_env: Environment, message: dict[str, Any]
+) -> None:
+    message["job_id"] = "impostor"
+    with pytest.raises(MessageError, match="message job_id 'impostor' differs from its context"):
+        run_message(json.dumps(message))
+    assert dcore_env.jobs.get("impostor").state is JobState.DEAD
+    assert [d["job_id"] for d in dead_letters(dcore_env)] == ["impostor"]
+
+
+@pytest.mark.parametrize("raw", ["{not json", b"\xff\xfe", "[]", '{"dcore": 1}'])
+def test_unparseable_message_goes_to_dlq_with_its_raw_text(
+    dcore_env: Environment, raw: str | bytes
+) -> None:
+    with pytest.raises(MessageError, match="malformed job message"):
+        run_message(raw)
+    [letter] = dead_letters(dcore_env)
+    assert letter["job_id"] == "unknown"
+    expected = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    assert letter["message"] == expected
+    assert dcore_env.jobs.get("unknown").state is JobState.DEAD
+
+
+def test_load_message_resolves_without_running(
+    dcore_env: Environment, message: dict[str, Any]
+) -> None:
+    parsed, context, pipeline = load_message(json.dumps(message))
+    assert parsed.job_id == context.job_id == message["job_id"]
+    assert isinstance(context, rt.RoundTripContext)
+    assert context.steps == ["before"]
+    assert [s.plugin for s in pipeline.stages] == ["rt_mark", "rt_capture", "rt_mark"]
+    assert dcore_env.jobs.get(message["job_id"]).state is JobState.PENDING  # not run
