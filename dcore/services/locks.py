@@ -27,7 +27,8 @@ class Lock(ABC):
 
     @abstractmethod
     def acquire(self, *, blocking: bool = True, timeout: float | None = None) -> bool:
-        """Take the lock; False when not blocking (or the timeout passed) and it is held."""
+        """Take the lock; False when not blocking (or the timeout passed) and it is held.
+        Without ``timeout`` the handle's own (from ``lock(timeout=...)``) applies."""
 
     @abstractmethod
     def release(self) -> None:
@@ -55,5 +56,8 @@ class LockInterface(ServiceInterface):
     service_name: ClassVar[str] = "locks"
 
     @abstractmethod
-    def lock(self, name: str, *, ttl: float | None = 30.0) -> Lock:
-        """A handle for lock ``name`` with a time-to-live in seconds (None: no expiry)."""
+    def lock(
+        self, name: str, *, ttl: float | None = 30.0, timeout: float | None = None
+    ) -> Lock:
+        """A handle for lock ``name`` with a time-to-live in seconds (None: no expiry);
+        ``timeout`` bounds how long ``with lock:`` waits before LockNotAcquired."""
