@@ -242,7 +242,10 @@ def make_celery_app(
     app.conf.update(celery_config(settings))
     env = environment
 
-    @app.task(name=TASK_NAME, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+    # shared=False: a shared task would make every app run the first app's closure
+    @app.task(  # type: ignore[untyped-decorator]
+        name=TASK_NAME, bind=True, max_retries=None, shared=False
+    )
     def run(self: Task, message: Any) -> None:
         """Run one delivery of a dcore JobMessage (its JSON text)."""
         delivery_info = self.request.delivery_info or {}
