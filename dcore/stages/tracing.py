@@ -108,6 +108,7 @@ class TracingStage(Execute[Any]):
         self._context = context
         self._error = Status(StatusCode.ERROR)
         self.tracer_name = tracer
+        self._tracers: tuple[Any, Any] = (object(), None)  # (provider, its tracer)
         _install_propagator()
 
     def execute(self, next_fn: NextFn[Any], context: Any) -> Any:
@@ -115,7 +116,10 @@ class TracingStage(Execute[Any]):
 
     # -- observer (see dcore.core.observe) ----------------------------------------------
     def stage_enter(self, stage: Stage, context: Any) -> None:
-        tracer = self._trace.get_tracer(self.tracer_name, tracer_provider=_provider)
+        provider, tracer = self._tracers
+        if provider is not _provider or tracer is None:
+            tracer = self._trace.get_tracer(self.tracer_name, tracer_provider=_provider)
+            self._tracers = (_provider, tracer)
         job = current_job()
         span = tracer.start_span(
             f"dcore {stage.ref.plugin}",
