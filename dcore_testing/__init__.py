@@ -1,0 +1,75 @@
+"""dcore_testing: the simulator, strategies, invariants, fixtures and chaos tools.
+
+Names are loaded on first use (PEP 562), so ``import dcore_testing`` — which pytest does
+for the plugin at start-up — imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dcore_testing.invariants import InvariantViolation
+    from dcore_testing.sim import (
+        Chooser,
+        Crash,
+        Deadlock,
+        Delay,
+        Drop,
+        Duplicate,
+        FaultPlan,
+        HypothesisChooser,
+        RandomChooser,
+        ReplayChooser,
+        ReplayDivergence,
+        ServiceError,
+        SimEnvironment,
+        SimulationError,
+        Skew,
+        Trace,
+        VirtualClock,
+        WorkerCrash,
+        effect,
+        virtual_time_session,
+    )
+
+__all__ = [
+    "Chooser",
+    "Crash",
+    "Deadlock",
+    "Delay",
+    "Drop",
+    "Duplicate",
+    "FaultPlan",
+    "HypothesisChooser",
+    "InvariantViolation",
+    "RandomChooser",
+    "ReplayChooser",
+    "ReplayDivergence",
+    "ServiceError",
+    "SimEnvironment",
+    "SimulationError",
+    "Skew",
+    "Trace",
+    "VirtualClock",
+    "WorkerCrash",
+    "effect",
+    "virtual_time_session",
+]
+
+_HOME = dict.fromkeys(__all__, "dcore_testing.sim")
+_HOME["InvariantViolation"] = "dcore_testing.invariants"
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'dcore_testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,276 @@
+"""Invariants over a simulated run: each raises :class:`InvariantViolation` (an
+``AssertionError``) naming what broke and carrying the offending events.
+
+They read the run's :class:`~dcore_testing.sim.Trace` (and, for final job states, the
+simulation's job store), so they work the same on a live run and on a loaded trace::
+
+    sim.run_until_idle()
+    invariants.no_job_lost(sim)
+    invariants.exactly_once(sim, "charge")
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dcore_testing.sim.environment import SimEnvironment
+    from dcore_testing.sim.trace import Trace
+
+__all__ = [
+    "InvariantViolation",
+    "at_least_once",
+    "check_all",
+    "dlq_exactly_once",
+    "exactly_once",
+    "lock_mutual_exclusion",
+    "no_job_lost",
+    "retry_bounds",
+    "stage_order",
+    "sync_before_return",
+]
+
+Event = dict[str, Any]
+_SHOWN = 25
+
+
+class InvariantViolation(AssertionError):
+    """An invariant does not hold; ``events`` are the trace events that show why."""
+
+    def __init__(self, message: str, events: Iterable[Event] = ()) -> None:
+        self.events = list(events)
+        self.message = message
+        text = message
+        if self.events:
+            shown = [json.dumps(e, default=str) for e in self.events[:_SHOWN]]
+            more = len(self.events) - _SHOWN
+            text += "\nevents:\n  " + "\n  ".join(shown)
+            if more > 0:
+                text += f"\n  … and {more} more"
+        super().__init__(text)
+
+
+def _trace(run: SimEnvironment | Trace) -> Trace:
+    trace = getattr(run, "trace", run)
+    if not hasattr(trace, "events"):
+        raise TypeError(f"expected a SimEnvironment or a Trace, got {type(run).__name__}")
+    return trace  # type: ignore[return-value]
+
+
+def _sim(run: Any, invariant: str) -> SimEnvironment:
+    if not hasattr(run, "broker"):
+        raise TypeError(f"{invariant}() needs the SimEnvironment (it reads final job states), "
+                        f"got {type(run).__name__}")
+    return run  # type: ignore[no-any-return]
+
+
+def _dispatched(trace: Trace) -> list[str]:
+    return [e["job"] for e in trace.events if e["ev"] == "dispatch"]
+
+
+def _by_job(trace: Trace) -> dict[str, list[Event]]:
+    out: dict[str, list[Event]] = defaultdict(list)
+    for e in trace.events:
+        job = e.get("job")
+        if job is not None:
+            out[job].append(e)
+    return out
+
+
+def _final_states(sim: SimEnvironment) -> dict[str, str | None]:
+    from dcore.errors import JobNotFoundError
+
+    store = getattr(sim.jobs, "inner", sim.jobs)  # read without adding to the trace
+    states: dict[str, str | None] = {}
+    for job in _dispatched(sim.trace):
+        try:
+            states[job] = str(store.get(sim.job_id(job)).state)
+        except JobNotFoundError:
+            states[job] = None
+    return states
+
+
+# -- jobs ---------------------------------------------------------------------------------
+def no_job_lost(run: SimEnvironment) -> None:
+    """Every dispatched job ended SUCCEEDED or DEAD (none PENDING, RUNNING, FAILED)."""
+    sim = _sim(run, "no_job_lost")
+    states = _final_states(sim)
+    lost = {job: state for job, state in states.items() if state not in ("SUCCEEDED", "DEAD")}
+    if lost:
+        listed = ", ".join(f"{job} is {state or 'missing'}" for job, state in lost.items())
+        by_job = _by_job(sim.trace)
+        raise InvariantViolation(
+            f"job lost: {listed}; every scheduled job must end SUCCEEDED or DEAD",
+            [e for job in lost for e in by_job[job]],
+        )
+
+
+def retry_bounds(run: SimEnvironment | Trace, attempts: int | None = None) -> None:
+    """No job was attempted more often than its policy allows (``attempts`` overrides
+    the policy the dispatcher recorded). Redeliveries after a crash and duplicate
+    deliveries repeat an attempt; they do not count as new ones."""
+    trace = _trace(run)
+    allowed = {e["job"]: attempts or e.get("attempts", 1) for e in trace.events
+               if e["ev"] == "dispatch"}
+    for job, events in _by_job(trace).items():
+        tried = {e["attempt"] for e in events if e["ev"] == "deliver"}
+        if tried and max(tried) > allowed.get(job, max(tried)):
+            raise InvariantViolation(
+                f"retry bound broken: {job} reached attempt {max(tried)} but at most "
+                f"{allowed[job]} are allowed",
+                [e for e in events if e["ev"] in ("deliver", "failed", "retry")],
+            )
+
+
+def dlq_exactly_once(run: SimEnvironment) -> None:
+    """Each DEAD job has exactly one dead letter; a job that succeeded has none."""
+    sim = _sim(run, "dlq_exactly_once")
+    letters: dict[str, list[Event]] = defaultdict(list)
+    for e in sim.trace.events:
+        if e["ev"] == "dlq":
+            letters[e.get("job") or "?"].append(e)
+    for job, state in _final_states(sim).items():
+        got = letters.get(job, [])
+        want = 1 if state == "DEAD" else 0
+        if len(got) != want:
+            raise InvariantViolation(
+                f"dead letters: {job} is {state} and has {len(got)} DLQ entries; "
+                f"expected {want}",
+                [e for e in sim.trace.events if e.get("job") == job
+                 and e["ev"] in ("deliver", "failed", "crash", "redeliver", "dlq", "job.dead")],
+            )
+
+
+# -- effects ------------------------------------------------------------------------------
+def _effects(trace: Trace, name: str) -> dict[str, list[Event]]:
+    out: dict[str, list[Event]] = defaultdict(list)
+    for e in trace.events:
+        if e["ev"] == "effect" and e.get("name") == name:
+            out[e.get("job") or "?"].append(e)
+    return out
+
+
+def _context(trace: Trace, job: str, effects: list[Event]) -> list[Event]:
+    shown = {"deliver", "crash", "redeliver", "fault", "effect", "skip", "failed", "retry"}
+    return [e for e in trace.events if e.get("job") == job and e["ev"] in shown] or effects
+
+
+def exactly_once(run: SimEnvironment | Trace, effect: str) -> None:
+    """Every job that succeeded performed ``effect`` exactly once (a DEAD job at most
+    once). A crash + redelivery or a duplicate delivery through a non-idempotent stage
+    shows up here."""
+    trace = _trace(run)
+    done = {e["job"] for e in trace.events if e["ev"] == "job.succeeded"}
+    for job, effects in _effects(trace, effect).items():
+        if len(effects) > 1:
+            raise InvariantViolation(
+                f"exactly-once broken: {job} performed {effect!r} {len(effects)} times",
+                _context(trace, job, effects))
+    for job in _dispatched(trace):
+        if job in done and not _effects(trace, effect).get(job):
+            raise InvariantViolation(
+                f"exactly-once broken: {job} succeeded without performing {effect!r}",
+                _context(trace, job, []))
+
+
+def at_least_once(run: SimEnvironment | Trace, effect: str) -> None:
+    """Every job that succeeded performed ``effect`` at least once."""
+    trace = _trace(run)
+    effects = _effects(trace, effect)
+    for e in trace.events:
+        if e["ev"] == "job.succeeded" and not effects.get(e["job"]):
+            job = e["job"]
+            raise InvariantViolation(
+                f"at-least-once broken: {job} succeeded without performing {effect!r}",
+                _context(trace, job, []))
+
+
+# -- stages -------------------------------------------------------------------------------
+def stage_order(run: SimEnvironment | Trace, expected: Sequence[str] | None = None) -> None:
+    """Within each delivery (and in the caller's sync part), stages are entered top to
+    bottom without gaps; with ``expected`` (the pipeline's stage labels in order), stage
+    ``i`` is ``expected[i]``."""
+    trace = _trace(run)
+    last: dict[tuple[str, str], Event] = {}
+    for e in trace.events:
+        ev = e["ev"]
+        if ev == "deliver":
+            last.pop((e.get("job", ""), e["lane"]), None)
+        elif ev == "stage.enter":
+            key = (e["job"], e["lane"])
+            i = e["index"]
+            if expected is not None and (i >= len(expected) or expected[i] != e["stage"]):
+                want = expected[i] if i < len(expected) else "nothing (past the end)"
+                raise InvariantViolation(
+                    f"stage order broken: {e['job']} entered {e['stage']!r} as stage {i}, "
+                    f"expected {want!r}", [e])
+            prev = last.get(key)
+            if prev is not None and i != prev["index"] + 1:
+                raise InvariantViolation(
+                    f"stage order broken: {e['job']} entered stage {i} ({e['stage']!r}) "
+                    f"right after stage {prev['index']} ({prev['stage']!r})", [prev, e])
+            last[key] = e
+    return None
+
+
+def sync_before_return(run: SimEnvironment | Trace) -> None:
+    """The stages before the Dispatch ran in the caller, all entered before the hand-off,
+    and no background stage of a job started before its Dispatch."""
+    trace = _trace(run)
+    dispatched: dict[str, Event] = {}
+    for e in trace.events:
+        ev = e["ev"]
+        if ev == "dispatch":
+            dispatched[e["job"]] = e
+        elif ev == "stage.enter":
+            d = dispatched.get(e["job"])
+            background = e["lane"].startswith("w")
+            if background and d is None:
+                raise InvariantViolation(
+                    f"sync-before-return broken: background stage {e['stage']!r} of "
+                    f"{e['job']} started before the job was dispatched", [e])
+            if not background and d is not None and d["lane"] == e["lane"]:
+                raise InvariantViolation(
+                    f"sync-before-return broken: {e['job']} entered {e['stage']!r} in the "
+                    f"caller after the Dispatch handed the job off", [d, e])
+
+
+# -- locks --------------------------------------------------------------------------------
+def lock_mutual_exclusion(run: SimEnvironment | Trace) -> None:
+    """No lock was held by two live holders at once. A holder whose worker crashed is
+    dead (its lock passes on when the TTL runs out); a live holder whose TTL ran out
+    while another took the lock is a violation."""
+    trace = _trace(run)
+    holders: dict[str, Event] = {}
+    for e in trace.events:
+        ev = e["ev"]
+        if ev == "lock.acquired":
+            held = holders.get(e["name"])
+            if held is not None:
+                raise InvariantViolation(
+                    f"mutual exclusion broken: {e['lane']} acquired lock {e['name']!r} "
+                    f"while {held['lane']} still held it (its TTL ran out while it worked)",
+                    [held, e])
+            holders[e["name"]] = e
+        elif ev in ("lock.release", "lock.lost"):
+            held = holders.get(e["name"])
+            if held is not None and held["lane"] == e["lane"]:
+                del holders[e["name"]]
+        elif ev == "crash":
+            for name in [n for n, h in holders.items() if h["lane"] == e["lane"]]:
+                del holders[name]
+
+
+def check_all(run: SimEnvironment, *, exactly_once_effects: Sequence[str] = ()) -> None:
+    """The invariants every run must keep, plus exactly-once for the named effects."""
+    no_job_lost(run)
+    retry_bounds(run)
+    dlq_exactly_once(run)
+    stage_order(run)
+    sync_before_return(run)
+    lock_mutual_exclusion(run)
+    for effect in exactly_once_effects:
+        exactly_once(run, effect)

@@ -1,0 +1,401 @@
+"""``SimEnvironment``: a dcore Environment in which a whole distributed run is simulated.
+
+::
+
+    sim = SimEnvironment(seed=7, workers=2, faults=FaultPlan(Crash(stage="charge")))
+    with sim:                                  # current environment for the block
+        pipeline.run(ctx)                      # the Dispatch hands off to the broker
+        sim.run_until_idle()                   # workers run, retry, redeliver, ...
+    sim.trace.save("run.jsonl")                # replay: SimEnvironment.from_trace(...)
+
+Services are dcore's in-memory backends on the virtual clock (or any backends passed
+in), wrapped so that each call is a yield point. The run is a pure function of the
+chooser's decisions: the same seed gives a byte-identical trace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from dcore.core.environment import Environment, use_environment
+from dcore.core.plugins import PluginRegistry
+from dcore.core.settings import DcoreSettings
+from dcore_testing.sim.chooser import Chooser, RandomChooser, ReplayChooser
+from dcore_testing.sim.clock import VirtualClock
+from dcore_testing.sim.dispatcher import Broker, SimDispatcher, SimObserver
+from dcore_testing.sim.errors import Deadlock, ReplayDivergence, SimulationError
+from dcore_testing.sim.faults import FaultInjector, FaultPlan, Skew
+from dcore_testing.sim.scheduler import Scheduler, Task
+from dcore_testing.sim.services import LocksProxy, ServiceProxy
+from dcore_testing.sim.trace import Trace, first_difference
+
+__all__ = ["Delivery", "SimEnvironment", "effect"]
+
+Delivery = Literal["auto", "at_least_once", "at_most_once"]
+_JOB_TOPICS = frozenset({"job.scheduled", "job.started", "job.retrying", "job.succeeded",
+                         "job.dead", "stage.failed", "errors"})
+_HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class SimEnvironment(Environment):
+    """An Environment whose services, dispatcher and clock are simulated.
+
+    ``seed`` drives every decision (through a :class:`RandomChooser` unless ``chooser``
+    is given); ``workers`` worker processes take jobs; ``faults`` says what goes wrong.
+    Keyword ``settings`` overrides (``job_attempts=3``) go to :class:`DcoreSettings`."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        workers: int = 2,
+        faults: FaultPlan | None = None,
+        *,
+        chooser: Chooser | None = None,
+        delivery: Delivery = "auto",
+        patch_time: bool = True,
+        registry: PluginRegistry | None = None,
+        services: Mapping[str, Any] | None = None,
+        replay: Trace | None = None,
+        name: str | None = None,
+        **settings: Any,
+    ) -> None:
+        _check(seed, workers, faults, delivery, services)
+        self.seed = seed
+        self.workers = workers
+        self.patch_time = patch_time
+        self.name = name
+        self._settings_overrides = dict(settings)
+        self._config: dict[str, Any] = dict(
+            seed=seed, workers=workers, faults=faults, delivery=delivery,
+            patch_time=patch_time, registry=registry, name=name, **settings)
+        self._custom_chooser = chooser is not None
+        plan = faults or FaultPlan()
+        clock = VirtualClock()
+        trace = Trace({
+            "seed": seed, "workers": workers, "delivery": delivery, "name": name,
+            "settings": _jsonable(settings, "settings"),
+            "faults": {**plan.model_dump(mode="json", exclude_defaults=True, exclude={"faults"}),
+                       "faults": [f.model_dump(mode="json") for f in plan.faults]},
+            "chooser": replay.header.get("chooser", "random") if replay is not None else (
+                chooser.kind if chooser else "random"),
+        }, expected=None if replay is None else replay.events)
+        if replay is not None:
+            chooser = ReplayChooser(trace)
+        self.chooser: Chooser = chooser or RandomChooser(seed)
+        self.trace = trace
+        self.scheduler = Scheduler(clock, self.chooser, trace)
+        clock.scheduler = self.scheduler
+        clock.run_for = self.run_for
+        dcore_settings = _settings(settings)
+        backends = dict(services or {}) or _memory_backends(clock, dcore_settings)
+        super().__init__(
+            dcore_settings, clock=clock, registry=registry,
+            storage=ServiceProxy(self, "storage", backends["storage"]),  # type: ignore[arg-type]
+            events=ServiceProxy(self, "events", backends["events"]),  # type: ignore[arg-type]
+            jobs=ServiceProxy(self, "jobs", backends["jobs"]),  # type: ignore[arg-type]
+            locks=LocksProxy(self, "locks", backends["locks"]),  # type: ignore[arg-type]
+        )
+        self.clock: VirtualClock = clock
+        self.random = random.Random(f"dcore-sim:{seed}")
+        self.faults = FaultInjector(plan, self.chooser, self.scheduler)
+        self.broker = Broker(self, workers, delivery)
+        self.scheduler.on_task_done = self.broker.task_done
+        self.dispatch_wrapper = lambda inner: SimDispatcher(self, inner)
+        self.observers.append(SimObserver(self))
+        self._aliases: dict[str, str] = {}
+        self._ids: dict[str, str] = {}
+        self._stack: ExitStack | None = None
+        for fault in plan.faults:
+            if isinstance(fault, Skew):
+                clock.skew[fault.worker] = clock.skew.get(fault.worker, 0.0) + fault.seconds
+                self.scheduler.emit("fault", fault="skew", worker=fault.worker,
+                                    seconds=fault.seconds)
+
+    # -- building from a trace ------------------------------------------------------------
+    @classmethod
+    def from_trace(cls, trace: Trace | str | os.PathLike[str], *,
+                   registry: PluginRegistry | None = None,
+                   patch_time: bool = True) -> SimEnvironment:
+        """A simulation that must reproduce ``trace`` event for event: it feeds back the
+        recorded choices and raises ReplayDivergence at the first event that differs."""
+        recorded = trace if isinstance(trace, Trace) else Trace.load(trace)
+        h = recorded.header
+        plan = FaultPlan.model_validate(h.get("faults") or {})
+        return cls(seed=h.get("seed", 0), workers=h.get("workers", 2), faults=plan,
+                   delivery=h.get("delivery", "auto"), patch_time=patch_time,
+                   registry=registry, replay=recorded, name=h.get("name"),
+                   **(h.get("settings") or {}))
+
+    def fresh(self) -> SimEnvironment:
+        """A new simulation with the same configuration (seed included)."""
+        if self._custom_chooser:
+            raise SimulationError(
+                "fresh()/check_determinism() rebuild the run from its seed; this one was "
+                "made with a custom chooser. Use SimEnvironment(seed=...) instead")
+        return type(self)(**self._config)
+
+    # -- job aliases ----------------------------------------------------------------------
+    def alias(self, job_id: str) -> str:
+        """The stable alias (``j1``, ``j2``, …) of a job id, assigned on first sight."""
+        alias = self._aliases.get(job_id)
+        if alias is None:
+            alias = self._aliases[job_id] = f"j{len(self._aliases) + 1}"
+            self._ids[alias] = job_id
+        return alias
+
+    def job_id(self, alias: str) -> str:
+        """The real job id behind an alias; KeyError names the known aliases."""
+        try:
+            return self._ids[alias]
+        except KeyError:
+            raise KeyError(f"no job {alias!r} in this run; known: {sorted(self._ids)}") from None
+
+    @property
+    def job_aliases(self) -> dict[str, str]:
+        """alias → job id, in order of first sight."""
+        return dict(self._ids)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every known job id replaced by its alias (traces stay stable)."""
+        if len(text) < 32 or not self._aliases:
+            return text
+        return _HEX_ID.sub(lambda m: self._aliases.get(m.group(0), m.group(0)), text)
+
+    # -- calls from the service proxies -----------------------------------------------------
+    def enter_call(self, op: str, task: Task) -> None:
+        """A task reaches a service call: yield, then maybe fail or crash there."""
+        if task.crashed:
+            from dcore_testing.sim.errors import WorkerCrash
+
+            raise WorkerCrash(f"{op} after the crash")
+        self.scheduler.yield_()
+        if self.faults.active:
+            job = task.job
+            self.faults.at_call(task, None if job is None else int(job[1:]), op)
+
+    def service_call(self, op: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> Any:
+        task = self.scheduler.current
+        if task is not None:
+            self.enter_call(op, task)
+        self._record_call(op, args)
+        return fn(*args, **kwargs)
+
+    def _record_call(self, op: str, args: tuple[Any, ...]) -> None:
+        emit = self.scheduler.emit
+        first = args[0] if args else None
+        if op == "events.publish" and isinstance(first, str) and first in _JOB_TOPICS:
+            payload = args[1] if len(args) > 1 and isinstance(args[1], Mapping) else {}
+            job_id = payload.get("job_id")
+            fields: dict[str, Any] = {}
+            if isinstance(job_id, str):
+                fields["job"] = self.alias(job_id)
+            for key in ("attempt", "stage"):
+                if key in payload:
+                    fields[key] = payload[key]
+            emit(first, **fields)
+        elif op == "events.append" and first == self.settings.dlq_topic:
+            payload = args[1] if len(args) > 1 and isinstance(args[1], Mapping) else {}
+            job_id = payload.get("job_id")
+            job = self.alias(job_id) if isinstance(job_id, str) else None
+            emit("dlq", job=job, error=self.scrub(str(payload.get("error"))))
+        elif isinstance(first, str):
+            key = self.alias(first) if op.startswith("jobs.") else self.scrub(first)
+            emit("call", op=op, key=key)
+        else:
+            emit("call", op=op)
+
+    def emit_call(self, ev: str, **fields: Any) -> None:
+        if "name" in fields and isinstance(fields["name"], str):
+            fields["name"] = self.scrub(fields["name"])
+        self.scheduler.emit(ev, **fields)
+
+    # -- user-facing hooks -------------------------------------------------------------------
+    def effect(self, name: str, **data: Any) -> None:
+        """Record a side effect (a charge, an email) for the exactly-once invariants."""
+        from dcore.core.lifecycle import current_job
+
+        current = current_job()
+        task = self.scheduler.current
+        job = self.alias(current.job_id) if current is not None else (
+            task.job if task is not None else None)
+        self.scheduler.emit("effect", job=job, name=name, **_jsonable(data, "effect data"))
+
+    def spawn(self, fn: Callable[..., Any], *args: Any, name: str | None = None,
+              **kwargs: Any) -> Task:
+        """Run ``fn(*args, **kwargs)`` as a simulated client task (not a worker: it
+        never crashes). An exception it raises comes out of the next run call."""
+        label = name or f"client{sum(1 for e in self.trace.events if e['ev'] == 'spawn') + 1}"
+        return self.scheduler.spawn(lambda: fn(*args, **kwargs), name=label, lane=label)
+
+    # -- running -------------------------------------------------------------------------
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        with use_environment(self):
+            if self.patch_time:
+                from dcore_testing.sim.timepatch import patched_time
+
+                with patched_time(self.clock):
+                    yield
+            else:
+                yield
+
+    def run_until_idle(self, *, max_steps: int | None = None) -> None:
+        """Run until no task is ready and no timer is pending. Deadlock if tasks are left
+        waiting for something that can no longer happen."""
+        with self._running():
+            outcome = self.scheduler.run(steps=max_steps)
+        if outcome == "idle":
+            blocked = self.scheduler.blocked
+            if blocked:
+                raise Deadlock(
+                    "the simulation is idle but tasks still wait: "
+                    + ", ".join(f"{t.name} on {t.waiting_on!r}" for t in blocked))
+
+    def run_for(self, seconds: float) -> None:
+        """Run ``seconds`` of virtual time (timers due later stay pending)."""
+        if seconds < 0:
+            raise ValueError(f"run_for() needs seconds >= 0, got {seconds!r}")
+        until = self.clock.monotonic() + seconds
+        with self._running():
+            self.scheduler.run(until=until)
+        if self.clock.monotonic() < until:
+            self.clock.advance_to(until)
+
+    def step(self) -> bool:
+        """Resume one task (firing timers first if none is ready); False when idle."""
+        with self._running():
+            return self.scheduler.run(steps=1) == "steps"
+
+    @property
+    def now(self) -> float:
+        """Virtual seconds since the start of the run."""
+        return self.clock.monotonic()
+
+    # -- traces ------------------------------------------------------------------------------
+    def save_trace(self, path: str | os.PathLike[str]) -> Path:
+        return self.trace.save(path)
+
+    def finish_replay(self) -> None:
+        """In replay, fail if the run stopped short of the recorded trace."""
+        self.trace.finish()
+
+    def check_determinism(self, scenario: Callable[[SimEnvironment], Any],
+                          *, runs: int = 2) -> Trace:
+        """Run ``scenario`` on fresh copies of this simulation ``runs`` times and raise
+        ReplayDivergence at the first event where two runs differ. Returns the trace."""
+        traces: list[Trace] = []
+        for _ in range(runs):
+            sim = self.fresh()
+            with sim:
+                try:
+                    scenario(sim)
+                except Exception as exc:
+                    sim.trace.events.append({"ev": "scenario.error",
+                                             "error": sim.scrub(repr(exc))})
+            traces.append(sim.trace)
+        first = traces[0]
+        for other in traces[1:]:
+            i = first_difference(first, other)
+            if i is not None:
+                raise ReplayDivergence(
+                    i, first.events[i] if i < len(first) else None,
+                    other.events[i] if i < len(other) else None,
+                    hint="the same seed ran twice and took different paths: something in "
+                         "the scenario reads real time, real randomness or global state")
+        return first
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def __enter__(self) -> SimEnvironment:
+        stack = ExitStack()
+        stack.enter_context(use_environment(self))
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                stack.close()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.scheduler.close()
+        super().close()
+
+    def __repr__(self) -> str:
+        return (f"SimEnvironment(seed={self.seed!r}, workers={self.workers}, "
+                f"t={self.clock.monotonic()!r}, events={len(self.trace)})")
+
+
+_SETTINGS_CACHE: dict[str, DcoreSettings] = {}
+
+
+def _settings(overrides: Mapping[str, Any]) -> DcoreSettings:
+    """DcoreSettings with in-memory services; built once per distinct overrides and
+    ``DCORE_*`` variables (building reads the environment: ~5 ms), copied after."""
+    env = sorted((k, v) for k, v in os.environ.items() if k.upper().startswith("DCORE_"))
+    key = json.dumps([env, sorted(overrides.items())], default=repr)
+    cached = _SETTINGS_CACHE.get(key)
+    if cached is None:
+        defaults = {"storage": "memory", "event_bus": "memory", "job_store": "memory",
+                    "locks": "memory"}
+        cached = _SETTINGS_CACHE[key] = DcoreSettings(**{**defaults, **overrides})
+    return cached.model_copy(deep=True)
+
+
+def _memory_backends(clock: VirtualClock, settings: DcoreSettings) -> dict[str, Any]:
+    from dcore.backends.memory import MemoryEventBus, MemoryJobStore, MemoryLocks
+    from dcore.backends.memory_storage import MemoryStorage
+
+    return {
+        "storage": MemoryStorage(),
+        "events": MemoryEventBus(clock),
+        "jobs": MemoryJobStore(clock, ttl=settings.job_ttl),
+        "locks": MemoryLocks(clock),
+    }
+
+
+def _jsonable(value: Mapping[str, Any], what: str) -> dict[str, Any]:
+    try:
+        return dict(json.loads(json.dumps(dict(value))))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} must be JSON values (they go into the trace): {exc}") from None
+
+
+def _check(seed: Any, workers: Any, faults: Any, delivery: Any,
+           services: Mapping[str, Any] | None) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"SimEnvironment(seed=...) must be an int, got {seed!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"SimEnvironment(workers=...) must be an int >= 1, got {workers!r}")
+    if faults is not None and not isinstance(faults, FaultPlan):
+        raise TypeError(
+            f"SimEnvironment(faults=...) takes a FaultPlan, got {type(faults).__name__}; "
+            "wrap faults like FaultPlan(Crash(stage='x'))")
+    if delivery not in ("auto", "at_least_once", "at_most_once"):
+        raise ValueError(f"SimEnvironment(delivery=...) must be 'auto', 'at_least_once' or "
+                         f"'at_most_once', got {delivery!r}")
+    if services is not None:
+        missing = {"storage", "events", "jobs", "locks"} - set(services)
+        if missing:
+            raise ValueError(f"SimEnvironment(services=...) needs storage, events, jobs and "
+                             f"locks; missing: {', '.join(sorted(missing))}")
+
+
+def effect(name: str, **data: Any) -> None:
+    """Record a side effect in the current simulation (a no-op outside one), so a fake
+    gateway or mailer can feed the exactly-once invariants."""
+    from dcore.core.environment import current_environment
+
+    env = current_environment()
+    if isinstance(env, SimEnvironment):
+        env.effect(name, **data)
