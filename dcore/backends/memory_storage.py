@@ -1,0 +1,82 @@
+"""In-memory object storage: the fake for unit tests and the simulator.
+
+It passes the same contract suite as the local and S3 backends (same key rules, same
+errors, key-ordered listing), so a test that passes here means the same against S3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+from dcore.backends._keys import as_bytes, iter_source, validate_key, validate_prefix
+from dcore.core.plugins import default_registry, register_plugin
+from dcore.errors import ObjectNotFoundError
+from dcore.services.storage import ObjectInfo, StorageInterface
+
+__all__ = ["MemoryStorage"]
+
+
+@register_plugin("memory", registry=default_registry())
+class MemoryStorage(StorageInterface):
+    """Objects in a dict behind a lock; every operation is atomic."""
+
+    def __init__(self) -> None:
+        self._objects: dict[str, tuple[bytes, str]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, key: str, data: bytes) -> ObjectInfo:
+        key = validate_key(key)
+        blob = as_bytes(data, "put() data")
+        digest = hashlib.sha256(blob).hexdigest()
+        with self._lock:
+            self._objects[key] = (blob, digest)
+        return ObjectInfo(key=key, size=len(blob), sha256=digest)
+
+    def put_stream(self, key: str, chunks: Iterable[bytes] | BinaryIO) -> ObjectInfo:
+        key = validate_key(key)
+        # Consumed fully before storing: a failing stream leaves the old value in place.
+        return self.put(key, b"".join(iter_source(chunks, 1024 * 1024)))
+
+    def get(self, key: str) -> bytes:
+        return self._entry(validate_key(key))[0]
+
+    def get_stream(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        blob = self._entry(validate_key(key))[0]  # eager: a missing key raises here
+        return (blob[i : i + chunk_size] for i in range(0, len(blob), chunk_size))
+
+    def info(self, key: str) -> ObjectInfo:
+        """Size and checksum of one object (not in the interface yet; every backend has it)."""
+        key = validate_key(key)
+        blob, digest = self._entry(key)
+        return ObjectInfo(key=key, size=len(blob), sha256=digest)
+
+    def delete(self, key: str) -> bool:
+        key = validate_key(key)
+        with self._lock:
+            return self._objects.pop(key, None) is not None
+
+    def exists(self, key: str) -> bool:
+        key = validate_key(key)
+        with self._lock:
+            return key in self._objects
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        prefix = validate_prefix(prefix)
+        with self._lock:  # a snapshot, so callers may delete while iterating
+            items = sorted((k, v) for k, v in self._objects.items() if k.startswith(prefix))
+        return (ObjectInfo(key=k, size=len(blob), sha256=d) for k, (blob, d) in items)
+
+    def _entry(self, key: str) -> tuple[bytes, str]:
+        with self._lock:
+            entry = self._objects.get(key)
+        if entry is None:
+            raise ObjectNotFoundError(f"no object under key {key!r} in memory storage")
+        return entry
+
+    def __repr__(self) -> str:
+        return f"MemoryStorage({len(self._objects)} objects)"

@@ -1,0 +1,456 @@
+"""What only the S3 backend has: buckets, credentials, endpoints, multipart, metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dcore.backends.s3 as s3_module
+from dcore.backends.s3 import S3Storage
+from dcore.core.environment import Environment
+from dcore.core.plugins import default_registry
+from dcore.core.settings import DcoreSettings
+from dcore.errors import InvalidKeyError, ServiceUnavailableError, StorageError
+from dcore.services.storage import StorageInterface
+from dcore_testing.fixtures import s3 as s3_fixtures
+from dcore_testing.fixtures.s3 import (
+    S3Endpoint,
+    empty_and_delete_bucket,
+    endpoint_client,
+    mock_s3_storage,
+)
+
+# the fixtures, until the dcore pytest plugin registers them globally
+s3_endpoint = s3_fixtures.s3_endpoint
+s3_bucket = s3_fixtures.s3_bucket
+s3_storage = s3_fixtures.s3_storage
+fake_s3 = s3_fixtures.fake_s3
+
+MiB = 1024 * 1024
+SECRET = "do-not-print-this-secret-0123456789"
+
+
+def make(endpoint: S3Endpoint, bucket: str, **options: Any) -> S3Storage:
+    """A storage with its own client, so event hooks registered on it stay in the test."""
+    defaults: dict[str, Any] = {
+        "endpoint_url": endpoint.url,
+        "bucket": bucket,
+        "region": endpoint.region,
+        "access_key": endpoint.access_key,
+        "secret_key": endpoint.secret_key,
+    }
+    return S3Storage(**{**defaults, **options})
+
+
+def count_calls(storage: S3Storage) -> Counter[str]:
+    """Count the API operations the storage's client sends (botocore's event hooks)."""
+    calls: Counter[str] = Counter()
+
+    def hook(event_name: str, **_: Any) -> None:
+        calls[event_name.rsplit(".", 1)[-1]] += 1
+
+    storage.client.meta.events.register("before-call.s3", hook)
+    return calls
+
+
+def pending_uploads(endpoint: S3Endpoint, bucket: str) -> list[Any]:
+    return endpoint_client(endpoint).list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def chunks_of(total: int, size: int = MiB) -> Iterator[bytes]:
+    block = bytes(range(256)) * (size // 256)
+    sent = 0
+    while sent < total:
+        piece = block[: min(size, total - sent)]
+        sent += len(piece)
+        yield piece
+
+
+def sha_of(total: int) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks_of(total):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- registration and configuration ------------------------------------------------------
+
+
+def test_registered_as_s3_and_minio() -> None:
+    for name in ("s3", "minio"):
+        assert default_registry().get(StorageInterface, name) is S3Storage
+
+
+def test_the_module_imports_and_registers_without_boto3() -> None:
+    code = (
+        "import sys; sys.modules['boto3'] = sys.modules['botocore'] = None\n"
+        "from dcore.backends.s3 import S3Storage\n"
+        "from dcore.core.plugins import default_registry\n"
+        "from dcore.services.storage import StorageInterface\n"
+        "assert default_registry().get(StorageInterface, 'minio') is S3Storage\n"
+        "try:\n"
+        "    S3Storage()\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert "pip install 'distributed-core[s3]'" in result.stdout
+
+
+def test_from_environment_reads_the_s3_settings(s3_endpoint: S3Endpoint) -> None:
+    bucket = f"dcore-env-{uuid.uuid4().hex[:12]}"
+    settings = DcoreSettings(
+        storage="minio",
+        s3_endpoint=s3_endpoint.url,
+        s3_bucket=bucket,
+        s3_region=s3_endpoint.region,
+        s3_access_key=s3_endpoint.access_key,
+        s3_secret_key=s3_endpoint.secret_key,  # type: ignore[arg-type]
+        s3_create_bucket=True,
+    )
+    try:
+        with Environment(settings) as env:
+            storage = env.storage
+            assert isinstance(storage, S3Storage)
+            assert (storage.endpoint, storage.bucket) == (s3_endpoint.url, bucket)
+            storage.put("k", b"v")  # creates the bucket on first use
+            client = endpoint_client(s3_endpoint)
+            assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
+    finally:
+        drop_bucket(s3_endpoint, bucket)
+
+
+def drop_bucket(endpoint: S3Endpoint, bucket: str) -> None:
+    empty_and_delete_bucket(endpoint_client(endpoint), bucket)
+
+
+def test_client_has_timeouts_retries_and_path_style() -> None:
+    config = S3Storage(endpoint_url="http://127.0.0.1:9", max_attempts=4).client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (5.0, 60.0)
+    assert config.retries == {"total_max_attempts": 4, "mode": "standard"}
+    assert config.s3 == {"addressing_style": "path"}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"multipart_chunk_size": 5 * MiB - 1},
+        {"multipart_threshold": 0},
+        {"page_size": 1001},
+        {"max_attempts": 0},
+    ],
+)
+def test_options_outside_s3_limits_are_refused(options: dict[str, Any]) -> None:
+    name = next(iter(options))
+    with pytest.raises(ValueError, match=name):
+        S3Storage(endpoint_url="http://127.0.0.1:9", **options)
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+def test_a_missing_bucket_names_bucket_endpoint_and_the_fix(
+    s3_endpoint: S3Endpoint, s3_bucket: str
+) -> None:
+    storage = make(s3_endpoint, "dcore-no-such-bucket")
+    with pytest.raises(StorageError) as caught:
+        storage.put("k", b"v")
+    message = str(caught.value)
+    assert "'dcore-no-such-bucket'" in message
+    assert s3_endpoint.url in message
+    assert "DCORE_S3_CREATE_BUCKET=true" in message
+    buckets = [b["Name"] for b in endpoint_client(s3_endpoint).list_buckets()["Buckets"]]
+    assert "dcore-no-such-bucket" not in buckets
+
+
+def test_create_bucket_makes_the_missing_bucket_on_first_use(s3_endpoint: S3Endpoint) -> None:
+    bucket = f"dcore-on-use-{uuid.uuid4().hex[:12]}"
+    storage = make(s3_endpoint, bucket, create_bucket=True)
+    try:
+        storage.put("k", b"v")
+        assert make(s3_endpoint, bucket).get("k") == b"v"
+    finally:
+        drop_bucket(s3_endpoint, bucket)
+
+
+def test_a_bucket_deleted_after_first_use_is_reported_with_the_fix(
+    s3_endpoint: S3Endpoint, s3_bucket: str
+) -> None:
+    storage = make(s3_endpoint, s3_bucket)
+    storage.put("k", b"v")
+    drop_bucket(s3_endpoint, s3_bucket)
+    for call in (lambda: storage.put("k", b"v"), lambda: list(storage.list())):
+        with pytest.raises(StorageError, match="DCORE_S3_CREATE_BUCKET=true") as caught:
+            call()
+        assert f"{s3_bucket!r} does not exist at {s3_endpoint.url}" in str(caught.value)
+
+
+@pytest.fixture
+def enforced_auth(s3_endpoint: S3Endpoint) -> Iterator[None]:
+    """moto accepts any credentials unless told to check them (its /moto-api/reset-auth);
+    a real MinIO always checks."""
+    if not s3_endpoint.in_process:
+        yield
+        return
+
+    def set_auth(count: str) -> None:
+        request = urllib.request.Request(
+            f"{s3_endpoint.url}/moto-api/reset-auth",
+            data=count.encode(),
+            method="POST",
+            headers={"Content-Type": "text/plain"},  # a form type would hide the body
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+
+    set_auth("0")
+    try:
+        yield
+    finally:
+        set_auth("inf")
+
+
+def assert_secret_hidden(exc: BaseException) -> None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        assert SECRET not in str(seen)
+        assert SECRET not in repr(seen)
+        seen = seen.__cause__ or seen.__context__
+
+
+@pytest.mark.usefixtures("enforced_auth")
+def test_bad_credentials_name_the_endpoint_and_the_fix_not_the_secret(
+    s3_endpoint: S3Endpoint,
+) -> None:
+    storage = make(
+        s3_endpoint, "dcore-any-bucket", access_key="AKIAWRONGWRONGWRONG", secret_key=SECRET
+    )
+    with pytest.raises(ServiceUnavailableError) as caught:
+        storage.put("k", b"v")
+    message = str(caught.value)
+    assert s3_endpoint.url in message
+    assert "AKIAWRONGWRONGWRONG" in message
+    assert "DCORE_S3_SECRET_KEY" in message
+    assert_secret_hidden(caught.value)
+    assert SECRET not in repr(storage)
+
+
+@pytest.mark.parametrize("op", ["put", "get", "list", "exists"])
+def test_an_unreachable_endpoint_names_the_endpoint_not_the_secret(op: str) -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    storage = S3Storage(
+        endpoint_url=endpoint,
+        bucket="b",
+        access_key="AKIAEXAMPLE",
+        secret_key=SECRET,
+        max_attempts=1,
+        connect_timeout=1.0,
+    )
+    calls = {
+        "put": lambda: storage.put("k", b"v"),
+        "get": lambda: storage.get("k"),
+        "list": lambda: list(storage.list()),
+        "exists": lambda: storage.exists("k"),
+    }
+    with pytest.raises(ServiceUnavailableError, match="unreachable") as caught:
+        calls[op]()
+    assert endpoint in str(caught.value)
+    assert isinstance(caught.value, ConnectionError)
+    assert_secret_hidden(caught.value)
+    assert SECRET not in repr(storage)
+
+
+def test_bad_keys_are_rejected_before_any_request(s3_storage: S3Storage) -> None:
+    calls = count_calls(s3_storage)
+    for key in ["../x", "/abs", "a\x00b", ""]:
+        with pytest.raises(InvalidKeyError):
+            s3_storage.put(key, b"v")
+    assert calls == Counter()
+
+
+def test_the_bucket_is_checked_once(s3_endpoint: S3Endpoint, s3_bucket: str) -> None:
+    storage = make(s3_endpoint, s3_bucket)
+    calls = count_calls(storage)
+    storage.put("a", b"1")
+    storage.put("b", b"2")
+    assert storage.get("a") == b"1"
+    assert calls == Counter(HeadBucket=1, PutObject=2, GetObject=1)
+
+
+# -- multipart and checksums ----------------------------------------------------------------
+
+SMALL_PARTS: dict[str, Any] = {"multipart_threshold": 5 * MiB, "multipart_chunk_size": 5 * MiB}
+
+
+def test_a_stream_below_the_threshold_is_one_put_with_its_checksum(
+    s3_endpoint: S3Endpoint, s3_bucket: str
+) -> None:
+    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    calls = count_calls(storage)
+    info = storage.put_stream("small", chunks_of(3 * MiB))
+    assert info.sha256 == sha_of(3 * MiB)
+    assert calls["PutObject"] == 1
+    assert calls["CreateMultipartUpload"] == 0
+    head = endpoint_client(s3_endpoint).head_object(Bucket=s3_bucket, Key="small")
+    assert head["Metadata"] == {"sha256": info.sha256}
+
+
+def test_a_stream_above_the_threshold_is_a_multipart_upload_with_its_checksum(
+    s3_endpoint: S3Endpoint, s3_bucket: str
+) -> None:
+    size = 11 * MiB + 3
+    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    calls = count_calls(storage)
+    info = storage.put_stream("big", chunks_of(size))
+    assert (info.size, info.sha256) == (size, sha_of(size))
+    assert calls["CreateMultipartUpload"] == 1
+    assert calls["UploadPart"] == 3  # 5 MiB + 5 MiB + the rest
+    assert calls["CompleteMultipartUpload"] == 1
+    assert calls["PutObject"] == 0
+    head = endpoint_client(s3_endpoint).head_object(Bucket=s3_bucket, Key="big")
+    assert head["Metadata"] == {"sha256": info.sha256}
+    assert head["ContentLength"] == size
+    assert storage.info("big") == info
+    digest = hashlib.sha256()
+    for chunk in storage.get_stream("big", chunk_size=MiB):
+        assert len(chunk) <= MiB
+        digest.update(chunk)
+    assert digest.hexdigest() == info.sha256
+    assert pending_uploads(s3_endpoint, s3_bucket) == []
+
+
+def test_objects_too_big_for_one_copy_get_their_checksum_by_multipart_copy(
+    s3_endpoint: S3Endpoint, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3_module, "_SINGLE_COPY_LIMIT", 5 * MiB)
+    size = 11 * MiB
+    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    calls = count_calls(storage)
+    info = storage.put_stream("huge", chunks_of(size))
+    assert calls["CopyObject"] == 0
+    assert calls["UploadPartCopy"] >= 2
+    head = endpoint_client(s3_endpoint).head_object(Bucket=s3_bucket, Key="huge")
+    assert head["Metadata"] == {"sha256": sha_of(size)} == {"sha256": info.sha256}
+    assert storage.get("huge") == b"".join(chunks_of(size))
+
+
+def test_a_failing_stream_aborts_the_multipart_upload_and_leaves_nothing(
+    s3_endpoint: S3Endpoint, s3_bucket: str
+) -> None:
+    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    calls = count_calls(storage)
+
+    def failing() -> Iterator[bytes]:
+        yield from chunks_of(12 * MiB)  # two parts go up before the failure
+        raise RuntimeError("source broke")
+
+    with pytest.raises(RuntimeError, match="source broke"):
+        storage.put_stream("partial", failing())
+    assert calls["UploadPart"] == 2
+    assert calls["AbortMultipartUpload"] == 1
+    assert not storage.exists("partial")
+    assert list(storage.list()) == []
+    assert pending_uploads(s3_endpoint, s3_bucket) == []
+
+
+def test_a_failing_part_upload_aborts_too(s3_endpoint: S3Endpoint, s3_bucket: str) -> None:
+    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    calls = count_calls(storage)
+
+    def fail_second_part(params: dict[str, Any], **_: Any) -> None:
+        if params.get("PartNumber") == 2:
+            raise OSError("network went away mid-upload")
+
+    storage.client.meta.events.register("before-parameter-build.s3.UploadPart", fail_second_part)
+    with pytest.raises(OSError, match="mid-upload"):
+        storage.put_stream("partial", chunks_of(12 * MiB))
+    assert calls["AbortMultipartUpload"] == 1
+    assert not storage.exists("partial")
+    assert pending_uploads(s3_endpoint, s3_bucket) == []
+
+
+def test_if_the_checksum_cannot_be_attached_the_object_is_removed(
+    s3_endpoint: S3Endpoint, s3_bucket: str
+) -> None:
+    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+
+    def fail_copy(**_: Any) -> None:
+        raise OSError("copy failed")
+
+    storage.client.meta.events.register("before-parameter-build.s3.CopyObject", fail_copy)
+    with pytest.raises(OSError, match="copy failed"):
+        storage.put_stream("big", chunks_of(6 * MiB))
+    assert not storage.exists("big")
+    assert pending_uploads(s3_endpoint, s3_bucket) == []
+
+
+def test_list_fetches_page_by_page(s3_endpoint: S3Endpoint, s3_bucket: str) -> None:
+    storage = make(s3_endpoint, s3_bucket, page_size=2)
+    for i in range(5):
+        storage.put(f"k{i}", b"v")
+    calls = count_calls(storage)
+    listed = storage.list()
+    assert calls["ListObjectsV2"] == 0  # lazy: nothing fetched until iterated
+    assert next(listed).key == "k0"
+    assert calls["ListObjectsV2"] == 1
+    assert [i.key for i in listed] == ["k1", "k2", "k3", "k4"]
+    assert calls["ListObjectsV2"] == 3
+
+
+def test_list_skips_objects_with_keys_dcore_would_reject(
+    s3_endpoint: S3Endpoint, s3_bucket: str, s3_storage: S3Storage
+) -> None:
+    client = endpoint_client(s3_endpoint)
+    client.put_object(Bucket=s3_bucket, Key="a//b", Body=b"written by another tool")
+    s3_storage.put("ok", b"v")
+    assert [i.key for i in s3_storage.list()] == ["ok"]
+
+
+# -- fake_s3 ----------------------------------------------------------------------------------
+
+
+def test_fake_s3_is_isolated_from_and_does_not_wipe_the_moto_server(
+    s3_storage: S3Storage, fake_s3: S3Storage
+) -> None:
+    s3_storage.put("server-object", b"on the server")
+    fake_s3.put("fake-object", b"in the mock")
+    assert fake_s3.endpoint.startswith("https://s3.")  # no endpoint: moto intercepts boto3
+    assert [i.key for i in fake_s3.list()] == ["fake-object"]
+    assert [i.key for i in s3_storage.list()] == ["server-object"]
+    assert s3_storage.get("server-object") == b"on the server"
+
+
+def test_fake_s3_deletes_its_buckets_afterwards(
+    s3_endpoint: S3Endpoint, s3_storage: S3Storage
+) -> None:
+    if not s3_endpoint.in_process:
+        pytest.skip("only an in-process moto server shares the mock's backends")
+    s3_storage.put("survivor", b"v")
+    with mock_s3_storage() as fake:
+        fake.put("k", b"v")
+        fake.client.create_bucket(Bucket="dcore-made-in-test")
+        bucket = fake.bucket
+    # moto's backends are process-wide, so the server shows what the mock left behind
+    names = {b["Name"] for b in s3_storage.client.list_buckets()["Buckets"]}
+    assert bucket not in names
+    assert "dcore-made-in-test" not in names
+    assert s3_storage.get("survivor") == b"v"
