@@ -25,8 +25,9 @@ class ObjectInfo(BaseModel):
 @define_interface
 class StorageInterface(ServiceInterface):
     """Keys are ``/``-separated relative paths (``uploads/a.txt``). A key that is empty,
-    absolute, contains NUL or ``..`` segments raises ``InvalidKeyError`` before any I/O.
-    A missing key raises ``ObjectNotFoundError``."""
+    absolute, or contains NUL or other control characters, backslashes, ``..``, ``.`` or
+    empty segments, or is over 1024 bytes (a segment over 255) raises ``InvalidKeyError``
+    before any I/O. A missing key raises ``ObjectNotFoundError``."""
 
     service_name: ClassVar[str] = "storage"
 
@@ -43,6 +44,10 @@ class StorageInterface(ServiceInterface):
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def info(self, key: str) -> ObjectInfo:
+        """Size and sha256 of one object; ``ObjectNotFoundError`` if it is missing."""
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
