@@ -4,7 +4,13 @@ See :class:`SimEnvironment`. Everything a run decides goes through a :class:`Cho
 everything it does goes into a :class:`Trace`; a trace replays exactly.
 """
 
-from dcore_testing.sim.chooser import Chooser, HypothesisChooser, RandomChooser, ReplayChooser
+from dcore_testing.sim.chooser import (
+    Chooser,
+    HypothesisChooser,
+    RandomChooser,
+    ReplayChooser,
+    ScheduleChooser,
+)
 from dcore_testing.sim.clock import VirtualClock
 from dcore_testing.sim.environment import SimEnvironment, effect
 from dcore_testing.sim.errors import Deadlock, ReplayDivergence, SimulationError, WorkerCrash
@@ -33,6 +39,7 @@ __all__ = [
     "RandomChooser",
     "ReplayChooser",
     "ReplayDivergence",
+    "ScheduleChooser",
     "Scheduler",
     "ServiceError",
     "SimEnvironment",

@@ -22,7 +22,14 @@ from dcore_testing.sim.errors import ReplayDivergence
 if TYPE_CHECKING:
     from dcore_testing.sim.trace import Trace
 
-__all__ = ["Chooser", "HypothesisChooser", "RandomChooser", "ReplayChooser"]
+__all__ = [
+    "Chooser",
+    "HypothesisChooser",
+    "RandomChooser",
+    "ReplayChooser",
+    "ScheduleChooser",
+    "preemption_points",
+]
 
 _CHANCE_SCALE = 1 << 16
 
@@ -60,16 +67,51 @@ class RandomChooser:
         return self.random.random() < p
 
 
-class HypothesisChooser:
+class ScheduleChooser:
+    """Choices from a fixed schedule of preemption points ``{decision number: offset}``
+    (offset 1 = the next task in line); every other decision carries on with the task
+    that yielded. Faults and other picks come from ``random`` (a seeded Random)."""
+
+    kind = "schedule"
+
+    def __init__(self, schedule: dict[int, int], random_source: random.Random | None = None
+                 ) -> None:
+        bad = {k: v for k, v in schedule.items() if k < 0 or v < 1}
+        if bad:
+            raise ValueError(f"a schedule maps decision numbers >= 0 to offsets >= 1, got {bad}")
+        self.schedule = dict(schedule)
+        self.random = random_source or random.Random(0)
+        self.decisions = 0
+
+    def choose(self, n: int, what: str) -> int:
+        if what != "run":
+            return self._other(n)
+        step = self.decisions
+        self.decisions += 1
+        offset = self.schedule.get(step)
+        if offset is None:
+            return 0
+        return 1 + (offset - 1) % (n - 1)
+
+    def _other(self, n: int) -> int:
+        return int(self.random.random() * n)
+
+    def chance(self, p: float, what: str) -> bool:
+        return self.random.random() < p
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.schedule!r})"
+
+
+class HypothesisChooser(ScheduleChooser):
     """Choices drawn from Hypothesis ``data`` (``st.data()``), so failing runs shrink.
 
-    The interleaving is drawn up front as a *schedule*: a short list of preemption
-    points ``(decision number, which other task)``; every other decision carries on
-    with the task that yielded. Hypothesis shrinks lists by deleting elements and
-    numbers towards zero, so a failing run shrinks to the fewest, earliest preemptions
-    that still fail — for a lost update, one. ``horizon`` bounds the decision numbers
-    drawn (decisions past it never preempt); faults are drawn at each opportunity and
-    shrink towards "no fault"."""
+    The interleaving is drawn up front as a schedule: a short list of preemption points
+    ``(decision number, which other task)``. Hypothesis shrinks lists by deleting
+    elements and numbers towards zero, so a failing run shrinks to the fewest, earliest
+    preemptions that still fail — for a lost update, one. ``horizon`` bounds the decision
+    numbers drawn (later decisions never preempt); faults are drawn at each opportunity
+    and shrink towards "no fault"."""
 
     kind = "hypothesis"
 
@@ -81,31 +123,25 @@ class HypothesisChooser:
                 f"HypothesisChooser needs horizon >= 1 and max_preemptions >= 0, got "
                 f"horizon={horizon!r}, max_preemptions={max_preemptions!r}")
         self.data = data
-        points = data.draw(
-            st.lists(st.tuples(st.integers(0, horizon - 1), st.integers(1, 8)),
-                     max_size=max_preemptions, unique_by=lambda p: p[0]),
-            label="preemptions",
-        )
-        #: decision number → pick offset (1 = the next task in line)
-        self.schedule: dict[int, int] = dict(points)
-        self.decisions = 0
+        self._st = st
+        points = data.draw(preemption_points(horizon, max_preemptions), label="preemptions")
+        super().__init__(dict(points))
         self._coin = st.integers(0, _CHANCE_SCALE - 1)
 
-    def choose(self, n: int, what: str) -> int:
-        if what != "run":
-            from hypothesis import strategies as st
-
-            return int(self.data.draw(st.integers(0, n - 1)))
-        step = self.decisions
-        self.decisions += 1
-        offset = self.schedule.get(step)
-        if offset is None:
-            return 0
-        return 1 + (offset - 1) % (n - 1)
+    def _other(self, n: int) -> int:
+        return int(self.data.draw(self._st.integers(0, n - 1)))
 
     def chance(self, p: float, what: str) -> bool:
         # 0 (the shrink target) is "no fault"; the top p of the range is "fault"
         return bool(self.data.draw(self._coin) >= (1.0 - p) * _CHANCE_SCALE)
+
+
+def preemption_points(horizon: int = 64, max_preemptions: int = 8) -> Any:
+    """Hypothesis strategy: a list of ``(decision number, offset)`` preemption points."""
+    from hypothesis import strategies as st
+
+    return st.lists(st.tuples(st.integers(0, horizon - 1), st.integers(1, 8)),
+                    max_size=max_preemptions, unique_by=lambda p: p[0])
 
 
 class ReplayChooser:

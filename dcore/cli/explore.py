@@ -1,0 +1,80 @@
+"""``dcore explore MODULE:SCENARIO --seeds N``: run a simulator scenario over many seeds.
+
+A scenario is a function taking a ``SimEnvironment``; its ``sim_options`` (workers,
+faults, settings) configure each run. A progress bar goes to stderr, each failing
+seed's trace to ``--trace-dir``, and the exit code is 1 when any seed failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from dcore.cli.common import fail, load_object
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("explore", help="run a simulator scenario over many seeds")
+    parser.add_argument("target", metavar="MODULE:SCENARIO", help="a scenario function")
+    parser.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
+    parser.add_argument("--start", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--workers", type=int, default=None, help="override worker count")
+    parser.add_argument("--trace-dir", default="dcore-traces",
+                        help="where failing traces go (default dcore-traces)")
+    parser.add_argument("--max-failures", type=int, default=None,
+                        help="stop after this many failing seeds")
+    parser.set_defaults(handler=run)
+
+
+def _bar(done: int, total: int, failures: int, started: float) -> str:
+    width = 30
+    filled = width * done // max(total, 1)
+    rate = done / max(time.monotonic() - started, 1e-9)
+    return (f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} seeds  "
+            f"{failures} failing  {rate:,.0f}/s")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dcore.cli.replay import testing_missing
+
+    missing = testing_missing()
+    if missing:
+        return fail(missing)
+    if args.seeds < 1:
+        return fail(f"--seeds must be at least 1, got {args.seeds}")
+    from dcore_testing.sim.explore import explore
+
+    scenario = load_object(args.target)
+    if not callable(scenario):
+        return fail(f"{args.target} is a {type(scenario).__name__}, not a scenario function")
+    overrides: dict[str, Any] = {}
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    total = args.seeds
+    started = time.monotonic()
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, failures: int) -> None:
+        if tty or done == total or done % max(total // 20, 1) == 0:
+            sys.stderr.write(_bar(done, total, failures, started) + ("" if tty else "\n"))
+            sys.stderr.flush()
+
+    seeds = range(args.start, args.start + total)
+    failures = explore(scenario, seeds, trace_dir=args.trace_dir, progress=progress,
+                       max_failures=args.max_failures, **overrides)
+    if tty:
+        sys.stderr.write("\n")
+    if not failures:
+        print(f"{args.target}: {total} seeds, no failure")
+        return 0
+    print(f"{args.target}: {len(failures)} failing seed(s)")
+    for outcome in failures:
+        print(f"  seed {outcome.seed}: {type(outcome.error).__name__}: "
+              f"{str(outcome.error).splitlines()[0] if outcome.error else ''}")
+        if outcome.path is not None:
+            print(f"    trace: {outcome.path}   (dcore replay {outcome.path})")
+    return 1

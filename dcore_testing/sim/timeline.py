@@ -1,0 +1,154 @@
+"""A trace as a readable timeline: one column (lane) per worker or task, virtual time
+on the left, faults marked. Used by ``dcore replay`` and the HTML view."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from dcore_testing.sim.trace import Trace
+
+__all__ = ["describe_event", "lanes", "render_text", "rows", "severity", "summary"]
+
+Event = dict[str, Any]
+
+
+def _job(e: Event) -> str:
+    return f" {e['job']}" if e.get("job") else ""
+
+
+def describe_event(e: Event) -> str | None:
+    """A short text for one event, or None for events a timeline leaves out."""
+    ev = e["ev"]
+    j = _job(e)
+    if ev == "choice":
+        if e.get("what") == "run":
+            return None if e.get("pick") == 0 else f"» preempted to run{j}"
+        return f"? {e['what']} → {e['pick']}"
+    if ev == "spawn":
+        return None
+    if ev == "dispatch":
+        how = "remote" if e.get("remote") else "in-process"
+        return f"dispatch{j} ({how}, {e.get('delivery')})"
+    if ev == "deliver":
+        return f"deliver{j} attempt {e['attempt']} ({e['cause']})"
+    if ev == "stage.enter":
+        return f"→ {e['stage']}{j}"
+    if ev == "stage.exit":
+        err = e.get("error")
+        return f"← {e['stage']}{j}" + (f" !{err}" if err else "")
+    if ev == "call":
+        key = e.get("key")
+        return f"{e['op']}({key})" if key is not None else str(e["op"])
+    if ev == "fault":
+        details = {k: v for k, v in e.items() if k not in ("t", "ev", "lane", "job", "fault")}
+        text = " ".join(f"{k}={v}" for k, v in details.items())
+        return f"✖ FAULT {e['fault']}{j}" + (f" {text}" if text else "")
+    if ev == "crash":
+        return f"✖ CRASH{j} worker died ({e['where']})"
+    if ev == "redeliver":
+        return f"↻ redeliver{j} in {e['after']}s"
+    if ev == "retry":
+        return f"↻ retry{j} attempt {e['attempt']} in {e['delay']:g}s"
+    if ev == "failed":
+        return f"✗ failed{j}: {e.get('error')}" + (" (final)" if e.get("final") else "")
+    if ev == "lost":
+        return f"✖ LOST{j}: {e.get('reason')}"
+    if ev == "dlq":
+        return f"☠ dead letter{j}"
+    if ev == "ack":
+        return f"✓ ack{j}"
+    if ev == "skip":
+        return f"skip duplicate{j} (already {e.get('state')})"
+    if ev == "effect":
+        data = {k: v for k, v in e.items() if k not in ("t", "ev", "lane", "job", "name")}
+        return f"★ {e['name']}{j} {json.dumps(data)}" if data else f"★ {e['name']}{j}"
+    if ev.startswith("lock."):
+        extra = f" fence={e['fence']}" if e.get("fence") is not None else ""
+        return f"⚿ {ev[5:]} {e.get('name')}{extra}"
+    if ev.startswith("job.") or ev == "stage.failed":
+        attempt = f" #{e['attempt']}" if "attempt" in e else ""
+        return f"{ev}{j}{attempt}"
+    if ev == "sleep":
+        return f"sleep {e.get('seconds')}s"
+    return f"{ev}{j}"
+
+
+def severity(e: Event) -> str:
+    """A class for colouring: fault, retry, dead, effect, stage, lock, call, info."""
+    ev = e["ev"]
+    if ev in ("fault", "crash", "lost") or (ev == "stage.exit" and e.get("error")):
+        return "fault"
+    if ev in ("retry", "redeliver", "failed", "job.retrying"):
+        return "retry"
+    if ev in ("dlq", "job.dead"):
+        return "dead"
+    if ev == "effect":
+        return "effect"
+    if ev.startswith("stage."):
+        return "stage"
+    if ev.startswith("lock."):
+        return "lock"
+    if ev == "call":
+        return "call"
+    return "info"
+
+
+def lanes(trace: Trace) -> list[str]:
+    """Lanes in order: main first, then workers (w1, w2 …), then other tasks."""
+    seen: dict[str, None] = {}
+    for e in trace.events:
+        seen.setdefault(e.get("lane", "main"), None)
+
+    def order(name: str) -> tuple[int, int, str]:
+        if name == "main":
+            return (0, 0, name)
+        if name[:1] == "w" and name[1:].isdigit():
+            return (1, int(name[1:]), name)
+        return (2, 0, name)
+    return sorted(seen, key=order)
+
+
+def rows(trace: Trace, *, calls: bool = True) -> list[tuple[float, str, str, Event]]:
+    """``(time, lane, text, event)`` for every event the timeline shows."""
+    out = []
+    for e in trace.events:
+        if not calls and e["ev"] == "call":
+            continue
+        text = describe_event(e)
+        if text is not None:
+            out.append((float(e.get("t", 0.0)), e.get("lane", "main"), text, e))
+    return out
+
+
+def summary(trace: Trace) -> list[str]:
+    h = trace.header
+    lines = [f"trace: seed={h.get('seed')} workers={h.get('workers')} "
+             f"chooser={h.get('chooser')} events={len(trace)}"]
+    if h.get("name"):
+        lines.append(f"scenario: {h['name']}")
+    faults = (h.get("faults") or {})
+    if faults.get("faults") or len(faults) > 1:
+        lines.append(f"faults: {json.dumps(faults)}")
+    if h.get("error"):
+        lines.append(f"error: {h['error']}")
+    return lines
+
+
+def render_text(trace: Trace, *, width: int = 34, calls: bool = True) -> str:
+    """The timeline as fixed-width text columns."""
+    names = lanes(trace)
+    col = {name: i for i, name in enumerate(names)}
+
+    def cell(text: str) -> str:
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    out = summary(trace)
+    out.append("")
+    out.append(f"{'time (s)':>10} │ " + " │ ".join(n.ljust(width) for n in names))
+    out.append("─" * 11 + "┼" + "┼".join("─" * (width + 2) for _ in names))
+    for t, lane, text, _ in rows(trace, calls=calls):
+        cells = [" " * width] * len(names)
+        cells[col[lane]] = cell(text).ljust(width)
+        out.append(f"{t:>10.3f} │ " + " │ ".join(cells).rstrip())
+    return "\n".join(out) + "\n"

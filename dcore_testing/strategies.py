@@ -1,0 +1,211 @@
+"""Hypothesis strategies for pipelines, contexts, fault plans and schedules.
+
+::
+
+    @given(contexts(UploadContext), fault_plans(stages=["charge"]), schedules())
+    def test_no_job_lost(ctx, plan, schedule): ...
+
+Hypothesis is imported here (not in ``dcore_testing``), so only tests that use the
+strategies pay for it.
+"""
+
+from __future__ import annotations
+
+import random
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hypothesis import strategies as st
+
+from dcore.core.context import PipelineContext
+from dcore.core.interfaces import Dispatch, Execute, StageRef
+from dcore.core.pipeline import Pipeline
+from dcore_testing.sim.chooser import ScheduleChooser, preemption_points
+from dcore_testing.sim.faults import (
+    Crash,
+    Delay,
+    Drop,
+    Duplicate,
+    FaultPlan,
+    ServiceError,
+)
+
+__all__ = ["contexts", "fault_plans", "pipelines", "schedules", "seeds"]
+
+_FAULT_KINDS = ("crash", "duplicate", "delay", "drop", "service_error")
+_TEXT = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=16)
+
+
+def seeds() -> st.SearchStrategy[int]:
+    """Seeds for ``SimEnvironment(seed=...)``."""
+    return st.integers(0, 2**32 - 1)
+
+
+def schedules(horizon: int = 64, max_preemptions: int = 8) -> st.SearchStrategy[ScheduleChooser]:
+    """Interleavings as choosers (pass as ``SimEnvironment(chooser=...)``): a few
+    preemption points that shrink to fewer and earlier; drawn faults follow a drawn seed."""
+    if horizon < 1 or max_preemptions < 0:
+        raise ValueError(f"schedules() needs horizon >= 1 and max_preemptions >= 0, got "
+                         f"horizon={horizon!r}, max_preemptions={max_preemptions!r}")
+    return st.builds(
+        lambda points, seed: ScheduleChooser(dict(points), random.Random(seed)),
+        preemption_points(horizon, max_preemptions), st.integers(0, 2**32 - 1),
+    )
+
+
+# -- contexts -----------------------------------------------------------------------------
+def _for_annotation(annotation: Any) -> st.SearchStrategy[Any]:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is str:
+        return _TEXT
+    if annotation is bytes:
+        return st.binary(max_size=64)
+    if annotation is bool:
+        return st.booleans()
+    if annotation is int:
+        return st.integers(-(2**31), 2**31)
+    if annotation is float:
+        return st.floats(allow_nan=False, allow_infinity=False, width=32)
+    if origin in (list, Sequence):
+        return st.lists(_for_annotation(args[0] if args else str), max_size=4)
+    if origin is dict:
+        key, value = args or (str, str)
+        return st.dictionaries(_for_annotation(key), _for_annotation(value), max_size=4)
+    if origin in (typing.Union, types.UnionType):
+        return st.one_of([_for_annotation(a) for a in args])
+    if origin is typing.Literal:
+        return st.sampled_from(args)
+    if annotation is type(None):
+        return st.none()
+    return st.from_type(annotation)
+
+
+def contexts(context_type: type[PipelineContext], **fields: Any
+             ) -> st.SearchStrategy[PipelineContext]:
+    """Contexts of ``context_type`` with every data field drawn from its annotation.
+
+    ``fields`` pin a field to a value or to a strategy of your own. ``job_id``,
+    ``errors`` and runtime-only fields keep their defaults."""
+    if not (isinstance(context_type, type) and issubclass(context_type, PipelineContext)):
+        raise TypeError(f"contexts() takes a PipelineContext subclass, got {context_type!r}")
+    known = context_type.model_fields
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise TypeError(f"contexts({context_type.__name__}): no field(s) {', '.join(unknown)}; "
+                        f"fields: {', '.join(known)}")
+    skip = {"job_id", "errors", *context_type.runtime_fields()}
+    drawn: dict[str, st.SearchStrategy[Any]] = {}
+    for name, info in known.items():
+        if name in fields:
+            value = fields[name]
+            drawn[name] = value if isinstance(value, st.SearchStrategy) else st.just(value)
+        elif name not in skip and info.is_required():
+            drawn[name] = _for_annotation(info.annotation)
+        elif name not in skip:
+            drawn[name] = st.one_of(st.just(info.get_default(call_default_factory=True)),
+                                    _for_annotation(info.annotation))
+    return st.fixed_dictionaries(drawn).map(lambda data: context_type(**data))
+
+
+# -- pipelines ----------------------------------------------------------------------------
+def _ref(stage: str | StageRef) -> StageRef:
+    if isinstance(stage, StageRef):
+        return stage
+    if isinstance(stage, str) and stage:
+        return StageRef(Execute, stage, {})
+    raise TypeError(f"a stage vocabulary holds plugin names or stage references like "
+                    f"Execute('logging'), got {stage!r}")
+
+
+def pipelines(
+    context: PipelineContext | st.SearchStrategy[PipelineContext],
+    core_fn: Callable[[Any], Any],
+    vocabulary: Sequence[str | StageRef],
+    *,
+    dispatch: str | StageRef | None = "schedule_job",
+    min_stages: int = 1,
+    max_stages: int = 5,
+) -> st.SearchStrategy[Pipeline[Any]]:
+    """Pipelines of ``min_stages..max_stages`` Execute stages drawn (with repeats) from
+    ``vocabulary``, with the ``dispatch`` stage at a drawn position (None: no Dispatch).
+    Not yet run, so not frozen."""
+    refs = [_ref(s) for s in vocabulary]
+    if not refs:
+        raise ValueError("pipelines() needs a non-empty stage vocabulary")
+    if not 0 <= min_stages <= max_stages:
+        raise ValueError(f"pipelines() needs 0 <= min_stages <= max_stages, got "
+                         f"{min_stages}..{max_stages}")
+    dispatch_ref = None
+    if dispatch is not None:
+        dispatch_ref = dispatch if isinstance(dispatch, StageRef) else StageRef(
+            Dispatch, dispatch, {})
+    contexts_ = context if isinstance(context, st.SearchStrategy) else st.just(context)
+
+    @st.composite
+    def build(draw: st.DrawFn) -> Pipeline[Any]:
+        ctx = draw(contexts_)
+        chosen = draw(st.lists(st.sampled_from(refs), min_size=min_stages, max_size=max_stages))
+        if dispatch_ref is not None:
+            chosen.insert(draw(st.integers(0, len(chosen))), dispatch_ref)
+        pipeline: Pipeline[Any] = Pipeline(ctx, core_fn)
+        for ref in chosen:
+            pipeline.chain(ref)
+        return pipeline
+
+    return build()
+
+
+# -- faults -------------------------------------------------------------------------------
+def fault_plans(
+    kinds: Sequence[str] = ("crash", "duplicate", "delay"),
+    *,
+    stages: Sequence[str] = (),
+    ops: Sequence[str] = ("storage.put", "storage.get"),
+    jobs: int = 1,
+    max_faults: int = 3,
+    probabilities: bool = False,
+) -> st.SearchStrategy[FaultPlan]:
+    """Fault plans of up to ``max_faults`` explicit faults of the given ``kinds`` against
+    jobs ``1..jobs`` (crashes at one of ``stages``, service errors at one of ``ops``);
+    with ``probabilities``, drawn per-opportunity probabilities as well. Shrinks to the
+    empty plan."""
+    unknown = sorted(set(kinds) - set(_FAULT_KINDS))
+    if unknown:
+        raise ValueError(f"fault_plans(kinds=...): unknown kind(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(_FAULT_KINDS)}")
+    if jobs < 1 or max_faults < 0:
+        raise ValueError(f"fault_plans() needs jobs >= 1 and max_faults >= 0, got "
+                         f"jobs={jobs!r}, max_faults={max_faults!r}")
+    job = st.one_of(st.none(), st.integers(1, jobs))
+    options: list[st.SearchStrategy[Any]] = []
+    if "crash" in kinds:
+        where = st.sampled_from(list(stages)) if stages else st.none()
+        options.append(st.builds(Crash, job=job, stage=where,
+                                 when=st.sampled_from(["enter", "exit"])))
+    if "duplicate" in kinds:
+        options.append(st.builds(Duplicate, job=job))
+    if "delay" in kinds:
+        options.append(st.builds(Delay, job=job, seconds=st.sampled_from([0.5, 5.0, 60.0])))
+    if "drop" in kinds:
+        options.append(st.builds(Drop, job=job))
+    if "service_error" in kinds:
+        options.append(st.builds(ServiceError, job=job, op=st.sampled_from(list(ops)),
+                                 nth=st.integers(1, 3)))
+    explicit = st.lists(st.one_of(options), max_size=max_faults) if options else st.just([])
+    chance = st.sampled_from([0.0, 0.05, 0.2])
+    if not probabilities:
+        return explicit.map(lambda faults: FaultPlan(*faults))
+    return st.builds(
+        lambda faults, c, d, dl, dr, se: FaultPlan(
+            *faults,
+            crash=c if "crash" in kinds else 0.0,
+            duplicate=d if "duplicate" in kinds else 0.0,
+            delay=dl if "delay" in kinds else 0.0,
+            drop=dr if "drop" in kinds else 0.0,
+            service_error=se if "service_error" in kinds else 0.0,
+        ),
+        explicit, chance, chance, chance, chance, chance,
+    )
