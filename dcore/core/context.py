@@ -54,7 +54,9 @@ class _RuntimeOnly:
 RUNTIME_ONLY = _RuntimeOnly()
 
 if TYPE_CHECKING:
-    Runtime = Annotated[T, RUNTIME_ONLY]
+    # what type checkers see: the value is None on a worker (and when not passed), so
+    # declare ``session: Runtime[Session] = None`` to make it optional for them too
+    Runtime = Annotated[T | None, RUNTIME_ONLY]
 else:
 
     class Runtime:

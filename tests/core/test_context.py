@@ -38,7 +38,7 @@ class Session:
 class UploadContext(PipelineContext):
     file_path: str
     file_content: bytes
-    session: Runtime[Session]
+    session: Runtime[Session] = None
 
 
 class SeedContext(PipelineContext):

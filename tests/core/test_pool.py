@@ -1,3 +1,5 @@
+# mypy: disable-error-code="abstract,call-arg,arg-type"
+# (mypy cannot see that calling an interface, Execute("name"), makes a StageRef)
 """PluginPool: bounded, thread-safe pools of plugins that hold resources, entered once
 and exited when discarded or closed."""
 

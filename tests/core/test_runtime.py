@@ -1,3 +1,5 @@
+# mypy: disable-error-code="abstract,call-arg,arg-type"
+# (mypy cannot see that calling an interface, Execute("name"), makes a StageRef)
 """``run_message``: a malformed message is a MessageError, the job goes DEAD with a
 dead letter holding the raw message, and the worker lives on."""
 

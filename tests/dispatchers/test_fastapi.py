@@ -1,3 +1,5 @@
+# mypy: disable-error-code="abstract,call-arg,arg-type"
+# (mypy cannot see that calling an interface, Execute("name"), makes a StageRef)
 """``fastapi``: the background part goes into the request's BackgroundTasks and runs
 after the response; without BackgroundTasks the hand-off fails clearly."""
 
@@ -35,7 +37,7 @@ class SeedStyle(PipelineContext):
 class Explicit(PipelineContext):
     name: str
     trail: list[str] = []
-    tasks: Runtime[BackgroundTasks]
+    tasks: Runtime[BackgroundTasks] = None
 
 
 class Without(PipelineContext):
@@ -56,7 +58,7 @@ class Mark(Execute[Any]):
 
 def core(ctx: Any) -> str:
     ctx.trail.append("core")
-    return ctx.name
+    return str(ctx.name)
 
 
 @pytest.fixture(autouse=True)

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="abstract,call-arg,arg-type"
+# (mypy cannot see that calling an interface, Execute("name"), makes a StageRef)
 """``inline``: the background part runs before run() returns, recorded like any job."""
 
 from __future__ import annotations

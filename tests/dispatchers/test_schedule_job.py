@@ -1,3 +1,5 @@
+# mypy: disable-error-code="abstract,call-arg,arg-type"
+# (mypy cannot see that calling an interface, Execute("name"), makes a StageRef)
 """``schedule_job``: one setting (DCORE_DISPATCHER or ``using``) picks the engine;
 ``auto`` takes fastapi when the context carries BackgroundTasks, else thread."""
 
@@ -29,7 +31,7 @@ from dcore.dispatchers.thread import ThreadDispatcher
 
 
 class Ctx(PipelineContext):
-    tasks: Runtime[BackgroundTasks]
+    tasks: Runtime[BackgroundTasks] = None
 
 
 class FakeRemote(Dispatch[Any]):
