@@ -6,6 +6,15 @@ for the whole session and stopped when pytest finishes. After each test the
 server is ``reset()`` (proxies enabled, toxics removed) and the proxies the test
 created are deleted, so names and ports never leak into the next test; proxies
 that existed before the test (e.g. from a docker-compose config) are kept.
+
+``chaos_redis`` puts a proxy in front of the ``redis_url`` server and yields a
+:class:`~dcore_testing.chaos.services.ChaosRedis` (``.client``, ``.url`` through the
+proxy, ``.proxy``, ``.direct_url``); the database is flushed before and after.
+``chaos_s3`` does the same for the ``s3_endpoint`` server and a fresh ``s3_bucket``:
+a :class:`~dcore_testing.chaos.services.ChaosS3` (``.endpoint``, ``.storage`` through
+the proxy, ``.direct`` beside it). Against a real Toxiproxy, set
+``DCORE_CHAOS_UPSTREAM_HOST`` when the proxy reaches the services under another host
+name than the tests do (see :mod:`.services`).
 """
 
 from __future__ import annotations
@@ -18,8 +27,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from dcore_testing.fixtures.s3 import S3Endpoint
+
     from .client import ToxiproxyClient
     from .server import ToxiproxyServer
+    from .services import ChaosRedis, ChaosS3
 
 _embedded: ToxiproxyServer | None = None
 
@@ -62,3 +74,38 @@ def toxiproxy(request: pytest.FixtureRequest) -> Iterator[ToxiproxyClient]:
                     client.get_proxy(name).delete()
         finally:
             client.close()
+
+
+@pytest.fixture
+def chaos_redis(toxiproxy: ToxiproxyClient, redis_url: str) -> Iterator[ChaosRedis]:
+    """The test Redis behind a fresh proxy; flushed before and after the test."""
+    from .services import ChaosRedis, create_service_proxy, service_address
+
+    host, port = service_address(redis_url, 6379)
+    proxy = create_service_proxy(toxiproxy, "redis", host, port)
+    chaos = ChaosRedis(proxy, redis_url)
+    try:
+        chaos.direct.flushdb()
+        yield chaos
+    finally:
+        try:
+            chaos.direct.flushdb()
+        finally:
+            chaos.close()
+
+
+@pytest.fixture
+def chaos_s3(
+    toxiproxy: ToxiproxyClient, s3_endpoint: S3Endpoint, s3_bucket: str
+) -> Iterator[ChaosS3]:
+    """The test S3 endpoint behind a fresh proxy, on this test's fresh bucket."""
+    from .services import ChaosS3, create_service_proxy, service_address
+
+    default_port = 443 if s3_endpoint.url.startswith("https:") else 80
+    host, port = service_address(s3_endpoint.url, default_port)
+    proxy = create_service_proxy(toxiproxy, "s3", host, port)
+    chaos = ChaosS3(proxy, s3_endpoint, s3_bucket)
+    try:
+        yield chaos
+    finally:
+        chaos.close()
