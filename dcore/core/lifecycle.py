@@ -89,17 +89,16 @@ def schedule(env: Environment, job_id: str, *, message: str | None = None) -> No
 
 
 def _start(env: Environment, job_id: str, attempt: int, message: str | None) -> None:
+    # one round trip on the hot path: the state machine itself refuses to start a job
+    # that already finished (SUCCEEDED and DEAD cannot move to RUNNING)
+    note = f"attempt {attempt}"
     try:
-        record = env.jobs.get(job_id)
+        env.jobs.transition(job_id, JobState.RUNNING, note=note)
     except JobNotFoundError:
         # the job store of the process that scheduled it was not this one's (or was
         # cleared): start the record here rather than drop the work
         env.jobs.create(job_id, message=message)
-        record = env.jobs.get(job_id)
-    if record.state in (JobState.SUCCEEDED, JobState.DEAD):
-        raise SkippedDuplicate(job_id, record.state, record.result)
-    try:
-        env.jobs.transition(job_id, JobState.RUNNING, note=f"attempt {attempt}")
+        env.jobs.transition(job_id, JobState.RUNNING, note=note)
     except IllegalTransitionError:
         record = env.jobs.get(job_id)
         raise SkippedDuplicate(job_id, record.state, record.result) from None
