@@ -8,6 +8,9 @@ raised for the caller to log. The worker lives on.
 
 from __future__ import annotations
 
+import json
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from dcore.core.context import PipelineContext
@@ -32,13 +35,48 @@ def load_message(
         raise MessageError(
             f"message job_id {message.job_id!r} differs from its context's {context.job_id!r}"
         )
-    core_fn = resolve_callable(message.core_fn)
-    pipeline = Pipeline.from_spec(message.spec, core_fn, environment=env)
+    pipeline = _pipelines(env).get(message)
     if message.resume_at > len(message.spec):
         raise MessageError(
             f"resume_at={message.resume_at} is past the end of a {len(message.spec)}-stage spec"
         )
     return message, context, pipeline
+
+
+class PipelineCache:
+    """Pipelines rebuilt from messages, by spec and core function, most recent kept.
+
+    A worker sees the same few pipelines over and over; building one validates every
+    stage's options and constructs its plugins, which is most of a short job's cost. A
+    built pipeline is frozen and runs any number of contexts, so it can be shared. A
+    change to the plugin registry (a plugin replaced) makes older entries unreachable."""
+
+    def __init__(self, env: Environment, size: int = 256) -> None:
+        self._env = env
+        self._size = size
+        self._cache: OrderedDict[tuple[int, int, str, str], Pipeline[Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, message: JobMessage) -> Pipeline[Any]:
+        registry = self._env.registry
+        spec = json.dumps([s.model_dump() for s in message.spec])
+        key = (id(registry), registry.generation, message.core_fn, spec)
+        with self._lock:
+            pipeline = self._cache.get(key)
+            if pipeline is not None:
+                self._cache.move_to_end(key)
+                return pipeline
+        core_fn = resolve_callable(message.core_fn)
+        pipeline = Pipeline.from_spec(message.spec, core_fn, environment=self._env)
+        with self._lock:
+            self._cache[key] = pipeline
+            while len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        return pipeline
+
+
+def _pipelines(env: Environment) -> PipelineCache:
+    return env.resource("dcore.pipeline_cache", lambda: PipelineCache(env))
 
 
 def run_message(

@@ -84,6 +84,8 @@ class PluginRegistry:
     def __init__(self) -> None:
         self._plugins: dict[type, dict[str, type]] = {}
         self._lock = threading.RLock()
+        #: Grows with every change, so caches of built pipelines can tell they are stale.
+        self.generation = 0
 
     def register(self, name: str, cls: type, *, replace: bool = False) -> type:
         """Register ``cls`` under ``name`` for every interface it implements."""
@@ -107,11 +109,13 @@ class PluginRegistry:
                     )
             for interface in implemented:
                 self._plugins[interface][name] = cls
+            self.generation += 1
         return cls
 
     def unregister(self, interface: type, name: str) -> None:
         with self._lock:
             self._plugins.get(interface, {}).pop(name, None)
+            self.generation += 1
 
     def get(self, interface: type, name: str) -> type:
         """The class registered as ``name`` for ``interface``; raises PluginNotFoundError."""

@@ -154,3 +154,43 @@ def test_load_message_resolves_without_running(
     assert context.steps == ["before"]
     assert [s.plugin for s in pipeline.stages] == ["rt_mark", "rt_capture", "rt_mark"]
     assert dcore_env.jobs.get(message["job_id"]).state is JobState.PENDING  # not run
+
+
+def test_worker_reuses_the_pipeline_built_for_a_spec(
+    dcore_env: Environment, message: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dcore.core.pipeline import Pipeline
+
+    builds: list[int] = []
+    original = Pipeline.from_spec.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        builds.append(1)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "from_spec", classmethod(counting))
+    second = copy.deepcopy(message)
+    second["job_id"] = second["context"]["data"]["job_id"] = "f" * 32
+
+    first_result = run_message(json.dumps(message))
+    second_result = run_message(json.dumps(second))
+
+    assert first_result["steps"] == second_result["steps"] == ["before", "after", "core"]
+    assert len(builds) == 1
+
+
+def test_replacing_a_plugin_invalidates_cached_pipelines(
+    dcore_env: Environment, dcore_registry: Any, message: dict[str, Any]
+) -> None:
+    run_message(json.dumps(message))
+
+    class Loud(rt.Mark):
+        def execute(self, next_fn: Any, context: Any) -> Any:
+            context.steps.append(self.tag.upper())
+            return next_fn(context)
+
+    dcore_registry.register("rt_mark", Loud, replace=True)
+    again = copy.deepcopy(message)
+    again["job_id"] = again["context"]["data"]["job_id"] = "e" * 32
+
+    assert run_message(json.dumps(again))["steps"] == ["before", "AFTER", "core"]
