@@ -14,7 +14,6 @@ False.
 from __future__ import annotations
 
 import random
-import sys
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from dcore_testing.sim.errors import ReplayDivergence
@@ -49,19 +48,23 @@ class Chooser(Protocol):
 
 
 class RandomChooser:
-    """Choices from ``random.Random(seed)``: the same seed gives the same run."""
+    """Choices from ``random.Random(seed)``: the same seed gives the same run.
+
+    ``register=True`` hands the Random to ``hypothesis.register_random``, so a chooser
+    that lives across the examples of a Hypothesis test is reseeded per example and a
+    failing example replays. A chooser made inside an example is already reproducible
+    (its seed decides everything), and registering costs a full GC pass (~40 ms), so it
+    is not the default."""
 
     kind = "random"
 
-    def __init__(self, seed: int | str = 0) -> None:
+    def __init__(self, seed: int | str = 0, *, register: bool = False) -> None:
         self.seed = seed
         self.random = random.Random(seed)
-        # Inside a Hypothesis test, let Hypothesis manage this Random (it reseeds it per
-        # example, so a failing example replays). Only there: registering walks the GC
-        # (~40 ms), and importing Hypothesis just for this costs ~0.3 s.
-        hypothesis = sys.modules.get("hypothesis")
-        if hypothesis is not None and hypothesis.currently_in_test_context():
-            hypothesis.register_random(self.random)
+        if register:
+            from hypothesis import register_random
+
+            register_random(self.random)
 
     def choose(self, n: int, what: str) -> int:
         return int(self.random.random() * n)
