@@ -33,7 +33,7 @@ from dcore.core.interfaces import Dispatch
 from dcore.core.lifecycle import SkippedDuplicate, dead_letter, describe_error
 from dcore.core.message import JobMessage
 from dcore.core.pipeline import origin_of
-from dcore.core.retry import RetryPolicy, resolve_policy
+from dcore.core.retry import RetryPolicy, declared_policy, job_policy
 from dcore.core.settings import DcoreSettings
 from dcore.errors import DcoreError, JobNotFoundError, MessageError, ServiceUnavailableError
 from dcore.runtime import run_message
@@ -122,6 +122,7 @@ def job_policy_for(message: JobMessage, env: Environment) -> RetryPolicy:
     """The job-level policy of a shipped job: the Dispatch stage's ``retry=`` (carried in
     the spec) or its plugin's policy, else the worker's ``DCORE_JOB_*`` -- the resolution
     ``dcore.dispatchers.thread.job_policy`` applies in-process."""
+    declared = None
     if 0 < message.resume_at <= len(message.spec):
         stage = message.spec[message.resume_at - 1]
         try:
@@ -129,16 +130,8 @@ def job_policy_for(message: JobMessage, env: Environment) -> RetryPolicy:
             cls: type = env.registry.get(Dispatch, stage.plugin)
         except (DcoreError, ValueError):  # run_message will reject the message itself
             explicit, cls = None, object
-        policy = resolve_policy(explicit, cls)
-        if policy.attempts > 1:
-            return policy
-    s = env.settings
-    return RetryPolicy(
-        attempts=s.job_attempts,
-        backoff=s.job_backoff,
-        initial=s.job_initial_delay,
-        max_delay=s.job_max_delay,
-    )
+        declared = declared_policy(explicit, cls)
+    return job_policy(declared, env.settings)
 
 
 def execute(
@@ -207,7 +200,7 @@ def _after_failure(
         message.job_id,
         error,
         next_message=message.with_attempt(message.attempt + 1).to_json(),
-        countdown=policy.delay(message.attempt),
+        countdown=policy.delay(message.attempt, env.random),
     )
 
 

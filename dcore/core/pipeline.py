@@ -33,7 +33,7 @@ from dcore.core.message import (
 )
 from dcore.core.plugins import interface_by_name, is_interface
 from dcore.core.pool import PluginPool
-from dcore.core.retry import NO_RETRY, RetryPolicy, call_with_retry, resolve_policy
+from dcore.core.retry import NO_RETRY, RetryPolicy, call_with_retry, declared_policy
 from dcore.errors import (
     ContextSerializationError,
     JobNotFoundError,
@@ -85,7 +85,9 @@ class Stage:
         self.cls = cls
         self.options = options
         self.is_dispatch = ref.interface is Dispatch or issubclass(ref.interface, Dispatch)
-        self.policy: RetryPolicy = resolve_policy(ref.retry, cls)
+        #: what the chain, the plugin or its interface declared (None: nothing)
+        self.declared_policy: RetryPolicy | None = declared_policy(ref.retry, cls)
+        self.policy: RetryPolicy = self.declared_policy or NO_RETRY
         self.label = ref.plugin
         self.origin = f"{ref.plugin}#{index}"
         self.pooled = hasattr(cls, "__enter__") and hasattr(cls, "__exit__")
@@ -303,7 +305,9 @@ class Pipeline(Generic[ContextT]):
     def _dispatch_call(self, stage: Stage) -> Call:
         assert self._env is not None
         env = self._env
-        continuation: Continuation[Any] = Continuation(self, stage.index + 1, stage.policy)
+        continuation: Continuation[Any] = Continuation(
+            self, stage.index + 1, stage.declared_policy
+        )
         dispatcher = stage.instance
 
         def call_dispatch(ctx: Any) -> Any:
@@ -365,7 +369,9 @@ class Pipeline(Generic[ContextT]):
                 raise MessageError(f"stage {i} of the message cannot be built: {exc}") from exc
         return pipeline
 
-    def continuation(self, resume_at: int, policy: RetryPolicy = NO_RETRY) -> Continuation[Any]:
+    def continuation(
+        self, resume_at: int, policy: RetryPolicy | None = None
+    ) -> Continuation[Any]:
         self._freeze()
         return Continuation(self, resume_at, policy)
 
@@ -483,12 +489,12 @@ class Continuation(Generic[ContextT]):
         self,
         pipeline: Pipeline[Any],
         resume_at: int,
-        policy: RetryPolicy,
+        policy: RetryPolicy | None,
         trace: dict[str, str] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.resume_at = resume_at
-        #: the job-level retry policy (the Dispatch stage's ``retry=``)
+        #: the job-level retry policy the Dispatch stage declared (None: the environment's)
         self.policy = policy
         #: trace context captured at the hand-off (see :meth:`with_trace`)
         self.trace: dict[str, str] = trace or {}

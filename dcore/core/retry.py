@@ -15,8 +15,16 @@ import tenacity
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dcore.core.clock import Clock
+from dcore.core.settings import DcoreSettings
 
-__all__ = ["NO_RETRY", "RetryPolicy", "call_with_retry", "resolve_policy"]
+__all__ = [
+    "NO_RETRY",
+    "RetryPolicy",
+    "call_with_retry",
+    "declared_policy",
+    "job_policy",
+    "resolve_policy",
+]
 
 T = TypeVar("T")
 
@@ -68,17 +76,36 @@ class RetryPolicy(BaseModel):
 NO_RETRY = RetryPolicy(attempts=1)
 
 
-def resolve_policy(
-    explicit: RetryPolicy | None, plugin_cls: type, default: RetryPolicy = NO_RETRY
-) -> RetryPolicy:
-    """``chain(retry=)`` > plugin attribute > interface attribute > ``default``."""
+def declared_policy(explicit: RetryPolicy | None, plugin_cls: type) -> RetryPolicy | None:
+    """``chain(retry=)`` > plugin attribute > interface attribute, or None if none says."""
     if explicit is not None:
         return explicit
     for klass in plugin_cls.__mro__:
         policy = vars(klass).get("retry_policy")
         if isinstance(policy, RetryPolicy):
             return policy
-    return default
+    return None
+
+
+def resolve_policy(
+    explicit: RetryPolicy | None, plugin_cls: type, default: RetryPolicy = NO_RETRY
+) -> RetryPolicy:
+    """The declared policy, else ``default``."""
+    declared = declared_policy(explicit, plugin_cls)
+    return default if declared is None else declared
+
+
+def job_policy(declared: RetryPolicy | None, settings: DcoreSettings) -> RetryPolicy:
+    """A job's re-delivery policy: the Dispatch stage's declared one (even a declared
+    single attempt), else the environment's ``DCORE_JOB_*``."""
+    if declared is not None:
+        return declared
+    return RetryPolicy(
+        attempts=settings.job_attempts,
+        backoff=settings.job_backoff,
+        initial=settings.job_initial_delay,
+        max_delay=settings.job_max_delay,
+    )
 
 
 def call_with_retry(

@@ -23,6 +23,7 @@ from dcore.core.lifecycle import SkippedDuplicate, is_given_up
 from dcore.core.pipeline import Continuation
 from dcore.core.plugins import default_registry, register_plugin
 from dcore.core.retry import RetryPolicy
+from dcore.core.retry import job_policy as resolve_job_policy
 from dcore.errors import DispatchError, DispatcherShutdownTimeout
 
 __all__ = ["ThreadDispatcher", "WorkerPool", "job_policy"]
@@ -32,15 +33,7 @@ _log = logging.getLogger("dcore.dispatch.thread")
 
 def job_policy(continuation: Continuation[Any], env: Environment) -> RetryPolicy:
     """The Dispatch stage's ``retry=``, else the environment's ``DCORE_JOB_*`` policy."""
-    if continuation.policy.attempts > 1:
-        return continuation.policy
-    s = env.settings
-    return RetryPolicy(
-        attempts=s.job_attempts,
-        backoff=s.job_backoff,
-        initial=s.job_initial_delay,
-        max_delay=s.job_max_delay,
-    )
+    return resolve_job_policy(continuation.policy, env.settings)
 
 
 class WorkerPool:
