@@ -111,5 +111,5 @@ def replay(fn: Scenario, trace: Trace | str | Path) -> Outcome:
             raise
         except Exception as exc:
             error = exc
-        sim.finish_replay()
+        sim.finish_replay()  # the first divergence, even if the scenario swallowed it
     return Outcome(int(recorded.header.get("seed", 0)), sim.trace, error)

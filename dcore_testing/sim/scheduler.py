@@ -182,6 +182,8 @@ class Scheduler:
                         self.emit("choice", task, what="run", n=n, pick=i)
                     done += 1
                     self._resume(task)
+                    if self.trace.diverged is not None:
+                        raise self.trace.diverged
                     continue
                 if not timers:
                     return "idle"

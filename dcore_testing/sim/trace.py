@@ -39,15 +39,21 @@ class Trace:
         self.events: list[Event] = []
         #: recorded events this run must reproduce (replay), else None
         self.expected = expected
+        #: the first divergence from ``expected``; raised again on every later record, so
+        #: code that catches it (a job lifecycle recording a failure) cannot bury it
+        self.diverged: ReplayDivergence | None = None
 
     # -- recording --------------------------------------------------------------------
     def record(self, event: Event) -> None:
         expected = self.expected
         if expected is not None:
+            if self.diverged is not None:
+                raise self.diverged
             i = len(self.events)
             want = expected[i] if i < len(expected) else None
             if want != event:
-                raise ReplayDivergence(i, want, event)
+                self.diverged = ReplayDivergence(i, want, event)
+                raise self.diverged
         self.events.append(event)
 
     def peek_expected(self) -> Event | None:
@@ -58,7 +64,10 @@ class Trace:
         return self.expected[i] if i < len(self.expected) else None
 
     def finish(self) -> None:
-        """In replay, fail if the run stopped before reproducing every recorded event."""
+        """In replay, fail if the run diverged or stopped before reproducing every
+        recorded event."""
+        if self.diverged is not None:
+            raise self.diverged
         if self.expected is not None and len(self.events) < len(self.expected):
             i = len(self.events)
             raise ReplayDivergence(i, self.expected[i], None,
