@@ -56,7 +56,7 @@ def upload_pipeline(context: UploadContext, *, locked: bool) -> Pipeline[UploadC
     pipeline.chain(Dispatch, plugin="schedule_job")
     pipeline.chain(Execute, plugin="storage_write", prefix="uploads/")
     if locked:
-        pipeline.chain(Execute("lock", key="index", ttl=30, timeout=60))
+        pipeline.chain(Execute, plugin="lock", key="index", ttl=30, timeout=60)
     pipeline.chain(Execute, plugin="index_update")
     return pipeline
 

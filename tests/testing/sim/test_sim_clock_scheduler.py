@@ -12,6 +12,11 @@ from dcore_testing.sim import Deadlock, FaultPlan, SimEnvironment, SimulationErr
 from dcore_testing.sim.clock import EPOCH, VirtualClock
 
 
+def _sleep_then_note(sim: SimEnvironment, seconds: float, woke: list[float]) -> None:
+    sim.clock.sleep(seconds)
+    woke.append(sim.now)
+
+
 def test_clock_refuses_to_go_backwards_and_names_both_times() -> None:
     clock = VirtualClock(start=10.0)
     with pytest.raises(ValueError, match=r"cannot go backwards: it is 10.0, asked for 5.0"):
@@ -43,9 +48,10 @@ def test_an_hour_of_sleeping_tasks_runs_instantly_in_timer_order() -> None:
 def test_run_for_stops_at_the_deadline_and_leaves_later_timers_pending() -> None:
     sim = SimEnvironment(seed=1, patch_time=False)
     woke: list[float] = []
-    sim.spawn(lambda: (sim.clock.sleep(10), woke.append(sim.now)))
+    sim.spawn(_sleep_then_note, sim, 10, woke)
     sim.run_for(5)
-    assert woke == [] and sim.now == 5.0
+    assert woke == []
+    assert sim.now == 5.0
     sim.run_for(5)
     assert woke == [10.0]
 
@@ -53,15 +59,21 @@ def test_run_for_stops_at_the_deadline_and_leaves_later_timers_pending() -> None
 def test_sleep_outside_any_task_runs_the_simulation_for_that_long() -> None:
     sim = SimEnvironment(seed=1, patch_time=False)
     woke: list[float] = []
-    sim.spawn(lambda: (sim.clock.sleep(2), woke.append(sim.now)))
+    sim.spawn(_sleep_then_note, sim, 2, woke)
     sim.clock.sleep(3)
-    assert woke == [2.0] and sim.now == 3.0
+    assert woke == [2.0]
+    assert sim.now == 3.0
 
 
 def test_step_resumes_one_task_at_a_time() -> None:
     sim = SimEnvironment(seed=1, patch_time=False)
     log: list[str] = []
-    sim.spawn(lambda: (log.append("a1"), sim.clock.sleep(1), log.append("a2")))
+    def two_steps() -> None:
+        log.append("a1")
+        sim.clock.sleep(1)
+        log.append("a2")
+
+    sim.spawn(two_steps)
     assert sim.step() is True
     assert log == ["a1"]
     assert sim.step() is True
@@ -74,8 +86,13 @@ def test_tasks_waking_at_the_same_instant_are_ordered_by_the_chooser() -> None:
     for seed in range(30):
         sim = SimEnvironment(seed=seed, patch_time=False)
         log: list[str] = []
+
+        def wake(name: str, sim: SimEnvironment = sim, log: list[str] = log) -> None:
+            sim.clock.sleep(1)
+            log.append(name)
+
         for name in "abc":
-            sim.spawn(lambda n=name: (sim.clock.sleep(1), log.append(n)))
+            sim.spawn(wake, name)
         sim.run_until_idle()
         orders.add("".join(log))
     assert len(orders) > 1  # the race is explored, not fixed by timer order
@@ -174,7 +191,8 @@ def test_a_skewed_worker_sees_a_different_wall_clock() -> None:
     task2 = sim.scheduler.spawn(lambda: seen.__setitem__("w2", sim.clock.time()),
                                 name="b", worker=2)
     sim.run_until_idle()
-    assert task1.done and task2.done
+    assert task1.done
+    assert task2.done
     assert seen == {"w1": EPOCH, "w2": EPOCH + 120}
     assert sim.clock.monotonic() == 0.0
 

@@ -3,7 +3,7 @@ at-most-once loses work, and the invariants say so."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -103,8 +103,8 @@ def test_failed_attempts_retry_with_backoff_on_the_virtual_clock_then_dead_lette
     with SimEnvironment(seed=1) as sim:
         ctx = NoteContext(note="x")
         pipeline = ctx.create_pipeline(core_fn=_note)
-        pipeline.chain(Dispatch("schedule_job", retry=policy))
-        pipeline.chain(Execute("sim_flaky", failures=5))
+        pipeline.chain(Dispatch, plugin="schedule_job", retry=policy)
+        pipeline.chain(Execute, plugin="sim_flaky", failures=5)
         pipeline.run()
         sim.run_until_idle()
     delivered = [(e["t"], e["attempt"]) for e in sim.trace.of("deliver")]
@@ -121,7 +121,8 @@ def test_a_retry_that_succeeds_ends_the_job_succeeded() -> None:
     with SimEnvironment(seed=1, job_attempts=3, job_initial_delay=1.0) as sim:
         ctx = NoteContext(note="y")
         pipeline = ctx.create_pipeline(core_fn=_note)
-        pipeline.chain(Dispatch, plugin="schedule_job").chain(Execute("sim_flaky", failures=1))
+        pipeline.chain(Dispatch, plugin="schedule_job")
+        pipeline.chain(Execute, plugin="sim_flaky", failures=1)
         pipeline.run()
         sim.run_until_idle()
     assert str(sim.jobs.get(ctx.job_id).state) == "SUCCEEDED"
@@ -164,7 +165,9 @@ def test_remote_dispatch_round_trips_the_message_through_json() -> None:
 
 
 def test_a_dropped_message_is_lost_only_by_an_at_most_once_dispatcher() -> None:
-    for delivery, lost in (("at_most_once", True), ("at_least_once", False)):
+    deliveries: tuple[tuple[Literal["at_most_once", "at_least_once"], bool], ...] = (
+        ("at_most_once", True), ("at_least_once", False))
+    for delivery, lost in deliveries:
         sim = SimEnvironment(seed=1, faults=FaultPlan(Drop(job=1)), delivery=delivery)
         with sim:
             ctx = NoteContext(note="d")
@@ -210,13 +213,11 @@ def test_a_service_error_raises_the_client_librarys_own_exception() -> None:
     seen: list[str] = []
 
     def probe(sim: SimEnvironment) -> None:
-        for call in (lambda: sim.storage.put("k", b"v"), lambda: sim.jobs.get("nope")):
-            try:
-                call()
-            except Exception as exc:
-                seen.append(type(exc).__name__)
-                assert isinstance(exc, botocore.exceptions.EndpointConnectionError
-                                  | redis.exceptions.ConnectionError)
+        with pytest.raises(botocore.exceptions.EndpointConnectionError) as s3_error:
+            sim.storage.put("k", b"v")
+        with pytest.raises(redis.exceptions.ConnectionError) as redis_error:
+            sim.jobs.get("nope")
+        seen.extend([type(s3_error.value).__name__, type(redis_error.value).__name__])
 
     plan = FaultPlan(ServiceError(op="storage.put"), ServiceError(op="jobs.get"))
     with SimEnvironment(seed=1, faults=plan) as sim:

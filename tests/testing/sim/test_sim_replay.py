@@ -3,7 +3,6 @@ at the first differing event, and the same seed gives a byte-identical trace."""
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -77,11 +76,14 @@ def test_check_determinism_passes_a_pure_scenario_and_names_a_nondeterministic_o
     trace = sim.check_determinism(payments.crash_after_charge)
     assert trace.of("crash")
 
-    def reads_real_randomness(sim: SimEnvironment) -> None:
-        race.upload(sim, 1 + random.SystemRandom().randrange(3))
+    runs: list[int] = []
+
+    def reads_global_state(sim: SimEnvironment) -> None:
+        runs.append(1)
+        race.upload(sim, len(runs))  # a different workload on the second run
 
     with pytest.raises(ReplayDivergence, match="same seed ran twice and took different paths"):
-        SimEnvironment(seed=4).check_determinism(reads_real_randomness)
+        SimEnvironment(seed=4).check_determinism(reads_global_state)
 
 
 def test_check_determinism_refuses_a_simulation_without_a_seeded_chooser() -> None:
@@ -94,9 +96,11 @@ def test_explore_saves_one_trace_per_failing_seed(tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
     failures = explore(race.unlocked_uploads, range(40), trace_dir=tmp_path,
                        progress=lambda done, failed: seen.append((done, failed)))
-    assert failures and len(seen) == 40
+    assert failures
+    assert len(seen) == 40
     for outcome in failures:
-        assert outcome.path is not None and outcome.path.exists()
+        assert outcome.path is not None
+        assert outcome.path.exists()
         assert Trace.load(outcome.path).header["error"].startswith("InvariantViolation")
     assert len(list(tmp_path.iterdir())) == len(failures)
 
