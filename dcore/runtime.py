@@ -101,4 +101,5 @@ def run_message(
         raise
     continuation = pipeline.continuation(message.resume_at)
     with trace_propagator().extract(message.trace):
-        return continuation.run(context, attempt=message.attempt, final=final)
+        raw_json = raw if isinstance(raw, str) else None
+        return continuation.run(context, attempt=message.attempt, final=final, message=raw_json)

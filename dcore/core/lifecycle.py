@@ -88,7 +88,9 @@ def schedule(env: Environment, job_id: str, *, message: str | None = None) -> No
     events.emit(env, events.JOB_SCHEDULED, job_id=job_id)
 
 
-def _start(env: Environment, job_id: str, attempt: int, message: str | None) -> None:
+def _start(
+    env: Environment, job_id: str, attempt: int, message: Callable[[], str | None]
+) -> None:
     # one round trip on the hot path: the state machine itself refuses to start a job
     # that already finished (SUCCEEDED and DEAD cannot move to RUNNING)
     note = f"attempt {attempt}"
@@ -97,7 +99,7 @@ def _start(env: Environment, job_id: str, attempt: int, message: str | None) -> 
     except JobNotFoundError:
         # the job store of the process that scheduled it was not this one's (or was
         # cleared): start the record here rather than drop the work
-        env.jobs.create(job_id, message=message)
+        env.jobs.create(job_id, message=message())
         env.jobs.transition(job_id, JobState.RUNNING, note=note)
     except IllegalTransitionError:
         record = env.jobs.get(job_id)
@@ -112,15 +114,21 @@ def run_job(
     *,
     attempt: int = 1,
     final: bool = True,
-    message: str | None = None,
+    message: str | Callable[[], str | None] | None = None,
 ) -> T:
     """Run ``fn`` as attempt ``attempt`` of job ``job_id``, recording every transition.
+
+    ``message`` (the job's message JSON, or a function building it) is only needed when
+    the record is missing or the job is dead-lettered, so it may be built lazily.
 
     A failure is re-raised after it is recorded. With ``final`` (nobody will deliver the
     job again) or an error marked by :func:`give_up`, the job goes DEAD and to the
     dead-letter queue; otherwise it stays FAILED and ``job.retrying`` announces the next
     delivery."""
-    _start(env, job_id, attempt, message)
+    def message_json() -> str | None:
+        return message() if callable(message) else message
+
+    _start(env, job_id, attempt, message_json)
     token = _current_job.set(CurrentJob(job_id, attempt))
     try:
         result = fn()
@@ -128,7 +136,7 @@ def run_job(
         error = describe_error(exc)
         env.jobs.transition(job_id, JobState.FAILED, error=error, note=f"attempt {attempt}")
         if final or is_given_up(exc):
-            dead_letter(env, job_id, error=error, message=message, attempt=attempt)
+            dead_letter(env, job_id, error=error, message=message_json(), attempt=attempt)
         else:
             events.emit(env, events.JOB_RETRYING, job_id=job_id, attempt=attempt, error=error)
         raise

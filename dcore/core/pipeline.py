@@ -313,7 +313,7 @@ class Pipeline(Generic[ContextT]):
         def call_dispatch(ctx: Any) -> Any:
             # the trace context of the hand-off travels with the continuation, so an
             # in-process dispatcher's thread continues the request's trace
-            bound = continuation.with_trace(trace_propagator().inject())
+            bound = continuation.bind(trace_propagator().inject())
             message = bound.to_json_or_none(ctx)
             schedule(env, ctx.job_id, message=message)
             try:
@@ -496,14 +496,15 @@ class Continuation(Generic[ContextT]):
         self.resume_at = resume_at
         #: the job-level retry policy the Dispatch stage declared (None: the environment's)
         self.policy = policy
-        #: trace context captured at the hand-off (see :meth:`with_trace`)
+        #: trace context captured at the hand-off (see :meth:`bind`)
         self.trace: dict[str, str] = trace or {}
+        # the message of one hand-off, built once for the job record, the dispatcher
+        # and the dead letter alike (a 16 KiB context is not serialized three times)
+        self._message: tuple[object, JobMessage | None] | None = None
 
-    def with_trace(self, trace: dict[str, str]) -> Continuation[ContextT]:
-        """This continuation carrying ``trace``: :meth:`run` continues that trace in
-        whatever thread it runs, and :meth:`to_message` ships it."""
-        if not trace:
-            return self
+    def bind(self, trace: dict[str, str]) -> Continuation[ContextT]:
+        """A continuation for one hand-off, carrying ``trace``: :meth:`run` continues
+        that trace in whatever thread it runs, and :meth:`to_message` ships it."""
         return Continuation(self.pipeline, self.resume_at, self.policy, trace)
 
     @property
@@ -513,9 +514,17 @@ class Continuation(Generic[ContextT]):
     def __call__(self, context: ContextT) -> Any:
         return self.run(context)
 
-    def run(self, context: ContextT, *, attempt: int = 1, final: bool = True) -> Any:
-        """Run the remainder as attempt ``attempt``; ``final`` if none will follow."""
-        message = self.to_json_or_none(context)
+    def run(
+        self,
+        context: ContextT,
+        *,
+        attempt: int = 1,
+        final: bool = True,
+        message: str | None = None,
+    ) -> Any:
+        """Run the remainder as attempt ``attempt``; ``final`` if none will follow.
+        ``message`` is the job's message JSON when the caller has it (a worker); else it
+        is built only if needed (a dead letter)."""
         env = self.environment
         scope = trace_propagator().extract(self.trace) if self.trace else contextlib.nullcontext()
         with scope:
@@ -525,7 +534,7 @@ class Continuation(Generic[ContextT]):
                 lambda: self.pipeline._run_suffix(self.resume_at, context),
                 attempt=attempt,
                 final=final,
-                message=message,
+                message=message if message is not None else lambda: self.to_json_or_none(context),
             )
 
     def run_unrecorded(self, context: ContextT) -> Any:
@@ -534,6 +543,15 @@ class Continuation(Generic[ContextT]):
 
     def to_message(self, context: ContextT, *, attempt: int = 1) -> JobMessage:
         """The remainder as a JobMessage; ContextSerializationError names what cannot go."""
+        cached = self._message
+        if cached is not None and cached[0] is context and cached[1] is not None:
+            message = cached[1]
+            return message if attempt == message.attempt else message.with_attempt(attempt)
+        message = self._build_message(context, attempt)
+        self._message = (context, message)
+        return message
+
+    def _build_message(self, context: ContextT, attempt: int) -> JobMessage:
         pipeline = self.pipeline
         if pipeline._stages is not None:
             spec = [s.spec() for s in pipeline._stages]
@@ -553,7 +571,11 @@ class Continuation(Generic[ContextT]):
     def to_json_or_none(self, context: ContextT) -> str | None:
         """The message JSON when the remainder can be shipped (for the job record and the
         DLQ), else None: in-process dispatchers may carry closures."""
+        cached = self._message
+        if cached is not None and cached[0] is context and cached[1] is None:
+            return None
         try:
             return self.to_message(context).to_json()
         except Exception:
+            self._message = (context, None)
             return None
