@@ -67,7 +67,7 @@ class VirtualClock:
             raise ValueError(f"sleep() needs seconds >= 0, got {seconds!r}")
         sched = self.scheduler
         if sched is not None and sched.current is not None:
-            sched.sleep(seconds)
+            sched.sleep(seconds)  # the hot path of timer-heavy simulations
         elif self.run_for is not None:
             self.run_for(seconds)
         else:

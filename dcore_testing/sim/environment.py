@@ -112,6 +112,7 @@ class SimEnvironment(Environment):
         self._aliases: dict[str, str] = {}
         self._ids: dict[str, str] = {}
         self._stack: ExitStack | None = None
+        self._spawned = 0
         for fault in plan.faults:
             if isinstance(fault, Skew):
                 clock.skew[fault.worker] = clock.skew.get(fault.worker, 0.0) + fault.seconds
@@ -232,7 +233,8 @@ class SimEnvironment(Environment):
               **kwargs: Any) -> Task:
         """Run ``fn(*args, **kwargs)`` as a simulated client task (not a worker: it
         never crashes). An exception it raises comes out of the next run call."""
-        label = name or f"client{sum(1 for e in self.trace.events if e['ev'] == 'spawn') + 1}"
+        self._spawned += 1
+        label = name or f"client{self._spawned}"
         return self.scheduler.spawn(lambda: fn(*args, **kwargs), name=label, lane=label)
 
     # -- running -------------------------------------------------------------------------

@@ -117,10 +117,10 @@ class Scheduler:
         task = self.current
         if task is None or self.closing:
             return
-        task.token += 1
+        token = task.token = task.token + 1
         heapq.heappush(self.timers, (self.clock._now + seconds, next(self._seq), task,
-                                     task.token, None))
-        self._switch_out()
+                                     token, None))
+        self._hub.switch()  # type: ignore[union-attr]
 
     def park(self, key: Hashable, timeout: float | None = None) -> bool:
         """Wait until :meth:`notify` on ``key`` (True) or ``timeout`` passes (False)."""
@@ -165,14 +165,15 @@ class Scheduler:
                 "call run_until_idle()/run_for()/step() from the test's own code"
             )
         self._running = True
-        self._hub = getcurrent()
-        ready, timers, clock = self.ready, self.timers, self.clock
+        self._hub = hub = getcurrent()
+        ready, timers, clock, trace = self.ready, self.timers, self.clock, self.trace
+        heappop = heapq.heappop
         done = 0
         try:
             while True:
-                if steps is not None and done >= steps:
-                    return "steps"
                 if ready:
+                    if steps is not None and done >= steps:
+                        return "steps"
                     n = len(ready)
                     if n == 1:
                         task = ready.pop()
@@ -181,12 +182,26 @@ class Scheduler:
                         task = ready.pop(i)
                         self.emit("choice", task, what="run", n=n, pick=i)
                     done += 1
-                    self._resume(task)
-                    if self.trace.diverged is not None:
-                        raise self.trace.diverged
+                    # resume the task until it yields, parks, sleeps or ends; a task
+                    # never raises into here (_bootstrap keeps its error)
+                    glet = task.glet
+                    self.current = task
+                    if glet is None:
+                        glet = task.glet = greenlet(self._bootstrap, parent=hub)
+                        glet.gr_context = task.context
+                        glet.switch(task)
+                    else:
+                        glet.switch()
+                    self.current = None
+                    if task.done:
+                        self._finish(task)
+                    if trace.diverged is not None:
+                        raise trace.diverged
                     continue
                 if not timers:
                     return "idle"
+                if steps is not None and done >= steps:
+                    return "steps"
                 when = timers[0][0]
                 if until is not None and when > until:
                     clock.advance_to(until)
@@ -195,33 +210,26 @@ class Scheduler:
                     clock.advance_to(when)
                 now = clock._now
                 while timers and timers[0][0] <= now:
-                    _, _, waker, token, callback = heapq.heappop(timers)
+                    _, _, waker, token, callback = heappop(timers)
                     if callback is not None:
                         callback()
                     elif waker is not None and waker.token == token and not waker.done:
                         waker.token += 1
                         if waker.waiting_on is not None:
-                            self.waiters[waker.waiting_on].remove(waker)
-                            if not self.waiters[waker.waiting_on]:
-                                del self.waiters[waker.waiting_on]
-                            waker.waiting_on = None
-                            waker.timed_out = True
+                            self._unpark(waker)
                         ready.append(waker)
         finally:
             self._running = False
 
-    def _resume(self, task: Task) -> None:
-        glet = task.glet
-        if glet is None:
-            glet = task.glet = greenlet(self._bootstrap, parent=self._hub)
-            glet.gr_context = task.context
-        self.current = task
-        try:
-            glet.switch(task)
-        finally:
-            self.current = None
-        if task.done:
-            self._finish(task)
+    def _unpark(self, task: Task) -> None:
+        """A parked task's timeout fired: take it off its wait list."""
+        key = task.waiting_on
+        waiting = self.waiters[key]
+        waiting.remove(task)
+        if not waiting:
+            del self.waiters[key]
+        task.waiting_on = None
+        task.timed_out = True
 
     @staticmethod
     def _bootstrap(task: Task) -> None:
