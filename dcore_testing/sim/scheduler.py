@@ -171,9 +171,9 @@ class Scheduler:
         done = 0
         try:
             while True:
+                if steps is not None and done >= steps:
+                    return "steps"
                 if ready:
-                    if steps is not None and done >= steps:
-                        return "steps"
                     n = len(ready)
                     if n == 1:
                         task = ready.pop()
@@ -200,8 +200,6 @@ class Scheduler:
                     continue
                 if not timers:
                     return "idle"
-                if steps is not None and done >= steps:
-                    return "steps"
                 when = timers[0][0]
                 if until is not None and when > until:
                     clock.advance_to(until)
