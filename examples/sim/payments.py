@@ -31,11 +31,18 @@ class ChargeCard(Execute[PaymentContext]):
     """Charges the order through the (fake) gateway. ``idempotent`` makes a retry or a
     redelivery skip orders it already charged."""
 
-    def __init__(self, storage: StorageInterface, idempotent: bool = False) -> None:
+    def __init__(self, storage: StorageInterface, idempotent: bool = False,
+                 gateway_outages: int = 0) -> None:
         self.storage = storage
         self.idempotent = idempotent
+        self.gateway_outages = gateway_outages
 
     def execute(self, next_fn: NextFn[PaymentContext], context: PaymentContext) -> Any:
+        tries_key = f"tries/{context.order_id}"
+        tries = int(self.storage.get(tries_key)) if self.storage.exists(tries_key) else 0
+        self.storage.put(tries_key, str(tries + 1).encode())
+        if tries < self.gateway_outages:
+            raise ConnectionError(f"payment gateway unavailable (try {tries + 1})")
         marker = f"charges/{context.order_id}"
         if not (self.idempotent and self.storage.exists(marker)):
             effect("charge", order=context.order_id, amount=context.amount_cents)

@@ -1,0 +1,1 @@
+"""Simulator scenarios used by docs/testing.md, the tests and ``dcore explore``."""
