@@ -131,7 +131,7 @@ def summary(trace: Trace) -> list[str]:
     if faults.get("faults") or len(faults) > 1:
         lines.append(f"faults: {json.dumps(faults)}")
     if h.get("error"):
-        lines.append(f"error: {h['error']}")
+        lines.append(f"error: {str(h['error']).splitlines()[0]}")
     return lines
 
 
