@@ -79,20 +79,31 @@ def build(ctx: BenchContext) -> Pipeline[BenchContext]:
     return pipeline
 
 
-def measure(fn: Callable[[BenchContext], Any], n: int, repeats: int) -> float:
-    """Best seconds per call over ``repeats`` rounds of ``n`` calls on fresh contexts."""
-    best = float("inf")
-    for _ in range(repeats):
-        contexts = [BenchContext() for _ in range(n)]
-        gc.collect()
-        gc.disable()
+def time_once(fn: Callable[[BenchContext], Any], n: int) -> float:
+    """Seconds per call of ``fn`` over ``n`` fresh contexts made before the timer starts."""
+    contexts = [BenchContext() for _ in range(n)]
+    gc.collect()
+    gc.disable()
+    try:
         start = time.perf_counter()
         for ctx in contexts:
             fn(ctx)
         elapsed = time.perf_counter() - start
+    finally:
         gc.enable()
-        best = min(best, elapsed / n)
-        assert all(c.count == STAGES for c in contexts)
+    assert all(c.count == STAGES for c in contexts)
+    return elapsed / n
+
+
+def measure(
+    variants: list[tuple[Callable[[BenchContext], Any], int]], repeats: int
+) -> list[float]:
+    """Best seconds per call of each variant. Rounds interleave the variants, so a burst
+    of load elsewhere on the machine hits the baseline and the pipeline alike."""
+    best = [float("inf")] * len(variants)
+    for _ in range(repeats):
+        for i, (fn, n) in enumerate(variants):
+            best[i] = min(best[i], time_once(fn, n))
     return best
 
 
@@ -100,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     args = parser.parse_args()
-    n, repeats = (2_000, 3) if args.quick else (20_000, 7)
+    n, repeats = (2_000, 3) if args.quick else (10_000, 11)
 
     registry = default_registry().copy()
     with use_registry(registry):
@@ -114,10 +125,13 @@ def main() -> None:
             def build_and_run(ctx: BenchContext) -> Any:
                 return build(ctx).run()
 
+            closures_s, run_s, build_s = measure(
+                [(baseline, n), (built.run, n), (build_and_run, n // 4)], repeats
+            )
             rows = [
-                ("closures (baseline)", measure(baseline, n, repeats), None),
-                ("pipeline run (built once)", measure(built.run, n, repeats), 3.0),
-                ("build + run per request", measure(build_and_run, n // 4, repeats), 40.0),
+                ("closures (baseline)", closures_s, None),
+                ("pipeline run (built once)", run_s, 3.0),
+                ("build + run per request", build_s, 40.0),
             ]
 
     base = rows[0][1]

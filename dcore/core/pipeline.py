@@ -135,6 +135,7 @@ class Pipeline(Generic[ContextT]):
         self._entry: Call | None = None
         self._suffix: dict[int, Call] = {}
         self._env: Environment | None = None
+        self._dispatch: Stage | None = None  # found once, when frozen
         self._freeze_lock = threading.Lock()
 
     # -- definition ---------------------------------------------------------------------
@@ -234,7 +235,7 @@ class Pipeline(Generic[ContextT]):
                 f"run() needs a PipelineContext, got {type(ctx).__name__}"
             )
         entry = self._freeze()
-        dispatch = self._dispatch_stage()
+        dispatch = self._dispatch
         if dispatch is not None and dispatch.instance.is_remote():
             self.check_remote(ctx)
         return entry(ctx)
@@ -252,6 +253,7 @@ class Pipeline(Generic[ContextT]):
                 stages = self._assemble(env)
                 self._env = env
                 self._stages = stages
+                self._dispatch = next((s for s in stages if s.is_dispatch), None)
                 self._entry = self._fold(0)
         return self._entry
 
