@@ -32,6 +32,7 @@ had lost it), and every one of the 500 work items has an acknowledged job.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,7 @@ def test_no_job_lost_when_redis_is_partitioned_for_3s_in_the_middle_of_500_celer
         f"{sum(n > 1 for n in attempts.values())} started more than once, "
         f"{len(dropped)} dropped by the broker and re-sent from the job record, "
         f"{supervisor.restarts} worker restarts; failed enqueues left: "
-        f"{sorted(str(s) for s in leftovers.values())}"
+        f"{sorted(Counter(str(s) for s in leftovers.values()).items())}"
     )
     print(summary)
     record_property("celery_partition_summary", summary)
