@@ -21,11 +21,11 @@ from urllib.parse import urlsplit, urlunsplit
 from dcore.errors import ServiceUnavailableError
 
 if TYPE_CHECKING:
-    import redis
-    from redis.client import Pipeline
-
-    RedisClient = redis.Redis[Any]
-    RedisPipeline = Pipeline[Any]
+    # redis-py annotates every command as returning ``Awaitable[Any] | Any`` (one set of
+    # signatures for its sync and async clients), which strict typing cannot use; the
+    # sync client is typed loosely instead of casting every reply.
+    RedisClient = Any
+    RedisPipeline = Any
 
 __all__ = [
     "DEFAULT_URL",
