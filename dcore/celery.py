@@ -49,6 +49,7 @@ __all__ = [
     "make_celery_app",
     "queue_for",
     "queue_names",
+    "resend_stale",
 ]
 
 TASK_NAME = "dcore.run"
@@ -220,6 +221,43 @@ def _give_up(env: Environment, message: JobMessage, error: str) -> None:
     env.jobs.transition(message.job_id, JobState.FAILED, error=error, note="worker lost")
     dead_letter(env, message.job_id, error=error, message=message.to_json(),
                 attempt=message.attempt)
+
+
+def resend_stale(
+    env: Environment, *, older_than: float, limit: int = 1000, dry_run: bool = False
+) -> list[str]:
+    """Send again every job still PENDING ``older_than`` seconds after it was recorded.
+
+    Celery's Redis transport takes a message off the queue before the worker has it; a
+    connection cut at that instant loses the message while the job's record (with its
+    full message) says PENDING. Run this periodically (``dcore jobs resend-stale``) with
+    ``older_than`` above the longest queue wait you expect: a job still waiting in the
+    queue would be delivered twice, which at-least-once delivery permits and the job
+    store's state machine turns into a skipped duplicate once the first run finished.
+    Jobs recorded without a message (in-process dispatchers) cannot be sent and are
+    left alone. Returns the job ids sent (or that would be, with ``dry_run``)."""
+    if older_than < 0:
+        raise ValueError(f"older_than must be >= 0 seconds, got {older_than}")
+    from dcore.dispatchers.celery import celery_app
+
+    cutoff = env.clock.time() - older_than
+    sent: list[str] = []
+    for record in env.jobs.list(JobState.PENDING, limit=limit):
+        if record.updated_at > cutoff or not record.message:
+            continue
+        try:
+            message = JobMessage.parse(record.message)
+        except MessageError as exc:
+            _log.warning("job %s: stored message cannot be re-sent: %s", record.job_id, exc)
+            continue
+        if not dry_run:
+            celery_app(env).send_task(
+                TASK_NAME, args=[record.message], queue=queue_for(message.shard, env.settings),
+                task_id=record.job_id,
+            )
+            _log.info("job %s: PENDING since %.0f, re-sent", record.job_id, record.updated_at)
+        sent.append(record.job_id)
+    return sent
 
 
 def make_celery_app(

@@ -1,4 +1,5 @@
-"""``dcore jobs show JOB_ID | list [--state S]``: job records and their state history.
+"""``dcore jobs show JOB_ID | list [--state S] | resend-stale --older-than S``: job records,
+their state history, and re-sending Celery jobs whose message the broker lost.
 
 Reads the configured job store (``DCORE_JOB_STORE=redis DCORE_REDIS_URL=...`` to see
 what the workers recorded). Timestamps are printed in UTC.
@@ -30,6 +31,15 @@ def register(subparsers: Any) -> None:
                          help="only jobs in this state (PENDING, RUNNING, SUCCEEDED, ...)")
     listing.add_argument("--limit", type=int, default=20)
     listing.set_defaults(handler=run_list)
+
+    stale = actions.add_parser(
+        "resend-stale", help="send again Celery jobs still PENDING after --older-than seconds"
+    )
+    stale.add_argument("--older-than", type=float, required=True, metavar="SECONDS",
+                       help="only jobs recorded at least this long ago")
+    stale.add_argument("--limit", type=int, default=1000)
+    stale.add_argument("--dry-run", action="store_true", help="list them, send nothing")
+    stale.set_defaults(handler=run_resend_stale)
 
 
 def _when(at: float) -> str:
@@ -81,4 +91,23 @@ def run_list(args: argparse.Namespace) -> int:
     for r in records:
         print(f"{r.job_id:<32}  {r.state:<9}  attempts {r.attempts:<3}  {_when(r.updated_at)}"
               + (f"  {r.error}" if r.error else ""))
+    return 0
+
+
+def run_resend_stale(args: argparse.Namespace) -> int:
+    from dcore.core.environment import current_environment
+
+    try:
+        from dcore.celery import resend_stale
+    except ImportError as exc:
+        return fail(f"resend-stale needs Celery (pip install 'distributed-core[celery]'): {exc}")
+    try:
+        sent = resend_stale(current_environment(), older_than=args.older_than,
+                            limit=args.limit, dry_run=args.dry_run)
+    except ValueError as exc:
+        return fail(str(exc))
+    verb = "would re-send" if args.dry_run else "re-sent"
+    print(f"{verb} {len(sent)} stale PENDING job(s)")
+    for job_id in sent:
+        print(f"  {job_id}")
     return 0

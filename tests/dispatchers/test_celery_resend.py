@@ -1,0 +1,155 @@
+"""Re-sending Celery jobs whose message the broker lost (still PENDING after a while)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from dcore import DcoreSettings, Dispatch, Environment, JobState, PipelineContext, use_environment
+from dcore.celery import TASK_NAME, resend_stale
+from dcore.cli import main
+
+
+class LostContext(PipelineContext):
+    n: int = 0
+
+
+def lost_core(ctx: LostContext) -> int:
+    return ctx.n
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.t, UTC)
+
+    def time(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class RecordingApp:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send_task(self, name: str, **options: Any) -> None:
+        self.sent.append({"name": name, **options})
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def env(dcore_registry: Any, tmp_path: Any) -> Any:
+    clock = ManualClock()
+    environment = Environment(
+        DcoreSettings(storage_root=tmp_path, celery_queue="work", celery_queues=2),
+        clock=clock, registry=dcore_registry,
+    )
+    with use_environment(environment):
+        yield environment
+    environment.close()
+
+
+def _dispatch(n: int) -> LostContext:
+    ctx = LostContext(n=n)
+    ctx.create_pipeline(lost_core).chain(Dispatch, plugin="celery").run()
+    return ctx
+
+
+def test_only_jobs_pending_longer_than_the_cutoff_are_sent_again(env: Environment) -> None:
+    app = env.resource("dcore.celery_app", RecordingApp)
+    old = _dispatch(1)
+    env.clock.sleep(120)
+    young = _dispatch(2)
+    env.clock.sleep(30)
+    app.sent.clear()  # the broker "lost" both original messages
+
+    resent = resend_stale(env, older_than=60)
+
+    assert resent == [old.job_id]
+    [sent] = app.sent
+    assert sent["name"] == TASK_NAME
+    assert sent["task_id"] == old.job_id
+    assert sent["queue"] == f"work.{old.shard_key % 2}"
+    assert json.loads(sent["args"][0])["job_id"] == old.job_id
+    assert env.jobs.get(young.job_id).state is JobState.PENDING
+
+
+def test_started_and_finished_jobs_are_never_sent_again(env: Environment) -> None:
+    app = env.resource("dcore.celery_app", RecordingApp)
+    running, done = _dispatch(1), _dispatch(2)
+    env.jobs.transition(running.job_id, JobState.RUNNING)
+    env.jobs.transition(done.job_id, JobState.RUNNING)
+    env.jobs.transition(done.job_id, JobState.SUCCEEDED)
+    env.clock.sleep(3600)
+    app.sent.clear()
+
+    assert resend_stale(env, older_than=60) == []
+    assert app.sent == []
+
+
+def test_dry_run_lists_without_sending_and_a_negative_age_is_refused(env: Environment) -> None:
+    app = env.resource("dcore.celery_app", RecordingApp)
+    job = _dispatch(1)
+    env.clock.sleep(100)
+    app.sent.clear()
+
+    assert resend_stale(env, older_than=10, dry_run=True) == [job.job_id]
+    assert app.sent == []
+    with pytest.raises(ValueError, match="older_than must be >= 0"):
+        resend_stale(env, older_than=-1)
+
+
+def test_cli_resend_stale_reports_what_it_sent(
+    env: Environment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = env.resource("dcore.celery_app", RecordingApp)
+    job = _dispatch(1)
+    env.clock.sleep(100)
+    app.sent.clear()
+
+    assert main(["jobs", "resend-stale", "--older-than", "10"]) == 0
+
+    out = capsys.readouterr().out
+    assert "re-sent 1 stale PENDING job(s)" in out
+    assert job.job_id in out
+    assert [s["task_id"] for s in app.sent] == [job.job_id]
+
+
+@pytest.mark.integration
+def test_a_lost_message_is_back_on_the_real_broker_queue(
+    redis_url: str, dcore_registry: Any, tmp_path: Any
+) -> None:
+    import redis
+
+    queue = "lost.0"
+    settings = DcoreSettings(storage_root=tmp_path, celery_broker_url=redis_url,
+                             celery_queue="lost", job_store="redis", redis_url=redis_url,
+                             key_prefix="resend-test")
+    environment = Environment(settings, registry=dcore_registry)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with use_environment(environment):
+            job = _dispatch(7)
+        assert client.llen(queue) == 1
+        client.delete(queue)  # the broker lost it; the record still says PENDING
+
+        assert resend_stale(environment, older_than=0) == [job.job_id]
+
+        [raw] = client.lrange(queue, 0, -1)
+        body = json.loads(raw)
+        assert body["headers"]["id"] == job.job_id
+    finally:
+        client.close()
+        environment.close()
