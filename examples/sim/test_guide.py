@@ -1,4 +1,4 @@
-"""The worked examples of docs/testing.md, run by the test suite so they stay true."""
+"""The worked examples of the README's testing guide, run by the suite so they stay true."""
 
 from __future__ import annotations
 
