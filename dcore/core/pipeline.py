@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Self
 
+from pydantic import ValidationError
+
 from dcore.core import events
 from dcore.core.context import PipelineContext
 from dcore.core.environment import Environment, current_environment
@@ -96,7 +98,7 @@ class Stage:
     def spec(self) -> StageSpec:
         retry = None
         if self.ref.retry is not None:
-            retry = self.ref.retry.model_dump(mode="json", exclude={"retry_on"})
+            retry = self.ref.retry.model_dump(mode="json")
         return StageSpec(
             interface=self.ref.interface.__name__,
             plugin=self.ref.plugin,
@@ -367,7 +369,7 @@ class Pipeline(Generic[ContextT]):
                 interface = interface_by_name(item.interface)
                 retry = RetryPolicy.model_validate(item.retry) if item.retry else None
                 pipeline.chain(interface, item.plugin, retry=retry, **item.options)
-            except (PluginError, PipelineDefinitionError) as exc:
+            except (PluginError, PipelineDefinitionError, ValidationError) as exc:
                 raise MessageError(f"stage {i} of the message cannot be built: {exc}") from exc
         return pipeline
 

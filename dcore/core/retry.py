@@ -8,11 +8,19 @@ retrying a non-idempotent stage must be opt-in).
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import tenacity
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from dcore.core.clock import Clock
 from dcore.core.settings import DcoreSettings
@@ -46,9 +54,16 @@ class RetryPolicy(BaseModel):
     @field_validator("retry_on", mode="before")
     @classmethod
     def _as_tuple(cls, value: Any) -> Any:
-        if isinstance(value, type):
-            return (value,)
-        return tuple(value) if isinstance(value, list | tuple) else value
+        if isinstance(value, type | str):
+            value = (value,)
+        if isinstance(value, list | tuple):
+            return tuple(_exception_class(v) if isinstance(v, str) else v for v in value)
+        return value
+
+    @field_serializer("retry_on", when_used="json")
+    def _names(self, kinds: tuple[type[BaseException], ...]) -> list[str]:
+        """``pkg.mod:Class`` names, so a policy shipped in a JobMessage keeps them."""
+        return [f"{k.__module__}:{k.__qualname__}" for k in kinds]
 
     @model_validator(mode="after")
     def _check_types(self) -> RetryPolicy:
@@ -71,6 +86,20 @@ class RetryPolicy(BaseModel):
 
     def should_retry(self, exc: BaseException) -> bool:
         return isinstance(exc, self.retry_on)
+
+
+def _exception_class(name: str) -> type[BaseException]:
+    """Resolve ``pkg.mod:Class`` from an already-imported module (never imports)."""
+    module_name, _, qualname = name.partition(":")
+    target: Any = sys.modules.get(module_name)
+    for part in qualname.split(".") if target is not None and qualname else ():
+        target = getattr(target, part, None)
+    if not (isinstance(target, type) and issubclass(target, BaseException)):
+        raise ValueError(
+            f"retry_on names {name!r}, which is not an exception class in an imported "
+            "module; use 'pkg.mod:Class' and import the module on the worker (DCORE_IMPORTS)"
+        )
+    return target
 
 
 NO_RETRY = RetryPolicy(attempts=1)
