@@ -96,8 +96,9 @@ def _exception_class(name: str) -> type[BaseException]:
         target = getattr(target, part, None)
     if not (isinstance(target, type) and issubclass(target, BaseException)):
         raise ValueError(
-            f"retry_on names {name!r}, which is not an exception class in an imported "
-            "module; use 'pkg.mod:Class' and import the module on the worker (DCORE_IMPORTS)"
+            f"retry_on names {name!r}, which is not an exception class (a BaseException "
+            "subclass) in an imported module; use 'pkg.mod:Class' and import the module on "
+            "the worker (DCORE_IMPORTS)"
         )
     return target
 
