@@ -1,0 +1,122 @@
+"""``Continuation``: the rest of a pipeline after its Dispatch, callable or shippable."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Generic
+
+from dcore.core.environment import Environment
+from dcore.core.interfaces import ContextT
+from dcore.core.lifecycle import run_job
+from dcore.core.message import ContextEnvelope, JobMessage, callable_path, trace_propagator
+from dcore.core.retry import RetryPolicy
+from dcore.core.runner import Stage
+
+if TYPE_CHECKING:
+    from dcore.core.pipeline import Pipeline
+
+__all__ = ["Continuation"]
+
+
+class Continuation(Generic[ContextT]):
+    """The rest of a pipeline after its Dispatch: call it here, or ship it as a message.
+
+    ``next_fn(ctx)`` runs the remainder in this process as the job's one and final
+    attempt (recorded in the job store; a failure is recorded, dead-lettered and
+    re-raised). Dispatchers that re-deliver call :meth:`run` with the attempt number.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline[Any],
+        resume_at: int,
+        policy: RetryPolicy | None,
+        trace: dict[str, str] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.resume_at = resume_at
+        #: the job-level retry policy the Dispatch stage declared (None: the environment's)
+        self.policy = policy
+        #: trace context captured at the hand-off (see :meth:`bind`)
+        self.trace: dict[str, str] = trace or {}
+        # the message of one hand-off, built once for the job record, the dispatcher
+        # and the dead letter alike (a 16 KiB context is not serialized three times)
+        self._message: tuple[object, JobMessage | None] | None = None
+
+    def bind(self, trace: dict[str, str]) -> Continuation[ContextT]:
+        """A continuation for one hand-off, carrying ``trace``: :meth:`run` continues
+        that trace in whatever thread it runs, and :meth:`to_message` ships it."""
+        return Continuation(self.pipeline, self.resume_at, self.policy, trace)
+
+    @property
+    def environment(self) -> Environment:
+        return self.pipeline.environment
+
+    def __call__(self, context: ContextT) -> Any:
+        return self.run(context)
+
+    def run(
+        self,
+        context: ContextT,
+        *,
+        attempt: int = 1,
+        final: bool = True,
+        message: str | None = None,
+    ) -> Any:
+        """Run the remainder as attempt ``attempt``; ``final`` if none will follow.
+        ``message`` is the job's message JSON when the caller has it (a worker); else it
+        is built only if needed (a dead letter)."""
+        env = self.environment
+        scope = trace_propagator().extract(self.trace) if self.trace else contextlib.nullcontext()
+        with scope:
+            return run_job(
+                env,
+                context.job_id,
+                lambda: self.pipeline._run_suffix(self.resume_at, context),
+                attempt=attempt,
+                final=final,
+                message=message if message is not None else lambda: self.to_json_or_none(context),
+            )
+
+    def run_unrecorded(self, context: ContextT) -> Any:
+        """Run the remainder without touching the job store (for tests and tools)."""
+        return self.pipeline._run_suffix(self.resume_at, context)
+
+    def to_message(self, context: ContextT, *, attempt: int = 1) -> JobMessage:
+        """The remainder as a JobMessage; ContextSerializationError names what cannot go."""
+        cached = self._message
+        if cached is not None and cached[0] is context and cached[1] is not None:
+            message = cached[1]
+            return message if attempt == message.attempt else message.with_attempt(attempt)
+        message = self._build_message(context, attempt)
+        self._message = (context, message)
+        return message
+
+    def _build_message(self, context: ContextT, attempt: int) -> JobMessage:
+        pipeline = self.pipeline
+        if pipeline._stages is not None:
+            spec = [s.spec() for s in pipeline._stages]
+        else:
+            spec = [Stage(i, r, r.interface, {}).spec() for i, r in enumerate(pipeline._refs)]
+        return JobMessage(
+            job_id=context.job_id,
+            attempt=attempt,
+            spec=spec,
+            resume_at=self.resume_at,
+            core_fn=callable_path(pipeline.core_fn),
+            context=ContextEnvelope.model_validate(context.to_envelope()),
+            trace=self.trace or trace_propagator().inject(),
+            shard=context.shard_key,
+        )
+
+    def to_json_or_none(self, context: ContextT) -> str | None:
+        """The message JSON when the remainder can be shipped (for the job record and the
+        DLQ), else None: in-process dispatchers may carry closures."""
+        cached = self._message
+        if cached is not None and cached[0] is context and cached[1] is None:
+            return None
+        try:
+            return self.to_message(context).to_json()
+        except Exception:
+            self._message = (context, None)
+            return None
