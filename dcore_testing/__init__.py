@@ -1,4 +1,5 @@
-"""dcore_testing: the simulator, strategies, invariants, fixtures and chaos tools.
+"""dcore_testing: the simulator, a manual clock, strategies, invariants, fixtures and chaos
+tools.
 
 Names are loaded on first use (PEP 562), so ``import dcore_testing`` — which pytest does
 for the plugin at start-up — imports nothing heavy.
@@ -10,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from dcore_testing.clock import ManualClock
     from dcore_testing.invariants import InvariantViolation
     from dcore_testing.sim import (
         Chooser,
@@ -44,6 +46,7 @@ __all__ = [
     "FaultPlan",
     "HypothesisChooser",
     "InvariantViolation",
+    "ManualClock",
     "RandomChooser",
     "ReplayChooser",
     "ReplayDivergence",
@@ -60,6 +63,7 @@ __all__ = [
 
 _HOME = dict.fromkeys(__all__, "dcore_testing.sim")
 _HOME["InvariantViolation"] = "dcore_testing.invariants"
+_HOME["ManualClock"] = "dcore_testing.clock"
 
 
 def __getattr__(name: str) -> Any:

@@ -10,41 +10,32 @@ skewed, as a process's monotonic clock has no meaning elsewhere.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+
+from dcore_testing.clock import EPOCH, ForwardClock
 
 if TYPE_CHECKING:
     from dcore_testing.sim.scheduler import Scheduler
 
 __all__ = ["EPOCH", "VirtualClock"]
 
-#: Wall-clock time at virtual time 0 (2023-11-14T22:13:20Z): fixed, so traces repeat.
-EPOCH = 1_700_000_000.0
 
-
-class VirtualClock:
+class VirtualClock(ForwardClock):
     """A :class:`dcore.Clock` whose time is moved by the simulator, never by the wall."""
 
     def __init__(self, start: float = 0.0, epoch: float = EPOCH) -> None:
-        self._now = float(start)
-        self.epoch = epoch
+        super().__init__(start, epoch)
         self.scheduler: Scheduler | None = None
         #: what ``sleep`` does outside any task (the simulation's ``run_for``)
         self.run_for: Callable[[float], None] | None = None
         #: worker number → seconds added to that worker's wall clock
         self.skew: dict[int, float] = {}
 
-    # -- reading ----------------------------------------------------------------------
-    def monotonic(self) -> float:
-        return self._now
-
+    # -- reading (monotonic, now and advance_to come from ForwardClock) -------------------
     def time(self) -> float:
         if self.skew:
             return self.epoch + self._now + self._skew()
         return self.epoch + self._now
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.time(), UTC)
 
     def _skew(self) -> float:
         sched = self.scheduler
@@ -54,14 +45,6 @@ class VirtualClock:
         return self.skew.get(task.worker, 0.0)
 
     # -- moving -----------------------------------------------------------------------
-    def advance_to(self, when: float) -> None:
-        """Move time forward to ``when``; ValueError if that is in the past."""
-        if when < self._now:
-            raise ValueError(
-                f"virtual time cannot go backwards: it is {self._now!r}, asked for {when!r}"
-            )
-        self._now = when
-
     def sleep(self, seconds: float) -> None:
         if seconds < 0:
             raise ValueError(f"sleep() needs seconds >= 0, got {seconds!r}")

@@ -1,5 +1,6 @@
-"""``dcore_testing`` exports the simulator's public names, lazily: importing the package
-(which pytest does for the plugin) loads neither the simulator nor Hypothesis."""
+"""``dcore_testing`` exports the simulator's public names (and the manual clock), lazily:
+importing the package (which pytest does for the plugin) loads neither the simulator nor
+Hypothesis."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import sys
 import pytest
 
 import dcore_testing
+import dcore_testing.clock
 import dcore_testing.sim
 
 
-def test_every_exported_name_resolves_to_the_simulator_object() -> None:
+def test_every_exported_name_resolves_to_the_object_in_its_home_module() -> None:
+    homes = {"InvariantViolation": dcore_testing.invariants,
+             "ManualClock": dcore_testing.clock}
     for name in dcore_testing.__all__:
         value = getattr(dcore_testing, name)
-        home = dcore_testing.invariants if name == "InvariantViolation" else dcore_testing.sim
+        home = homes.get(name, dcore_testing.sim)
         assert value is getattr(home, name), name
     assert set(dcore_testing.__all__) <= set(dir(dcore_testing))
 
