@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dcore import (
-    DcoreSettings,
     Dispatch,
     Environment,
     Execute,
@@ -19,7 +16,6 @@ from dcore import (
     PipelineContext,
     PluginRegistry,
     RetryPolicy,
-    use_environment,
 )
 from dcore.core import events
 from dcore.dispatchers.thread import ThreadDispatcher
@@ -27,23 +23,6 @@ from dcore.services.events import Event
 
 STATE_TOPICS = [events.JOB_SCHEDULED, events.JOB_STARTED, events.STAGE_FAILED,
                 events.JOB_RETRYING, events.JOB_SUCCEEDED, events.JOB_DEAD]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, UTC)
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class Ctx(PipelineContext):
@@ -55,12 +34,8 @@ def core(ctx: Ctx) -> str:
 
 
 @pytest.fixture
-def env(tmp_path: Path, dcore_registry: PluginRegistry) -> Iterator[Environment]:
-    e = Environment(DcoreSettings(storage_root=tmp_path), clock=FakeClock(),
-                    registry=dcore_registry)
-    with use_environment(e):
-        yield e
-    e.close()
+def env(manual_env: Environment) -> Environment:
+    return manual_env
 
 
 @pytest.fixture

@@ -3,9 +3,6 @@ DEAD + one DLQ entry when the attempts are used up, ``give_up`` ends a job at on
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +24,7 @@ from dcore import (
 )
 from dcore.core.lifecycle import current_job, give_up
 from dcore.dispatchers.thread import ThreadDispatcher
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, UTC)
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.t += seconds
+from dcore_testing import ManualClock
 
 
 class Ctx(PipelineContext):
@@ -74,16 +51,8 @@ def failing(registry: PluginRegistry, failures: int, calls: list[Any]) -> None:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def env(tmp_path: Path, dcore_registry: PluginRegistry, clock: FakeClock) -> Iterator[Environment]:
-    e = Environment(DcoreSettings(storage_root=tmp_path), clock=clock, registry=dcore_registry)
-    with use_environment(e):
-        yield e
-    e.close()
+def env(manual_env: Environment) -> Environment:
+    return manual_env
 
 
 def dlq_of(env: Environment, job_id: str) -> list[Any]:
@@ -113,7 +82,7 @@ def test_thread_jobs_are_redelivered_with_backoff_and_dead_lettered_once_when_ex
     tmp_path: Path, dcore_registry: PluginRegistry,
     failures: int, attempts: int, initial: float, max_delay: float,
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     env = Environment(DcoreSettings(storage_root=tmp_path), clock=clock, registry=dcore_registry)
     policy = RetryPolicy(attempts=attempts, initial=initial, backoff=3.0, max_delay=max_delay)
     calls: list[Any] = []
@@ -139,7 +108,7 @@ def test_thread_jobs_are_redelivered_with_backoff_and_dead_lettered_once_when_ex
 
 
 def test_give_up_dead_letters_at_once_whatever_attempts_are_left(
-    env: Environment, dcore_registry: PluginRegistry, clock: FakeClock
+    env: Environment, dcore_registry: PluginRegistry, manual_clock: ManualClock
 ) -> None:
     calls: list[Any] = []
 
@@ -155,7 +124,7 @@ def test_give_up_dead_letters_at_once_whatever_attempts_are_left(
     pipeline.run()
     ThreadDispatcher.drain(10)
     assert calls == [1]
-    assert clock.sleeps == []
+    assert manual_clock.sleeps == []
     assert env.jobs.get(ctx.job_id).state is JobState.DEAD
     assert len(dlq_of(env, ctx.job_id)) == 1
 

@@ -4,9 +4,6 @@ env.clock, and an exhausted job is dead-lettered exactly once."""
 from __future__ import annotations
 
 import random
-import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,29 +26,7 @@ from dcore import (
 )
 from dcore.core.pipeline import origin_of
 from dcore.core.retry import NO_RETRY, call_with_retry, resolve_policy
-
-
-class FakeClock:
-    """Virtual time: ``sleep`` records the wait and moves time forward at once."""
-
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, UTC)
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.t += seconds
+from dcore_testing import ManualClock
 
 
 class Ctx(PipelineContext):
@@ -67,16 +42,8 @@ def core(ctx: Ctx) -> str:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def env(tmp_path: Path, dcore_registry: PluginRegistry, clock: FakeClock) -> Iterator[Environment]:
-    e = Environment(DcoreSettings(storage_root=tmp_path), clock=clock, registry=dcore_registry)
-    with use_environment(e):
-        yield e
-    e.close()
+def env(manual_env: Environment) -> Environment:
+    return manual_env
 
 
 def flaky_stage(registry: PluginRegistry, name: str, failures: int, calls: dict[str, int]) -> None:
@@ -108,7 +75,7 @@ policies = st.builds(
 def test_each_stage_body_runs_min_failures_plus_one_or_attempts_and_sleeps_follow_backoff(
     tmp_path: Path, dcore_registry: PluginRegistry, plan: list[tuple[int, RetryPolicy]]
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     env = Environment(DcoreSettings(storage_root=tmp_path), clock=clock, registry=dcore_registry)
     calls: dict[str, int] = {}
     with use_environment(env):
@@ -144,7 +111,9 @@ def test_each_stage_body_runs_min_failures_plus_one_or_attempts_and_sleeps_follo
     env.close()
 
 
-def test_five_attempts_with_an_hour_of_backoff_run_on_the_fake_clock(clock: FakeClock) -> None:
+def test_five_attempts_with_an_hour_of_backoff_run_on_the_fake_clock(
+    manual_clock: ManualClock,
+) -> None:
     policy = RetryPolicy(attempts=5, initial=600.0, backoff=10.0, max_delay=3600.0)
     attempts = 0
 
@@ -154,14 +123,14 @@ def test_five_attempts_with_an_hour_of_backoff_run_on_the_fake_clock(clock: Fake
         raise TimeoutError("still down")
 
     with pytest.raises(TimeoutError, match="still down"):
-        call_with_retry(always, policy, clock)
+        call_with_retry(always, policy, manual_clock)
     assert attempts == 5
     # 4 waits totalling ~3 h of virtual time; none of it was real sleeping
-    assert clock.sleeps == [600.0, 3600.0, 3600.0, 3600.0]
+    assert manual_clock.sleeps == [600.0, 3600.0, 3600.0, 3600.0]
 
 
 def test_a_stage_retry_does_not_rerun_a_later_stage_that_failed(
-    env: Environment, dcore_registry: PluginRegistry, clock: FakeClock
+    env: Environment, dcore_registry: PluginRegistry, manual_clock: ManualClock
 ) -> None:
     calls: dict[str, int] = {}
     flaky_stage(dcore_registry, "outer", 0, calls)
@@ -173,11 +142,11 @@ def test_a_stage_retry_does_not_rerun_a_later_stage_that_failed(
         pipeline.run()
     assert calls == {"outer": 1, "inner": 1}
     assert origin_of(info.value) == "inner#1"
-    assert clock.sleeps == []
+    assert manual_clock.sleeps == []
 
 
 def test_a_stage_that_wraps_a_later_failure_in_its_own_error_is_not_retried(
-    env: Environment, dcore_registry: PluginRegistry, clock: FakeClock
+    env: Environment, dcore_registry: PluginRegistry, manual_clock: ManualClock
 ) -> None:
     calls: dict[str, int] = {}
     flaky_stage(dcore_registry, "inner", 99, calls)
@@ -199,7 +168,7 @@ def test_a_stage_that_wraps_a_later_failure_in_its_own_error_is_not_retried(
 
 
 def test_retry_keeps_the_exception_type_and_only_retries_retry_on(
-    env: Environment, dcore_registry: PluginRegistry, clock: FakeClock
+    env: Environment, dcore_registry: PluginRegistry, manual_clock: ManualClock
 ) -> None:
     calls: dict[str, int] = {}
     flaky_stage(dcore_registry, "s", 99, calls)
@@ -243,7 +212,7 @@ def test_stage_jitter_comes_from_the_environment_random(
     tmp_path: Path, dcore_registry: PluginRegistry
 ) -> None:
     def run(seed: int) -> list[float]:
-        clock = FakeClock()
+        clock = ManualClock()
         env = Environment(DcoreSettings(storage_root=tmp_path), clock=clock,
                           registry=dcore_registry, rng=random.Random(seed))
         calls: dict[str, int] = {}

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dcore import (
-    DcoreSettings,
     Dispatch,
     Environment,
     Execute,
@@ -21,31 +16,10 @@ from dcore import (
     PluginOptionsError,
     PluginRegistry,
     RetryPolicy,
-    use_environment,
 )
 from dcore.dispatchers.thread import ThreadDispatcher
 from dcore.services.events import Event
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, UTC)
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.t += seconds
+from dcore_testing import ManualClock
 
 
 class Ctx(PipelineContext):
@@ -61,16 +35,8 @@ def core(ctx: Ctx) -> str:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def env(tmp_path: Path, dcore_registry: PluginRegistry, clock: FakeClock) -> Iterator[Environment]:
-    e = Environment(DcoreSettings(storage_root=tmp_path), clock=clock, registry=dcore_registry)
-    with use_environment(e):
-        yield e
-    e.close()
+def env(manual_env: Environment) -> Environment:
+    return manual_env
 
 
 @pytest.fixture
@@ -157,7 +123,7 @@ def test_error_handler_names_an_unknown_exception_class(env: Environment) -> Non
 
 # -- retry stage -------------------------------------------------------------------------
 def test_retry_stage_reruns_the_whole_suffix_on_a_later_failure(
-    env: Environment, calls: dict[str, int], clock: FakeClock
+    env: Environment, calls: dict[str, int], manual_clock: ManualClock
 ) -> None:
     calls["fail_first"] = 2
     pipeline = Ctx().create_pipeline(core)
@@ -165,11 +131,11 @@ def test_retry_stage_reruns_the_whole_suffix_on_a_later_failure(
     pipeline.chain(Execute("counter")).chain(Execute("flaky"))
     assert pipeline.run() == "core"
     assert (calls["counter"], calls["flaky"]) == (3, 3)
-    assert clock.sleeps == [1.0, 2.0]
+    assert manual_clock.sleeps == [1.0, 2.0]
 
 
 def test_retry_stage_gives_up_after_attempts_with_the_original_error(
-    env: Environment, calls: dict[str, int], clock: FakeClock
+    env: Environment, calls: dict[str, int], manual_clock: ManualClock
 ) -> None:
     calls["fail_first"] = 99
     pipeline = Ctx().create_pipeline(core)
@@ -180,7 +146,7 @@ def test_retry_stage_gives_up_after_attempts_with_the_original_error(
 
 
 def test_retry_stage_only_retries_retry_on(
-    env: Environment, calls: dict[str, int], clock: FakeClock
+    env: Environment, calls: dict[str, int], manual_clock: ManualClock
 ) -> None:
     calls["fail_first"] = 99
     pipeline = Ctx().create_pipeline(core)
@@ -209,7 +175,7 @@ def dlq(env: Environment) -> list[Event]:
 
 
 def test_dead_letter_in_a_job_sends_it_to_the_dlq_at_once_instead_of_retrying(
-    env: Environment, calls: dict[str, int], clock: FakeClock
+    env: Environment, calls: dict[str, int], manual_clock: ManualClock
 ) -> None:
     calls["fail_first"] = 99
     ctx = Ctx()

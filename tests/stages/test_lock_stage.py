@@ -4,41 +4,20 @@ the two ways it can fail (not acquired, lost before release)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dcore import (
-    DcoreSettings,
     Environment,
     Execute,
     NextFn,
     PipelineContext,
     PluginOptionsError,
     PluginRegistry,
-    use_environment,
 )
 from dcore.errors import LockLostError, LockNotAcquired
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, UTC)
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
+from dcore_testing import ManualClock
 
 
 class FileCtx(PipelineContext):
@@ -50,16 +29,8 @@ def core(ctx: FileCtx) -> str:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def env(tmp_path: Path, dcore_registry: PluginRegistry, clock: FakeClock) -> Iterator[Environment]:
-    e = Environment(DcoreSettings(storage_root=tmp_path), clock=clock, registry=dcore_registry)
-    with use_environment(e):
-        yield e
-    e.close()
+def env(manual_env: Environment) -> Environment:
+    return manual_env
 
 
 def probe(registry: PluginRegistry, body: Any) -> None:
@@ -142,9 +113,9 @@ def test_two_jobs_on_one_key_never_overlap(
 
 
 def test_a_lock_that_expired_during_the_run_surfaces_lock_lost(
-    env: Environment, dcore_registry: PluginRegistry, clock: FakeClock
+    env: Environment, dcore_registry: PluginRegistry, manual_clock: ManualClock
 ) -> None:
-    probe(dcore_registry, lambda ctx: clock.sleep(120))
+    probe(dcore_registry, lambda ctx: manual_clock.sleep(120))
     ctx = FileCtx(file_path="slow")
     with pytest.raises(LockLostError, match=f"'file:slow' \\(ttl 60.0s\\) expired while job "
                                             f"{ctx.job_id} held it"):
@@ -152,10 +123,10 @@ def test_a_lock_that_expired_during_the_run_surfaces_lock_lost(
 
 
 def test_a_failing_run_keeps_its_error_and_notes_the_lost_lock(
-    env: Environment, dcore_registry: PluginRegistry, clock: FakeClock
+    env: Environment, dcore_registry: PluginRegistry, manual_clock: ManualClock
 ) -> None:
     def slow_then_fail(ctx: Any) -> None:
-        clock.sleep(120)
+        manual_clock.sleep(120)
         raise ValueError("bad file")
 
     probe(dcore_registry, slow_then_fail)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +14,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from dcore import (
-    DcoreSettings,
     Dispatch,
     Environment,
     Execute,
@@ -25,30 +22,10 @@ from dcore import (
     PluginRegistry,
     RetryPolicy,
     run_message,
-    use_environment,
 )
 from dcore.core.message import JobMessage, set_trace_propagator, trace_propagator
 from dcore.dispatchers.thread import ThreadDispatcher
 from dcore.stages.tracing import OTelPropagator, use_tracer_provider
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1_700_000_000.0
-        self._lock = threading.Lock()
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, UTC)
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.t += seconds
 
 
 class TracedCtx(PipelineContext):
@@ -72,12 +49,8 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 
 @pytest.fixture
-def env(tmp_path: Path, dcore_registry: PluginRegistry) -> Iterator[Environment]:
-    e = Environment(DcoreSettings(storage_root=tmp_path), clock=FakeClock(),
-                    registry=dcore_registry)
-    with use_environment(e):
-        yield e
-    e.close()
+def env(manual_env: Environment) -> Environment:
+    return manual_env
 
 
 @pytest.fixture
