@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,31 +16,9 @@ from dcore.backends.redis_events import RedisEventBus
 from dcore.core.environment import Environment
 from dcore.core.settings import DcoreSettings
 from dcore.services.events import Event, EventBusInterface
+from dcore_testing import ManualClock
 
 WAIT = 5.0  # upper bound for anything that should happen "soon"; never reached when green
-
-
-class ManualClock:
-    """Time that moves only when told to (``sleep`` moves it too)."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.t, self.mono = start, 0.0
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, UTC)
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-        self.mono += seconds
 
 
 @dataclass
@@ -327,7 +304,7 @@ def test_redis_bus_from_environment_prefixes_keys(redis_url: str, redis_client: 
 
 
 def test_memory_bus_entry_ids_follow_its_clock() -> None:
-    clock = ManualClock(start=1000.0)
+    clock = ManualClock(epoch=1000.0)
     bus = MemoryEventBus(clock)
     assert [bus.append("t", {}), bus.append("t", {})] == ["1000000-0", "1000000-1"]
     clock.advance(0.002)

@@ -19,6 +19,7 @@ from dcore.core.environment import Environment
 from dcore.core.settings import DcoreSettings
 from dcore.errors import IllegalTransitionError, JobNotFoundError, ServiceUnavailableError
 from dcore.services.jobs import ALLOWED, JobState, JobStorageInterface, check
+from dcore_testing import ManualClock
 
 P, R, S, F, D = (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED,
                  JobState.DEAD)  # fmt: skip
@@ -28,32 +29,9 @@ TTL = 3600.0
 PATHS = {P: [], R: [R], S: [R, S], F: [R, F], D: [D]}
 
 
-class ManualClock:
-    """Time that moves only when told to (``sleep`` moves it too)."""
-
-    def __init__(self, start: float = T0) -> None:
-        self.t, self.mono = start, 0.0
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, UTC)
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-        self.mono += seconds
-
-
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock()
+    return ManualClock(epoch=T0)
 
 
 @pytest.fixture(params=["memory", "fakeredis", "redis"])

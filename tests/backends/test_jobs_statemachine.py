@@ -10,7 +10,6 @@ control; TTL behaviour is covered by the lock contract suite.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import hypothesis.strategies as st
@@ -23,6 +22,7 @@ from dcore.backends.redis_locks import RedisLocks
 from dcore.errors import DcoreError
 from dcore.services.jobs import ALLOWED, JobRecord, JobState, JobStorageInterface
 from dcore.services.locks import Lock, LockInterface
+from dcore_testing import ManualClock
 
 JOB_IDS = st.sampled_from(["a", "b", "c"])
 LOCK_NAMES = st.sampled_from(["l1", "l2"])
@@ -39,24 +39,6 @@ RESULTS = (
     )
 )
 TEXT = st.none() | st.text(max_size=6)
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.t, self.mono = 1_700_000_000.0, 0.0
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, UTC)
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
-        self.mono += seconds
 
 
 Outcome = tuple[str, Any]

@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,32 +18,10 @@ from dcore.core.environment import Environment
 from dcore.core.settings import DcoreSettings
 from dcore.errors import LockLostError, LockNotAcquired, ServiceUnavailableError
 from dcore.services.locks import LockInterface
+from dcore_testing import ManualClock
 
 WAIT = 5.0  # upper bound for anything that should happen "soon"; never reached when green
 SHORT = 0.05  # a TTL that runs out quickly on Redis's real clock
-
-
-class ManualClock:
-    """Time that moves only when told to (``sleep`` moves it too)."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.t, self.mono = start, 0.0
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, UTC)
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-        self.mono += seconds
 
 
 @dataclass

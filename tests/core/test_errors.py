@@ -5,7 +5,6 @@ message names the culprit (the object, the bad value) and, where there is one, t
 
 from __future__ import annotations
 
-import datetime as dt
 import inspect
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,25 +47,7 @@ from dcore.errors import (
     ServiceUnavailableError,
     StorageError,
 )
-
-
-class ManualClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.t = 1_000.0
-
-    def now(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self.t, dt.UTC)
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
+from dcore_testing import ManualClock
 
 
 class Opaque(PipelineContext):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from dcore import DcoreSettings, Dispatch, Environment, JobState, PipelineContext, use_environment
 from dcore.celery import TASK_NAME, resend_stale
 from dcore.cli import main
+from dcore_testing import ManualClock
 
 
 class LostContext(PipelineContext):
@@ -19,23 +19,6 @@ class LostContext(PipelineContext):
 
 def lost_core(ctx: LostContext) -> int:
     return ctx.n
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.t = 1_000_000.0
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.t, UTC)
-
-    def time(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class RecordingApp:
