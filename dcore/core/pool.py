@@ -93,13 +93,7 @@ class InstancePool:
 
     @contextmanager
     def lease(self, timeout: float | None = None) -> Iterator[Any]:
-        instance = self.acquire(timeout)
-        try:
-            yield instance
-        except BaseException:
-            self.release(instance, discard=True)
-            raise
-        self.release(instance)
+        yield from _lend(self.acquire(timeout), self.release)
 
     def close(self) -> None:
         with self._cond:
@@ -109,6 +103,17 @@ class InstancePool:
             self._cond.notify_all()
         for instance in idle:
             _exit(instance)
+
+
+def _lend(instance: Any, release: Callable[..., None]) -> Iterator[Any]:
+    """The body of both ``lease`` methods: yield ``instance``, then give it back; an
+    instance whose block raised is discarded, as it may be broken."""
+    try:
+        yield instance
+    except BaseException:
+        release(instance, discard=True)
+        raise
+    release(instance)
 
 
 def _exit(instance: Any) -> None:
@@ -163,13 +168,7 @@ class PluginPool:
     def lease(
         self, interface: type, name: str, *, timeout: float | None = None, **options: Any
     ) -> Iterator[Any]:
-        instance = self.acquire(interface, name, timeout=timeout, **options)
-        try:
-            yield instance
-        except BaseException:
-            self.release(instance, discard=True)
-            raise
-        self.release(instance)
+        yield from _lend(self.acquire(interface, name, timeout=timeout, **options), self.release)
 
     def close(self) -> None:
         with self._lock:
