@@ -229,7 +229,9 @@ def test_update_changes_upstream(echo_proxy: Proxy) -> None:
 
 
 def test_fixture_cleans_proxies_between_tests_part_1(toxiproxy: ToxiproxyClient) -> None:
+    # leaves a proxy with a toxic behind; part 2 (next in file order) proves it is gone
     toxiproxy.create_proxy("leaky", "127.0.0.1:0", "127.0.0.1:1").add_toxic("noop")
+    assert [t.name for t in toxiproxy.get_proxy("leaky").toxics()] == ["noop_downstream"]
 
 
 def test_fixture_cleans_proxies_between_tests_part_2(toxiproxy: ToxiproxyClient) -> None:
