@@ -50,6 +50,7 @@ __all__ = [
     "MemoryJobStore",
     "MemoryLock",
     "MemoryLocks",
+    "at_least",
     "decode_payload",
     "encode_payload",
     "encode_result",
@@ -115,6 +116,19 @@ def exists_message(job_id: str, current: str) -> str:
         f"job {job_id} already exists and is {current}; only a FAILED or DEAD job can be "
         "created again (re-scheduled)"
     )
+
+
+def at_least(name: str, value: float | None, minimum: int, *, or_none: bool = False,
+             unit: str = "") -> None:
+    """ValueError naming ``name`` and the value unless it is >= ``minimum`` (or None, where
+    ``or_none``): one check, so memory and Redis refuse the same arguments alike."""
+    if value is None:
+        if or_none:
+            return
+        raise TypeError(f"{name} must be a number >= {minimum}, got None")
+    if value < minimum:
+        bound = f">= {minimum}" + (f" {unit}" if unit else "") + (" or None" if or_none else "")
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -190,8 +204,7 @@ class MemoryEventBus(EventBusInterface):
     # durable topics
     def append(self, topic: str, payload: Mapping[str, Any], *, maxlen: int | None = None) -> str:
         raw = encode_payload(payload)
-        if maxlen is not None and maxlen < 1:
-            raise ValueError(f"maxlen must be >= 1 or None, got {maxlen!r}")
+        at_least("maxlen", maxlen, 1, or_none=True)
         with self._cond:
             t = self._topics.setdefault(topic, _Topic())
             ms = int(self.clock.time() * 1000)
@@ -208,8 +221,7 @@ class MemoryEventBus(EventBusInterface):
         return Event(topic=topic, payload=decode_payload(raw), id=_fmt(entry_id), deliveries=count)
 
     def entries(self, topic: str, *, count: int | None = None) -> list[Event]:
-        if count is not None and count < 0:
-            raise ValueError(f"count must be >= 0 or None, got {count!r}")
+        at_least("count", count, 0, or_none=True)
         with self._cond:
             items = list(self._topics.get(topic, _Topic()).entries.items())
         items = items if count is None else items[:count]
@@ -247,8 +259,7 @@ class MemoryEventBus(EventBusInterface):
         count: int = 1,
         block: float | None = None,
     ) -> list[Event]:
-        if count < 1:
-            raise ValueError(f"count must be >= 1, got {count!r}")
+        at_least("count", count, 1)
         with self._cond:
             t, g = self._group(topic, group)
 
@@ -276,8 +287,7 @@ class MemoryEventBus(EventBusInterface):
     def claim_idle(
         self, topic: str, group: str, consumer: str, *, min_idle: float, count: int = 10
     ) -> list[Event]:
-        if count < 1:
-            raise ValueError(f"count must be >= 1, got {count!r}")
+        at_least("count", count, 1)
         with self._cond:
             t = self._topics.get(topic)
             g = t.groups.get(group) if t is not None else None
@@ -506,8 +516,7 @@ class MemoryLock(Lock):
             self._owner.cond.notify_all()
 
     def extend(self, additional: float) -> None:
-        if additional < 0:
-            raise ValueError(f"additional must be >= 0 seconds, got {additional!r}")
+        at_least("additional", additional, 0, unit="seconds")
         with self._owner.cond:
             held = self._mine()
             if held.expires_at is None:

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from dcore.backends._redis import RedisBackend, text, translate_errors
-from dcore.backends.memory import decode_payload, encode_payload, parse_entry_id
+from dcore.backends.memory import at_least, decode_payload, encode_payload, parse_entry_id
 from dcore.core.plugins import register_plugin
 from dcore.errors import ServiceUnavailableError
 from dcore.services.events import Event, EventBusInterface, EventHandler, Subscription
@@ -143,8 +143,7 @@ class RedisEventBus(RedisBackend, EventBusInterface):
     @translate_errors
     def append(self, topic: str, payload: Mapping[str, Any], *, maxlen: int | None = None) -> str:
         raw = encode_payload(payload)
-        if maxlen is not None and maxlen < 1:
-            raise ValueError(f"maxlen must be >= 1 or None, got {maxlen!r}")
+        at_least("maxlen", maxlen, 1, or_none=True)
         entry_id = self.client.xadd(
             self._stream(topic), {_FIELD: raw}, maxlen=maxlen, approximate=False
         )
@@ -152,8 +151,7 @@ class RedisEventBus(RedisBackend, EventBusInterface):
 
     @translate_errors
     def entries(self, topic: str, *, count: int | None = None) -> list[Event]:
-        if count is not None and count < 0:
-            raise ValueError(f"count must be >= 0 or None, got {count!r}")
+        at_least("count", count, 0, or_none=True)
         if count == 0:
             return []
         return [self._event(topic, e) for e in self.client.xrange(self._stream(topic), count=count)]
@@ -186,8 +184,7 @@ class RedisEventBus(RedisBackend, EventBusInterface):
         count: int = 1,
         block: float | None = None,
     ) -> list[Event]:
-        if count < 1:
-            raise ValueError(f"count must be >= 1, got {count!r}")
+        at_least("count", count, 1)
         from redis.exceptions import ResponseError
 
         stream = self._stream(topic)
@@ -233,8 +230,7 @@ class RedisEventBus(RedisBackend, EventBusInterface):
     def claim_idle(
         self, topic: str, group: str, consumer: str, *, min_idle: float, count: int = 10
     ) -> list[Event]:
-        if count < 1:
-            raise ValueError(f"count must be >= 1, got {count!r}")
+        at_least("count", count, 1)
         from redis.exceptions import ResponseError
 
         stream = self._stream(topic)

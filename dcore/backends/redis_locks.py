@@ -21,6 +21,7 @@ import functools
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from dcore.backends._redis import RedisBackend, require_redis
+from dcore.backends.memory import at_least
 from dcore.core.plugins import register_plugin
 from dcore.errors import LockLostError
 from dcore.services.locks import Lock, LockInterface
@@ -122,8 +123,7 @@ class RedisLock(Lock):
             raise self._lost(exc, "released") from None
 
     def extend(self, additional: float) -> None:
-        if additional < 0:
-            raise ValueError(f"additional must be >= 0 seconds, got {additional!r}")
+        at_least("additional", additional, 0, unit="seconds")
         if self._lock.local.token is None:
             raise LockLostError(f"lock {self.name!r} is not held by this handle")
         if self.ttl is None:

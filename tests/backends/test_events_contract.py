@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -166,6 +167,25 @@ def test_malformed_entry_ids_are_value_errors(h: Harness) -> None:
     ):
         with pytest.raises(ValueError, match="bad durable entry id"):
             call()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda bus: bus.append("t", {}, maxlen=0), "maxlen must be >= 1 or None, got 0"),
+        (lambda bus: bus.entries("t", count=-1), "count must be >= 0 or None, got -1"),
+        (lambda bus: bus.read_group("t", "g", "c", count=0), "count must be >= 1, got 0"),
+        (lambda bus: bus.claim_idle("t", "g", "c", min_idle=0, count=0),
+         "count must be >= 1, got 0"),
+    ],
+    ids=["append-maxlen", "entries-count", "read_group-count", "claim_idle-count"],
+)
+def test_out_of_range_counts_are_value_errors_naming_the_argument_and_value(
+    h: Harness, call: Any, message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        call(h.bus)
+    assert h.bus.length("t") == 0
 
 
 def test_maxlen_keeps_only_the_newest_entries(h: Harness) -> None:

@@ -138,6 +138,15 @@ def test_extend_after_expiry_is_lock_lost(h: Harness) -> None:
     assert taker.owned()
 
 
+def test_extend_by_a_negative_time_is_a_value_error_and_keeps_the_ttl(h: Harness) -> None:
+    lock = h.locks.lock("x", ttl=10)
+    lock.acquire()
+    with pytest.raises(ValueError, match=r"^additional must be >= 0 seconds, got -1$"):
+        lock.extend(-1)
+    assert 9 < h.remaining("x") <= 10
+    lock.release()
+
+
 def test_extend_adds_to_the_remaining_ttl(h: Harness) -> None:
     lock = h.locks.lock("x", ttl=10)
     lock.acquire()
