@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from dcore.backends._redis import RedisBackend, text, translate_errors
-from dcore.backends.memory import at_least, decode_payload, encode_payload, parse_entry_id
+from dcore.backends._shared import at_least, decode_payload, encode_payload, parse_entry_id
 from dcore.core.plugins import register_plugin
 from dcore.errors import ServiceUnavailableError
 from dcore.services.events import Event, EventBusInterface, EventHandler, Subscription

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Self
 from pydantic import TypeAdapter
 
 from dcore.backends._redis import RedisBackend, text, translate_errors
-from dcore.backends.memory import (
+from dcore.backends._shared import (
     DEFAULT_JOB_TTL,
     encode_result,
     exists_message,

@@ -21,7 +21,7 @@ import functools
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from dcore.backends._redis import RedisBackend, require_redis
-from dcore.backends.memory import at_least
+from dcore.backends._shared import at_least
 from dcore.core.plugins import register_plugin
 from dcore.errors import LockLostError
 from dcore.services.locks import Lock, LockInterface
