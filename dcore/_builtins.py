@@ -37,9 +37,5 @@ BUILTIN_MODULES = [
 
 def load() -> None:
     for name in BUILTIN_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real import error inside an existing module
-                raise
+        importlib.import_module(name)
     default_registry().load_entry_points()
