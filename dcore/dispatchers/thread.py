@@ -19,7 +19,7 @@ from typing import Any
 from dcore.core.environment import Environment, current_environment
 from dcore.core.handle import JobHandle
 from dcore.core.interfaces import Dispatch
-from dcore.core.lifecycle import SkippedDuplicate, is_given_up
+from dcore.core.lifecycle import SkippedDuplicate, dead_letter, describe_error, is_given_up
 from dcore.core.pipeline import Continuation
 from dcore.core.plugins import default_registry, register_plugin
 from dcore.core.retry import RetryPolicy
@@ -139,8 +139,15 @@ class ThreadDispatcher(Dispatch[Any]):
             try:
                 next_fn.run(context, attempt=n, final=final)
             except Exception as exc:
-                if not (final or is_given_up(exc) or isinstance(exc, SkippedDuplicate)):
-                    pool.resubmit(attempt, n + 1, delay=policy.delay(n, env.random))
+                if final or is_given_up(exc) or isinstance(exc, SkippedDuplicate):
+                    raise
+                if not policy.should_retry(exc):
+                    # not a failure the job policy retries (``retry_on``): DEAD now, as
+                    # the Celery task does, instead of re-delivering it
+                    dead_letter(env, context.job_id, error=describe_error(exc),
+                                message=next_fn.to_json_or_none(context), attempt=n)
+                    raise
+                pool.resubmit(attempt, n + 1, delay=policy.delay(n, env.random))
                 raise
 
         pool.submit(attempt, 1)
