@@ -101,5 +101,7 @@ def run_message(
         raise
     continuation = pipeline.continuation(message.resume_at)
     with trace_propagator().extract(message.trace):
-        raw_json = raw if isinstance(raw, str) else None
+        # the dead letter must hold the message as delivered, never one rebuilt from the
+        # context the failed run has changed; serialized only if it is needed
+        raw_json = raw if isinstance(raw, str) else message.to_json
         return continuation.run(context, attempt=message.attempt, final=final, message=raw_json)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic
 
 from dcore.core.environment import Environment
@@ -61,11 +62,11 @@ class Continuation(Generic[ContextT]):
         *,
         attempt: int = 1,
         final: bool = True,
-        message: str | None = None,
+        message: str | Callable[[], str | None] | None = None,
     ) -> Any:
         """Run the remainder as attempt ``attempt``; ``final`` if none will follow.
-        ``message`` is the job's message JSON when the caller has it (a worker); else it
-        is built only if needed (a dead letter)."""
+        ``message`` is the job's message JSON (or a function making it) when the caller
+        has it (a worker); else it is built only if needed (a dead letter)."""
         env = self.environment
         scope = trace_propagator().extract(self.trace) if self.trace else contextlib.nullcontext()
         with scope:
