@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from dcore.core import events
 from dcore.core.environment import Environment
+from dcore.core.factory import PluginFactory
 from dcore.core.interfaces import Dispatch, StageRef
 from dcore.core.lifecycle import describe_error
 from dcore.core.message import StageSpec
@@ -123,7 +124,10 @@ def execute_call(
     clock = env.clock
     pool: PluginPool | None = None
     if stage.pooled:
-        pool = env.resource("dcore.plugin_pool", PluginPool)
+        # built in this environment: its registry and services, not the current one's
+        pool = env.resource(
+            "dcore.plugin_pool", lambda: PluginPool(PluginFactory(environment=env))
+        )
     instance = stage.instance
     ref = stage.ref
     origin = stage.origin
