@@ -260,11 +260,12 @@ class PipelineContext(BaseModel):
                     f"{cls.__version__!r} and no @migration({version!r}) upgrades it; add one"
                 )
             seen.add(version)
-            version, upgrade = migrations[version]
+            source = version
+            version, upgrade = migrations[source]
             data = upgrade(dict(data))
             if not isinstance(data, dict):
                 raise MessageError(
-                    f"{cls.__name__} migration from {version!r} must return a dict of data"
+                    f"{cls.__name__} migration from {source!r} must return a dict of data"
                 )
         return data
 

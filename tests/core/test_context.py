@@ -263,6 +263,27 @@ def test_migration_returning_non_dict_is_a_message_error() -> None:
         PipelineContext.from_envelope(envelope)
 
 
+def test_migration_returning_non_dict_names_the_migration_it_came_from() -> None:
+    class BrokenStep(PipelineContext):
+        __version__ = "3"
+
+        @migration("1", to="2")
+        @classmethod
+        def first(cls, data: dict[str, Any]) -> dict[str, Any]:
+            return data
+
+        @migration("2")
+        @classmethod
+        def second(cls, data: dict[str, Any]) -> dict[str, Any]:
+            return None  # type: ignore[return-value]
+
+    envelope = {"type": context_type_name(BrokenStep), "version": "1", "data": {}}
+    with pytest.raises(MessageError) as info:
+        PipelineContext.from_envelope(envelope)
+
+    assert "migration from '2' must return a dict" in str(info.value)  # the culprit, not '3'
+
+
 # -- identity, shard key, errors -------------------------------------------------------------
 
 
