@@ -143,12 +143,20 @@ class Environment:
             resources, self._resources = self._resources, {}
             for name in [n for n, s in self._services.items() if s in owned]:
                 del self._services[name]
-        for resource in resources.values():
-            closer = getattr(resource, "close", None) or getattr(resource, "shutdown", None)
-            if callable(closer):
+        # every closer runs even if one fails (a drain that timed out must not leave the
+        # connections open); the first failure is raised at the end
+        first: BaseException | None = None
+        closers = [getattr(r, "close", None) or getattr(r, "shutdown", None)
+                   for r in resources.values()]
+        for closer in [*closers, *(service.close for service in owned)]:
+            if not callable(closer):
+                continue
+            try:
                 closer()
-        for service in owned:
-            service.close()
+            except Exception as exc:
+                first = first or exc
+        if first is not None:
+            raise first
 
     def __enter__(self) -> Environment:
         return self
