@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dcore.core.handle import JobHandle
 from dcore.core.interfaces import Dispatch
-from dcore.core.lifecycle import SkippedDuplicate, describe_error, is_given_up
+from dcore.core.lifecycle import SkippedDuplicate, dead_letter, describe_error, is_given_up
 from dcore.core.message import JobMessage
 from dcore.core.retry import RetryPolicy
 from dcore.errors import MessageError
@@ -193,11 +193,19 @@ class Broker:
             emit("failed", error=sim.scrub(describe_error(exc)), final=True)
         except Exception as exc:
             gave_up = is_given_up(exc)
-            emit("failed", error=sim.scrub(describe_error(exc)), final=final or gave_up)
+            # a failure the job policy does not name (``retry_on``) ends the job now, as the
+            # thread and Celery engines do
+            retryable = entry.policy.should_retry(exc)
+            emit("failed", error=sim.scrub(describe_error(exc)),
+                 final=final or gave_up or not retryable)
             if not final and not gave_up:
-                delay = entry.policy.delay(d.attempt, sim.random)
-                emit("retry", attempt=d.attempt + 1, delay=delay)
-                self.put(Delivery(entry, d.attempt + 1, "retry"), delay)
+                if retryable:
+                    delay = entry.policy.delay(d.attempt, sim.random)
+                    emit("retry", attempt=d.attempt + 1, delay=delay)
+                    self.put(Delivery(entry, d.attempt + 1, "retry"), delay)
+                else:
+                    dead_letter(sim, entry.job_id, error=describe_error(exc),
+                                message=entry.message, attempt=d.attempt)
         else:
             emit("ack")
 

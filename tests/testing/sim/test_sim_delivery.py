@@ -117,6 +117,23 @@ def test_failed_attempts_retry_with_backoff_on_the_virtual_clock_then_dead_lette
         invariants.retry_bounds(sim, attempts=2)
 
 
+def test_a_failure_outside_retry_on_is_dead_lettered_at_once_as_in_production() -> None:
+    policy = RetryPolicy(attempts=3, initial=10.0, retry_on=ConnectionError)
+    with SimEnvironment(seed=1) as sim:
+        ctx = NoteContext(note="z")
+        pipeline = ctx.create_pipeline(core_fn=_note)
+        pipeline.chain(Dispatch, plugin="schedule_job", retry=policy)
+        pipeline.chain(Execute, plugin="sim_flaky", failures=5)  # raises RuntimeError
+        pipeline.run()
+        sim.run_until_idle()
+    assert [e["attempt"] for e in sim.trace.of("deliver")] == [1]
+    assert sim.trace.of("retry") == []
+    assert [e["job"] for e in sim.trace.of("dlq")] == ["j1"]
+    assert str(sim.jobs.get(ctx.job_id).state) == "DEAD"
+    invariants.dlq_exactly_once(sim)
+    invariants.no_job_lost(sim)
+
+
 def test_a_retry_that_succeeds_ends_the_job_succeeded() -> None:
     with SimEnvironment(seed=1, job_attempts=3, job_initial_delay=1.0) as sim:
         ctx = NoteContext(note="y")
