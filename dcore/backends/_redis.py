@@ -16,8 +16,8 @@ import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
+from dcore.core.redact import redact_url
 from dcore.errors import ServiceUnavailableError
 
 if TYPE_CHECKING:
@@ -42,25 +42,6 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 P = ParamSpec("P")
 R = TypeVar("R")
 B = TypeVar("B", bound="RedisBackend")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, safe for messages and logs: in the
-    user info, and in a ``password=`` query argument (redis-py reads that one too)."""
-    parts = original = urlsplit(url)
-    if parts.query:
-        query = "&".join(
-            "password=***" if item.partition("=")[0] == "password" else item
-            for item in parts.query.split("&")
-        )
-        parts = parts._replace(query=query)
-    if parts.password is not None:
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        user = parts.username or ""
-        parts = parts._replace(netloc=f"{user}:***@{host}")
-    return url if parts == original else urlunsplit(parts)
 
 
 def require_redis() -> None:
