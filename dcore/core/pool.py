@@ -130,12 +130,15 @@ class PluginPool:
 
         self.factory = factory or PluginFactory()
         self.max_size = max_size
-        self._pools: dict[tuple[type, str, str], InstancePool] = {}
+        self._pools: dict[tuple[type, str, type, str], InstancePool] = {}
         self._owner: dict[int, InstancePool] = {}
         self._lock = threading.Lock()
 
     def _pool(self, interface: type, name: str, options: dict[str, Any]) -> InstancePool:
-        key = (interface, name, repr(sorted(options.items())))
+        # keyed by the class the name resolves to now, so a plugin replaced in the
+        # registry is served by a new pool rather than the old class's instances
+        cls = self.factory.resolve(interface, name)
+        key = (interface, name, cls, repr(sorted(options.items())))
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:

@@ -73,6 +73,21 @@ def test_released_instance_is_reused(pool: PluginPool) -> None:
     assert Connection.log == ["enter"]
 
 
+def test_a_plugin_replaced_in_the_registry_is_served_by_a_new_pool(
+    pool: PluginPool, dcore_registry: PluginRegistry
+) -> None:
+    with pool.lease(Execute, "conn") as old:
+        pass
+
+    class NewConnection(Connection):
+        pass
+
+    dcore_registry.register("conn", NewConnection, replace=True)
+    with pool.lease(Execute, "conn") as new:
+        assert type(new) is NewConnection
+    assert type(old) is Connection
+
+
 def test_pools_are_keyed_by_options(pool: PluginPool) -> None:
     with pool.lease(Execute, "conn", dsn="db://a") as a, pool.lease(
         Execute, "conn", dsn="db://b"

@@ -155,3 +155,24 @@ def test_a_bad_key_template_is_rejected_before_any_stage_runs(
 ) -> None:
     with pytest.raises(PluginOptionsError, match=problem):
         FileCtx(file_path="a").create_pipeline(core).chain(Execute("lock", key=key)).run()
+
+
+def test_a_failing_release_does_not_hide_the_runs_own_error(
+    env: Environment, dcore_registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dcore.errors import ServiceUnavailableError
+
+    def unreachable(self: Any) -> None:
+        raise ServiceUnavailableError("Redis at redis://127.0.0.1:1/0 is unreachable")
+
+    def boom(ctx: FileCtx) -> None:
+        handle = env.locks.lock(f"file:{ctx.file_path}")
+        monkeypatch.setattr(type(handle), "release", unreachable)
+        raise KeyError("the run's own failure")
+
+    probe(dcore_registry, boom)
+
+    with pytest.raises(KeyError, match="the run's own failure") as info:
+        locked_pipeline(FileCtx(file_path="b.txt")).run()
+    assert any("releasing the lock 'file:b.txt' failed" in note
+               for note in getattr(info.value, "__notes__", []))
