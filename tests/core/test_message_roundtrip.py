@@ -6,14 +6,12 @@ before any stage runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -35,25 +33,10 @@ from dcore import (
     use_environment,
 )
 from dcore.errors import JobNotFoundError
+from tests.core.dcore_roundtrip_support import MODULE, rt
 
 HERE = Path(__file__).parent
-MODULE = "dcore_roundtrip_pipeline"
 
-
-def _load_pipeline_module() -> ModuleType:
-    """Import the worker-side module under its top-level name, as a worker would."""
-    if MODULE in sys.modules:
-        return sys.modules[MODULE]
-    spec = importlib.util.spec_from_file_location(MODULE, HERE / f"{MODULE}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[MODULE] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-rt = _load_pipeline_module()
 PAYLOAD = bytes(range(256)) + b"\xff\xfe\x00"
 
 

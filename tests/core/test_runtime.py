@@ -6,35 +6,16 @@ dead letter holding the raw message, and the worker lives on."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from dcore import Dispatch, Environment, Execute, JobState, MessageError, run_message
 from dcore.runtime import load_message
-
-MODULE = "dcore_roundtrip_pipeline"
-
-
-def _load_pipeline_module() -> ModuleType:
-    if MODULE in sys.modules:
-        return sys.modules[MODULE]
-    spec = importlib.util.spec_from_file_location(MODULE, Path(__file__).parent / f"{MODULE}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[MODULE] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-rt = _load_pipeline_module()
+from tests.core.dcore_roundtrip_support import rt
 
 
 @pytest.fixture
