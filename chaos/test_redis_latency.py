@@ -167,6 +167,25 @@ def test_a_50ms_socket_timeout_is_honoured_through_dcore_redis_settings(
         env.close()
 
 
+def test_the_socket_timeout_setting_alone_stops_a_partition_from_hanging_the_job_store(
+    chaos_redis: ChaosRedis,
+) -> None:
+    """Invariant: with nothing in the URL, ``DCORE_REDIS_SOCKET_TIMEOUT`` bounds every
+    job-store call: a one-way partition (requests swallowed, connection kept open) makes
+    the call fail with ``ServiceUnavailableError`` instead of waiting for ever."""
+    env = Environment(redis_settings(chaos_redis, redis_socket_timeout=0.3))
+    try:
+        jobs = env.jobs
+        with pytest.raises(JobNotFoundError):  # reachable before the fault
+            jobs.get("no-such-job")
+        with chaos_redis.proxy.one_way_partition("downstream"):
+            error = _call_bounded(lambda: jobs.get("no-such-job"))
+        assert isinstance(error, ServiceUnavailableError), repr(error)
+        assert isinstance(error.__cause__, RedisTimeoutError), repr(error.__cause__)
+    finally:
+        env.close()
+
+
 def test_an_injected_client_with_a_50ms_timeout_raises_redis_timeout_not_a_late_reply(
     chaos_redis: ChaosRedis,
 ) -> None:

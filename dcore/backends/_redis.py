@@ -16,11 +16,14 @@ import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from dcore.core.redact import redact_url
 from dcore.errors import ServiceUnavailableError
 
 if TYPE_CHECKING:
+    from dcore.core.settings import DcoreSettings
+
     # redis-py annotates every command as returning ``Awaitable[Any] | Any`` (one set of
     # signatures for its sync and async clients), which strict typing cannot use; the
     # sync client is typed loosely instead of casting every reply.
@@ -33,6 +36,8 @@ __all__ = [
     "connect",
     "redact_url",
     "require_redis",
+    "settings_url",
+    "socket_timeout_of",
     "text",
     "translate_errors",
 ]
@@ -62,6 +67,26 @@ def connect(url: str) -> RedisClient:
     import redis
 
     return redis.Redis.from_url(url, socket_connect_timeout=5.0, health_check_interval=30)
+
+
+def settings_url(settings: DcoreSettings) -> str:
+    """``DCORE_REDIS_URL`` with ``DCORE_REDIS_SOCKET_TIMEOUT`` added to its query, unless
+    the URL already sets ``socket_timeout`` (the URL wins)."""
+    url = settings.redis_url
+    timeout = settings.redis_socket_timeout
+    parts = urlsplit(url)
+    names = {item.partition("=")[0] for item in parts.query.split("&") if item}
+    if timeout is None or "socket_timeout" in names or parts.scheme == "unix":
+        return url
+    query = "&".join(filter(None, [parts.query, f"socket_timeout={timeout:g}"]))
+    return urlunsplit(parts._replace(query=query))
+
+
+def socket_timeout_of(client: Any) -> float | None:
+    """The reply timeout a client was built with (None: it waits for ever)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    timeout = kwargs.get("socket_timeout")
+    return float(timeout) if timeout else None
 
 
 def text(value: bytes | str) -> str:

@@ -17,10 +17,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
-from dcore.backends._redis import RedisBackend, text, translate_errors
+from dcore.backends._redis import (
+    RedisBackend,
+    settings_url,
+    socket_timeout_of,
+    text,
+    translate_errors,
+)
 from dcore.backends._shared import at_least, decode_payload, encode_payload, parse_entry_id
 from dcore.core.plugins import register_plugin
 from dcore.errors import ServiceUnavailableError
@@ -92,7 +99,7 @@ class RedisEventBus(RedisBackend, EventBusInterface):
 
     @classmethod
     def from_environment(cls, env: Environment, **options: Any) -> Self:
-        return cls(url=env.settings.redis_url, prefix=env.settings.key_prefix, **options)
+        return cls(url=settings_url(env.settings), prefix=env.settings.key_prefix, **options)
 
     def _stream(self, topic: str) -> str:
         return self.key("events", topic)
@@ -188,15 +195,29 @@ class RedisEventBus(RedisBackend, EventBusInterface):
         from redis.exceptions import ResponseError
 
         stream = self._stream(topic)
-        # BLOCK 0 would mean "forever" to Redis; here 0 / None means "do not wait"
-        block_ms = max(1, round(block * 1000)) if block is not None and block > 0 else None
-        try:
-            reply = self.client.xreadgroup(group, consumer, {stream: ">"}, count, block_ms)
-        except ResponseError:
-            # the group (or the stream) does not exist yet. Real Redis says NOGROUP,
-            # fakeredis words it differently; if it was another error, the retry re-raises
-            self._create_group(stream, group)
-            reply = self.client.xreadgroup(group, consumer, {stream: ">"}, count, block_ms)
+        # BLOCK 0 would mean "forever" to Redis; here 0 / None means "do not wait". A long
+        # wait is split into blocks shorter than the client's reply timeout (with room for
+        # Redis rounding a block up to its ~100 ms tick), so blocking is never mistaken for
+        # a dead server. Real seconds, like Redis's BLOCK.
+        wait = block if block is not None and block > 0 else 0.0
+        timeout = socket_timeout_of(self.client)
+        step_limit = wait
+        if timeout is not None:
+            step_limit = min(wait, max(0.01, min(timeout / 2, timeout - 0.15)))
+        deadline = time.monotonic() + wait
+        while True:
+            step = min(step_limit, max(0.0, deadline - time.monotonic()))
+            block_ms = max(1, round(step * 1000)) if step > 0 else None
+            try:
+                reply = self.client.xreadgroup(group, consumer, {stream: ">"}, count, block_ms)
+            except ResponseError:
+                # the group (or the stream) does not exist yet. Real Redis says NOGROUP,
+                # fakeredis words it differently; if it was another error, the retry
+                # re-raises
+                self._create_group(stream, group)
+                reply = self.client.xreadgroup(group, consumer, {stream: ">"}, count, block_ms)
+            if reply or block_ms is None or time.monotonic() >= deadline:
+                break
         entries = reply[0][1] if reply else []
         return [self._event(topic, e, deliveries=1) for e in entries]
 

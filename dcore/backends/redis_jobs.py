@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import TypeAdapter
 
-from dcore.backends._redis import RedisBackend, text, translate_errors
+from dcore.backends._redis import RedisBackend, settings_url, text, translate_errors
 from dcore.backends._shared import (
     DEFAULT_JOB_TTL,
     encode_result,
@@ -192,7 +192,7 @@ class RedisJobStore(RedisBackend, JobStorageInterface):
     def from_environment(cls, env: Environment, **options: Any) -> Self:
         s = env.settings
         options.setdefault("ttl", s.job_ttl)
-        return cls(url=s.redis_url, prefix=s.key_prefix, clock=env.clock, **options)
+        return cls(url=settings_url(s), prefix=s.key_prefix, clock=env.clock, **options)
 
     def _keys(self, job_id: str) -> list[str]:
         states_ = [self.key("jobs", "state", s) for s in _STATES]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from dcore.backends._redis import RedisBackend, require_redis
+from dcore.backends._redis import RedisBackend, require_redis, settings_url
 from dcore.backends._shared import at_least
 from dcore.core.plugins import register_plugin
 from dcore.errors import LockLostError
@@ -164,7 +164,7 @@ class RedisLocks(RedisBackend, LockInterface):
 
     @classmethod
     def from_environment(cls, env: Environment, **options: Any) -> Self:
-        return cls(url=env.settings.redis_url, prefix=env.settings.key_prefix, **options)
+        return cls(url=settings_url(env.settings), prefix=env.settings.key_prefix, **options)
 
     def lock(
         self, name: str, *, ttl: float | None = 30.0, timeout: float | None = None

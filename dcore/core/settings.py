@@ -31,6 +31,9 @@ class DcoreSettings(BaseSettings):
 
     storage_root: Path = Path(".dcore/storage")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: seconds a Redis command may wait for its reply before it fails (a partitioned
+    #: server must not hang a job forever); ``socket_timeout=`` in the URL wins
+    redis_socket_timeout: float | None = Field(default=10.0, gt=0)
     key_prefix: str = "dcore"
 
     s3_endpoint: str | None = None
