@@ -30,6 +30,7 @@ __all__ = [
     "TracePropagator",
     "callable_path",
     "ensure_imports",
+    "imported_attr",
     "resolve_callable",
     "set_trace_propagator",
     "trace_propagator",
@@ -103,6 +104,17 @@ def _summarise(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def imported_attr(module_name: str, qualname: str) -> Any:
+    """The object named ``qualname`` in module ``module_name`` if that module is already
+    imported, else None. Never imports: what a message names cannot run code."""
+    target: Any = sys.modules.get(module_name)
+    for part in qualname.split(".") if qualname else ():
+        if target is None:
+            return None
+        target = getattr(target, part, None)
+    return target
+
+
 def callable_path(fn: Callable[..., Any]) -> str:
     """``pkg.mod:func`` for a module-level function; ContextSerializationError otherwise."""
     module = getattr(fn, "__module__", None)
@@ -117,10 +129,7 @@ def callable_path(fn: Callable[..., Any]) -> str:
         raise ContextSerializationError(
             f"core_fn {qualname!r} lives in __main__, which a worker cannot import: {fix}"
         )
-    target: Any = sys.modules.get(module)
-    for part in qualname.split("."):
-        target = getattr(target, part, None)
-    if target is not fn:
+    if imported_attr(module, qualname) is not fn:
         raise ContextSerializationError(
             f"core_fn {module}:{qualname} does not resolve back to the same object: {fix}"
         )
@@ -139,15 +148,12 @@ def resolve_callable(path: str) -> Callable[..., Any]:
     module_name, sep, qualname = path.partition(":")
     if not sep or not module_name or not qualname:
         raise MessageError(f"core_fn {path!r} is not of the form 'pkg.mod:func'")
-    module = sys.modules.get(module_name)
-    if module is None:
+    if module_name not in sys.modules:
         raise MessageError(
             f"core_fn {path!r}: module {module_name!r} is not imported on this worker; "
             "add it to DCORE_IMPORTS"
         )
-    target: Any = module
-    for part in qualname.split("."):
-        target = getattr(target, part, None)
+    target = imported_attr(module_name, qualname)
     if not callable(target):
         raise MessageError(f"core_fn {path!r} does not name a callable")
     return target  # type: ignore[no-any-return]

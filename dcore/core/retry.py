@@ -8,7 +8,6 @@ retrying a non-idempotent stage must be opt-in).
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -23,6 +22,7 @@ from pydantic import (
 )
 
 from dcore.core.clock import Clock
+from dcore.core.message import imported_attr
 from dcore.core.settings import DcoreSettings
 
 __all__ = [
@@ -91,9 +91,7 @@ class RetryPolicy(BaseModel):
 def _exception_class(name: str) -> type[BaseException]:
     """Resolve ``pkg.mod:Class`` from an already-imported module (never imports)."""
     module_name, _, qualname = name.partition(":")
-    target: Any = sys.modules.get(module_name)
-    for part in qualname.split(".") if target is not None and qualname else ():
-        target = getattr(target, part, None)
+    target = imported_attr(module_name, qualname)
     if not (isinstance(target, type) and issubclass(target, BaseException)):
         raise ValueError(
             f"retry_on names {name!r}, which is not an exception class (a BaseException "
