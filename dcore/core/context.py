@@ -251,6 +251,8 @@ class PipelineContext(BaseModel):
     def _migrate(cls, version: str, data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise MessageError(f"{cls.__name__} data must be a JSON object")
+        if version == cls.__version__:  # the common case: no class walk needed
+            return data
         migrations = cls._migrations()
         seen: set[str] = set()
         while version != cls.__version__:
