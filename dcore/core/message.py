@@ -80,7 +80,7 @@ class JobMessage(BaseModel):
                 return cls.model_validate_json(raw)
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise MessageError(f"malformed job message: {_summarise(exc)}") from None
+            raise MessageError(f"malformed job message: {summarise(exc)}") from None
 
     def with_attempt(self, attempt: int) -> JobMessage:
         return self.model_copy(update={"attempt": attempt})
@@ -96,7 +96,8 @@ class JobMessage(BaseModel):
             return None
 
 
-def _summarise(exc: ValidationError) -> str:
+def summarise(exc: ValidationError) -> str:
+    """A validation error on one line: ``field: problem; ...`` (the first five)."""
     parts = []
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err["loc"]) or "message"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, Self
 
 from pydantic import ValidationError
@@ -26,7 +26,7 @@ from dcore.core.environment import Environment, current_environment
 from dcore.core.factory import PluginFactory, plugin_signature
 from dcore.core.interfaces import ContextT, Dispatch, Execute, StageRef
 from dcore.core.lifecycle import dead_letter, describe_error, schedule
-from dcore.core.message import StageSpec, callable_path, trace_propagator
+from dcore.core.message import StageSpec, callable_path, summarise, trace_propagator
 from dcore.core.plugins import interface_by_name, is_interface
 from dcore.core.retry import RetryPolicy
 from dcore.core.runner import Call, Stage, execute_call, is_observer, observers_of, origin_of, tag
@@ -83,10 +83,12 @@ class Pipeline(Generic[ContextT]):
         stage: type | StageRef,
         plugin: str | None = None,
         *,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Self:
-        """Append a stage: ``chain(Execute, plugin="x", **opts)`` or ``chain(Execute("x"))``."""
+        """Append a stage: ``chain(Execute, plugin="x", **opts)`` or ``chain(Execute("x"))``.
+
+        ``retry`` is a RetryPolicy or its fields as a mapping (``{"attempts": 3}``)."""
         if self._stages is not None:
             name = plugin or (stage.plugin if isinstance(stage, StageRef) else stage)
             raise PipelineDefinitionError(
@@ -111,7 +113,10 @@ class Pipeline(Generic[ContextT]):
 
     @staticmethod
     def _as_ref(
-        stage: type | StageRef, plugin: str | None, retry: RetryPolicy | None, options: Any
+        stage: type | StageRef,
+        plugin: str | None,
+        retry: RetryPolicy | Mapping[str, Any] | None,
+        options: Any,
     ) -> StageRef:
         if isinstance(stage, StageRef):
             if plugin is not None or options:
@@ -120,8 +125,9 @@ class Pipeline(Generic[ContextT]):
                     f"{stage.interface.__name__}({stage.plugin!r}, ...), not to chain()"
                 )
             _check_stage_interface(stage.interface)
-            if retry is not None:
-                stage = StageRef(stage.interface, stage.plugin, stage.options, retry)
+            policy = _retry_policy(stage.plugin, stage.retry if retry is None else retry)
+            if policy is not stage.retry:
+                stage = StageRef(stage.interface, stage.plugin, stage.options, policy)
             return stage
         if stage is not Execute and stage is not Dispatch:
             if not is_interface(stage):
@@ -136,7 +142,7 @@ class Pipeline(Generic[ContextT]):
             raise PipelineDefinitionError(
                 f"chain({stage.__name__}, plugin=...) needs the plugin's name, got {plugin!r}"
             )
-        return StageRef(stage, plugin, dict(options), retry)
+        return StageRef(stage, plugin, dict(options), _retry_policy(plugin, retry))
 
     @property
     def stages(self) -> list[StageRef]:
@@ -317,6 +323,23 @@ class Pipeline(Generic[ContextT]):
                 f"resume_at={resume_at} is past the end of a {len(self._refs)}-stage pipeline"
             )
         return self._fold(resume_at)(ctx)
+
+
+def _retry_policy(plugin: str, retry: object) -> RetryPolicy | None:
+    """A stage's ``retry=``: a RetryPolicy, its fields as a mapping, or None."""
+    if retry is None or isinstance(retry, RetryPolicy):
+        return retry
+    if not isinstance(retry, Mapping):
+        raise PipelineDefinitionError(
+            f"retry= of stage {plugin!r} must be a RetryPolicy or a mapping of its fields, "
+            f"got {type(retry).__name__}: {retry!r}"
+        )
+    try:
+        return RetryPolicy.model_validate(retry)
+    except ValidationError as exc:
+        raise PipelineDefinitionError(
+            f"retry= of stage {plugin!r} is invalid: {summarise(exc)}"
+        ) from None
 
 
 def _check_stage_interface(interface: type) -> None:

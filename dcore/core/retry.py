@@ -42,7 +42,7 @@ class RetryPolicy(BaseModel):
     plus a random extra of up to ``jitter`` times that delay. ``retry_on`` names the exception
     types worth retrying (default: any ``Exception``)."""
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, extra="forbid")
 
     attempts: int = Field(default=3, ge=1)
     backoff: float = Field(default=2.0, ge=1.0)

@@ -19,6 +19,7 @@ from dcore import (
     PluginNotFoundError,
     PluginOptionsError,
     PluginRegistry,
+    RetryPolicy,
     StageRef,
 )
 from dcore.core.pipeline import Pipeline
@@ -98,6 +99,35 @@ def test_chain_rejects_what_is_not_a_stage(
         pipeline.chain(stage, plugin)
     assert culprit in str(info.value)
     assert pipeline.stages == []
+
+
+def test_retry_may_be_given_as_a_mapping_of_policy_fields(append_plugin: type[Append]) -> None:
+    by_keyword = Ctx().create_pipeline(finish).chain(Execute, plugin="append", retry={"attempts": 3})
+    by_reference = Ctx().create_pipeline(finish).chain(Execute("append", retry={"attempts": 3}))
+
+    assert by_keyword.stages == by_reference.stages
+    assert by_keyword.stages[0].retry == RetryPolicy(attempts=3)
+
+
+@pytest.mark.parametrize(
+    ("retry", "culprit"),
+    [
+        ({"attempts": 0}, "retry= of stage 'append' is invalid: attempts: Input should be"),
+        ({"atempts": 2}, "is invalid: atempts: Extra inputs are not permitted"),
+        (3, "must be a RetryPolicy or a mapping of its fields, got int: 3"),
+    ],
+)
+def test_a_bad_retry_fails_at_chain_naming_the_stage(
+    append_plugin: type[Append], retry: Any, culprit: str
+) -> None:
+    for chain in (
+        lambda p: p.chain(Execute, plugin="append", retry=retry),
+        lambda p: p.chain(Execute("append", retry=retry)),
+    ):
+        pipeline = Ctx().create_pipeline(finish)
+        with pytest.raises(PipelineDefinitionError, match=culprit):
+            chain(pipeline)
+        assert pipeline.stages == []
 
 
 def test_unknown_plugin_fails_at_chain_not_at_run(dcore_env: Environment) -> None:
