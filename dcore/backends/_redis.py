@@ -36,6 +36,7 @@ __all__ = [
     "connect",
     "redact_url",
     "require_redis",
+    "same_server",
     "settings_url",
     "socket_timeout_of",
     "text",
@@ -118,6 +119,8 @@ class RedisBackend:
         self.url = redact_url(url or DEFAULT_URL) if client is None else _describe(client)
         self.client: RedisClient = client if client is not None else connect(url or DEFAULT_URL)
         self.prefix = prefix
+        # where a client dcore built points; an injected one is only known by identity
+        self._server = _address(self.client) if client is None else None
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -141,6 +144,18 @@ class RedisBackend:
                 f"Redis at {self.url} is unreachable ({exc}); check DCORE_REDIS_URL and "
                 "that the server is running"
             ) from exc
+
+
+def _address(client: Any) -> tuple[object, ...]:
+    kwargs = client.connection_pool.connection_kwargs
+    return (kwargs.get("host"), kwargs.get("port"), kwargs.get("path"), kwargs.get("db", 0))
+
+
+def same_server(a: RedisBackend, b: RedisBackend) -> bool:
+    """Whether two backends use one Redis server and database: they share a client, or
+    both built theirs from URLs naming the same host and port (or socket) and db. An
+    injected client is only known by identity (two fakeredis clients may look alike)."""
+    return a.client is b.client or (a._server is not None and a._server == b._server)
 
 
 def translate_errors(method: Callable[Concatenate[B, P], R]) -> Callable[Concatenate[B, P], R]:

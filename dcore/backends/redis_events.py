@@ -111,15 +111,19 @@ class RedisEventBus(RedisBackend, EventBusInterface):
         return Event(topic=topic, payload=payload, id=text(entry_id), deliveries=deliveries)
 
     # -- fire-and-forget -------------------------------------------------------------
+    def channel(self, topic: str) -> str:
+        """The Redis pub/sub channel of a fire-and-forget ``topic``."""
+        return self.key("pubsub", topic)
+
     @translate_errors
     def publish(self, topic: str, payload: Mapping[str, Any]) -> int:
-        return int(self.client.publish(self.key("pubsub", topic), encode_payload(payload)))
+        return int(self.client.publish(self.channel(topic), encode_payload(payload)))
 
     @translate_errors
     def subscribe(self, topic: str, handler: EventHandler) -> Subscription:
         pubsub = self.client.pubsub()
         try:
-            pubsub.subscribe(self.key("pubsub", topic))
+            pubsub.subscribe(self.channel(topic))
             confirmed = False
             for _ in range(int(_SUBSCRIBE_TIMEOUT / _LISTEN_SLICE)):
                 message = pubsub.get_message(timeout=_LISTEN_SLICE)

@@ -19,19 +19,31 @@ message, identical to the memory store's.
 
 Index entries of expired records are dropped lazily by :meth:`RedisJobStore.list`.
 Keys are all passed in ``KEYS`` (no key is built inside the script).
+
+With a Redis event bus on the same server, the script also publishes the move's state
+event (``create_announced`` / ``transition_announced``, see
+:class:`~dcore.services.jobs.AnnouncingJobStore`) and skips reading the record back: a
+worker's job costs two round trips for its state instead of four.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import TypeAdapter
 
-from dcore.backends._redis import RedisBackend, settings_url, text, translate_errors
+from dcore.backends._redis import (
+    RedisBackend,
+    same_server,
+    settings_url,
+    text,
+    translate_errors,
+)
 from dcore.backends._shared import (
     DEFAULT_JOB_TTL,
+    encode_payload,
     encode_result,
     exists_message,
     not_found,
@@ -43,6 +55,7 @@ from dcore.errors import IllegalTransitionError
 from dcore.services.jobs import (
     ALLOWED,
     TERMINAL,
+    AnnouncingJobStore,
     JobRecord,
     JobState,
     JobStorageInterface,
@@ -53,6 +66,7 @@ from dcore.services.jobs import (
 if TYPE_CHECKING:
     from dcore.backends._redis import RedisClient
     from dcore.core.environment import Environment
+    from dcore.services.events import EventBusInterface
 
 __all__ = ["RedisJobStore"]
 
@@ -80,20 +94,21 @@ for i = 1, #flat, 2 do hash[flat[i]] = flat[i + 1] end
 # KEYS: 1 record, 2 history, 3 all-index, 4.. one index per state (in JobState order)
 # ARGV: 1 op (create|move), 2 to, 3 expect (',A,B,' or '-' for none), 4 now, 5 ttl ms,
 #       6 job id, 7 note JSON, 8 has result, 9 result JSON, 10 has error, 11 error,
-#       12 has message, 13 message
+#       12 has message, 13 message, 14 read back ('1' returns the record),
+#       15 channel to publish the state event on ('' for none), 16 the event's JSON
 TRANSITION_LUA = f"""
 local ALLOWED = {{{_ALLOWED_LUA}}}
 local INDEX = {{{_INDEX_LUA}}}
 local TERMINAL = {_lua_set(TERMINAL)}
 local op, to, expect, now, ttl, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local current = redis.call('HGET', KEYS[1], 'state')
-local attempts = 0
+local found = redis.call('HMGET', KEYS[1], 'state', 'attempts')
+local current, attempts, fields = found[1], 0, nil
 if not current then
   if op ~= 'create' then return {{'missing'}} end
   for i = 4, #KEYS do redis.call('ZREM', KEYS[i], id) end  -- stale ids of an expired record
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'job_id', id, 'state', 'PENDING', 'attempts', 0,
-             'created_at', now, 'updated_at', now)
+  fields = {{'job_id', id, 'state', 'PENDING', 'attempts', 0, 'created_at', now,
+            'updated_at', now}}
   to = 'PENDING'
 else
   if op == 'create' then
@@ -103,26 +118,32 @@ else
     return {{'illegal', current}}
   end
   if not ALLOWED[current][to] then return {{'illegal', current}} end
-  attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts'))
+  attempts = tonumber(found[2])
   if to == 'RUNNING' then attempts = attempts + 1 end
-  redis.call('HSET', KEYS[1], 'state', to, 'attempts', attempts, 'updated_at', now)
+  fields = {{'state', to, 'attempts', attempts, 'updated_at', now}}
   redis.call('ZREM', KEYS[INDEX[current]], id)
 end
-if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'result', ARGV[9]) end
-if ARGV[10] == '1' then redis.call('HSET', KEYS[1], 'error', ARGV[11]) end
-if ARGV[12] == '1' then redis.call('HSET', KEYS[1], 'message', ARGV[13]) end
+for i, name in ipairs({{'result', 'error', 'message'}}) do
+  if ARGV[6 + 2 * i] == '1' then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = ARGV[7 + 2 * i]
+  end
+end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('RPUSH', KEYS[2], '{{"state":"' .. to .. '","at":' .. now .. ',"attempt":' ..
            attempts .. ',"note":' .. ARGV[7] .. '}}')
 redis.call('ZADD', KEYS[INDEX[to]], now, id)
 redis.call('ZADD', KEYS[3], now, id)
-{_HASH_TABLE}
 if TERMINAL[to] then
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
-else
+elseif current and TERMINAL[current] then  -- leaving a final state (a DLQ replay)
   redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[2])
 end
+if ARGV[15] ~= '' then redis.call('PUBLISH', ARGV[15], ARGV[16]) end
+if ARGV[14] ~= '1' then return {{'ok'}} end
+{_HASH_TABLE}
 return {{'ok', {READ_RECORD}}}
 """
 
@@ -166,7 +187,7 @@ def _record(hash_json: bytes | str, history_json: bytes | str) -> JobRecord:
 
 
 @register_plugin("redis")
-class RedisJobStore(RedisBackend, JobStorageInterface):
+class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
     """Job records in Redis; timestamps from ``clock``; terminal records live ``ttl`` s."""
 
     def __init__(
@@ -183,6 +204,7 @@ class RedisJobStore(RedisBackend, JobStorageInterface):
         super().__init__(client, url=url, prefix=prefix)
         self.clock = clock or SystemClock()
         self.ttl = ttl
+        self._index_keys = [self._all, *(self.key("jobs", "state", s) for s in _STATES)]
         self._transition = self.client.register_script(TRANSITION_LUA)
         self._delete = self.client.register_script(DELETE_LUA)
         self._prune = self.client.register_script(PRUNE_LUA)
@@ -195,8 +217,8 @@ class RedisJobStore(RedisBackend, JobStorageInterface):
         return cls(url=settings_url(s), prefix=s.key_prefix, clock=env.clock, **options)
 
     def _keys(self, job_id: str) -> list[str]:
-        states_ = [self.key("jobs", "state", s) for s in _STATES]
-        return [self.key("job", job_id), self.key("job", job_id, "history"), self._all, *states_]
+        record = self.key("job", job_id)
+        return [record, f"{record}:history", *self._index_keys]
 
     @property
     def _all(self) -> str:
@@ -213,9 +235,13 @@ class RedisJobStore(RedisBackend, JobStorageInterface):
         error: str | None = None,
         note: str | None = None,
         message: str | None = None,
-    ) -> JobRecord:
+        event: tuple[str, str] | None = None,
+    ) -> list[Any]:
+        """Run the transition script; its ``ok`` reply (with the record unless ``event``,
+        a (channel, JSON) pair published in the same step, is given), else raise."""
         if op == "create" and (not isinstance(job_id, str) or not job_id):
             raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
+        channel, data = event or ("", "")
         args = [
             op,
             to.value,
@@ -230,11 +256,14 @@ class RedisJobStore(RedisBackend, JobStorageInterface):
             error or "",
             "0" if message is None else "1",
             message or "",
+            "0" if event else "1",
+            channel,
+            data,
         ]
-        reply = self._transition(keys=self._keys(job_id), args=args)
+        reply: list[Any] = self._transition(keys=self._keys(job_id), args=args)
         status = text(reply[0])
         if status == "ok":
-            return _record(reply[1], reply[2])
+            return reply
         if status == "missing":
             raise not_found(job_id)
         current = JobState(text(reply[1]))
@@ -245,7 +274,8 @@ class RedisJobStore(RedisBackend, JobStorageInterface):
 
     @translate_errors
     def create(self, job_id: str, *, message: str | None = None) -> JobRecord:
-        return self._run("create", job_id, JobState.PENDING, message=message)
+        reply = self._run("create", job_id, JobState.PENDING, message=message)
+        return _record(reply[1], reply[2])
 
     @translate_errors
     def transition(
@@ -258,9 +288,61 @@ class RedisJobStore(RedisBackend, JobStorageInterface):
         error: str | None = None,
         note: str | None = None,
     ) -> JobRecord:
-        return self._run(
+        reply = self._run(
             "move", job_id, JobState(to), expect=states(expect), result=result, error=error,
             note=note,
+        )  # fmt: skip
+        return _record(reply[1], reply[2])
+
+    # -- state events published by the script (AnnouncingJobStore) -------------------
+    def announces_on(self, bus: EventBusInterface) -> bool:
+        from dcore.backends.redis_events import RedisEventBus
+
+        return isinstance(bus, RedisEventBus) and same_server(self, bus)
+
+    def _event(
+        self, bus: EventBusInterface, topic: str, payload: Mapping[str, Any]
+    ) -> tuple[str, str]:
+        from dcore.backends.redis_events import RedisEventBus
+
+        if not (isinstance(bus, RedisEventBus) and same_server(self, bus)):
+            raise ValueError(
+                f"the Redis job store at {self.url} cannot publish on {bus!r}: only on a "
+                "Redis event bus using the same server (check announces_on first)"
+            )
+        return bus.channel(topic), encode_payload(payload)
+
+    @translate_errors
+    def create_announced(
+        self,
+        job_id: str,
+        bus: EventBusInterface,
+        topic: str,
+        payload: Mapping[str, Any],
+        *,
+        message: str | None = None,
+    ) -> None:
+        event = self._event(bus, topic, payload)
+        self._run("create", job_id, JobState.PENDING, message=message, event=event)
+
+    @translate_errors
+    def transition_announced(
+        self,
+        job_id: str,
+        to: JobState,
+        bus: EventBusInterface,
+        topic: str,
+        payload: Mapping[str, Any],
+        *,
+        expect: Collection[JobState] | None = None,
+        result: Any = None,
+        error: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        event = self._event(bus, topic, payload)
+        self._run(
+            "move", job_id, JobState(to), expect=states(expect), result=result, error=error,
+            note=note, event=event,
         )  # fmt: skip
 
     @translate_errors

@@ -20,7 +20,7 @@ from pydantic_core import to_jsonable_python
 
 from dcore.core import events
 from dcore.errors import IllegalTransitionError, JobNotFoundError
-from dcore.services.jobs import JobState
+from dcore.services.jobs import AnnouncingJobStore, JobState
 
 if TYPE_CHECKING:
     from dcore.core.environment import Environment
@@ -84,8 +84,34 @@ def describe_error(exc: BaseException) -> str:
 
 def schedule(env: Environment, job_id: str, *, message: str | None = None) -> None:
     """Record a new PENDING job (or re-schedule a DEAD/FAILED one) and announce it."""
-    env.jobs.create(job_id, message=message)
-    events.emit(env, events.JOB_SCHEDULED, job_id=job_id)
+    jobs, bus = env.jobs, env.events
+    payload = {"job_id": job_id}
+    if isinstance(jobs, AnnouncingJobStore) and jobs.announces_on(bus):
+        jobs.create_announced(job_id, bus, events.JOB_SCHEDULED, payload, message=message)
+        return
+    jobs.create(job_id, message=message)
+    events.emit(env, events.JOB_SCHEDULED, **payload)
+
+
+def _move(
+    env: Environment,
+    job_id: str,
+    to: JobState,
+    topic: str,
+    payload: dict[str, Any],
+    *,
+    result: Any = None,
+    note: str | None = None,
+) -> None:
+    """Move the job and publish the state event: in one atomic step where the store can
+    publish on the bus itself (see AnnouncingJobStore), else one after the other (and a
+    bus that is down does not fail the job)."""
+    jobs, bus = env.jobs, env.events
+    if isinstance(jobs, AnnouncingJobStore) and jobs.announces_on(bus):
+        jobs.transition_announced(job_id, to, bus, topic, payload, result=result, note=note)
+        return
+    jobs.transition(job_id, to, result=result, note=note)
+    events.emit(env, topic, **payload)
 
 
 def _start(
@@ -94,17 +120,17 @@ def _start(
     # one round trip on the hot path: the state machine itself refuses to start a job
     # that already finished (SUCCEEDED and DEAD cannot move to RUNNING)
     note = f"attempt {attempt}"
+    started = {"job_id": job_id, "attempt": attempt}
     try:
-        env.jobs.transition(job_id, JobState.RUNNING, note=note)
+        _move(env, job_id, JobState.RUNNING, events.JOB_STARTED, started, note=note)
     except JobNotFoundError:
         # the job store of the process that scheduled it was not this one's (or was
         # cleared): start the record here rather than drop the work
         env.jobs.create(job_id, message=message())
-        env.jobs.transition(job_id, JobState.RUNNING, note=note)
+        _move(env, job_id, JobState.RUNNING, events.JOB_STARTED, started, note=note)
     except IllegalTransitionError:
         record = env.jobs.get(job_id)
         raise SkippedDuplicate(job_id, record.state, record.result) from None
-    events.emit(env, events.JOB_STARTED, job_id=job_id, attempt=attempt)
 
 
 def run_job(
@@ -142,8 +168,9 @@ def run_job(
         raise
     finally:
         _current_job.reset(token)
-    env.jobs.transition(job_id, JobState.SUCCEEDED, result=_jsonable(result))
-    events.emit(env, events.JOB_SUCCEEDED, job_id=job_id, attempt=attempt)
+    succeeded = {"job_id": job_id, "attempt": attempt}
+    _move(env, job_id, JobState.SUCCEEDED, events.JOB_SUCCEEDED, succeeded,
+          result=_jsonable(result))
     return result
 
 

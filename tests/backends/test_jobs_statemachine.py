@@ -5,6 +5,10 @@ As fakeredis's own suite does for fakeredis vs Redis: any divergence (an outcome
 error message, a record, a list order, a fence) fails and shrinks to a short sequence.
 Locks have no TTL here: Redis expires keys on its own clock, which this test does not
 control; TTL behaviour is covered by the lock contract suite.
+
+The Redis store's announced moves (the script publishes the state event itself) are
+fuzzed too: they must change the record exactly as a plain move does, and publish one
+event for each move made and none for a move refused.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+import json
+
 from dcore.backends.memory import MemoryJobStore, MemoryLocks
+from dcore.backends.redis_events import RedisEventBus
 from dcore.backends.redis_jobs import RedisJobStore
 from dcore.backends.redis_locks import RedisLocks
 from dcore.errors import DcoreError
@@ -39,6 +46,15 @@ RESULTS = (
     )
 )
 TEXT = st.none() | st.text(max_size=6)
+#: the arguments of a move
+MOVES = {
+    "job_id": JOB_IDS,
+    "to": STATES,
+    "expect": st.none() | st.frozensets(STATES, max_size=2),
+    "result": RESULTS,
+    "error": TEXT,
+    "note": TEXT,
+}
 
 
 Outcome = tuple[str, Any]
@@ -69,9 +85,32 @@ class StoresAgree(RuleBasedStateMachine):
             for name in ("l1", "l2")
             for slot in range(3)
         }
+        # the bus has its own prefix: the script must publish on the bus's channel
+        self.bus = RedisEventBus(client, prefix="bus")
+        self.published = client.pubsub()
+        self.published.psubscribe("bus:pubsub:*")
+        assert self.published.get_message(timeout=1)["type"] == "psubscribe"
         self.jobs: dict[str, tuple[JobState, int]] = {}  # model: state, attempts
         self.holder: dict[str, int | None] = {"l1": None, "l2": None}
         self.fences: dict[str, int] = {"l1": 0, "l2": 0}
+
+    def events(self) -> list[tuple[str, dict[str, Any]]]:
+        """What the bus's channels carried since the last call, in order."""
+        seen = []
+        while (message := self.published.get_message(timeout=0)) is not None:
+            seen.append((message["channel"].decode(), json.loads(message["data"])))
+        return seen
+
+    def announced(self, plain: Callable[[Any], Any], announced: Callable[[Any], Any]) -> Outcome:
+        """The memory store's plain call vs the Redis store's announced one: the same
+        outcome (the announced call returns no record); the memory store's is returned."""
+        memory, redis_store = self.stores
+        expected = outcome(lambda: plain(memory))
+        got = outcome(lambda: announced(redis_store))
+        assert got[0] == expected[0], (got, expected)
+        if got[0] != "ok":
+            assert got == expected
+        return expected
 
     def both(self, call: Callable[[Any], Any]) -> Outcome:
         results = [outcome(lambda s=s: call(s)) for s in self.stores]  # type: ignore[misc]
@@ -81,7 +120,20 @@ class StoresAgree(RuleBasedStateMachine):
     # -- jobs -----------------------------------------------------------------------
     @rule(job_id=JOB_IDS, message=TEXT)
     def create(self, job_id: str, message: str | None) -> None:
-        kind, value = self.both(lambda s: s.create(job_id, message=message))
+        self.created(job_id, *self.both(lambda s: s.create(job_id, message=message)))
+
+    @rule(job_id=JOB_IDS, message=TEXT)
+    def create_announced(self, job_id: str, message: str | None) -> None:
+        payload = {"job_id": job_id}
+        kind, value = self.announced(
+            lambda s: s.create(job_id, message=message),
+            lambda s: s.create_announced(job_id, self.bus, "job.scheduled", payload,
+                                         message=message),
+        )  # fmt: skip
+        self.created(job_id, kind, value)
+        assert self.events() == ([("bus:pubsub:job.scheduled", payload)] if kind == "ok" else [])
+
+    def created(self, job_id: str, kind: str, value: Any) -> None:
         current = self.jobs.get(job_id)
         if current is None or current[0] in (JobState.FAILED, JobState.DEAD):
             assert kind == "ok"
@@ -91,14 +143,7 @@ class StoresAgree(RuleBasedStateMachine):
             assert kind == "IllegalTransitionError"
             assert "already exists" in value
 
-    @rule(
-        job_id=JOB_IDS,
-        to=STATES,
-        expect=st.none() | st.frozensets(STATES, max_size=2),
-        result=RESULTS,
-        error=TEXT,
-        note=TEXT,
-    )
+    @rule(**MOVES)
     def transition(
         self,
         job_id: str,
@@ -112,20 +157,47 @@ class StoresAgree(RuleBasedStateMachine):
             lambda s: s.transition(job_id, to, expect=expect, result=result, error=error,
                                    note=note)
         )  # fmt: skip
+        if self.moved(job_id, to, expect, kind):
+            assert isinstance(value, JobRecord)
+            assert (value.state, value.attempts) == self.jobs[job_id]
+            assert value.history[-1].note == note
+            assert value.updated_at == self.clock.time()
+
+    @rule(**MOVES)
+    def transition_announced(
+        self,
+        job_id: str,
+        to: JobState,
+        expect: frozenset[JobState] | None,
+        result: Any,
+        error: str | None,
+        note: str | None,
+    ) -> None:
+        payload = {"job_id": job_id, "state": str(to)}
+        kind, _ = self.announced(
+            lambda s: s.transition(job_id, to, expect=expect, result=result, error=error,
+                                   note=note),
+            lambda s: s.transition_announced(job_id, to, self.bus, "job.moved", payload,
+                                             expect=expect, result=result, error=error,
+                                             note=note),
+        )  # fmt: skip
+        made = self.moved(job_id, to, expect, kind)
+        assert self.events() == ([("bus:pubsub:job.moved", payload)] if made else [])
+
+    def moved(
+        self, job_id: str, to: JobState, expect: frozenset[JobState] | None, kind: str
+    ) -> bool:
+        """Check a move's outcome against the model and update it; True if it was made."""
         current = self.jobs.get(job_id)
         if current is None:
             assert kind == "JobNotFoundError"
-            return
+            return False
         state, attempts = current
         allowed = to in ALLOWED[state] and (expect is None or state in expect)
-        assert (kind == "ok") is allowed, (state, to, expect, kind, value)
+        assert (kind == "ok") is allowed, (state, to, expect, kind)
         if allowed:
-            attempts += to is JobState.RUNNING
-            self.jobs[job_id] = (to, attempts)
-            assert isinstance(value, JobRecord)
-            assert (value.state, value.attempts) == (to, attempts)
-            assert value.history[-1].note == note
-            assert value.updated_at == self.clock.time()
+            self.jobs[job_id] = (to, attempts + (to is JobState.RUNNING))
+        return allowed
 
     @rule(job_id=JOB_IDS)
     def delete(self, job_id: str) -> None:
