@@ -8,15 +8,22 @@ raised for the caller to log. The worker lives on.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from dcore.core.context import PipelineContext
 from dcore.core.environment import Environment, current_environment
 from dcore.core.lifecycle import dead_letter
-from dcore.core.message import JobMessage, ensure_imports, resolve_callable, trace_propagator
+from dcore.core.message import (
+    JobMessage,
+    StageSpec,
+    ensure_imports,
+    resolve_callable,
+    trace_propagator,
+)
 from dcore.core.pipeline import Pipeline
 from dcore.errors import MessageError
 
@@ -43,6 +50,9 @@ def load_message(
     return message, context, pipeline
 
 
+_SPEC = TypeAdapter(list[StageSpec])
+
+
 class PipelineCache:
     """Pipelines rebuilt from messages, by spec and core function, most recent kept.
 
@@ -54,12 +64,12 @@ class PipelineCache:
     def __init__(self, env: Environment, size: int = 256) -> None:
         self._env = env
         self._size = size
-        self._cache: OrderedDict[tuple[int, int, str, str], Pipeline[Any]] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int, str, bytes], Pipeline[Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, message: JobMessage) -> Pipeline[Any]:
         registry = self._env.registry
-        spec = json.dumps([s.model_dump() for s in message.spec])
+        spec = _SPEC.dump_json(message.spec)
         key = (id(registry), registry.generation, message.core_fn, spec)
         with self._lock:
             pipeline = self._cache.get(key)

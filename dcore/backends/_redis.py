@@ -134,16 +134,25 @@ class RedisBackend:
     @contextmanager
     def translating(self) -> Iterator[None]:
         """Turn redis-py's connection/timeout errors into ServiceUnavailableError."""
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise ServiceUnavailableError(
-                f"Redis at {self.url} is unreachable ({exc}); check DCORE_REDIS_URL and "
-                "that the server is running"
-            ) from exc
+        except _unreachable_errors() as exc:
+            raise self.unreachable(exc) from exc
+
+    def unreachable(self, exc: BaseException) -> ServiceUnavailableError:
+        return ServiceUnavailableError(
+            f"Redis at {self.url} is unreachable ({exc}); check DCORE_REDIS_URL and "
+            "that the server is running"
+        )
+
+
+@functools.cache
+def _unreachable_errors() -> tuple[type[Exception], ...]:
+    """redis-py's errors for a server that cannot be reached (imported on first use)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return (RedisConnectionError, RedisTimeoutError)
 
 
 def _address(client: Any) -> tuple[object, ...]:
@@ -163,7 +172,9 @@ def translate_errors(method: Callable[Concatenate[B, P], R]) -> Callable[Concate
 
     @functools.wraps(method)
     def wrapper(self: B, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        with self.translating():
+        try:  # not `with self.translating()`: this wraps every call on the hot path
             return method(self, *args, **kwargs)
+        except _unreachable_errors() as exc:
+            raise self.unreachable(exc) from exc
 
     return wrapper

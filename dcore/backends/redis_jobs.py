@@ -49,6 +49,7 @@ from dcore.backends._shared import (
     not_found,
     states,
 )
+from dcore.backends.redis_events import RedisEventBus
 from dcore.core.clock import Clock, SystemClock
 from dcore.core.plugins import register_plugin
 from dcore.errors import IllegalTransitionError
@@ -296,15 +297,11 @@ class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
 
     # -- state events published by the script (AnnouncingJobStore) -------------------
     def announces_on(self, bus: EventBusInterface) -> bool:
-        from dcore.backends.redis_events import RedisEventBus
-
         return isinstance(bus, RedisEventBus) and same_server(self, bus)
 
     def _event(
         self, bus: EventBusInterface, topic: str, payload: Mapping[str, Any]
     ) -> tuple[str, str]:
-        from dcore.backends.redis_events import RedisEventBus
-
         if not (isinstance(bus, RedisEventBus) and same_server(self, bus)):
             raise ValueError(
                 f"the Redis job store at {self.url} cannot publish on {bus!r}: only on a "

@@ -107,6 +107,9 @@ class Environment:
         return cast(S, self._service(name))
 
     def _service(self, name: str) -> Any:
+        service = self._services.get(name)  # built already: the common case, no lock
+        if service is not None:
+            return service
         with self._lock:
             if name not in self._services:
                 from dcore.services import (
