@@ -207,7 +207,7 @@ def _round_dcore(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stores", choices=("redis", "memory"), default="redis",
                         help="the worker's job store and event bus (memory isolates dcore's "

@@ -27,6 +27,7 @@ from typing import Any
 
 import redis
 
+from dcore.backends.redis_events import RedisEventBus
 from dcore.backends.redis_jobs import RedisJobStore
 from dcore.services.jobs import JobState
 from dcore_testing.fixtures.redis import start_redis_server
@@ -50,6 +51,7 @@ def rate(op: Callable[[int], None], seconds: float) -> float:
 def run(client: Any, seconds: float) -> list[tuple[str, float]]:
     prefix = f"bench-{os.getpid()}"
     store = RedisJobStore(client, prefix=prefix)
+    bus = RedisEventBus(client, prefix=prefix)
     try:
         hset = rate(lambda i: client.hset(f"{prefix}:raw:{i}", "state", "RUNNING"), seconds)
 
@@ -62,14 +64,27 @@ def run(client: Any, seconds: float) -> list[tuple[str, float]]:
             store.transition(job_id, JobState.RUNNING, expect=[JobState.PENDING])
             store.transition(job_id, JobState.SUCCEEDED, result={"i": i})
 
+        def announced(i: int) -> None:
+            """What a worker does with a Redis bus on the same server: each move publishes
+            its state event in the same script, and no record is read back."""
+            job_id = f"a{i}"
+            store.create_announced(job_id, bus, "job.scheduled", {"job_id": job_id})
+            store.transition_announced(job_id, JobState.RUNNING, bus, "job.started",
+                                       {"job_id": job_id, "attempt": 1},
+                                       expect=[JobState.PENDING])  # fmt: skip
+            store.transition_announced(job_id, JobState.SUCCEEDED, bus, "job.succeeded",
+                                       {"job_id": job_id, "attempt": 1}, result={"i": i})  # fmt: skip
+
         created = rate(create, seconds)
         jobs = rate(lifecycle, seconds)
+        announced_jobs = rate(announced, seconds)
         got = rate(lambda i: store.get(f"l{abs(i) % 100}"), seconds)
         return [
             ("raw HSET round trip (baseline)", hset),
             ("create()", created),
             ("transition (in create→RUNNING→SUCCEEDED)", jobs * 3),
             ("full job: create→RUNNING→SUCCEEDED", jobs),
+            ("full job, each move with its state event", announced_jobs),
             ("get() (one read script)", got),
         ]
     finally:
