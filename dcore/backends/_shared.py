@@ -30,6 +30,9 @@ __all__ = [
 DEFAULT_JOB_TTL = 7 * 24 * 3600.0
 
 
+_PAYLOAD_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
 def encode_payload(payload: Mapping[str, Any]) -> str:
     """A payload as JSON text; TypeError unless it is a JSON object with string keys."""
     if not isinstance(payload, Mapping):
@@ -41,7 +44,7 @@ def encode_payload(payload: Mapping[str, Any]) -> str:
     if bad_keys:
         raise TypeError(f"event payload keys must be str, got {bad_keys[0]!r}")
     try:
-        return json.dumps(dict(payload), allow_nan=False, separators=(",", ":"))
+        return _PAYLOAD_ENCODER.encode(dict(payload))
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"event payload must contain only JSON values (str, int, float, bool, None, "

@@ -11,7 +11,6 @@ subclasses (every subclass registers itself) can be rebuilt from one, and
 
 from __future__ import annotations
 
-import json
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self, TypeVar
@@ -19,6 +18,7 @@ from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 from pydantic.fields import FieldInfo
+from pydantic_core import to_json
 
 from dcore.core.hashing import stable_hash
 from dcore.errors import ContextSerializationError, MessageError
@@ -231,7 +231,7 @@ class PipelineContext(BaseModel):
         data = target._migrate(str(envelope["version"]), envelope["data"])
         try:
             # JSON mode, so bytes come back from base64 exactly as they were sent
-            return target.model_validate_json(json.dumps(data))
+            return target.model_validate_json(to_json(data))
         except Exception as exc:
             raise MessageError(f"invalid {target.__name__} data: {exc}") from exc
 
