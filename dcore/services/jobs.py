@@ -139,7 +139,7 @@ class AnnouncingJobStore(ABC):
     Where the store and the event bus live on one server (the Redis store and bus), the
     event goes out exactly when the move is made (never for a refused move, never lost
     between the two), and the pair costs one round trip instead of two: on a short job
-    that is a large part of what a worker spends per job. :func:`dcore.core.lifecycle`
+    that is a large part of what a worker spends per job. :mod:`dcore.core.lifecycle`
     uses it when :meth:`announces_on` says so, else it moves, then publishes.
 
     These methods return nothing: the record is not read back."""
