@@ -264,7 +264,15 @@ class PipelineContext(BaseModel):
             seen.add(version)
             source = version
             version, upgrade = migrations[source]
-            data = upgrade(dict(data))
+            try:
+                data = upgrade(dict(data))
+            except MessageError:
+                raise
+            except Exception as exc:  # it would fail the same way on every delivery
+                raise MessageError(
+                    f"{cls.__name__} migration from {source!r} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
             if not isinstance(data, dict):
                 raise MessageError(
                     f"{cls.__name__} migration from {source!r} must return a dict of data"

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcore import Dispatch, Execute, JobHandle, NextFn, PipelineContext, register_plugin
+from dcore import (
+    Dispatch,
+    Execute,
+    JobHandle,
+    NextFn,
+    PipelineContext,
+    migration,
+    register_plugin,
+)
 from dcore.core.pipeline import Continuation
 from dcore.core.plugins import default_registry
 
@@ -16,6 +24,12 @@ class RoundTripContext(PipelineContext):
     name: str
     payload: bytes = b""
     steps: list[str] = []
+
+    @migration("0.9")
+    @classmethod
+    def title_became_name(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["name"] = data.pop("title")  # a KeyError for data that never had a title
+        return data
 
 
 @register_plugin("rt_mark", registry=default_registry())

@@ -68,6 +68,8 @@ MALFORMED = {
     "negative resume_at": (set_path("resume_at", -1), "resume_at"),
     "missing migration": (set_path("context.version", "0.1"),
                           "no @migration('0.1') upgrades it"),
+    "migration that raises": (set_path("context.version", "0.9"),
+                              "RoundTripContext migration from '0.9' failed: KeyError: 'title'"),
     "core_fn not imported": (set_path("core_fn", "not_imported_anywhere:fn"),
                              "module 'not_imported_anywhere' is not imported on this worker"),
     "core_fn not a path": (set_path("core_fn", "summarize"), "not of the form 'pkg.mod:func'"),
