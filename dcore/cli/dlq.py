@@ -157,6 +157,11 @@ def replay_entry(env: Any, event: Any) -> tuple[bool, str]:
         return True, f"{where}: the job already SUCCEEDED; stale entry removed"
     attempt = record.attempts + 1 if record is not None else max(
         int(payload.get("attempt") or 0), message.attempt) + 1
+    def entries_of_job() -> list[str]:
+        return [e.id for e in env.events.entries(topic)
+                if e.payload.get("job_id") == message.job_id]
+
+    earlier = set(entries_of_job())  # older entries of the job are not its fresh failure
     try:
         schedule(env, message.job_id, message=raw if isinstance(raw, str) else None)
     except IllegalTransitionError as exc:
@@ -164,8 +169,7 @@ def replay_entry(env: Any, event: Any) -> tuple[bool, str]:
     try:
         run_message(message.with_attempt(attempt), environment=env, final=True)
     except Exception as exc:
-        newer = [e.id for e in env.events.entries(topic)
-                 if e.id != event.id and e.payload.get("job_id") == message.job_id]
+        newer = [i for i in entries_of_job() if i not in earlier]
         if newer:  # back on the queue with the fresh error: the old entry is superseded
             env.events.remove(topic, event.id)
             return False, (f"{where}: attempt {attempt} failed again ({type(exc).__name__}: "

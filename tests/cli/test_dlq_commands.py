@@ -118,6 +118,27 @@ def test_replay_of_a_stale_entry_for_a_job_that_succeeded_just_removes_it(
     assert entry_ids(dcore_env) == []
 
 
+def test_a_failed_replay_keeps_its_entry_when_no_fresh_one_was_written(
+    dcore_env: Environment, broken: dict[str, bool], capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dead_job()
+    (entry,) = dcore_env.events.entries(dcore_env.settings.dlq_topic)
+    # an older entry of the same job (a replayer died after a failed attempt)
+    duplicate = dcore_env.events.append(dcore_env.settings.dlq_topic, entry.payload)
+
+    def refuse(*args: Any, **kwargs: Any) -> str:
+        raise OSError("dlq unavailable")
+
+    monkeypatch.setattr(dcore_env.events, "append", refuse)
+    assert main(["dlq", "replay", duplicate]) == 1
+    err = capsys.readouterr().err
+    assert "failed (OSError: dlq unavailable)" in err
+    assert "back on the dead-letter queue" not in err  # the older entry is not its failure
+    monkeypatch.undo()
+    assert entry_ids(dcore_env) == [entry.id, duplicate]  # nothing was dropped
+
+
 def test_purge_without_yes_refuses_when_it_cannot_ask(
     dcore_env: Environment, broken: dict[str, bool], capsys: Any,
     monkeypatch: pytest.MonkeyPatch,
