@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import re
 import threading
 import typing
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from dcore.core.environment import Environment, current_environment
 from dcore.core.plugins import PluginRegistry
-from dcore.errors import PluginOptionsError
+from dcore.errors import PluginError, PluginOptionsError
 
 __all__ = ["PluginFactory", "plugin_signature"]
 
@@ -47,6 +48,29 @@ def _immutable(value: Any) -> bool:
     return type(value) in _ATOMIC or isinstance(value, enum.Enum)
 
 
+def _refuse_unresolved_services(
+    cls: type, params: list[inspect.Parameter], exc: Exception
+) -> None:
+    """PluginError for a service parameter whose annotation cannot be resolved (a name
+    imported only under TYPE_CHECKING): it would silently become a required option."""
+    from dcore import services
+
+    injected = ["Environment"] + [
+        name for name in services.__all__ if getattr(getattr(services, name), "service_name", "")
+    ]
+    pattern = re.compile(r"\b(" + "|".join(injected) + r")\b")
+    for p in params:
+        annotation = p.annotation if isinstance(p.annotation, str) else ""
+        found = pattern.search(annotation)
+        if found:
+            raise PluginError(
+                f"{cls.__qualname__}.__init__ parameter {p.name!r} is annotated "
+                f"{annotation!r}, which cannot be resolved ({type(exc).__name__}: {exc}); "
+                f"services are injected by type, so import {found.group(1)} at module "
+                "level, not only under TYPE_CHECKING"
+            ) from exc
+
+
 class _Signature:
     """What a plugin class's constructor wants: injected services and an options model."""
 
@@ -64,7 +88,8 @@ class _Signature:
             params = list(inspect.signature(init).parameters.values())[1:]
             try:
                 hints = typing.get_type_hints(init)
-            except Exception:
+            except Exception as exc:  # options then take any value; services must resolve
+                _refuse_unresolved_services(cls, params, exc)
                 hints = {}
         self.accepts_any = False
         for p in params:

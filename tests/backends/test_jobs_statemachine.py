@@ -13,14 +13,13 @@ event for each move made and none for a move refused.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-
-import json
 
 from dcore.backends.memory import MemoryJobStore, MemoryLocks
 from dcore.backends.redis_events import RedisEventBus

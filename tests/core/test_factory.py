@@ -3,12 +3,25 @@ that name the plugin, the option and what it accepts."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
-from dcore import Environment, Execute, NextFn, PluginFactory, PluginOptionsError, PluginRegistry
+from dcore import (
+    Environment,
+    Execute,
+    NextFn,
+    PluginFactory,
+    PluginOptionsError,
+    PluginRegistry,
+)
+from dcore.errors import PluginError
 from dcore.services import EventBusInterface, StorageInterface
+
+if TYPE_CHECKING:  # names the constructors below use only in annotations
+    from decimal import Context as OnlyForTypeCheckers
+
+    from dcore.services import LockInterface
 
 
 class Base(Execute[Any]):
@@ -51,6 +64,22 @@ class NoInit(Base):
     pass
 
 
+class UnresolvedService(Base):
+    def __init__(self, locks: LockInterface, size: int = 1) -> None:
+        self.locks, self.size = locks, size
+
+
+class UnresolvedOption(Base):
+    def __init__(self, storage: StorageInterface, rounding: OnlyForTypeCheckers | None = None
+                 ) -> None:
+        self.storage, self.rounding = storage, rounding
+
+
+class UnresolvedOptionOnly(Base):
+    def __init__(self, rounding: OnlyForTypeCheckers | None = None) -> None:
+        self.rounding = rounding
+
+
 @pytest.fixture
 def factory(dcore_registry: PluginRegistry, dcore_env: Environment) -> PluginFactory:
     for name, cls in {"needs": Needs, "flexible": Flexible, "scalar": Scalar,
@@ -72,6 +101,32 @@ def test_service_parameters_are_injected_from_the_environment(
 
 def test_options_are_coerced_by_their_annotation(factory: PluginFactory) -> None:
     assert factory.create(Execute, "needs", size="7").size == 7
+
+
+@pytest.mark.parametrize(
+    ("cls", "culprit"),
+    [
+        (UnresolvedService, "parameter 'locks' is annotated 'LockInterface', which cannot be "
+                            "resolved (NameError: name 'LockInterface' is not defined)"),
+        (UnresolvedOption, "parameter 'storage' is annotated 'StorageInterface', which cannot "
+                           "be resolved (NameError: name 'OnlyForTypeCheckers'"),
+    ],
+)
+def test_a_service_parameter_whose_annotations_cannot_be_resolved_is_a_clear_error(
+    factory: PluginFactory, dcore_registry: PluginRegistry, cls: type, culprit: str
+) -> None:
+    dcore_registry.register("unresolved", cls)
+    with pytest.raises(PluginError) as info:
+        factory.create(Execute, "unresolved")
+    assert culprit in str(info.value)
+    assert "at module level, not only under TYPE_CHECKING" in str(info.value)
+
+
+def test_an_option_whose_annotation_cannot_be_resolved_takes_any_value(
+    factory: PluginFactory, dcore_registry: PluginRegistry
+) -> None:
+    dcore_registry.register("unresolved", UnresolvedOptionOnly)
+    assert factory.create(Execute, "unresolved", rounding="half-up").rounding == "half-up"
 
 
 def test_services_cannot_be_passed_as_options(factory: PluginFactory) -> None:

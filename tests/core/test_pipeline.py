@@ -102,8 +102,9 @@ def test_chain_rejects_what_is_not_a_stage(
 
 
 def test_retry_may_be_given_as_a_mapping_of_policy_fields(append_plugin: type[Append]) -> None:
-    by_keyword = Ctx().create_pipeline(finish).chain(Execute, plugin="append", retry={"attempts": 3})
-    by_reference = Ctx().create_pipeline(finish).chain(Execute("append", retry={"attempts": 3}))
+    policy = {"attempts": 3}
+    by_keyword = Ctx().create_pipeline(finish).chain(Execute, plugin="append", retry=policy)
+    by_reference = Ctx().create_pipeline(finish).chain(Execute("append", retry=policy))
 
     assert by_keyword.stages == by_reference.stages
     assert by_keyword.stages[0].retry == RetryPolicy(attempts=3)
