@@ -87,7 +87,8 @@ _open_spans: ContextVar[tuple[_Open, ...]] = ContextVar("dcore_open_spans", defa
 
 
 def _install_propagator() -> None:
-    if not isinstance(trace_propagator(), OTelPropagator):
+    """Replace the default propagator (which carries nothing), never one the app set."""
+    if type(trace_propagator()) is TracePropagator:
         set_trace_propagator(OTelPropagator())
 
 

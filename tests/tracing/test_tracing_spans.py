@@ -23,7 +23,12 @@ from dcore import (
     RetryPolicy,
     run_message,
 )
-from dcore.core.message import JobMessage, set_trace_propagator, trace_propagator
+from dcore.core.message import (
+    JobMessage,
+    TracePropagator,
+    set_trace_propagator,
+    trace_propagator,
+)
 from dcore.dispatchers.thread import ThreadDispatcher
 from dcore.stages.tracing import OTelPropagator, use_tracer_provider
 
@@ -169,5 +174,19 @@ def test_each_job_attempt_is_traced_with_its_attempt_number(
 def test_the_tracing_stage_installs_the_otel_propagator(
     env: Environment, exporter: InMemorySpanExporter
 ) -> None:
+    set_trace_propagator(TracePropagator())
     TracedCtx().create_pipeline(traced_core).chain(Execute("tracing")).run()
     assert isinstance(trace_propagator(), OTelPropagator)
+
+
+def test_the_tracing_stage_keeps_a_propagator_the_app_installed(
+    env: Environment, exporter: InMemorySpanExporter
+) -> None:
+    class TenantPropagator(TracePropagator):
+        def inject(self) -> dict[str, str]:
+            return {"tenant": "t-1"}
+
+    custom = TenantPropagator()
+    set_trace_propagator(custom)
+    TracedCtx().create_pipeline(traced_core).chain(Execute("tracing")).run()
+    assert trace_propagator() is custom
