@@ -157,6 +157,7 @@ def replay_entry(env: Any, event: Any) -> tuple[bool, str]:
         return True, f"{where}: the job already SUCCEEDED; stale entry removed"
     attempt = record.attempts + 1 if record is not None else max(
         int(payload.get("attempt") or 0), message.attempt) + 1
+
     def entries_of_job() -> list[str]:
         return [e.id for e in env.events.entries(topic)
                 if e.payload.get("job_id") == message.job_id]
