@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from pydantic import TypeAdapter
 
@@ -302,12 +302,13 @@ class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
     def _event(
         self, bus: EventBusInterface, topic: str, payload: Mapping[str, Any]
     ) -> tuple[str, str]:
-        if not (isinstance(bus, RedisEventBus) and same_server(self, bus)):
+        if not self.announces_on(bus):
             raise ValueError(
                 f"the Redis job store at {self.url} cannot publish on {bus!r}: only on a "
                 "Redis event bus using the same server (check announces_on first)"
             )
-        return bus.channel(topic), encode_payload(payload)
+        channel = cast(RedisEventBus, bus).channel(topic)  # announces_on checked its type
+        return channel, encode_payload(payload)
 
     @translate_errors
     def create_announced(

@@ -84,13 +84,20 @@ def describe_error(exc: BaseException) -> str:
 
 def schedule(env: Environment, job_id: str, *, message: str | None = None) -> None:
     """Record a new PENDING job (or re-schedule a DEAD/FAILED one) and announce it."""
-    jobs, bus = env.jobs, env.events
     payload = {"job_id": job_id}
-    if isinstance(jobs, AnnouncingJobStore) and jobs.announces_on(bus):
-        jobs.create_announced(job_id, bus, events.JOB_SCHEDULED, payload, message=message)
+    announcer = _announcer(env)
+    if announcer is not None:
+        announcer.create_announced(job_id, env.events, events.JOB_SCHEDULED, payload,
+                                   message=message)  # fmt: skip
         return
-    jobs.create(job_id, message=message)
+    env.jobs.create(job_id, message=message)
     events.emit(env, events.JOB_SCHEDULED, **payload)
+
+
+def _announcer(env: Environment) -> AnnouncingJobStore | None:
+    """The job store, if it publishes state events on this environment's bus itself."""
+    jobs = env.jobs
+    return jobs if isinstance(jobs, AnnouncingJobStore) and jobs.announces_on(env.events) else None
 
 
 def _move(
@@ -106,11 +113,12 @@ def _move(
     """Move the job and publish the state event: in one atomic step where the store can
     publish on the bus itself (see AnnouncingJobStore), else one after the other (and a
     bus that is down does not fail the job)."""
-    jobs, bus = env.jobs, env.events
-    if isinstance(jobs, AnnouncingJobStore) and jobs.announces_on(bus):
-        jobs.transition_announced(job_id, to, bus, topic, payload, result=result, note=note)
+    announcer = _announcer(env)
+    if announcer is not None:
+        announcer.transition_announced(job_id, to, env.events, topic, payload, result=result,
+                                       note=note)  # fmt: skip
         return
-    jobs.transition(job_id, to, result=result, note=note)
+    env.jobs.transition(job_id, to, result=result, note=note)
     events.emit(env, topic, **payload)
 
 
