@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from dcore import Dispatch, Execute, PipelineContext
+from dcore import Dispatch, Execute, PipelineContext, core_function
 
 
 class ChaosWork(PipelineContext):
@@ -18,6 +18,7 @@ class ChaosWork(PipelineContext):
     work_seconds: float = 0.0
 
 
+@core_function
 def do_work(ctx: ChaosWork) -> dict[str, int]:
     if ctx.work_seconds:
         time.sleep(ctx.work_seconds)  # a stand-in for work, not synchronisation

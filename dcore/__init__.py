@@ -24,6 +24,7 @@ from dcore.core.message import JobMessage, StageSpec
 from dcore.core.pipeline import Continuation, Pipeline
 from dcore.core.plugins import (
     PluginRegistry,
+    core_function,
     current_registry,
     default_registry,
     define_interface,
@@ -75,6 +76,7 @@ __all__ = [
     "StageRef",
     "StageSpec",
     "SystemClock",
+    "core_function",
     "current_environment",
     "current_registry",
     "default_registry",

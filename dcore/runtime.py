@@ -21,11 +21,12 @@ from dcore.core.message import (
     JobMessage,
     StageSpec,
     ensure_imports,
-    resolve_callable,
+    resolve_core_function,
     trace_propagator,
 )
 from dcore.core.pipeline import Pipeline
-from dcore.errors import MessageError
+from dcore.core.plugins import core_generation
+from dcore.errors import MessageError, ServiceUnavailableError
 
 __all__ = ["load_message", "run_message"]
 
@@ -33,10 +34,28 @@ __all__ = ["load_message", "run_message"]
 def load_message(
     raw: JobMessage | str | bytes, environment: Environment | None = None
 ) -> tuple[JobMessage, PipelineContext, Pipeline[Any]]:
-    """Parse and resolve a message without running it; MessageError if it cannot run."""
+    """Parse and resolve a message without running it; MessageError if it cannot run.
+
+    Whatever goes wrong before the job starts (a plugin constructor that raises on the
+    message's options, say) is a MessageError naming it: it would fail the same way on
+    every delivery. Only an unreachable service is left as it is, to be retried."""
     env = environment or current_environment()
+    try:
+        return _load(raw, env)
+    except (MessageError, ServiceUnavailableError):
+        raise
+    except Exception as exc:
+        raise MessageError(f"the job cannot be loaded: {type(exc).__name__}: {exc}") from exc
+
+
+def _load(
+    raw: JobMessage | str | bytes, env: Environment
+) -> tuple[JobMessage, PipelineContext, Pipeline[Any]]:
     ensure_imports(env.settings.imports)
-    message = JobMessage.parse(raw)
+    settings = env.settings
+    message = JobMessage.parse(
+        raw, max_bytes=settings.message_max_bytes, max_depth=settings.message_max_depth
+    )
     context = PipelineContext.from_envelope(message.context.model_dump())
     if context.job_id != message.job_id:
         raise MessageError(
@@ -59,24 +78,27 @@ class PipelineCache:
     A worker sees the same few pipelines over and over; building one validates every
     stage's options and constructs its plugins, which is most of a short job's cost. A
     built pipeline is frozen and runs any number of contexts, so it can be shared. A
-    change to the plugin registry (a plugin replaced) makes older entries unreachable."""
+    change to the plugin registry (a plugin replaced) or to the core functions makes
+    older entries unreachable."""
 
     def __init__(self, env: Environment, size: int = 256) -> None:
         self._env = env
         self._size = size
-        self._cache: OrderedDict[tuple[int, int, str, bytes], Pipeline[Any]] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int, int, str, bytes], Pipeline[Any]] = (
+            OrderedDict()
+        )
         self._lock = threading.Lock()
 
     def get(self, message: JobMessage) -> Pipeline[Any]:
         registry = self._env.registry
         spec = _SPEC.dump_json(message.spec)
-        key = (id(registry), registry.generation, message.core_fn, spec)
+        key = (id(registry), registry.generation, core_generation.value, message.core_fn, spec)
         with self._lock:
             pipeline = self._cache.get(key)
             if pipeline is not None:
                 self._cache.move_to_end(key)
                 return pipeline
-        core_fn = resolve_callable(message.core_fn)
+        core_fn = resolve_core_function(message.core_fn)
         pipeline = Pipeline.from_spec(message.spec, core_fn, environment=self._env)
         with self._lock:
             self._cache[key] = pipeline

@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING, Any, Generic
 from dcore.core.environment import Environment
 from dcore.core.interfaces import ContextT
 from dcore.core.lifecycle import run_job
-from dcore.core.message import ContextEnvelope, JobMessage, callable_path, trace_propagator
+from dcore.core.message import (
+    ContextEnvelope,
+    JobMessage,
+    core_function_name,
+    trace_propagator,
+)
 from dcore.core.retry import RetryPolicy
 from dcore.core.runner import Stage
 
@@ -104,7 +109,7 @@ class Continuation(Generic[ContextT]):
             attempt=attempt,
             spec=spec,
             resume_at=self.resume_at,
-            core_fn=callable_path(pipeline.core_fn),
+            core_fn=core_function_name(pipeline.core_fn),
             context=ContextEnvelope.model_validate(context.to_envelope()),
             trace=self.trace or trace_propagator().inject(),
             shard=context.shard_key,

@@ -7,34 +7,49 @@
      "context": {"type": "pkg.mod:Class", "version", "data"},
      "trace": {"traceparent": ...}, "shard"}
 
-A worker never imports what a message names: context types come from the registered
-subclasses and ``core_fn`` from modules already imported (``DCORE_IMPORTS``).
+A worker never imports or walks what a message names: context types come from the
+registered subclasses and ``core_fn`` from the registered core functions (by name).
+
+A message is untrusted input. :meth:`JobMessage.parse` refuses one larger than
+``DCORE_MESSAGE_MAX_BYTES`` or nested deeper than ``DCORE_MESSAGE_MAX_DEPTH`` (JSON
+parsing itself stops at 200 levels), and every way parsing can fail, including
+``RecursionError`` and ``MemoryError``, becomes a :class:`MessageError`.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import from_json
 
+from dcore.core import plugins
 from dcore.errors import ContextSerializationError, MessageError
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_DEPTH",
     "ContextEnvelope",
     "JobMessage",
     "StageSpec",
     "TracePropagator",
-    "callable_path",
+    "core_function_name",
     "ensure_imports",
-    "imported_attr",
-    "resolve_callable",
+    "resolve_core_function",
     "set_trace_propagator",
     "trace_propagator",
 ]
+
+#: Defaults of ``DCORE_MESSAGE_MAX_BYTES`` and ``DCORE_MESSAGE_MAX_DEPTH``.
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_DEPTH = 32
+#: Failures of parsing hostile input that are not ValueErrors.
+_PARSE_FAILURES = (ValueError, TypeError, RecursionError, MemoryError)
+_JOB_ID = re.compile(r'"job_id"\s*:\s*"([A-Za-z0-9_.:-]{1,200})"')
 
 
 class StageSpec(BaseModel):
@@ -62,7 +77,7 @@ class JobMessage(BaseModel):
     attempt: int = Field(default=1, ge=1)
     spec: list[StageSpec]
     resume_at: int = Field(ge=0)
-    core_fn: str
+    core_fn: str = Field(max_length=plugins.CORE_NAME_MAX)
     context: ContextEnvelope
     trace: dict[str, str] = Field(default_factory=dict)
     shard: int | None = None
@@ -71,29 +86,84 @@ class JobMessage(BaseModel):
         return self.model_dump_json()
 
     @classmethod
-    def parse(cls, raw: JobMessage | str | bytes | dict[str, Any]) -> JobMessage:
-        """A JobMessage from itself, its JSON or a dict; MessageError when malformed."""
+    def parse(
+        cls,
+        raw: JobMessage | str | bytes | dict[str, Any],
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> JobMessage:
+        """A JobMessage from itself, its JSON or a dict; MessageError when malformed, too
+        large (``max_bytes`` of JSON) or too deeply nested (``max_depth`` levels below a
+        field that holds free-form data: context data, stage options, trace)."""
         if isinstance(raw, JobMessage):
             return raw
+        text = isinstance(raw, str | bytes | bytearray)
+        if text and len(raw) > max_bytes:
+            raise MessageError(
+                f"job message is {len(raw)} bytes, over the limit of {max_bytes} "
+                "(DCORE_MESSAGE_MAX_BYTES)"
+            )
         try:
-            if isinstance(raw, str | bytes | bytearray):
-                return cls.model_validate_json(raw)
-            return cls.model_validate(raw)
+            message = (
+                cls.model_validate_json(raw)  # type: ignore[arg-type]
+                if text
+                else cls.model_validate(raw)
+            )
         except ValidationError as exc:
             raise MessageError(f"malformed job message: {summarise(exc)}") from None
+        except _PARSE_FAILURES as exc:
+            raise MessageError(f"malformed job message: {type(exc).__name__}") from None
+        message._check_depth(max_depth)
+        return message
+
+    def _check_depth(self, limit: int) -> None:
+        free_form: list[tuple[str, Any]] = [("context.data", self.context.data)]
+        free_form += [(f"spec[{i}].options", s.options) for i, s in enumerate(self.spec)]
+        free_form += [(f"spec[{i}].retry", s.retry) for i, s in enumerate(self.spec)]
+        for where, value in free_form:
+            if nesting(value, limit) > limit:
+                raise MessageError(
+                    f"malformed job message: {where} is nested more than {limit} levels "
+                    "deep (DCORE_MESSAGE_MAX_DEPTH)"
+                )
 
     def with_attempt(self, attempt: int) -> JobMessage:
         return self.model_copy(update={"attempt": attempt})
 
     @staticmethod
     def peek_job_id(raw: Any) -> str | None:
-        """Best-effort job id from a message too broken to parse (for the DLQ entry)."""
+        """Best-effort job id from a message too broken to parse (for the DLQ entry).
+        Never raises, whatever ``raw`` holds."""
         try:
-            data = json.loads(raw) if isinstance(raw, str | bytes | bytearray) else raw
+            data = from_json(raw) if isinstance(raw, str | bytes | bytearray) else raw
             job_id = data.get("job_id") if isinstance(data, dict) else None
-            return job_id if isinstance(job_id, str) else None
-        except (ValueError, TypeError):
-            return None
+        except _PARSE_FAILURES:  # too broken (or too deep) to parse: the first job_id seen
+            found = _JOB_ID.search(raw[:4096] if isinstance(raw, str) else "")
+            job_id = found.group(1) if found else None
+        return job_id if isinstance(job_id, str) and len(job_id) <= 200 else None
+
+
+def nesting(value: Any, limit: int) -> int:
+    """How deeply ``value`` nests lists and dicts (a scalar: 0), counted without
+    recursion and only up to ``limit + 1``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
 
 
 def summarise(exc: ValidationError) -> str:
@@ -105,36 +175,18 @@ def summarise(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def imported_attr(module_name: str, qualname: str) -> Any:
-    """The object named ``qualname`` in module ``module_name`` if that module is already
-    imported, else None. Never imports: what a message names cannot run code."""
-    target: Any = sys.modules.get(module_name)
-    for part in qualname.split(".") if qualname else ():
-        if target is None:
-            return None
-        target = getattr(target, part, None)
-    return target
-
-
-def callable_path(fn: Callable[..., Any]) -> str:
-    """``pkg.mod:func`` for a module-level function; ContextSerializationError otherwise."""
-    module = getattr(fn, "__module__", None)
-    qualname = getattr(fn, "__qualname__", None) or repr(fn)
-    fix = (
-        "define it at the top level of an importable module so a worker can import it "
-        "as 'pkg.mod:func'"
-    )
-    if not module or not getattr(fn, "__qualname__", None) or "<locals>" in qualname:
-        raise ContextSerializationError(f"core_fn {qualname!r} is not importable: {fix}")
-    if module == "__main__":
+def core_function_name(fn: Callable[..., Any]) -> str:
+    """The name ``fn`` is registered under, for a message; ContextSerializationError
+    saying how to register it otherwise."""
+    name = plugins.core_function_name(fn)
+    if name is None:
+        qualname = getattr(fn, "__qualname__", None) or repr(fn)
         raise ContextSerializationError(
-            f"core_fn {qualname!r} lives in __main__, which a worker cannot import: {fix}"
+            f"core_fn {qualname!r} is not a registered core function, so no worker may run "
+            "it: decorate it with @dcore.core_function in a module the workers import "
+            "(DCORE_IMPORTS). Workers run registered core functions only, by name"
         )
-    if imported_attr(module, qualname) is not fn:
-        raise ContextSerializationError(
-            f"core_fn {module}:{qualname} does not resolve back to the same object: {fix}"
-        )
-    return f"{module}:{qualname}"
+    return name
 
 
 def ensure_imports(modules: list[str]) -> None:
@@ -144,20 +196,16 @@ def ensure_imports(modules: list[str]) -> None:
             importlib.import_module(name)
 
 
-def resolve_callable(path: str) -> Callable[..., Any]:
-    """``pkg.mod:func`` from an already-imported module; MessageError otherwise."""
-    module_name, sep, qualname = path.partition(":")
-    if not sep or not module_name or not qualname:
-        raise MessageError(f"core_fn {path!r} is not of the form 'pkg.mod:func'")
-    if module_name not in sys.modules:
+def resolve_core_function(name: str) -> Callable[..., Any]:
+    """The core function registered as ``name``; MessageError naming the registration to
+    add otherwise. The name is looked up, never imported or walked."""
+    fn = plugins.registered_core_function(name)
+    if fn is None:
         raise MessageError(
-            f"core_fn {path!r}: module {module_name!r} is not imported on this worker; "
-            "add it to DCORE_IMPORTS"
+            f"core_fn {name!r:.120} is not a registered core function on this worker: "
+            "register it with @dcore.core_function in a module listed in DCORE_IMPORTS"
         )
-    target = imported_attr(module_name, qualname)
-    if not callable(target):
-        raise MessageError(f"core_fn {path!r} does not name a callable")
-    return target  # type: ignore[no-any-return]
+    return fn
 
 
 class TracePropagator:

@@ -26,7 +26,7 @@ from dcore.core.environment import Environment, current_environment
 from dcore.core.factory import PluginFactory, plugin_signature
 from dcore.core.interfaces import ContextT, Dispatch, Execute, StageRef
 from dcore.core.lifecycle import dead_letter, describe_error, schedule
-from dcore.core.message import StageSpec, callable_path, summarise, trace_propagator
+from dcore.core.message import StageSpec, core_function_name, summarise, trace_propagator
 from dcore.core.plugins import interface_by_name, is_interface
 from dcore.core.retry import RetryPolicy
 from dcore.core.runner import Call, Stage, execute_call, is_observer, observers_of, origin_of, tag
@@ -280,7 +280,7 @@ class Pipeline(Generic[ContextT]):
                 "resolve it. Define it at module level"
             )
         ctx.to_envelope()
-        callable_path(self.core_fn)
+        core_function_name(self.core_fn)
         for i, ref in enumerate(self._refs):
             try:
                 json.dumps(dict(ref.options))

@@ -7,30 +7,43 @@ A :class:`PluginRegistry` is an ordinary object. The default one is global for
 convenience (``@register_plugin`` writes there, built-ins and the ``dcore.plugins``
 entry points are loaded into it); :func:`use_registry` scopes another one, which is how
 tests get an isolated copy.
+
+**Core functions** a worker may run are registered by name too (``@core_function``,
+like Celery's task registry), in one process-wide table: like interfaces and context
+types they are code, not configuration. A message names a core function; a worker runs
+it only if it was registered under that name, never by importing or walking attributes
+of whatever the name says.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import logging
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 from dcore.errors import DuplicatePluginError, PluginError, PluginNotFoundError
 
 __all__ = [
+    "CORE_NAME_MAX",
     "ENTRY_POINT_GROUP",
     "PluginRegistry",
+    "core_function",
+    "core_function_name",
     "current_registry",
     "default_registry",
     "define_interface",
     "interface_by_name",
     "interfaces_of",
     "is_interface",
+    "register_core_function",
     "register_plugin",
+    "registered_core_function",
+    "registered_core_functions",
     "use_registry",
 ]
 
@@ -38,6 +51,7 @@ ENTRY_POINT_GROUP = "dcore.plugins"
 _log = logging.getLogger("dcore.plugins")
 
 T = TypeVar("T", bound=type)
+F = TypeVar("F", bound=Callable[..., Any])
 
 _INTERFACES: dict[str, type] = {}
 
@@ -206,3 +220,127 @@ def register_plugin(
 
     return decorate
 
+
+
+# -- core functions ---------------------------------------------------------------------
+#: A core function's registered name: ``pkg.mod:func`` or a dotted name of your own.
+_CORE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*(:[A-Za-z_][A-Za-z0-9_.]*)?")
+CORE_NAME_MAX = 200
+_CORE: dict[str, Callable[..., Any]] = {}
+_CORE_NAMES: dict[Callable[..., Any], str] = {}
+_core_lock = threading.Lock()
+
+
+class _CoreGeneration:
+    """Grows with every core function registration, so caches keyed by a name can tell
+    the name now means another function."""
+
+    value = 0
+
+
+core_generation = _CoreGeneration()
+
+
+def _identity(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def default_core_name(fn: Callable[..., Any]) -> str:
+    """``pkg.mod:func`` for a function defined at the top level of an importable module;
+    PluginError saying to pass a name otherwise."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not module or not qualname or "<" in qualname or module == "__main__":
+        where = "in __main__" if module == "__main__" else "not at a module's top level"
+        raise PluginError(
+            f"core function {qualname or fn!r} is {where}, so it has no stable default "
+            "name: register it with an explicit one, e.g. @core_function('orders.finalize')"
+        )
+    return f"{module}:{qualname}"
+
+
+def check_core_name(name: object) -> None:
+    """PluginError unless ``name`` is a valid core function name."""
+    if (
+        not isinstance(name, str)
+        or len(name) > CORE_NAME_MAX
+        or _CORE_NAME.fullmatch(name) is None
+    ):
+        raise PluginError(
+            f"core function name must be 'pkg.mod:func' or a dotted name of letters, digits "
+            f"and underscores (at most {CORE_NAME_MAX} characters), got {name!r:.120}"
+        )
+
+
+def register_core_function(
+    fn: Callable[..., Any], name: str | None = None, *, replace: bool = False
+) -> str:
+    """Register ``fn`` as a core function a worker may run; returns its name.
+
+    The default name is ``pkg.mod:func``, which needs a module-level function; give
+    ``name`` for anything else. A name taken by another function is an error unless
+    ``replace=True`` (registering a reloaded module's function again is allowed)."""
+    if not callable(fn):
+        raise PluginError(f"a core function must be callable, got {fn!r:.120}")
+    chosen = default_core_name(fn) if name is None else name
+    check_core_name(chosen)
+    with _core_lock:
+        current = _CORE.get(chosen)
+        if (current is not None and current is not fn and not replace
+                and _identity(current) != _identity(fn)):  # fmt: skip
+            raise DuplicatePluginError(
+                f"core function name {chosen!r} is already registered for "
+                f"{_identity(current)}; pass replace=True to override it"
+            )
+        if current is not None:
+            _CORE_NAMES.pop(current, None)
+        _CORE[chosen] = fn
+        _CORE_NAMES[fn] = chosen
+        core_generation.value += 1
+    return chosen
+
+
+def registered_core_function(name: str) -> Callable[..., Any] | None:
+    """The core function registered as ``name``, or None. Looks the name up, nothing
+    else: no import, no attribute walk."""
+    with _core_lock:
+        return _CORE.get(name)
+
+
+def core_function_name(fn: Callable[..., Any]) -> str | None:
+    """The name ``fn`` is registered under, or None."""
+    with _core_lock:
+        try:
+            return _CORE_NAMES.get(fn)
+        except TypeError:  # an unhashable callable cannot have been registered
+            return None
+
+
+def registered_core_functions() -> dict[str, Callable[..., Any]]:
+    with _core_lock:
+        return dict(_CORE)
+
+
+@overload
+def core_function(fn: F, /) -> F: ...
+
+
+@overload
+def core_function(name: str | None = None, /, *, replace: bool = False) -> Callable[[F], F]: ...
+
+
+def core_function(target: Any = None, /, *, replace: bool = False) -> Any:
+    """Register a core function a worker may run: ``@core_function`` (named
+    ``pkg.mod:func``) or ``@core_function("orders.finalize")``.
+
+    A pipeline handed to another process (Celery) names its core function in the job
+    message; the worker runs only functions registered here, under that name. A core
+    function run in-process (thread, FastAPI) needs no registration."""
+
+    def decorate(fn: F, name: str | None = None) -> F:
+        register_core_function(fn, name, replace=replace)
+        return fn
+
+    if callable(target):
+        return decorate(target)
+    return lambda fn: decorate(fn, target)

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from dcore.core.clock import Clock
-from dcore.core.message import imported_attr
+from dcore.core.resolve import exception_class
 from dcore.core.settings import DcoreSettings
 
 __all__ = [
@@ -89,16 +89,10 @@ class RetryPolicy(BaseModel):
 
 
 def _exception_class(name: str) -> type[BaseException]:
-    """Resolve ``pkg.mod:Class`` from an already-imported module (never imports)."""
-    module_name, _, qualname = name.partition(":")
-    target = imported_attr(module_name, qualname)
-    if not (isinstance(target, type) and issubclass(target, BaseException)):
-        raise ValueError(
-            f"retry_on names {name!r}, which is not an exception class (a BaseException "
-            "subclass) in an imported module; use 'pkg.mod:Class' and import the module on "
-            "the worker (DCORE_IMPORTS)"
-        )
-    return target
+    try:
+        return exception_class(name)
+    except ValueError as exc:
+        raise ValueError(f"retry_on names {exc}") from None
 
 
 NO_RETRY = RetryPolicy(attempts=1)

@@ -56,6 +56,11 @@ class DcoreSettings(BaseSettings):
     celery_queues: int = Field(default=1, ge=1)
     celery_visibility_timeout: float = Field(default=300.0, gt=0)
 
+    #: limits on an incoming job message: its JSON size, and how deeply its free-form
+    #: parts (context data, stage options) may nest; a message over either is malformed
+    message_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    message_max_depth: int = Field(default=32, ge=1, le=150)
+
     job_attempts: int = Field(default=1, ge=1)
     job_backoff: float = Field(default=2.0, ge=1.0)
     job_initial_delay: float = Field(default=1.0, ge=0)

@@ -35,16 +35,17 @@ def _template_fields(template: str) -> list[str]:
     except ValueError as exc:
         raise PluginOptionsError(f"lock: key template {template!r} is malformed: {exc}") from None
     names = []
-    for _, name, _, _ in parsed:
+    for _, name, spec, conversion in parsed:
         if name is None:
             continue
-        root = name.split(".", 1)[0].split("[", 1)[0]
-        if not root or root.isdigit():
+        if not name.isidentifier() or spec or conversion:
+            # no positional fields, and no attribute or index access: a template comes in
+            # the job message, and '{field.__class__...}' would walk the worker's objects
             raise PluginOptionsError(
                 f"lock: key template {template!r} must name context fields, like "
-                "'file:{file_path}', not positional '{}' or '{0}'"
+                "'file:{file_path}', not positional '{}' or '{0}', attributes, indexes or formats"
             )
-        names.append(root)
+        names.append(name)
     return names
 
 

@@ -20,13 +20,12 @@ already imported (a message never makes a worker import anything).
 
 from __future__ import annotations
 
-import builtins
-import sys
 from typing import Any
 
 from dcore.core.environment import Environment
 from dcore.core.interfaces import Execute, NextFn
 from dcore.core.plugins import default_registry, register_plugin
+from dcore.core.resolve import exception_class as resolve_exception_class
 from dcore.core.retry import RetryPolicy, call_with_retry
 from dcore.errors import PluginOptionsError
 
@@ -34,26 +33,12 @@ __all__ = ["RetryStage", "exception_class"]
 
 
 def exception_class(name: str, where: str = "retry: retry_on") -> type[BaseException]:
-    """An exception class from a builtin name or ``pkg.mod:Class`` of an imported module;
-    PluginOptionsError naming it (and ``where`` it was given) otherwise."""
-    module_name, sep, qualname = name.partition(":")
-    if sep:
-        target: Any = sys.modules.get(module_name)
-        if target is None:
-            raise PluginOptionsError(
-                f"{where} entry {name!r}: module {module_name!r} is not imported; "
-                "import it first (workers: list it in DCORE_IMPORTS)"
-            )
-        for part in qualname.split("."):
-            target = getattr(target, part, None)
-    else:
-        target = getattr(builtins, name, None)
-    if not (isinstance(target, type) and issubclass(target, BaseException)):
-        raise PluginOptionsError(
-            f"{where} entry {name!r} is not an exception class; use a builtin name "
-            "such as 'ConnectionError' or 'pkg.module:ErrorClass'"
-        )
-    return target
+    """An exception class from a builtin name or ``pkg.mod:Class`` of an imported module
+    (see :mod:`dcore.core.resolve`); PluginOptionsError naming ``where`` otherwise."""
+    try:
+        return resolve_exception_class(name)
+    except ValueError as exc:
+        raise PluginOptionsError(f"{where} entry {exc}") from None
 
 
 @register_plugin("retry", registry=default_registry())

@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcore import Dispatch, Execute, NextFn, Pipeline, PipelineContext, register_plugin
+from dcore import (
+    Dispatch,
+    Execute,
+    NextFn,
+    Pipeline,
+    PipelineContext,
+    core_function,
+    register_plugin,
+)
 from dcore.core.plugins import default_registry
 from dcore.services.storage import StorageInterface
 from dcore_testing import invariants
@@ -60,6 +68,7 @@ class SendReceipt(Execute[PaymentContext]):
         return next_fn(context)
 
 
+@core_function
 def done(context: PaymentContext) -> str:
     return context.order_id
 

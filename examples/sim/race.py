@@ -14,7 +14,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dcore import Dispatch, Execute, NextFn, Pipeline, PipelineContext, register_plugin
+from dcore import (
+    Dispatch,
+    Execute,
+    NextFn,
+    Pipeline,
+    PipelineContext,
+    core_function,
+    register_plugin,
+)
 from dcore.core.plugins import default_registry
 from dcore.errors import ObjectNotFoundError
 from dcore.services.storage import StorageInterface
@@ -47,6 +55,7 @@ class IndexUpdate(Execute[UploadContext]):
         return next_fn(context)
 
 
+@core_function
 def finalize(context: UploadContext) -> str:
     return context.file_path
 

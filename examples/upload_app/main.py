@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI, HTTPException, UploadFile
 
+from dcore import core_function
 from dcore.core.interfaces import Dispatch, Execute
 
 from .app.contexts import FileJobContext
@@ -53,6 +54,7 @@ async def upload_endpoint(background_tasks: BackgroundTasks, file: UploadFile) -
     return result
 
 
+@core_function
 def finalize_upload(context: FileJobContext) -> Any:
     """The core function at module level, so any dispatcher (Celery too) can ship it."""
     print(f"SUCCESS: Background processing for '{context.file_path}' is complete.")

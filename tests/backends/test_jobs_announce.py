@@ -23,6 +23,7 @@ from dcore import (
     NextFn,
     PipelineContext,
     PluginRegistry,
+    core_function,
     use_environment,
 )
 from dcore.backends.memory import MemoryEventBus
@@ -41,6 +42,7 @@ class Ctx(PipelineContext):
     pass
 
 
+@core_function
 def core(ctx: Ctx) -> str:
     return "done"
 

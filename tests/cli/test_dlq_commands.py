@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from dcore import Dispatch, Environment, Execute, JobState, NextFn, PipelineContext, PluginRegistry
+from dcore import (
+    Dispatch,
+    Environment,
+    Execute,
+    JobState,
+    NextFn,
+    PipelineContext,
+    PluginRegistry,
+    core_function,
+)
 from dcore.cli import main
 
 
@@ -17,6 +26,7 @@ class CliCtx(PipelineContext):
     name: str = "x"
 
 
+@core_function
 def cli_core(ctx: CliCtx) -> str:
     return "ok"
 

@@ -21,6 +21,7 @@ from dcore import (
     NextFn,
     PipelineContext,
     PluginRegistry,
+    core_function,
     reset_default_environment,
     use_environment,
 )
@@ -31,6 +32,7 @@ class UploadCtx(PipelineContext):
     name: str
 
 
+@core_function
 def finish(ctx: UploadCtx) -> str:
     return f"stored {ctx.name}"
 

@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from dcore import Dispatch, Environment, Execute, NextFn, PipelineContext, PluginRegistry
+from dcore import (
+    Dispatch,
+    Environment,
+    Execute,
+    NextFn,
+    PipelineContext,
+    PluginRegistry,
+    core_function,
+)
 from dcore.cli import main
 
 
@@ -14,6 +22,7 @@ class JobsCtx(PipelineContext):
     pass
 
 
+@core_function
 def jobs_core(ctx: JobsCtx) -> str:
     return "ok"
 

@@ -12,6 +12,7 @@ from dcore import (
     JobHandle,
     NextFn,
     PipelineContext,
+    core_function,
     migration,
     register_plugin,
 )
@@ -58,6 +59,7 @@ class Capture(Dispatch[RoundTripContext]):
         return JobHandle(job_id=context.job_id)
 
 
+@core_function
 def summarize(ctx: RoundTripContext) -> dict[str, Any]:
     """The core function: what the worker saw and did."""
     return {"name": ctx.name, "steps": [*ctx.steps, "core"], "size": len(ctx.payload),

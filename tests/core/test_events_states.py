@@ -16,6 +16,7 @@ from dcore import (
     PipelineContext,
     PluginRegistry,
     RetryPolicy,
+    core_function,
 )
 from dcore.core import events
 from dcore.dispatchers.thread import ThreadDispatcher
@@ -29,6 +30,7 @@ class Ctx(PipelineContext):
     pass
 
 
+@core_function
 def core(ctx: Ctx) -> str:
     return "ok"
 

@@ -20,6 +20,7 @@ from dcore import (
     PipelineContext,
     PluginRegistry,
     RetryPolicy,
+    core_function,
     use_environment,
 )
 from dcore.core.lifecycle import current_job, give_up
@@ -35,6 +36,7 @@ class Broken(Exception):
     pass
 
 
+@core_function
 def core(ctx: Ctx) -> str:
     return "ok"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from dcore import Dispatch, Environment, JobHandle, PipelineContext
+from dcore import Dispatch, Environment, JobHandle, PipelineContext, core_function
 from dcore.core.continuation import Continuation
 
 
@@ -15,6 +15,7 @@ class BigContext(PipelineContext):
     blob: bytes = b"x" * 16384
 
 
+@core_function
 def big_core(ctx: BigContext) -> int:
     return len(ctx.blob)
 

@@ -29,6 +29,7 @@ from dcore import (
     PipelineContext,
     PluginNotFoundError,
     PluginRegistry,
+    core_function,
     run_message,
     use_environment,
 )
@@ -156,6 +157,7 @@ class Loose(Execute[Any]):
         return next_fn(context)
 
 
+@core_function
 def module_level_core(ctx: Any) -> str:
     return "done"
 
@@ -176,7 +178,9 @@ def test_non_serializable_context_field_fails_before_any_stage(dcore_env: Enviro
     assert_nothing_ran(dcore_env, ctx)
 
 
-def test_core_fn_defined_in_a_function_fails_before_any_stage(dcore_env: Environment) -> None:
+def test_an_unregistered_core_fn_fails_before_any_stage_naming_the_decorator(
+    dcore_env: Environment,
+) -> None:
     def local_core(ctx: Any) -> str:
         return "never"
 
@@ -184,21 +188,9 @@ def test_core_fn_defined_in_a_function_fails_before_any_stage(dcore_env: Environ
     with pytest.raises(ContextSerializationError) as info:
         remote_pipeline(ctx, local_core).run()
     message = str(info.value)
-    assert "local_core" in message
-    assert "<locals>" in message
-    assert "define it at the top level of an importable module" in message
-    assert_nothing_ran(dcore_env, ctx)
-
-
-def test_core_fn_in_main_fails_before_any_stage(dcore_env: Environment) -> None:
-    def main_core(ctx: Any) -> str:
-        return "never"
-
-    main_core.__module__ = "__main__"
-    main_core.__qualname__ = "main_core"
-    ctx = rt.RoundTripContext(name="x")
-    with pytest.raises(ContextSerializationError, match="'main_core' lives in __main__"):
-        remote_pipeline(ctx, main_core).run()
+    assert "'test_an_unregistered_core_fn_fails_before_any_stage_naming_the_decorator" in message
+    assert "is not a registered core function" in message
+    assert "@dcore.core_function" in message
     assert_nothing_ran(dcore_env, ctx)
 
 

@@ -21,6 +21,7 @@ from dcore import (
     PipelineContext,
     PluginRegistry,
     RetryPolicy,
+    core_function,
     register_plugin,
     use_environment,
 )
@@ -37,6 +38,7 @@ class Flaky(Exception):
     pass
 
 
+@core_function
 def core(ctx: Ctx) -> str:
     return "done"
 

@@ -70,9 +70,10 @@ MALFORMED = {
                           "no @migration('0.1') upgrades it"),
     "migration that raises": (set_path("context.version", "0.9"),
                               "RoundTripContext migration from '0.9' failed: KeyError: 'title'"),
-    "core_fn not imported": (set_path("core_fn", "not_imported_anywhere:fn"),
-                             "module 'not_imported_anywhere' is not imported on this worker"),
-    "core_fn not a path": (set_path("core_fn", "summarize"), "not of the form 'pkg.mod:func'"),
+    "core_fn not registered": (set_path("core_fn", "not_imported_anywhere:fn"),
+                               "'not_imported_anywhere:fn' is not a registered core function"),
+    "core_fn importable but not registered": (
+        set_path("core_fn", "os:system"), "'os:system' is not a registered core function"),
     "unsupported format": (set_path("dcore", 2), "dcore"),
     "invalid context data": (set_path("context.data.name", ["not", "a", "str"]),
                              "invalid RoundTripContext data"),

@@ -23,6 +23,7 @@ from dcore import (
     PipelineContext,
     PluginFactory,
     RetryPolicy,
+    core_function,
 )
 from dcore.celery import (
     MAX_LOST_DELIVERIES,
@@ -43,6 +44,7 @@ class ShipContext(PipelineContext):
     fail: bool = False
 
 
+@core_function
 def ship_core(ctx: ShipContext) -> dict[str, int]:
     if ctx.fail:
         raise RuntimeError(f"job {ctx.n} failed on purpose")

@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from dcore import DcoreSettings, Dispatch, Environment, JobState, PipelineContext, use_environment
+from dcore import (
+    DcoreSettings,
+    Dispatch,
+    Environment,
+    JobState,
+    PipelineContext,
+    core_function,
+    use_environment,
+)
 from dcore.celery import TASK_NAME, resend_stale
 from dcore.cli import main
 from dcore_testing import ManualClock
@@ -17,6 +25,7 @@ class LostContext(PipelineContext):
     n: int = 0
 
 
+@core_function
 def lost_core(ctx: LostContext) -> int:
     return ctx.n
 

@@ -11,7 +11,14 @@ from typing import Any
 
 import redis
 
-from dcore import Dispatch, Execute, PipelineContext, RetryPolicy, current_environment
+from dcore import (
+    Dispatch,
+    Execute,
+    PipelineContext,
+    RetryPolicy,
+    core_function,
+    current_environment,
+)
 
 
 class WorkContext(PipelineContext):
@@ -30,6 +37,7 @@ def _counter_key(suffix: str) -> str:
     return f"{current_environment().settings.key_prefix}:it:{suffix}"
 
 
+@core_function
 def do_work(ctx: WorkContext) -> dict[str, int]:
     """Sleeps (a stand-in for work), counts each completed execution per job, and fails
     its first ``fail_attempts`` executions."""

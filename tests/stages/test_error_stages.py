@@ -16,6 +16,7 @@ from dcore import (
     PluginOptionsError,
     PluginRegistry,
     RetryPolicy,
+    core_function,
 )
 from dcore.dispatchers.thread import ThreadDispatcher
 from dcore.services.events import Event
@@ -30,6 +31,7 @@ class Broken(Exception):
     pass
 
 
+@core_function
 def core(ctx: Ctx) -> str:
     return "core"
 

@@ -147,6 +147,10 @@ def test_a_template_field_the_context_lacks_is_named(
 @pytest.mark.parametrize(("key", "problem"), [
     ("file:{}", "must name context fields"),
     ("file:{0}", "must name context fields"),
+    ("file:{file_path.__class__}", "not positional .* attributes, indexes or formats"),
+    ("file:{file_path[0]}", "attributes, indexes"),
+    ("file:{file_path:>999999999}", "formats"),
+    ("file:{file_path!r}", "formats"),
     ("file:{", "is malformed"),
     ("  ", "non-empty template"),
 ])

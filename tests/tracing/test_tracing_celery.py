@@ -30,6 +30,7 @@ from dcore import (
     NextFn,
     PipelineContext,
     PluginRegistry,
+    core_function,
     use_environment,
 )
 from dcore.core.message import (
@@ -54,6 +55,7 @@ class CeleryTracedCtx(PipelineContext):
 core_threads: dict[str, str] = {}
 
 
+@core_function
 def traced_core(ctx: CeleryTracedCtx) -> dict[str, int]:
     core_threads[ctx.job_id] = threading.current_thread().name
     return {"n": ctx.n}

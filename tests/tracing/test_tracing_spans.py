@@ -21,6 +21,7 @@ from dcore import (
     PipelineContext,
     PluginRegistry,
     RetryPolicy,
+    core_function,
     run_message,
 )
 from dcore.core.message import (
@@ -37,6 +38,7 @@ class TracedCtx(PipelineContext):
     fail_until: int = 0
 
 
+@core_function
 def traced_core(ctx: TracedCtx) -> str:
     return "done"
 

@@ -8,7 +8,15 @@ from typing import Any, Literal
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from dcore import Dispatch, Execute, NextFn, PipelineContext, RetryPolicy, register_plugin
+from dcore import (
+    Dispatch,
+    Execute,
+    NextFn,
+    PipelineContext,
+    RetryPolicy,
+    core_function,
+    register_plugin,
+)
 from dcore.core.plugins import default_registry
 from dcore.errors import ContextSerializationError
 from dcore_testing import invariants
@@ -48,6 +56,7 @@ class Flaky(Execute[Any]):
         return next_fn(context)
 
 
+@core_function
 def _note(ctx: NoteContext) -> str:
     effect("core", note=ctx.note)
     return ctx.note
