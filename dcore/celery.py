@@ -5,14 +5,22 @@ Start a worker (it imports the ``DCORE_IMPORTS`` modules, then serves the queues
     DCORE_JOB_STORE=redis DCORE_EVENT_BUS=redis DCORE_IMPORTS=myapp.pipelines \\
         celery -A dcore.celery:app worker -Q dcore.0 --pool=prefork -c 4
 
-The task only runs ``dcore.runtime.run_message``; job state lives in dcore's job store,
-so Celery keeps no results. Delivery is at-least-once: messages are acknowledged after
-the job (``acks_late``), a pool child that dies returns its message to the queue
-(``reject_on_worker_lost``), and a worker that dies as a whole gets its unacknowledged
-messages back after the broker's ``visibility_timeout`` (``DCORE_CELERY_VISIBILITY_TIMEOUT``,
-300 s here instead of Celery's hour, which would hide a lost job for that long). It must
-exceed the longest job and the longest retry countdown, or a job still running (or
-waiting for its countdown) is delivered a second time.
+The task delivers the message (``dcore.runtime.deliver_message``) and carries out what
+the delivery decision (:mod:`dcore.core.delivery`) says follows: a retry or a deferral
+is sent again with its countdown, a requeue is rejected back to the queue. Job state
+lives in dcore's job store, so Celery keeps no results.
+
+Delivery is at-least-once and never concurrent: messages are acknowledged after the job
+(``acks_late``), a pool child that dies returns its message to the queue
+(``reject_on_worker_lost``), and a running attempt holds a lease on its job record
+(``DCORE_LEASE_TTL``) that any other delivery of the job respects. A worker that dies as
+a whole stops renewing its leases; each worker runs a recovery sweep every
+``DCORE_RECOVERY_INTERVAL`` seconds that sends such jobs again (and jobs whose message
+was lost), so they come back within about a lease and an interval, long before the
+broker's ``visibility_timeout`` (``DCORE_CELERY_VISIBILITY_TIMEOUT``, 300 s) would
+return their messages. A message that does come back late finds its job finished or
+leased and is skipped or deferred: the visibility timeout no longer has to exceed the
+longest job.
 
 Importing this module connects to nothing: ``app`` is built on first access.
 """
@@ -22,31 +30,24 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Reject
 
+from dcore.core.delivery import Action, Outcome
 from dcore.core.environment import Environment, current_environment
-from dcore.core.interfaces import Dispatch
-from dcore.core.lifecycle import SkippedDuplicate, dead_letter, describe_error
 from dcore.core.message import JobMessage
-from dcore.core.pipeline import origin_of
-from dcore.core.retry import RetryPolicy, declared_policy, job_policy
+from dcore.core.recovery import lost_jobs
 from dcore.core.settings import DcoreSettings
-from dcore.errors import DcoreError, JobNotFoundError, MessageError, ServiceUnavailableError
-from dcore.runtime import run_message
-from dcore.services.jobs import JobState
+from dcore.runtime import deliver_message
 
 __all__ = [
-    "MAX_LOST_DELIVERIES",
     "TASK_NAME",
-    "Delivery",
     "celery_config",
     "execute",
-    "job_policy_for",
     "make_celery_app",
+    "message_for",
     "queue_for",
     "queue_names",
     "resend_stale",
@@ -101,163 +102,136 @@ def celery_config(settings: DcoreSettings) -> dict[str, Any]:
     }
 
 
-#: A job whose deliveries keep dying with the worker (out of memory, a crash in native
-#: code) is dead-lettered after this many lost deliveries instead of looping forever.
-MAX_LOST_DELIVERIES = 5
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """What became of one delivery of a job message, and what the task does next:
-    ``retry`` sends ``next_message`` after ``countdown`` seconds, ``requeue`` puts this
-    delivery back (the job store was unreachable, so the job could not be recorded)."""
-
-    status: Literal["succeeded", "retry", "dead", "malformed", "skipped", "requeue"]
-    job_id: str
-    reason: str | None = None
-    next_message: str | None = None
-    countdown: float = 0.0
-
-
-def job_policy_for(message: JobMessage, env: Environment) -> RetryPolicy:
-    """The job-level policy of a shipped job: the Dispatch stage's ``retry=`` (carried in
-    the spec) or its plugin's policy, else the worker's ``DCORE_JOB_*`` -- the resolution
-    ``dcore.dispatchers.thread.job_policy`` applies in-process."""
-    declared = None
-    if 0 < message.resume_at <= len(message.spec):
-        stage = message.spec[message.resume_at - 1]
-        try:
-            explicit = RetryPolicy.model_validate(stage.retry) if stage.retry else None
-            cls: type = env.registry.get(Dispatch, stage.plugin)
-        except (DcoreError, ValueError):  # run_message will reject the message itself
-            explicit, cls = None, object
-        declared = declared_policy(explicit, cls)
-    return job_policy(declared, env.settings)
-
-
-def execute(
-    raw: Any, *, environment: Environment | None = None, redelivered: bool = False
-) -> Delivery:
-    """Run one delivery of a job message (its JSON) and say what should follow.
-
-    Never raises for a job's own failure: a malformed message is dead-lettered by
-    ``run_message`` and the worker moves on; a failed attempt is retried per the job
-    policy (``final=`` tells ``run_message`` whether another attempt will come)."""
+def execute(raw: Any, *, environment: Environment | None = None) -> Outcome:
+    """Run one delivery of a job message (its JSON) and say what should follow (see
+    :mod:`dcore.core.delivery`); the task carries it out. Never raises for a job's own
+    failure: the failure is recorded (and dead-lettered when nothing follows), a
+    malformed message is dead-lettered, and the worker moves on."""
     env = environment or current_environment()
-    text: str | bytes = raw if isinstance(raw, str | bytes) else json.dumps(raw, default=str)
-    try:
-        message = JobMessage.parse(text)
-    except MessageError:
-        message = None
-    if message is None:
-        try:
-            run_message(text, environment=env)  # dead-letters it and raises
-        except MessageError as exc:
-            _log.error("malformed job message dead-lettered: %s", exc)
-            return Delivery("malformed", JobMessage.peek_job_id(text) or "unknown", str(exc))
-        raise AssertionError("run_message accepted a message JobMessage.parse rejected")
-    job_id = message.job_id
-    if redelivered:
-        lost = _lost_deliveries(env, message)
-        if lost >= MAX_LOST_DELIVERIES:
-            error = (
-                f"WorkerLost: the worker running job {job_id} died {lost} times "
-                f"(limit {MAX_LOST_DELIVERIES}); not delivering it again"
-            )
-            _give_up(env, message, error)
-            return Delivery("dead", job_id, error)
-    policy = job_policy_for(message, env)
-    final = message.attempt >= policy.attempts
-    try:
-        run_message(message, environment=env, final=final)
-    except MessageError as exc:
-        _log.error("job %s: message cannot run, dead-lettered: %s", job_id, exc)
-        return Delivery("malformed", job_id, str(exc))
-    except SkippedDuplicate as exc:
-        _log.info("%s", exc)
-        return Delivery("skipped", job_id, str(exc))
-    except ServiceUnavailableError as exc:
-        if origin_of(exc) is not None:  # raised by a stage: the job's own failure
-            return _after_failure(env, message, policy, final, exc)
-        _log.warning("job %s: job store unreachable, delivery requeued: %s", job_id, exc)
-        return Delivery("requeue", job_id, describe_error(exc))
-    except Exception as exc:
-        return _after_failure(env, message, policy, final, exc)
-    return Delivery("succeeded", job_id)
+    if not isinstance(raw, str | bytes):
+        try:  # a client that sent a JSON object instead of its text
+            raw = json.dumps(raw, default=str)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raw = f"<unserializable task argument: {type(exc).__name__}>"
+    delivered = deliver_message(raw, environment=env)
+    outcome = delivered.outcome
+    if delivered.error is not None:
+        _log.info("job delivery ended %s: %s", outcome.action, outcome.reason)
+    return outcome
 
 
-def _after_failure(
-    env: Environment, message: JobMessage, policy: RetryPolicy, final: bool, exc: Exception
-) -> Delivery:
-    error = describe_error(exc)
-    if final:  # run_message has marked it DEAD and dead-lettered it
-        return Delivery("dead", message.job_id, error)
-    if not policy.should_retry(exc):
-        dead_letter(env, message.job_id, error=error, message=message.to_json(),
-                    attempt=message.attempt)
-        return Delivery("dead", message.job_id, error)
-    return Delivery(
-        "retry",
-        message.job_id,
-        error,
-        next_message=message.with_attempt(message.attempt + 1).to_json(),
-        countdown=policy.delay(message.attempt, env.random),
-    )
-
-
-def _lost_deliveries(env: Environment, message: JobMessage) -> int:
-    """How many times the job was started and then lost with its worker (it is still
-    RUNNING, and was started more often than its attempt number accounts for)."""
-    try:
-        record = env.jobs.get(message.job_id)
-    except JobNotFoundError:
-        return 0
-    if record.state is not JobState.RUNNING:
-        return 0
-    return max(0, record.attempts - (message.attempt - 1))
-
-
-def _give_up(env: Environment, message: JobMessage, error: str) -> None:
-    env.jobs.transition(message.job_id, JobState.FAILED, error=error, note="worker lost")
-    dead_letter(env, message.job_id, error=error, message=message.to_json(),
-                attempt=message.attempt)
+def message_for(raw: str | bytes, outcome: Outcome) -> str:
+    """The message to send for a RETRY (the next attempt) or DEFER (this one again)."""
+    message = JobMessage.parse(raw)
+    return message.with_attempt(outcome.attempt).to_json()
 
 
 def resend_stale(
-    env: Environment, *, older_than: float, limit: int = 1000, dry_run: bool = False
+    env: Environment, *, older_than: float | None = None, limit: int = 1000,
+    dry_run: bool = False,
 ) -> list[str]:
-    """Send again every job still PENDING ``older_than`` seconds after it was recorded.
-
-    Celery's Redis transport takes a message off the queue before the worker has it; a
-    connection cut at that instant loses the message while the job's record (with its
-    full message) says PENDING. Run this periodically (``dcore jobs resend-stale``) with
-    ``older_than`` above the longest queue wait you expect: a job still waiting in the
-    queue would be delivered twice, which at-least-once delivery permits and the job
-    store's state machine turns into a skipped duplicate once the first run finished.
-    Jobs recorded without a message (in-process dispatchers) cannot be sent and are
-    left alone. Returns the job ids sent (or that would be, with ``dry_run``)."""
-    if older_than < 0:
+    """Send again every job whose delivery was lost (see :mod:`dcore.core.recovery`):
+    RUNNING with a lease that ran out, FAILED with an overdue retry, PENDING for longer
+    than ``older_than`` seconds (default ``DCORE_RECOVERY_PENDING_AFTER``) while its
+    queue is empty. Workers run this every ``DCORE_RECOVERY_INTERVAL`` seconds on their
+    own; ``dcore jobs resend-stale`` runs it once. Returns the job ids sent (or that
+    would be, with ``dry_run``)."""
+    if older_than is not None and older_than < 0:
         raise ValueError(f"older_than must be >= 0 seconds, got {older_than}")
     from dcore.dispatchers.celery import celery_app
 
-    cutoff = env.clock.time() - older_than
-    sent: list[str] = []
-    for record in env.jobs.list(JobState.PENDING, limit=limit):
-        if record.updated_at > cutoff or not record.message:
-            continue
+    app = celery_app(env)
+    empty = _QueueProbe(app, env.settings)
+    pending_after = env.settings.recovery_pending_after if older_than is None else older_than
+    lost = lost_jobs(env, pending_after=pending_after, grace=env.settings.lease_ttl,
+                     queue_empty=empty, limit=limit)  # fmt: skip
+    if not dry_run:
+        for job in lost:
+            app.send_task(TASK_NAME, args=[job.message], task_id=job.job_id,
+                          queue=queue_for(job.shard, env.settings))  # fmt: skip
+            _log.warning("job %s re-sent: %s", job.job_id, job.reason)
+    return [job.job_id for job in lost]
+
+
+class _QueueProbe:
+    """Whether a shard's queue holds no message, asked once per queue per sweep."""
+
+    def __init__(self, app: Celery, settings: DcoreSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.sizes: dict[str, int] = {}
+
+    def __call__(self, shard: int | None) -> bool:
+        queue = queue_for(shard, self.settings)
+        if queue not in self.sizes:
+            with self.app.connection_for_read() as conn:
+                try:
+                    declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+                    self.sizes[queue] = int(declared.message_count)
+                except conn.channel_errors:  # no such queue: Redis drops an empty list
+                    self.sizes[queue] = 0
+        return self.sizes[queue] == 0
+
+
+class RecoveryLoop:
+    """The sweep a worker runs every ``DCORE_RECOVERY_INTERVAL`` seconds, on one thread,
+    so lost jobs come back without an operator. Workers take turns: a sweep runs only
+    while holding the lock ``<prefix>:recovery`` (one sweep per interval overall)."""
+
+    def __init__(self, env: Environment, interval: float) -> None:
+        self.env = env
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="dcore-recovery", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sweep()
+
+    def sweep(self) -> list[str]:
+        env = self.env
         try:
-            message = JobMessage.parse(record.message)
-        except MessageError as exc:
-            _log.warning("job %s: stored message cannot be re-sent: %s", record.job_id, exc)
-            continue
-        if not dry_run:
-            celery_app(env).send_task(
-                TASK_NAME, args=[record.message], queue=queue_for(message.shard, env.settings),
-                task_id=record.job_id,
-            )
-            _log.info("job %s: PENDING since %.0f, re-sent", record.job_id, record.updated_at)
-        sent.append(record.job_id)
-    return sent
+            lock = env.locks.lock(f"{env.settings.key_prefix}:recovery", ttl=self.interval)
+            if not lock.acquire(blocking=False):
+                return []
+            return resend_stale(env)
+        except Exception:
+            _log.warning("recovery sweep failed; trying again in %gs", self.interval,
+                         exc_info=True)  # fmt: skip
+            return []
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _recovery_step(env: Environment | None) -> type:
+    from celery import bootsteps
+
+    class Recovery(bootsteps.StartStopStep):  # type: ignore[misc]
+        """Runs the recovery sweep in the worker's main process."""
+
+        def __init__(self, parent: Any, **options: Any) -> None:
+            super().__init__(parent, **options)
+            self.loop: RecoveryLoop | None = None
+
+        def start(self, parent: Any) -> None:
+            environment = env or current_environment()
+            interval = environment.settings.recovery_interval
+            if interval > 0:
+                self.loop = RecoveryLoop(environment, interval)
+                self.loop.start()
+
+        def stop(self, parent: Any) -> None:
+            if self.loop is not None:
+                self.loop.stop()
+
+    return Recovery
 
 
 def make_celery_app(
@@ -278,18 +252,16 @@ def make_celery_app(
         name=TASK_NAME, bind=True, max_retries=None, shared=False
     )
     def run(self: Task, message: Any) -> None:
-        """Run one delivery of a dcore JobMessage (its JSON text)."""
-        delivery_info = self.request.delivery_info or {}
-        outcome: Delivery = execute(
-            message, environment=env, redelivered=bool(delivery_info.get("redelivered"))
-        )
-        if outcome.status == "requeue":
+        """Run one delivery of a dcore JobMessage (its JSON text); carry out what the
+        delivery decision says follows."""
+        outcome = execute(message, environment=env)
+        if outcome.action is Action.REQUEUE:
             raise Reject(outcome.reason, requeue=True)
-        if outcome.status == "retry":
-            raise self.retry(
-                args=[outcome.next_message], countdown=outcome.countdown, max_retries=None
-            )
+        if outcome.action in (Action.RETRY, Action.DEFER):
+            raise self.retry(args=[message_for(message, outcome)], countdown=outcome.delay,
+                             max_retries=None)  # fmt: skip
 
+    app.steps["worker"].add(_recovery_step(env))
     return app
 
 

@@ -16,6 +16,7 @@ also subclasses it, so ``except TypeError`` and friends keep working::
     │   └── ObjectNotFoundError (KeyError)
     ├── JobStateError
     │   ├── IllegalTransitionError (ValueError)
+    │   ├── LeaseLostError                     a delivery's move after another took over
     │   └── JobNotFoundError (KeyError)
     ├── LockNotAcquired (TimeoutError)
     ├── LockLostError                       a lock released or extended after it expired
@@ -40,6 +41,7 @@ __all__ = [
     "InvalidKeyError",
     "JobNotFoundError",
     "JobStateError",
+    "LeaseLostError",
     "LockLostError",
     "LockNotAcquired",
     "MessageError",
@@ -121,6 +123,11 @@ class JobStateError(DcoreError):
 
 class IllegalTransitionError(JobStateError, ValueError):
     """The job is not in a state from which the requested transition is allowed."""
+
+
+class LeaseLostError(JobStateError):
+    """A delivery tried to move its job after losing the job's lease: another delivery
+    holds it now (the first one was presumed dead), so the move is refused (fenced)."""
 
 
 class JobNotFoundError(JobStateError, KeyError):

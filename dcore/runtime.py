@@ -1,13 +1,17 @@
 """The worker's entry point: run the remainder of a pipeline from a ``JobMessage``.
 
-A malformed message (bad JSON, unknown context type, missing migration, unknown plugin,
-core function not imported) cannot succeed on any retry: the job is marked DEAD and the
-raw message goes to the dead-letter queue with the reason, then ``MessageError`` is
-raised for the caller to log. The worker lives on.
+A malformed message (bad JSON, too large or deep, unknown context type, missing
+migration, unknown plugin, unregistered core function) cannot succeed on any retry: the
+job is marked DEAD and the raw message goes to the dead-letter queue with the reason
+(once, however often the same bytes are delivered). The worker lives on.
+
+:func:`deliver_message` is what an engine calls (it returns what to do next);
+:func:`run_message` runs a message once and returns its value or raises.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -15,8 +19,9 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from dcore.core.context import PipelineContext
+from dcore.core.delivery import Action, Outcome, StoreUnreachable, after_claim
 from dcore.core.environment import Environment, current_environment
-from dcore.core.lifecycle import dead_letter
+from dcore.core.lifecycle import Delivered, dead_letter, describe_error, malformed_key
 from dcore.core.message import (
     JobMessage,
     StageSpec,
@@ -26,9 +31,11 @@ from dcore.core.message import (
 )
 from dcore.core.pipeline import Pipeline
 from dcore.core.plugins import core_generation
-from dcore.errors import MessageError, ServiceUnavailableError
+from dcore.errors import LeaseLostError, MessageError, ServiceUnavailableError
 
-__all__ = ["load_message", "run_message"]
+__all__ = ["deliver_message", "load_message", "run_message"]
+
+_log = logging.getLogger("dcore.runtime")
 
 
 def load_message(
@@ -111,29 +118,62 @@ def _pipelines(env: Environment) -> PipelineCache:
     return env.resource("dcore.pipeline_cache", lambda: PipelineCache(env))
 
 
+def deliver_message(
+    raw: JobMessage | str | bytes,
+    *,
+    environment: Environment | None = None,
+    final: bool = False,
+) -> Delivered:
+    """One delivery of a job message on a worker: load it, then claim, run and record
+    its attempt (:func:`dcore.core.lifecycle.deliver`); the report says what the engine
+    does next. A malformed message is dead-lettered here, once for the same bytes, and
+    its report is DEAD with the MessageError as its error."""
+    env = environment or current_environment()
+    try:
+        message, context, pipeline = load_message(raw, env)
+    except MessageError as exc:
+        return _malformed(env, raw, exc)
+    except ServiceUnavailableError as exc:
+        return Delivered(after_claim(1, StoreUnreachable(describe_error(exc))))
+    continuation = pipeline.continuation(message.resume_at)
+    with trace_propagator().extract(message.trace):
+        # the dead letter must hold the message as delivered, never one rebuilt from the
+        # context the failed run has changed; serialized only if it is needed
+        raw_json = raw if isinstance(raw, str) else message.to_json
+        return continuation.deliver(
+            context, attempt=message.attempt, final=final, message=raw_json
+        )
+
+
+def _malformed(env: Environment, raw: JobMessage | str | bytes, exc: MessageError) -> Delivered:
+    if isinstance(raw, JobMessage):
+        text = raw.to_json()
+    else:
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    job_id = JobMessage.peek_job_id(text) or "unknown"
+    reason = f"MessageError: {exc}"
+    _log.error("job %s: malformed message dead-lettered: %s", job_id, exc)
+    try:
+        dead_letter(env, job_id, error=reason, message=text, key=malformed_key(text))
+    except ServiceUnavailableError as down:
+        return Delivered(after_claim(1, StoreUnreachable(describe_error(down))))
+    except LeaseLostError:  # a malformed copy of a job another delivery is running
+        return Delivered(Outcome(Action.SKIP, 1, reason=reason), error=exc)
+    return Delivered(Outcome(Action.DEAD, 1, reason=reason), error=exc)
+
+
 def run_message(
     raw: JobMessage | str | bytes,
     *,
     environment: Environment | None = None,
     final: bool = True,
 ) -> Any:
-    """Run a message's remainder as its ``attempt``; returns core_fn's value.
+    """Run a message's remainder as its ``attempt``; returns core_fn's value and raises
+    the attempt's failure (a malformed message: MessageError, after dead-lettering it).
 
     ``final`` says no further delivery will follow a failure (then the job goes DEAD and
     to the DLQ); a dispatcher that will retry passes False."""
     env = environment or current_environment()
-    try:
-        message, context, pipeline = load_message(raw, env)
-    except MessageError as exc:
-        job_id = JobMessage.peek_job_id(raw.to_json() if isinstance(raw, JobMessage) else raw)
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(
-            raw.to_json() if isinstance(raw, JobMessage) else raw
-        )
-        dead_letter(env, job_id or "unknown", error=f"MessageError: {exc}", message=text)
-        raise
-    continuation = pipeline.continuation(message.resume_at)
-    with trace_propagator().extract(message.trace):
-        # the dead letter must hold the message as delivered, never one rebuilt from the
-        # context the failed run has changed; serialized only if it is needed
-        raw_json = raw if isinstance(raw, str) else message.to_json
-        return continuation.run(context, attempt=message.attempt, final=final, message=raw_json)
+    delivered = deliver_message(raw, environment=env, final=final)
+    job_id = raw.job_id if isinstance(raw, JobMessage) else JobMessage.peek_job_id(raw)
+    return delivered.value(job_id or "unknown")

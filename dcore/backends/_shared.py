@@ -16,10 +16,13 @@ from dcore.services.jobs import JobState
 __all__ = [
     "DEFAULT_JOB_TTL",
     "at_least",
+    "check_end",
     "decode_payload",
     "encode_payload",
     "encode_result",
     "exists_message",
+    "lease_lost_message",
+    "may_bury",
     "not_found",
     "parse_entry_id",
     "positive",
@@ -81,6 +84,31 @@ def exists_message(job_id: str, current: str) -> str:
         f"job {job_id} already exists and is {current}; only a FAILED or DEAD job can be "
         "created again (re-scheduled)"
     )
+
+
+def lease_lost_message(
+    job_id: str, owner: str | None, state: JobState, holder: str | None
+) -> str:
+    now = f"held by delivery {holder}" if holder else f"{state} and held by no delivery"
+    return (
+        f"job {job_id}: delivery {owner or '(none)'} lost its lease; the job is {now}, so "
+        "the move is refused (another delivery took over after the lease ran out)"
+    )
+
+
+def may_bury(owner: str | None, holder: str | None, lease_until: float | None,
+             now: float) -> bool:
+    """Whether a delivery ``owner`` (None: no delivery, e.g. a malformed message) may
+    dead-letter a RUNNING job held by ``holder``: only its holder may, or anyone once
+    the lease has run out."""
+    if owner is not None:
+        return holder == owner
+    return lease_until is None or lease_until <= now
+
+
+def check_end(to: JobState) -> None:
+    if to not in (JobState.SUCCEEDED, JobState.FAILED):
+        raise ValueError(f"an attempt ends SUCCEEDED or FAILED, not {to}")
 
 
 def at_least(name: str, value: float | None, minimum: int, *, or_none: bool = False,

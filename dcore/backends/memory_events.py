@@ -47,6 +47,14 @@ class _Topic:
     entries: dict[tuple[int, int], str] = field(default_factory=dict)  # in id order
     groups: dict[str, _Group] = field(default_factory=dict)
     last_id: tuple[int, int] = (0, 0)
+    keys: dict[str, tuple[int, int]] = field(default_factory=dict)  # idempotency key → id
+    key_of: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def drop(self, entry_id: tuple[int, int]) -> bool:
+        key = self.key_of.pop(entry_id, None)
+        if key is not None:
+            self.keys.pop(key, None)
+        return self.entries.pop(entry_id, None) is not None
 
 
 def _fmt(entry_id: tuple[int, int]) -> str:
@@ -94,18 +102,30 @@ class MemoryEventBus(EventBusInterface):
         return Subscription(topic, close)
 
     # durable topics
-    def append(self, topic: str, payload: Mapping[str, Any], *, maxlen: int | None = None) -> str:
+    def append(
+        self,
+        topic: str,
+        payload: Mapping[str, Any],
+        *,
+        maxlen: int | None = None,
+        key: str | None = None,
+    ) -> str:
         raw = encode_payload(payload)
         at_least("maxlen", maxlen, 1, or_none=True)
         with self._cond:
             t = self._topics.setdefault(topic, _Topic())
+            if key is not None and key in t.keys:
+                return _fmt(t.keys[key])
             ms = int(self.clock.time() * 1000)
             last_ms, last_seq = t.last_id
             new_id = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
             t.entries[new_id] = raw
             t.last_id = new_id
+            if key is not None:
+                t.keys[key] = new_id
+                t.key_of[new_id] = key
             while maxlen is not None and len(t.entries) > maxlen:
-                del t.entries[next(iter(t.entries))]
+                t.drop(next(iter(t.entries)))
             self._cond.notify_all()
         return _fmt(new_id)
 
@@ -132,7 +152,7 @@ class MemoryEventBus(EventBusInterface):
             if t is None:
                 return 0
             # like XDEL: the pending lists keep the ids; claim_idle drops them
-            return sum(t.entries.pop(k, None) is not None for k in dict.fromkeys(keys))
+            return sum(t.drop(k) for k in dict.fromkeys(keys))
 
     def length(self, topic: str) -> int:
         with self._cond:

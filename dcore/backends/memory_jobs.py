@@ -1,27 +1,43 @@
 """``memory`` job store: the job state machine in process, timestamps and TTLs on the
-injected clock; the reference the Redis job store is tested against."""
+injected clock; the reference the Redis job store is tested against.
+
+With a memory event bus (the same process: "the same server"), it is an
+:class:`~dcore.services.jobs.AnnouncingJobStore`: state events go out right after their
+move, and :meth:`MemoryJobStore.bury` appends the dead letter under the store's lock, so
+burying is one atomic step as on Redis. The bus never calls back into the store, so the
+nested lock cannot deadlock; subscribers are called after the store's lock is released.
+"""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
 from dcore.backends._shared import (
     DEFAULT_JOB_TTL,
+    check_end,
     encode_result,
     exists_message,
+    lease_lost_message,
+    may_bury,
     not_found,
     positive,
     states,
 )
+from dcore.backends.memory_events import MemoryEventBus
 from dcore.core.clock import Clock, SystemClock
 from dcore.core.plugins import register_plugin
-from dcore.errors import IllegalTransitionError
+from dcore.errors import IllegalTransitionError, LeaseLostError
 from dcore.services.jobs import (
     TERMINAL,
+    Announcement,
+    AnnouncingJobStore,
+    Claim,
+    ClaimStatus,
+    DeadLetter,
     JobRecord,
     JobState,
     JobStorageInterface,
@@ -31,8 +47,10 @@ from dcore.services.jobs import (
 
 if TYPE_CHECKING:
     from dcore.core.environment import Environment
+    from dcore.services.events import EventBusInterface
 
-__all__ = ['MemoryJobStore']
+__all__ = ["MemoryJobStore"]
+
 
 @dataclass
 class _Job:
@@ -46,6 +64,12 @@ class _Job:
     message: str | None = None
     history: list[Transition] = field(default_factory=list)
     expires_at: float | None = None  # clock.time() after which the record is gone
+    attempt: int = 0
+    owner: str | None = None
+    lease_until: float | None = None
+    lost: int = 0
+    plan: str | None = None
+    retry_at: float | None = None
 
     def record(self) -> JobRecord:
         return JobRecord(
@@ -58,14 +82,18 @@ class _Job:
             error=self.error,
             message=self.message,
             history=[h.model_copy() for h in self.history],
+            attempt=self.attempt,
+            owner=self.owner,
+            lease_until=self.lease_until,
+            lost=self.lost,
+            plan=self.plan,
+            retry_at=self.retry_at,
         )
-
-
 
 
 @register_plugin("in_memory")
 @register_plugin("memory")
-class MemoryJobStore(JobStorageInterface):
+class MemoryJobStore(JobStorageInterface, AnnouncingJobStore):
     """Job records in a dict behind one lock; terminal records expire after ``ttl``
     seconds of the clock, like the Redis store's key TTL."""
 
@@ -91,6 +119,10 @@ class MemoryJobStore(JobStorageInterface):
     def _move(self, job: _Job, to: JobState, now: float, note: str | None) -> None:
         if to is JobState.RUNNING:
             job.attempts += 1
+        elif job.state is JobState.RUNNING:  # leaving RUNNING ends the lease
+            job.owner = job.lease_until = None
+        if job.state is JobState.FAILED and to is not JobState.FAILED:
+            job.plan = job.retry_at = None
         job.state = to
         job.updated_at = now
         job.history.append(Transition(state=to, at=now, attempt=job.attempts, note=note))
@@ -145,6 +177,156 @@ class MemoryJobStore(JobStorageInterface):
             if error is not None:
                 job.error = error
             return job.record()
+
+    # -- leases ---------------------------------------------------------------------
+    def claim(
+        self, job_id: str, *, attempt: int, owner: str, lease: float, note: str | None = None,
+        announce: Announcement | None = None,
+    ) -> Claim:
+        self._can_announce(announce)
+        with self._lock:
+            job = self._live(job_id)
+            if job is None:
+                return Claim(ClaimStatus.MISSING)
+            now = self.clock.time()
+            lost = 0
+            if job.state in TERMINAL:
+                return Claim(ClaimStatus.FINISHED, job.state, job.attempt)
+            if job.attempt > attempt or (job.state is JobState.FAILED and job.attempt >= attempt):
+                return Claim(ClaimStatus.ENDED, job.state, job.attempt, plan=job.plan)
+            if job.state is JobState.RUNNING:
+                until = job.lease_until
+                if until is not None and until > now:
+                    return Claim(ClaimStatus.BUSY, job.state, job.attempt, retry_in=until - now)
+                lost = job.lost + 1 if job.attempt == attempt else 0
+            self._move(job, JobState.RUNNING, now, note)
+            job.attempt, job.owner, job.lease_until, job.lost = attempt, owner, now + lease, lost
+        self._publish(announce)
+        return Claim(ClaimStatus.STARTED, JobState.RUNNING, attempt, lost=lost)
+
+    def renew(self, job_id: str, *, owner: str, lease: float) -> bool:
+        with self._lock:
+            job = self._live(job_id)
+            if job is None or job.state is not JobState.RUNNING or job.owner != owner:
+                return False
+            job.lease_until = self.clock.time() + lease
+            return True
+
+    def _owned(self, job_id: str, owner: str | None) -> _Job:
+        """The live record, which ``owner`` (when given) must hold; raises otherwise."""
+        job = self._live(job_id)
+        if job is None:
+            raise not_found(job_id)
+        if owner is not None and (job.state is not JobState.RUNNING or job.owner != owner):
+            raise LeaseLostError(lease_lost_message(job_id, owner, job.state, job.owner))
+        return job
+
+    def end_attempt(
+        self,
+        job_id: str,
+        to: JobState,
+        *,
+        owner: str,
+        result: Any = None,
+        error: str | None = None,
+        note: str | None = None,
+        retry_at: float | None = None,
+        announce: Announcement | None = None,
+    ) -> None:
+        to = JobState(to)
+        check_end(to)
+        self._can_announce(announce)
+        raw = None if result is None else encode_result(result)
+        with self._lock:
+            job = self._owned(job_id, owner)
+            self._move(job, to, self.clock.time(), note)
+            if raw is not None:
+                job.result = raw
+            if error is not None:
+                job.error = error
+            if to is JobState.FAILED:
+                job.plan, job.retry_at = ("retry", retry_at) if retry_at is not None else (
+                    "dead", None)
+        self._publish(announce)
+
+    # -- state events and dead letters on the memory bus (AnnouncingJobStore) -----------
+    def announces_on(self, bus: EventBusInterface) -> bool:
+        return isinstance(bus, MemoryEventBus)
+
+    def _can_announce(self, announce: Announcement | None) -> None:
+        if announce is not None and not self.announces_on(announce.bus):
+            raise ValueError(
+                f"the memory job store cannot publish on {announce.bus!r}: only on a memory "
+                "event bus (check announces_on first)"
+            )
+
+    @staticmethod
+    def _publish(announce: Announcement | None) -> None:
+        if announce is not None:
+            announce.bus.publish(announce.topic, announce.payload)
+
+    def create_announced(
+        self,
+        job_id: str,
+        bus: EventBusInterface,
+        topic: str,
+        payload: Mapping[str, Any],
+        *,
+        message: str | None = None,
+    ) -> None:
+        announce = Announcement(bus, topic, payload)
+        self._can_announce(announce)
+        self.create(job_id, message=message)
+        self._publish(announce)
+
+    def transition_announced(
+        self,
+        job_id: str,
+        to: JobState,
+        bus: EventBusInterface,
+        topic: str,
+        payload: Mapping[str, Any],
+        *,
+        expect: Collection[JobState] | None = None,
+        result: Any = None,
+        error: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        announce = Announcement(bus, topic, payload)
+        self._can_announce(announce)
+        self.transition(job_id, to, expect=expect, result=result, error=error, note=note)
+        self._publish(announce)
+
+    def bury(
+        self,
+        job_id: str,
+        *,
+        owner: str | None,
+        error: str,
+        letter: DeadLetter,
+        announce: Announcement,
+    ) -> str | None:
+        self._can_announce(announce)
+        bus = announce.bus
+        with self._lock:
+            job = self._live(job_id)
+            now = self.clock.time()
+            if job is None:
+                job = self._jobs[job_id] = _Job(job_id, JobState.PENDING, 0, now, now)
+                job.history.append(Transition(state=JobState.PENDING, at=now, attempt=0))
+            if job.state in TERMINAL:
+                return None
+            if job.state is JobState.RUNNING:
+                if not may_bury(owner, job.owner, job.lease_until, now):
+                    raise LeaseLostError(lease_lost_message(job_id, owner, job.state, job.owner))
+                self._move(job, JobState.FAILED, now, None)
+            if job.message is None and isinstance(letter.payload.get("message"), str):
+                job.message = letter.payload["message"]
+            entry_id = bus.append(letter.topic, letter.payload, key=letter.key)
+            job.error = error
+            self._move(job, JobState.DEAD, now, "dead-lettered")
+        bus.publish(announce.topic, {**announce.payload, "dlq_id": entry_id})
+        return entry_id
 
     def list(self, state: JobState | None = None, *, limit: int = 100) -> list[JobRecord]:
         wanted = None if state is None else JobState(state)

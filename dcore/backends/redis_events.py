@@ -8,7 +8,11 @@ that thread, so no handler runs after ``close()`` returns — except when ``clos
 called from inside the handler itself. Nothing is started by the constructor.
 
 Durable topics are streams ``<prefix>:events:<topic>`` with the JSON payload in one
-field. ``maxlen`` trims exactly (``MAXLEN n``, not ``~``) so that the length a caller
+field. An append with an idempotency ``key`` is one script that records ``key → id``
+(and ``id → key``) in the hash ``<stream>:keys`` and adds nothing while that entry is on
+the stream; removing the entry forgets its key.
+
+``maxlen`` trims exactly (``MAXLEN n``, not ``~``) so that the length a caller
 asks for is the length it gets, as with the memory bus; the topics we expect (DLQ,
 audit) are small enough that exact trimming costs nothing noticeable.
 """
@@ -43,6 +47,39 @@ __all__ = ["RedisEventBus"]
 
 _log = logging.getLogger("dcore.events")
 _FIELD = "payload"
+
+#: KEYS: 1 stream, 2 its keys hash; ARGV: 1 payload, 2 maxlen ('' none), 3 key ('' none).
+#: Also run, with these two keys last, inside the job store's dead-letter script.
+KEYED_APPEND_LUA = """
+local function keyed_append(stream, keys, payload, maxlen, key)
+  if key ~= '' then
+    local known = redis.call('HGET', keys, 'k:' .. key)
+    if known then
+      if #redis.call('XRANGE', stream, known, known) > 0 then return known end
+      redis.call('HDEL', keys, 'k:' .. key, 'i:' .. known)
+    end
+  end
+  local id
+  if maxlen ~= '' then
+    id = redis.call('XADD', stream, 'MAXLEN', maxlen, '*', 'payload', payload)
+  else
+    id = redis.call('XADD', stream, '*', 'payload', payload)
+  end
+  if key ~= '' then redis.call('HSET', keys, 'k:' .. key, id, 'i:' .. id, key) end
+  return id
+end
+"""
+_APPEND_LUA = KEYED_APPEND_LUA + "return keyed_append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])"
+# KEYS: 1 stream, 2 its keys hash; ARGV: entry ids. Returns how many existed.
+_REMOVE_LUA = """
+local removed = 0
+for _, id in ipairs(ARGV) do
+  removed = removed + redis.call('XDEL', KEYS[1], id)
+  local key = redis.call('HGET', KEYS[2], 'i:' .. id)
+  if key then redis.call('HDEL', KEYS[2], 'i:' .. id, 'k:' .. key) end
+end
+return removed
+"""
 #: How long a listener blocks on its socket between checks of its stop flag; bounds
 #: how long ``close()`` waits for the thread.
 _LISTEN_SLICE = 0.05
@@ -96,6 +133,8 @@ class RedisEventBus(RedisBackend, EventBusInterface):
         super().__init__(client, url=url, prefix=prefix)
         self._listeners: set[_Listener] = set()
         self._guard = threading.Lock()
+        self._append = self.client.register_script(_APPEND_LUA)
+        self._remove = self.client.register_script(_REMOVE_LUA)
 
     @classmethod
     def from_environment(cls, env: Environment, **options: Any) -> Self:
@@ -103,6 +142,12 @@ class RedisEventBus(RedisBackend, EventBusInterface):
 
     def _stream(self, topic: str) -> str:
         return self.key("events", topic)
+
+    def stream_keys(self, topic: str) -> list[str]:
+        """The durable ``topic``'s stream and its idempotency-keys hash (for scripts that
+        append to it, such as the job store's dead-letter step)."""
+        stream = self._stream(topic)
+        return [stream, f"{stream}:keys"]
 
     def _event(self, topic: str, entry: Sequence[Any], deliveries: int = 0) -> Event:
         entry_id, fields = entry
@@ -152,12 +197,23 @@ class RedisEventBus(RedisBackend, EventBusInterface):
 
     # -- durable topics --------------------------------------------------------------
     @translate_errors
-    def append(self, topic: str, payload: Mapping[str, Any], *, maxlen: int | None = None) -> str:
+    def append(
+        self,
+        topic: str,
+        payload: Mapping[str, Any],
+        *,
+        maxlen: int | None = None,
+        key: str | None = None,
+    ) -> str:
         raw = encode_payload(payload)
         at_least("maxlen", maxlen, 1, or_none=True)
-        entry_id = self.client.xadd(
-            self._stream(topic), {_FIELD: raw}, maxlen=maxlen, approximate=False
-        )
+        if key is None:
+            entry_id = self.client.xadd(
+                self._stream(topic), {_FIELD: raw}, maxlen=maxlen, approximate=False
+            )
+        else:
+            limit = "" if maxlen is None else str(maxlen)
+            entry_id = self._append(keys=self.stream_keys(topic), args=[raw, limit, key])
         return text(entry_id)
 
     @translate_errors
@@ -179,7 +235,7 @@ class RedisEventBus(RedisBackend, EventBusInterface):
             parse_entry_id(entry_id)
         if not entry_ids:
             return 0
-        return int(self.client.xdel(self._stream(topic), *dict.fromkeys(entry_ids)))
+        return int(self._remove(keys=self.stream_keys(topic), args=list(dict.fromkeys(entry_ids))))
 
     @translate_errors
     def length(self, topic: str) -> int:

@@ -3,7 +3,8 @@
 Keys (``<p>`` is the key prefix)::
 
     <p>:job:<id>              hash: job_id, state, attempts, created_at, updated_at,
-                              result (JSON), error, message
+                              result (JSON), error, message, and for leases: attempt,
+                              owner, lease_until, lost, plan, retry_at
     <p>:job:<id>:history      list of Transition JSON, oldest first
     <p>:jobs:all              sorted set of ids by updated_at  (list() without a state)
     <p>:jobs:state:<STATE>    sorted set of ids by updated_at, one per state
@@ -24,6 +25,11 @@ With a Redis event bus on the same server, the script also publishes the move's 
 event (``create_announced`` / ``transition_announced``, see
 :class:`~dcore.services.jobs.AnnouncingJobStore`) and skips reading the record back: a
 worker's job costs two round trips for its state instead of four.
+
+Leases (``claim``, ``renew``, ``end_attempt``) and dead-lettering (``bury``: the FAILED
+move, the keyed append to the bus's DLQ stream, the DEAD move and the ``job.dead`` event
+in one script) are scripts of their own; times and lease ends are computed in Python from
+the injected clock and stored as given, so memory and Redis records agree to the digit.
 """
 
 from __future__ import annotations
@@ -43,20 +49,26 @@ from dcore.backends._redis import (
 )
 from dcore.backends._shared import (
     DEFAULT_JOB_TTL,
+    check_end,
     encode_payload,
     encode_result,
     exists_message,
+    lease_lost_message,
     not_found,
     states,
 )
-from dcore.backends.redis_events import RedisEventBus
+from dcore.backends.redis_events import KEYED_APPEND_LUA, RedisEventBus
 from dcore.core.clock import Clock, SystemClock
 from dcore.core.plugins import register_plugin
-from dcore.errors import IllegalTransitionError
+from dcore.errors import IllegalTransitionError, LeaseLostError
 from dcore.services.jobs import (
     ALLOWED,
     TERMINAL,
+    Announcement,
     AnnouncingJobStore,
+    Claim,
+    ClaimStatus,
+    DeadLetter,
     JobRecord,
     JobState,
     JobStorageInterface,
@@ -92,26 +104,60 @@ local hash = {}
 for i = 1, #flat, 2 do hash[flat[i]] = flat[i + 1] end
 """
 
+# Shared by the scripts: the state machine tables and a move of an existing record.
+_MOVE_LUA = f"""
+local ALLOWED = {{{_ALLOWED_LUA}}}
+local INDEX = {{{_INDEX_LUA}}}
+local TERMINAL = {_lua_set(TERMINAL)}
+-- move the record from current to `to` (checked by the caller): history, indexes, TTL;
+-- leaving RUNNING drops the lease, leaving FAILED its plan
+local function move(id, current, to, attempts, now, ttl, note_json, fields)
+  fields[#fields + 1] = 'state'
+  fields[#fields + 1] = to
+  fields[#fields + 1] = 'attempts'
+  fields[#fields + 1] = attempts
+  fields[#fields + 1] = 'updated_at'
+  fields[#fields + 1] = now
+  if current == 'RUNNING' and to ~= 'RUNNING' then
+    redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
+  end
+  if current == 'FAILED' and to ~= 'FAILED' then redis.call('HDEL', KEYS[1], 'plan', 'retry_at') end
+  redis.call('HSET', KEYS[1], unpack(fields))
+  redis.call('RPUSH', KEYS[2], '{{"state":"' .. to .. '","at":' .. now .. ',"attempt":' ..
+             attempts .. ',"note":' .. note_json .. '}}')
+  if current then redis.call('ZREM', KEYS[INDEX[current]], id) end
+  redis.call('ZADD', KEYS[INDEX[to]], now, id)
+  redis.call('ZADD', KEYS[3], now, id)
+  if TERMINAL[to] then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  elseif current and TERMINAL[current] then  -- leaving a final state (a DLQ replay)
+    redis.call('PERSIST', KEYS[1])
+    redis.call('PERSIST', KEYS[2])
+  end
+end
+"""
+
 # KEYS: 1 record, 2 history, 3 all-index, 4.. one index per state (in JobState order)
 # ARGV: 1 op (create|move), 2 to, 3 expect (',A,B,' or '-' for none), 4 now, 5 ttl ms,
 #       6 job id, 7 note JSON, 8 has result, 9 result JSON, 10 has error, 11 error,
 #       12 has message, 13 message, 14 read back ('1' returns the record),
-#       15 channel to publish the state event on ('' for none), 16 the event's JSON
-TRANSITION_LUA = f"""
-local ALLOWED = {{{_ALLOWED_LUA}}}
-local INDEX = {{{_INDEX_LUA}}}
-local TERMINAL = {_lua_set(TERMINAL)}
+#       15 channel to publish the state event on ('' for none), 16 the event's JSON,
+#       17 owner whose lease the move needs ('' for none), 18 retry_at ('' for none)
+TRANSITION_LUA = _MOVE_LUA + f"""
 local op, to, expect, now, ttl, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local found = redis.call('HMGET', KEYS[1], 'state', 'attempts')
-local current, attempts, fields = found[1], 0, nil
+local found = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'owner')
+local current, attempts, fields = found[1], 0, {{}}
 if not current then
   if op ~= 'create' then return {{'missing'}} end
   for i = 4, #KEYS do redis.call('ZREM', KEYS[i], id) end  -- stale ids of an expired record
-  redis.call('DEL', KEYS[2])
-  fields = {{'job_id', id, 'state', 'PENDING', 'attempts', 0, 'created_at', now,
-            'updated_at', now}}
+  redis.call('DEL', KEYS[2], KEYS[1])
+  fields = {{'job_id', id, 'created_at', now}}
   to = 'PENDING'
 else
+  if ARGV[17] ~= '' and (current ~= 'RUNNING' or found[3] ~= ARGV[17]) then
+    return {{'fenced', current, found[3] or ''}}
+  end
   if op == 'create' then
     if current ~= 'FAILED' and current ~= 'DEAD' then return {{'exists', current}} end
     to = 'PENDING'
@@ -121,8 +167,6 @@ else
   if not ALLOWED[current][to] then return {{'illegal', current}} end
   attempts = tonumber(found[2])
   if to == 'RUNNING' then attempts = attempts + 1 end
-  fields = {{'state', to, 'attempts', attempts, 'updated_at', now}}
-  redis.call('ZREM', KEYS[INDEX[current]], id)
 end
 for i, name in ipairs({{'result', 'error', 'message'}}) do
   if ARGV[6 + 2 * i] == '1' then
@@ -130,22 +174,85 @@ for i, name in ipairs({{'result', 'error', 'message'}}) do
     fields[#fields + 1] = ARGV[7 + 2 * i]
   end
 end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('RPUSH', KEYS[2], '{{"state":"' .. to .. '","at":' .. now .. ',"attempt":' ..
-           attempts .. ',"note":' .. ARGV[7] .. '}}')
-redis.call('ZADD', KEYS[INDEX[to]], now, id)
-redis.call('ZADD', KEYS[3], now, id)
-if TERMINAL[to] then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-elseif current and TERMINAL[current] then  -- leaving a final state (a DLQ replay)
-  redis.call('PERSIST', KEYS[1])
-  redis.call('PERSIST', KEYS[2])
+move(id, current, to, attempts, now, ttl, ARGV[7], fields)
+if to == 'FAILED' and ARGV[17] ~= '' then
+  if ARGV[18] ~= '' then
+    redis.call('HSET', KEYS[1], 'plan', 'retry', 'retry_at', ARGV[18])
+  else
+    redis.call('HSET', KEYS[1], 'plan', 'dead')
+  end
 end
 if ARGV[15] ~= '' then redis.call('PUBLISH', ARGV[15], ARGV[16]) end
 if ARGV[14] ~= '1' then return {{'ok'}} end
 {_HASH_TABLE}
 return {{'ok', {READ_RECORD}}}
+"""
+
+# KEYS as for TRANSITION_LUA. ARGV: 1 attempt, 2 owner, 3 now, 4 lease end, 5 note JSON,
+# 6 ttl ms, 7 job id, 8 channel ('' for none), 9 the event's JSON.
+CLAIM_LUA = _MOVE_LUA + """
+local n, now = tonumber(ARGV[1]), tonumber(ARGV[3])
+local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'attempt', 'lease_until', 'lost',
+                     'plan')
+local state = f[1]
+if not state then return {'missing'} end
+local attempt = tonumber(f[3] or '0')
+if TERMINAL[state] then return {'finished', state, attempt} end
+if attempt > n or (state == 'FAILED' and attempt >= n) then
+  return {'ended', state, attempt, f[6] or ''}
+end
+local lost = 0
+if state == 'RUNNING' then
+  if f[4] and tonumber(f[4]) > now then return {'busy', state, attempt, f[4]} end
+  if attempt == n then lost = tonumber(f[5] or '0') + 1 end
+end
+move(ARGV[7], state, 'RUNNING', tonumber(f[2]) + 1, ARGV[3], ARGV[6], ARGV[5],
+     {'attempt', ARGV[1], 'owner', ARGV[2], 'lease_until', ARGV[4], 'lost', lost})
+if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
+return {'started', 'RUNNING', ARGV[1], lost}
+"""
+
+# KEYS: 1 record. ARGV: 1 owner, 2 lease end. 1 if renewed.
+RENEW_LUA = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if f[1] ~= 'RUNNING' or f[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'lease_until', ARGV[2])
+return 1
+"""
+
+# KEYS as for TRANSITION_LUA, then the DLQ stream and its keys hash (the bus's).
+# ARGV: 1 owner ('' none), 2 now, 3 ttl ms, 4 job id, 5 error, 6 letter JSON, 7 letter
+# key, 8 channel, 9 the job.dead event's JSON (the entry id is added as dlq_id), 10 message
+# for a record without one.
+BURY_LUA = _MOVE_LUA + KEYED_APPEND_LUA + """
+local owner, now, ttl, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'owner', 'lease_until',
+                     'message')
+local state, attempts = f[1], tonumber(f[2] or '0')
+if not state then
+  for i = 4, #KEYS - 2 do redis.call('ZREM', KEYS[i], id) end
+  redis.call('DEL', KEYS[2])
+  move(id, nil, 'PENDING', 0, now, ttl, 'null', {'job_id', id, 'created_at', now})
+  state = 'PENDING'
+elseif TERMINAL[state] then
+  return {'none'}
+end
+if state == 'RUNNING' then
+  local held = (owner ~= '' and f[3] ~= owner)
+    or (owner == '' and f[4] and tonumber(f[4]) > tonumber(now))
+  if held then return {'fenced', state, f[3] or ''} end
+  move(id, state, 'FAILED', attempts, now, ttl, 'null', {})
+  state = 'FAILED'
+end
+local entry = keyed_append(KEYS[#KEYS - 1], KEYS[#KEYS], ARGV[6], '', ARGV[7])
+local fields = {'error', ARGV[5]}
+if not f[5] and ARGV[10] ~= '' then
+  fields[#fields + 1] = 'message'
+  fields[#fields + 1] = ARGV[10]
+end
+move(id, state, 'DEAD', attempts, now, ttl, '"dead-lettered"', fields)
+redis.call('PUBLISH', ARGV[8], string.sub(ARGV[9], 1, -2) .. ',"dlq_id":"' .. entry .. '"}')
+return {'ok', entry}
 """
 
 # KEYS: 1 record, 2 history. The record, or nothing if there is none.
@@ -172,6 +279,10 @@ return redis.call('DEL', KEYS[1], KEYS[2]) > 0 and 1 or 0
 _HISTORY = TypeAdapter(list[Transition])
 
 
+def _held(owner: bytes | str) -> str | None:
+    return text(owner) or None
+
+
 def _record(hash_json: bytes | str, history_json: bytes | str) -> JobRecord:
     h = json.loads(hash_json)
     return JobRecord(
@@ -184,6 +295,12 @@ def _record(hash_json: bytes | str, history_json: bytes | str) -> JobRecord:
         error=h.get("error"),
         message=h.get("message"),
         history=_HISTORY.validate_json(history_json),
+        attempt=int(h.get("attempt", 0)),
+        owner=h.get("owner"),
+        lease_until=float(h["lease_until"]) if "lease_until" in h else None,
+        lost=int(h.get("lost", 0)),
+        plan=h.get("plan"),
+        retry_at=float(h["retry_at"]) if "retry_at" in h else None,
     )
 
 
@@ -207,6 +324,9 @@ class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
         self.ttl = ttl
         self._index_keys = [self._all, *(self.key("jobs", "state", s) for s in _STATES)]
         self._transition = self.client.register_script(TRANSITION_LUA)
+        self._claim = self.client.register_script(CLAIM_LUA)
+        self._renew = self.client.register_script(RENEW_LUA)
+        self._bury = self.client.register_script(BURY_LUA)
         self._delete = self.client.register_script(DELETE_LUA)
         self._prune = self.client.register_script(PRUNE_LUA)
         self._read = self.client.register_script(READ_LUA)
@@ -237,6 +357,8 @@ class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
         note: str | None = None,
         message: str | None = None,
         event: tuple[str, str] | None = None,
+        owner: str | None = None,
+        retry_at: float | None = None,
     ) -> list[Any]:
         """Run the transition script; its ``ok`` reply (with the record unless ``event``,
         a (channel, JSON) pair published in the same step, is given), else raise."""
@@ -260,6 +382,8 @@ class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
             "0" if event else "1",
             channel,
             data,
+            owner or "",
+            "" if retry_at is None else repr(float(retry_at)),
         ]
         reply: list[Any] = self._transition(keys=self._keys(job_id), args=args)
         status = text(reply[0])
@@ -268,6 +392,8 @@ class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
         if status == "missing":
             raise not_found(job_id)
         current = JobState(text(reply[1]))
+        if status == "fenced":
+            raise LeaseLostError(lease_lost_message(job_id, owner, current, _held(reply[2])))
         if status == "exists":
             raise IllegalTransitionError(exists_message(job_id, current))
         check(job_id, current, to, expect)
@@ -342,6 +468,86 @@ class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
             "move", job_id, JobState(to), expect=states(expect), result=result, error=error,
             note=note, event=event,
         )  # fmt: skip
+
+    # -- leases -----------------------------------------------------------------------
+    @translate_errors
+    def claim(
+        self,
+        job_id: str,
+        *,
+        attempt: int,
+        owner: str,
+        lease: float,
+        note: str | None = None,
+        announce: Announcement | None = None,
+    ) -> Claim:
+        channel, data = ("", "") if announce is None else self._event(*announce)
+        now = float(self.clock.time())
+        args = [attempt, owner, repr(now), repr(now + lease), json.dumps(note),
+                max(1, round(self.ttl * 1000)), job_id, channel, data]  # fmt: skip
+        reply = self._claim(keys=self._keys(job_id), args=args)
+        status = ClaimStatus(text(reply[0]))
+        if status is ClaimStatus.MISSING:
+            return Claim(status)
+        state, found = JobState(text(reply[1])), int(reply[2])
+        if status is ClaimStatus.STARTED:
+            return Claim(status, state, found, lost=int(reply[3]))
+        if status is ClaimStatus.BUSY:
+            return Claim(status, state, found, retry_in=float(text(reply[3])) - now)
+        if status is ClaimStatus.ENDED:
+            return Claim(status, state, found, plan=text(reply[3]) or None)
+        return Claim(status, state, found)
+
+    @translate_errors
+    def renew(self, job_id: str, *, owner: str, lease: float) -> bool:
+        until = repr(float(self.clock.time()) + lease)
+        return bool(self._renew(keys=[self.key("job", job_id)], args=[owner, until]))
+
+    @translate_errors
+    def end_attempt(
+        self,
+        job_id: str,
+        to: JobState,
+        *,
+        owner: str,
+        result: Any = None,
+        error: str | None = None,
+        note: str | None = None,
+        retry_at: float | None = None,
+        announce: Announcement | None = None,
+    ) -> None:
+        to = JobState(to)
+        check_end(to)
+        event = None if announce is None else self._event(*announce)
+        self._run("move", job_id, to, result=result, error=error, note=note, event=event or
+                  ("", ""), owner=owner, retry_at=retry_at)  # fmt: skip
+
+    @translate_errors
+    def bury(
+        self,
+        job_id: str,
+        *,
+        owner: str | None,
+        error: str,
+        letter: DeadLetter,
+        announce: Announcement,
+    ) -> str | None:
+        channel, data = self._event(*announce)
+        bus = cast(RedisEventBus, announce.bus)  # _event checked it
+        message = letter.payload.get("message")
+        args = [owner or "", repr(float(self.clock.time())), max(1, round(self.ttl * 1000)),
+                job_id, error, encode_payload(letter.payload), letter.key, channel, data,
+                message if isinstance(message, str) else ""]  # fmt: skip
+        reply = self._bury(keys=[*self._keys(job_id), *bus.stream_keys(letter.topic)],
+                           args=args)  # fmt: skip
+        status = text(reply[0])
+        if status == "none":
+            return None
+        if status == "fenced":
+            raise LeaseLostError(
+                lease_lost_message(job_id, owner, JobState(text(reply[1])), _held(reply[2]))
+            )
+        return text(reply[1])
 
     @translate_errors
     def get(self, job_id: str) -> JobRecord:

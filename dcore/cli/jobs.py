@@ -1,4 +1,4 @@
-"""``dcore jobs show JOB_ID | list [--state S] | resend-stale --older-than S``: job records,
+"""``dcore jobs show JOB_ID | list [--state S] | resend-stale [--older-than S]``: job records,
 their state history, and re-sending Celery jobs whose message the broker lost.
 
 Reads the configured job store (``DCORE_JOB_STORE=redis DCORE_REDIS_URL=...`` to see
@@ -33,10 +33,12 @@ def register(subparsers: Any) -> None:
     listing.set_defaults(handler=run_list)
 
     stale = actions.add_parser(
-        "resend-stale", help="send again Celery jobs still PENDING after --older-than seconds"
+        "resend-stale", help="send again Celery jobs whose delivery was lost (workers also "
+                             "do this every DCORE_RECOVERY_INTERVAL seconds)"
     )
-    stale.add_argument("--older-than", type=float, required=True, metavar="SECONDS",
-                       help="only jobs recorded at least this long ago")
+    stale.add_argument("--older-than", type=float, default=None, metavar="SECONDS",
+                       help="a PENDING job counts as lost after this long with its queue "
+                            "empty (default: DCORE_RECOVERY_PENDING_AFTER)")
     stale.add_argument("--limit", type=int, default=1000)
     stale.add_argument("--dry-run", action="store_true", help="list them, send nothing")
     stale.set_defaults(handler=run_resend_stale)
@@ -107,7 +109,7 @@ def run_resend_stale(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return fail(str(exc))
     verb = "would re-send" if args.dry_run else "re-sent"
-    print(f"{verb} {len(sent)} stale PENDING job(s)")
+    print(f"{verb} {len(sent)} lost job(s)")
     for job_id in sent:
         print(f"  {job_id}")
     return 0

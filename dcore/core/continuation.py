@@ -6,16 +6,17 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic
 
+from dcore.core.delivery import Action
 from dcore.core.environment import Environment
 from dcore.core.interfaces import ContextT
-from dcore.core.lifecycle import run_job
+from dcore.core.lifecycle import Delivered, deliver
 from dcore.core.message import (
     ContextEnvelope,
     JobMessage,
     core_function_name,
     trace_propagator,
 )
-from dcore.core.retry import RetryPolicy
+from dcore.core.retry import RetryPolicy, job_policy
 from dcore.core.runner import Stage
 
 if TYPE_CHECKING:
@@ -61,6 +62,40 @@ class Continuation(Generic[ContextT]):
     def __call__(self, context: ContextT) -> Any:
         return self.run(context)
 
+    def job_policy(self) -> RetryPolicy:
+        """The job's re-delivery policy: the Dispatch stage's declared one, else the
+        environment's ``DCORE_JOB_*``."""
+        return job_policy(self.policy, self.environment.settings)
+
+    def deliver(
+        self,
+        context: ContextT,
+        *,
+        attempt: int = 1,
+        final: bool = False,
+        message: str | Callable[[], str | None] | None = None,
+    ) -> Delivered:
+        """One delivery of the remainder as attempt ``attempt`` (see
+        :func:`dcore.core.lifecycle.deliver`): claimed, run, recorded; the report says
+        what the engine does next. ``final``: no delivery will follow a failure, so it
+        is dead-lettered whatever the job policy says. ``message`` is the job's message
+        JSON (or a function making it) when the caller has it (a worker); else it is
+        built only if needed (a dead letter)."""
+        env = self.environment
+        policy = self.job_policy()
+        if final:
+            policy = policy.model_copy(update={"attempts": attempt})
+        scope = trace_propagator().extract(self.trace) if self.trace else contextlib.nullcontext()
+        with scope:
+            return deliver(
+                env,
+                context.job_id,
+                lambda: self.pipeline._run_suffix(self.resume_at, context),
+                attempt=attempt,
+                policy=policy,
+                message=message if message is not None else lambda: self.to_json_or_none(context),
+            )
+
     def run(
         self,
         context: ContextT,
@@ -69,20 +104,24 @@ class Continuation(Generic[ContextT]):
         final: bool = True,
         message: str | Callable[[], str | None] | None = None,
     ) -> Any:
-        """Run the remainder as attempt ``attempt``; ``final`` if none will follow.
-        ``message`` is the job's message JSON (or a function making it) when the caller
-        has it (a worker); else it is built only if needed (a dead letter)."""
-        env = self.environment
-        scope = trace_propagator().extract(self.trace) if self.trace else contextlib.nullcontext()
-        with scope:
-            return run_job(
-                env,
-                context.job_id,
-                lambda: self.pipeline._run_suffix(self.resume_at, context),
-                attempt=attempt,
-                final=final,
-                message=message if message is not None else lambda: self.to_json_or_none(context),
-            )
+        """:meth:`deliver` once and return core_fn's value; a failure is recorded (and
+        dead-lettered when ``final`` or out of attempts) and re-raised."""
+        delivered = self.deliver(context, attempt=attempt, final=final, message=message)
+        return delivered.value(context.job_id)
+
+    def deliver_in_place(self, context: ContextT) -> Delivered:
+        """Deliver until the job is done, carrying out retries, deferrals and requeues
+        here (waiting on the environment's clock): for engines without a broker to hand
+        the next delivery to, such as FastAPI's BackgroundTasks."""
+        clock = self.environment.clock
+        attempt = 1
+        while True:
+            delivered = self.deliver(context, attempt=attempt)
+            outcome = delivered.outcome
+            if outcome.action not in (Action.RETRY, Action.DEFER, Action.REQUEUE):
+                return delivered
+            clock.sleep(outcome.delay)
+            attempt = outcome.attempt
 
     def run_unrecorded(self, context: ContextT) -> Any:
         """Run the remainder without touching the job store (for tests and tools)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from dcore.core.settings import DcoreSettings
 
 if TYPE_CHECKING:
     from dcore.core.interfaces import Dispatch
+    from dcore.core.leases import Heartbeat
     from dcore.core.observe import PipelineObserver
     from dcore.services.events import EventBusInterface
     from dcore.services.jobs import JobStorageInterface
@@ -131,6 +133,21 @@ class Environment:
                 self._services[name] = instance
                 self._owned.append(instance)
             return self._services[name]
+
+    # -- deliveries ----------------------------------------------------------------
+    def new_delivery_id(self) -> str:
+        """A fresh id for one delivery of a job: the owner of the job's lease while it
+        runs (the simulator numbers them instead, so runs repeat)."""
+        return uuid.uuid4().hex
+
+    def keep_lease(self, job_id: str, owner: str, lease: float) -> Heartbeat:
+        """Renew ``owner``'s lease on ``job_id`` while the delivery runs (see
+        :mod:`dcore.core.leases`); stop the returned heartbeat when it ends."""
+        from dcore.core.leases import LeaseKeeper
+
+        return self.resource("dcore.lease_keeper", lambda: LeaseKeeper(self)).keep(
+            job_id, owner, lease
+        )
 
     def resource(self, key: str, factory: Callable[[], S]) -> S:
         """A per-environment singleton (a thread pool, a Celery app), made on first use."""

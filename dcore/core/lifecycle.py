@@ -1,54 +1,90 @@
 """A background job's life: PENDING → RUNNING → SUCCEEDED, or FAILED → (retry | DEAD + DLQ).
 
-Dispatchers and the worker entry point share this one path, so a job's record, its
-state events and its dead letter look the same whichever engine ran it.
+Every engine delivers a job through :func:`deliver`: claim the attempt (taking the job's
+lease), run it while the lease is kept alive, then record how it ended; what follows
+(ack, retry, dead-letter, requeue, defer, skip) is decided by :mod:`dcore.core.delivery`
+and returned for the engine to carry out. So a job's record, its state events and its
+dead letter look the same whichever engine ran it, and the simulator runs this code too.
 
-Only ``Exception`` marks a job FAILED. A ``BaseException`` (a worker being killed, a
-simulated crash) leaves the record RUNNING, exactly as a dead process would, and the
-job comes back by redelivery.
+Only ``Exception`` marks an attempt failed. A ``BaseException`` (a worker being killed,
+a simulated crash) leaves the record RUNNING, exactly as a dead process would: its lease
+runs out and the job comes back by redelivery.
+
+Dead-lettering is :func:`dead_letter`: where the job store can write on the event bus
+(the same Redis server, or both in memory) it is one atomic step; elsewhere the failure
+is recorded first, then the entry is appended with an idempotency key, then the job
+moves DEAD, so a crash in between is finished by the next delivery. Either way a job is
+never DEAD without its dead letter, and never has two.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from pydantic_core import to_jsonable_python
 
 from dcore.core import events
-from dcore.errors import IllegalTransitionError, JobNotFoundError
-from dcore.services.jobs import AnnouncingJobStore, JobState
+from dcore.core.delivery import (
+    Action,
+    Ended,
+    LeaseLost,
+    Outcome,
+    Raised,
+    StoreUnreachable,
+    Succeeded,
+    after_attempt,
+    after_claim,
+)
+from dcore.errors import (
+    IllegalTransitionError,
+    JobNotFoundError,
+    JobStateError,
+    LeaseLostError,
+    ServiceUnavailableError,
+)
+from dcore.services.jobs import (
+    Announcement,
+    Claim,
+    ClaimStatus,
+    DeadLetter,
+    JobState,
+)
 
 if TYPE_CHECKING:
     from dcore.core.environment import Environment
+    from dcore.core.retry import RetryPolicy
+    from dcore.services.jobs import AnnouncingJobStore
 
 __all__ = [
     "CurrentJob",
+    "Delivered",
     "SkippedDuplicate",
     "current_job",
     "dead_letter",
+    "deliver",
     "describe_error",
     "give_up",
     "is_given_up",
-    "run_job",
+    "malformed_key",
     "schedule",
 ]
 
-T = TypeVar("T")
 _log = logging.getLogger("dcore.jobs")
 
 
 class SkippedDuplicate(Exception):
-    """A delivery of a job that already finished; nothing was run."""
+    """A delivery that did not run: the job already finished, the attempt already
+    ended, or another delivery of the job is running it."""
 
-    def __init__(self, job_id: str, state: JobState, result: Any) -> None:
-        super().__init__(f"job {job_id} is already {state}; duplicate delivery skipped")
+    def __init__(self, job_id: str, reason: str | None) -> None:
+        super().__init__(f"job {job_id}: {reason or 'duplicate delivery skipped'}")
         self.job_id = job_id
-        self.state = state
-        self.result = result
 
 
 class CurrentJob(NamedTuple):
@@ -95,91 +131,181 @@ def schedule(env: Environment, job_id: str, *, message: str | None = None) -> No
 
 
 def _announcer(env: Environment) -> AnnouncingJobStore | None:
-    """The job store, if it publishes state events on this environment's bus itself."""
+    """The job store, if it publishes state events on this environment's bus itself
+    (asked by duck typing: a wrapper whose class forwards ``announces_on`` counts)."""
     jobs = env.jobs
-    return jobs if isinstance(jobs, AnnouncingJobStore) and jobs.announces_on(env.events) else None
+    if callable(getattr(type(jobs), "announces_on", None)) and jobs.announces_on(  # type: ignore[attr-defined]
+        env.events
+    ):
+        return cast("AnnouncingJobStore", jobs)
+    return None
 
 
-def _move(
+Message = str | Callable[[], str | None] | None
+
+
+@dataclass
+class Delivered:
+    """One delivery's report: what to do next, and what the attempt returned or raised
+    (``error``: its own failure, for a caller that re-raises it)."""
+
+    outcome: Outcome
+    result: Any = None
+    error: BaseException | None = None
+
+    def value(self, job_id: str) -> Any:
+        """The attempt's result, or raise: its own failure, SkippedDuplicate for a
+        delivery that did not run, ServiceUnavailableError when nothing could be
+        recorded."""
+        if self.error is not None:
+            raise self.error
+        action, reason = self.outcome.action, self.outcome.reason
+        if action is Action.ACK:
+            return self.result
+        if action in (Action.SKIP, Action.DEFER):
+            raise SkippedDuplicate(job_id, reason)
+        if action is Action.REQUEUE:
+            raise ServiceUnavailableError(f"job {job_id} was not run: {reason}")
+        raise JobStateError(f"job {job_id} was dead-lettered: {reason}")
+
+
+def deliver(
     env: Environment,
     job_id: str,
+    fn: Callable[[], Any],
+    *,
+    attempt: int,
+    policy: RetryPolicy,
+    message: Message = None,
+) -> Delivered:
+    """Deliver attempt ``attempt`` of job ``job_id``: claim it, run ``fn`` while keeping
+    the lease, record how it ended, and return what the engine must do next.
+
+    ``message`` (the job's message JSON, or a function building it) is only needed when
+    the record is missing or the job is dead-lettered, so it may be built lazily. A
+    ``BaseException`` from ``fn`` (a dying worker) propagates with the record RUNNING."""
+    owner = env.new_delivery_id()
+    lease = env.settings.lease_ttl
+    claim = _claim(env, job_id, attempt, owner, lease, message)
+    outcome = after_claim(attempt, claim)
+    if outcome.action is Action.DEAD:
+        claimed = isinstance(claim, Claim) and claim.status is ClaimStatus.STARTED
+        holder = owner if claimed else None
+        return Delivered(_record(env, job_id, holder, outcome, None, message, policy))
+    if outcome.action is not Action.RUN:
+        return Delivered(outcome)
+    heartbeat = env.keep_lease(job_id, owner, lease)
+    token = _current_job.set(CurrentJob(job_id, attempt))
+    result: Any = None
+    error: BaseException | None = None
+    try:
+        result = fn()
+        ended: Ended = Succeeded()
+    except Exception as exc:
+        error = exc
+        ended = Raised(exc, describe_error(exc), is_given_up(exc))
+    finally:
+        heartbeat.stop()
+        _current_job.reset(token)
+    outcome = after_attempt(policy, attempt, ended, env.random)
+    return Delivered(_record(env, job_id, owner, outcome, result, message, policy), result,
+                     error)  # fmt: skip
+
+
+def _claim(
+    env: Environment, job_id: str, attempt: int, owner: str, lease: float, message: Message
+) -> Claim | StoreUnreachable:
+    note = f"attempt {attempt}"
+    announce = _announcement(env, events.JOB_STARTED, {"job_id": job_id, "attempt": attempt})
+    try:
+        claim = env.jobs.claim(job_id, attempt=attempt, owner=owner, lease=lease, note=note,
+                               announce=announce)  # fmt: skip
+        if claim.status is ClaimStatus.MISSING:
+            # the job store of the process that scheduled it was not this one's (or was
+            # cleared): start the record here rather than drop the work
+            with contextlib.suppress(IllegalTransitionError):  # a racing delivery made it
+                env.jobs.create(job_id, message=_built(message))
+            claim = env.jobs.claim(job_id, attempt=attempt, owner=owner, lease=lease,
+                                   note=note, announce=announce)  # fmt: skip
+    except ServiceUnavailableError as exc:
+        _log.warning("job %s: job store unreachable at the start: %s", job_id, exc)
+        return StoreUnreachable(describe_error(exc))
+    if announce is None and claim.status is ClaimStatus.STARTED:
+        events.emit(env, events.JOB_STARTED, job_id=job_id, attempt=attempt)
+    return claim
+
+
+def _record(
+    env: Environment,
+    job_id: str,
+    owner: str | None,
+    outcome: Outcome,
+    result: Any,
+    message: Message,
+    policy: RetryPolicy,
+) -> Outcome:
+    """Record ``outcome`` in the job store (fenced by ``owner``'s lease); the outcome to
+    carry out, which is REQUEUE when the store is unreachable and SKIP when the lease
+    was lost meanwhile."""
+    action, attempt = outcome.action, outcome.attempt
+    try:
+        if action is Action.ACK:
+            payload = {"job_id": job_id, "attempt": attempt}
+            _end(env, job_id, owner, JobState.SUCCEEDED, events.JOB_SUCCEEDED, payload,
+                 result=_jsonable(result))  # fmt: skip
+        elif action is Action.RETRY:
+            failed = attempt - 1
+            env.jobs.end_attempt(job_id, JobState.FAILED, owner=_owner(owner),
+                                 error=outcome.reason, note=f"attempt {failed}",
+                                 retry_at=env.clock.time() + outcome.delay)  # fmt: skip
+            events.emit(env, events.JOB_RETRYING, job_id=job_id, attempt=failed,
+                        error=outcome.reason)  # fmt: skip
+        elif action is Action.DEAD:
+            error = outcome.reason or "dead"
+            if owner is not None:  # the failure first, so the dead letter's history has it
+                env.jobs.end_attempt(job_id, JobState.FAILED, owner=owner, error=error,
+                                     note=f"attempt {attempt}")  # fmt: skip
+            dead_letter(env, job_id, error=error, message=_built(message), attempt=attempt)
+    except LeaseLostError as exc:
+        _log.warning("%s", exc)
+        return after_attempt(policy, attempt, LeaseLost(str(exc)))
+    except ServiceUnavailableError as exc:
+        _log.warning("job %s: job store unreachable, delivery put back: %s", job_id, exc)
+        return after_attempt(policy, attempt, StoreUnreachable(describe_error(exc)))
+    return outcome
+
+
+def _owner(owner: str | None) -> str:
+    assert owner is not None, "only a delivery that holds the lease ends its attempt"
+    return owner
+
+
+def _end(
+    env: Environment,
+    job_id: str,
+    owner: str | None,
     to: JobState,
     topic: str,
     payload: dict[str, Any],
     *,
     result: Any = None,
-    note: str | None = None,
 ) -> None:
-    """Move the job and publish the state event: in one atomic step where the store can
-    publish on the bus itself (see AnnouncingJobStore), else one after the other (and a
-    bus that is down does not fail the job)."""
+    """End the attempt and publish its event: in one atomic step where the store can
+    publish on the bus itself, else one after the other (a bus that is down does not
+    fail the job)."""
+    announce = _announcement(env, topic, payload)
+    env.jobs.end_attempt(job_id, to, owner=_owner(owner), result=result, announce=announce)
+    if announce is None:
+        events.emit(env, topic, **payload)
+
+
+def _announcement(env: Environment, topic: str, payload: dict[str, Any]) -> Announcement | None:
     announcer = _announcer(env)
-    if announcer is not None:
-        announcer.transition_announced(job_id, to, env.events, topic, payload, result=result,
-                                       note=note)  # fmt: skip
-        return
-    env.jobs.transition(job_id, to, result=result, note=note)
-    events.emit(env, topic, **payload)
+    return None if announcer is None else Announcement(env.events, topic, payload)
 
 
-def _start(
-    env: Environment, job_id: str, attempt: int, message: Callable[[], str | None]
-) -> None:
-    # one round trip on the hot path: the state machine itself refuses to start a job
-    # that already finished (SUCCEEDED and DEAD cannot move to RUNNING)
-    note = f"attempt {attempt}"
-    started = {"job_id": job_id, "attempt": attempt}
-    try:
-        _move(env, job_id, JobState.RUNNING, events.JOB_STARTED, started, note=note)
-    except JobNotFoundError:
-        # the job store of the process that scheduled it was not this one's (or was
-        # cleared): start the record here rather than drop the work
-        env.jobs.create(job_id, message=message())
-        _move(env, job_id, JobState.RUNNING, events.JOB_STARTED, started, note=note)
-    except IllegalTransitionError:
-        record = env.jobs.get(job_id)
-        raise SkippedDuplicate(job_id, record.state, record.result) from None
-
-
-def run_job(
-    env: Environment,
-    job_id: str,
-    fn: Callable[[], T],
-    *,
-    attempt: int = 1,
-    final: bool = True,
-    message: str | Callable[[], str | None] | None = None,
-) -> T:
-    """Run ``fn`` as attempt ``attempt`` of job ``job_id``, recording every transition.
-
-    ``message`` (the job's message JSON, or a function building it) is only needed when
-    the record is missing or the job is dead-lettered, so it may be built lazily.
-
-    A failure is re-raised after it is recorded. With ``final`` (nobody will deliver the
-    job again) or an error marked by :func:`give_up`, the job goes DEAD and to the
-    dead-letter queue; otherwise it stays FAILED and ``job.retrying`` announces the next
-    delivery."""
-    def message_json() -> str | None:
-        return message() if callable(message) else message
-
-    _start(env, job_id, attempt, message_json)
-    token = _current_job.set(CurrentJob(job_id, attempt))
-    try:
-        result = fn()
-    except Exception as exc:
-        error = describe_error(exc)
-        env.jobs.transition(job_id, JobState.FAILED, error=error, note=f"attempt {attempt}")
-        if final or is_given_up(exc):
-            dead_letter(env, job_id, error=error, message=message_json(), attempt=attempt)
-        else:
-            events.emit(env, events.JOB_RETRYING, job_id=job_id, attempt=attempt, error=error)
-        raise
-    finally:
-        _current_job.reset(token)
-    succeeded = {"job_id": job_id, "attempt": attempt}
-    _move(env, job_id, JobState.SUCCEEDED, events.JOB_SUCCEEDED, succeeded,
-          result=_jsonable(result))
-    return result
+def _built(message: Message) -> str | None:
+    return message() if callable(message) else message
 
 
 def dead_letter(
@@ -189,36 +315,74 @@ def dead_letter(
     error: str,
     message: str | None = None,
     attempt: int | None = None,
-) -> str:
-    """Mark the job DEAD and put its message, error and history on the durable DLQ.
+    owner: str | None = None,
+    key: str | None = None,
+) -> str | None:
+    """Mark the job DEAD with its message, error and history on the durable DLQ, exactly
+    once; returns the entry id (None if the job had already finished: nothing appended).
 
-    The DLQ entry is written before the state changes, so a crash in between leaves the
-    job FAILED with a dead letter (replayable), never DEAD without one."""
+    ``owner`` is the delivery holding the job's lease (its move is fenced); ``key``
+    makes the entry idempotent (default: the job and attempt)."""
     try:
         record = env.jobs.get(job_id)
         history = [t.model_dump(mode="json") for t in record.history]
         stored_message = message or record.message
     except JobNotFoundError:
-        record, history, stored_message = None, [], message
-    entry_id = env.events.append(
-        env.settings.dlq_topic,
-        {
-            "job_id": job_id,
-            "error": error,
-            "message": stored_message,
-            "attempt": attempt,
-            "history": history,
-            "at": env.clock.time(),
-        },
-    )
-    if record is None:
-        env.jobs.create(job_id, message=stored_message)
+        history, stored_message = [], message
+    letter = DeadLetter(env.settings.dlq_topic, {
+        "job_id": job_id,
+        "error": error,
+        "message": stored_message,
+        "attempt": attempt,
+        "history": history,
+        "at": env.clock.time(),
+    }, key or f"{job_id}:{attempt}")  # fmt: skip
+    dead = {"job_id": job_id, "error": error}
+    announcer = _announcer(env)
+    if announcer is not None:
+        return announcer.bury(job_id, owner=owner, error=error, letter=letter,
+                              announce=Announcement(env.events, events.JOB_DEAD, dead))
+    return _bury_in_steps(env, job_id, owner, error, letter, dead)
+
+
+def _bury_in_steps(
+    env: Environment,
+    job_id: str,
+    owner: str | None,
+    error: str,
+    letter: DeadLetter,
+    dead: dict[str, Any],
+) -> str | None:
+    """Dead-lettering where the job store cannot write on the bus: FAILED (planning
+    death), then the keyed append, then DEAD. A crash in between leaves the job FAILED
+    with plan "dead", which the next delivery finishes (the append adds nothing twice)."""
+    jobs = env.jobs
     try:
-        env.jobs.transition(job_id, JobState.DEAD, error=error, note="dead-lettered")
-    except IllegalTransitionError:
-        _log.warning("job %s could not be marked DEAD", job_id, exc_info=True)
-    events.emit(env, events.JOB_DEAD, job_id=job_id, error=error, dlq_id=entry_id)
+        record = jobs.get(job_id)
+    except JobNotFoundError:
+        record = jobs.create(job_id, message=letter.payload.get("message"))
+    if record.state in (JobState.SUCCEEDED, JobState.DEAD):
+        return None
+    if record.state is JobState.RUNNING:
+        if owner is None:
+            raise LeaseLostError(f"job {job_id} is RUNNING under another delivery's lease")
+        jobs.end_attempt(job_id, JobState.FAILED, owner=owner, error=error)
+    entry_id = env.events.append(letter.topic, letter.payload, key=letter.key)
+    try:
+        jobs.transition(job_id, JobState.DEAD, expect={JobState.PENDING, JobState.FAILED},
+                        error=error, note="dead-lettered")  # fmt: skip
+    except IllegalTransitionError:  # another delivery finished the burial meanwhile
+        _log.info("job %s was dead-lettered by another delivery", job_id)
+        return entry_id
+    events.emit(env, events.JOB_DEAD, **dead, dlq_id=entry_id)
     return entry_id
+
+
+def malformed_key(raw: str | bytes) -> str:
+    """The idempotency key of a malformed message's dead letter: the same bytes
+    delivered twice are dead-lettered once."""
+    data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw
+    return "malformed:" + hashlib.blake2b(data, digest_size=12).hexdigest()
 
 
 def _jsonable(value: Any) -> Any:

@@ -310,10 +310,13 @@ class Pipeline(Generic[ContextT]):
                 raise MessageError(f"stage {i} of the message cannot be built: {exc}") from exc
         return pipeline
 
-    def continuation(
-        self, resume_at: int, policy: RetryPolicy | None = None
-    ) -> Continuation[Any]:
+    def continuation(self, resume_at: int) -> Continuation[Any]:
+        """The remainder from stage ``resume_at`` on, with the job policy its Dispatch
+        (the stage before it) declared."""
         self._freeze()
+        assert self._stages is not None
+        before = self._stages[resume_at - 1] if 0 < resume_at <= len(self._stages) else None
+        policy = before.declared_policy if before is not None and before.is_dispatch else None
         return Continuation(self, resume_at, policy)
 
     def _run_suffix(self, resume_at: int, ctx: Any) -> Any:

@@ -61,6 +61,15 @@ class DcoreSettings(BaseSettings):
     message_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     message_max_depth: int = Field(default=32, ge=1, le=150)
 
+    #: seconds a running delivery's lease on its job lasts; renewed every third of it
+    #: while the delivery runs. Another delivery of the job waits while it is live and
+    #: takes over once it ran out (the first delivery's worker is presumed dead)
+    lease_ttl: float = Field(default=15.0, gt=0)
+    #: how often a worker looks for jobs whose delivery was lost (0: never), and how old
+    #: a PENDING job must be before it counts as lost while its queue is empty
+    recovery_interval: float = Field(default=10.0, ge=0)
+    recovery_pending_after: float = Field(default=60.0, gt=0)
+
     job_attempts: int = Field(default=1, ge=1)
     job_backoff: float = Field(default=2.0, ge=1.0)
     job_initial_delay: float = Field(default=1.0, ge=0)

@@ -1,6 +1,9 @@
 """``fastapi``: run the background part in FastAPI's ``BackgroundTasks``, after the
 response is sent.
 
+The job policy applies as on every engine: a failed attempt is retried in the same
+background task after its backoff (see ``Continuation.deliver_in_place``).
+
 The context must carry the request's ``BackgroundTasks`` in a runtime-only field (any
 name; ``background_tasks: Runtime[BackgroundTasks]`` in the examples). This is
 at-most-once: if the web process dies before the task runs, the job stays PENDING.
@@ -8,6 +11,7 @@ at-most-once: if the web process dies before the task runs, the job stays PENDIN
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from dcore.core.handle import JobHandle
@@ -29,15 +33,14 @@ def find_background_tasks(context: Any) -> Any | None:
 
 
 def _run_quietly(next_fn: Continuation[Any], context: Any) -> None:
-    # the failure is already recorded (job FAILED → DEAD + DLQ); raising it into the ASGI
-    # server after the response would only produce a second, context-free traceback
-    try:
-        next_fn(context)
-    except Exception:
-        import logging
-
-        logging.getLogger("dcore.dispatch.fastapi").exception(
-            "background job %s failed", context.job_id
+    # every failure is already recorded (retried per the job policy, then DEAD + DLQ);
+    # raising it into the ASGI server after the response would only produce a second,
+    # context-free traceback
+    delivered = next_fn.deliver_in_place(context)
+    if delivered.error is not None:
+        logging.getLogger("dcore.dispatch.fastapi").error(
+            "background job %s failed (%s)", context.job_id, delivered.outcome.action,
+            exc_info=delivered.error,
         )
 
 

@@ -2,11 +2,12 @@
 
 The pool belongs to the Environment (one per environment, made on first dispatch, not
 at import). ``shutdown(timeout)`` stops taking work, drains what is queued and raises
-``DispatcherShutdownTimeout`` if that takes longer than ``timeout``. A job that fails is
-re-delivered after the job policy's backoff (a timer on the environment's clock) until
-its attempts are used up; then it is DEAD and in the dead-letter queue. The backoff waits
-on its own timer thread, never on a worker, so failing jobs cannot starve the pool; a
-retry already promised is delivered even while the pool shuts down (drain waits for it).
+``DispatcherShutdownTimeout`` if that takes longer than ``timeout``. Each delivery goes
+through :func:`dcore.core.lifecycle.deliver`; this engine only carries out its outcome: a
+retry (after the job policy's backoff), a deferred or requeued delivery is submitted
+again after its delay, on a timer on the environment's clock. The wait happens on its
+own timer thread, never on a worker, so failing jobs cannot starve the pool; a delivery
+already promised is made even while the pool shuts down (drain waits for it).
 """
 
 from __future__ import annotations
@@ -16,24 +17,19 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from dcore.core.delivery import Action
 from dcore.core.environment import Environment, current_environment
 from dcore.core.handle import JobHandle
 from dcore.core.interfaces import Dispatch
-from dcore.core.lifecycle import SkippedDuplicate, dead_letter, describe_error, is_given_up
 from dcore.core.pipeline import Continuation
 from dcore.core.plugins import default_registry, register_plugin
-from dcore.core.retry import RetryPolicy
-from dcore.core.retry import job_policy as resolve_job_policy
 from dcore.errors import DispatchError, DispatcherShutdownTimeout
 
-__all__ = ["ThreadDispatcher", "WorkerPool", "job_policy"]
+__all__ = ["ThreadDispatcher", "WorkerPool"]
 
 _log = logging.getLogger("dcore.dispatch.thread")
-
-
-def job_policy(continuation: Continuation[Any], env: Environment) -> RetryPolicy:
-    """The Dispatch stage's ``retry=``, else the environment's ``DCORE_JOB_*`` policy."""
-    return resolve_job_policy(continuation.policy, env.settings)
+#: outcomes (see dcore.core.delivery) after which this engine delivers the job again
+_DELIVER_AGAIN = frozenset({Action.RETRY, Action.DEFER, Action.REQUEUE})
 
 
 class WorkerPool:
@@ -131,24 +127,16 @@ class ThreadDispatcher(Dispatch[Any]):
 
     def dispatch(self, next_fn: Continuation[Any], context: Any) -> JobHandle:
         env = next_fn.environment
-        policy = job_policy(next_fn, env)
         pool = worker_pool(env)
 
         def attempt(n: int) -> None:
-            final = n >= policy.attempts
-            try:
-                next_fn.run(context, attempt=n, final=final)
-            except Exception as exc:
-                if final or is_given_up(exc) or isinstance(exc, SkippedDuplicate):
-                    raise
-                if not policy.should_retry(exc):
-                    # not a failure the job policy retries (``retry_on``): DEAD now, as
-                    # the Celery task does, instead of re-delivering it
-                    dead_letter(env, context.job_id, error=describe_error(exc),
-                                message=next_fn.to_json_or_none(context), attempt=n)
-                    raise
-                pool.resubmit(attempt, n + 1, delay=policy.delay(n, env.random))
-                raise
+            delivered = next_fn.deliver(context, attempt=n)
+            outcome = delivered.outcome
+            if delivered.error is not None:
+                _log.error("background job %s failed on attempt %d (%s)", context.job_id, n,
+                           outcome.action, exc_info=delivered.error)  # fmt: skip
+            if outcome.action in _DELIVER_AGAIN:
+                pool.resubmit(attempt, outcome.attempt, delay=outcome.delay)
 
         pool.submit(attempt, 1)
         return JobHandle(job_id=context.job_id, status="scheduled")

@@ -71,8 +71,17 @@ class EventBusInterface(ServiceInterface):
 
     # -- durable topics -------------------------------------------------------------
     @abstractmethod
-    def append(self, topic: str, payload: Mapping[str, Any], *, maxlen: int | None = None) -> str:
-        """Append a durable entry; returns its id. ``maxlen`` bounds the topic (oldest go)."""
+    def append(
+        self,
+        topic: str,
+        payload: Mapping[str, Any],
+        *,
+        maxlen: int | None = None,
+        key: str | None = None,
+    ) -> str:
+        """Append a durable entry; returns its id. ``maxlen`` bounds the topic (oldest go).
+        With ``key``, the append is idempotent: while an entry appended with that key is
+        on the topic, appending again adds nothing and returns that entry's id."""
 
     @abstractmethod
     def entries(self, topic: str, *, count: int | None = None) -> list[Event]:

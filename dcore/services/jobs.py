@@ -11,6 +11,15 @@
 
 Every transition is atomic and checked against this table; ``expect=`` turns it into a
 compare-and-set, so two workers racing to start one PENDING job cannot both win.
+
+**Leases.** A delivery starts its attempt with :meth:`~JobStorageInterface.claim`, which
+gives it the job's lease (its delivery id as ``owner``, until ``lease_until``); it renews
+the lease while it runs (:meth:`~JobStorageInterface.renew`) and ends the attempt with
+:meth:`~JobStorageInterface.end_attempt`, fenced by its id: a delivery that lost the
+lease (another took over after it expired) can no longer move the record. A claim of an
+attempt that already ended, or is older than the record's, is refused, so a duplicate
+delivery never adds an attempt; a claim while another delivery's lease is live is refused
+as busy. Which of these outcomes leads to what is decided in :mod:`dcore.core.delivery`.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -31,7 +40,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOWED",
+    "Announcement",
     "AnnouncingJobStore",
+    "Claim",
+    "ClaimStatus",
+    "DeadLetter",
     "JobRecord",
     "JobState",
     "JobStorageInterface",
@@ -71,6 +84,7 @@ class Transition(BaseModel):
 class JobRecord(BaseModel):
     job_id: str
     state: JobState = JobState.PENDING
+    #: how many times the job was started (every claim that started it)
     attempts: int = 0
     created_at: float
     updated_at: float
@@ -78,6 +92,56 @@ class JobRecord(BaseModel):
     error: str | None = None
     message: str | None = None
     history: list[Transition] = Field(default_factory=list)
+    #: the attempt (the message's attempt number) last started
+    attempt: int = 0
+    #: the delivery holding the job's lease while it is RUNNING, and until when
+    owner: str | None = None
+    lease_until: float | None = None
+    #: deliveries of the current attempt lost with their worker (taken over after expiry)
+    lost: int = 0
+    #: with FAILED: what follows, "retry" (at ``retry_at``) or "dead" (being dead-lettered)
+    plan: str | None = None
+    retry_at: float | None = None
+
+
+class ClaimStatus(StrEnum):
+    STARTED = "started"  # this delivery holds the job now
+    BUSY = "busy"  # another delivery's lease is live
+    FINISHED = "finished"  # the job is SUCCEEDED or DEAD
+    ENDED = "ended"  # this attempt ended (FAILED), or the record is at a newer one
+    MISSING = "missing"  # no record (the job was scheduled through another job store)
+
+
+class Claim(NamedTuple):
+    """What :meth:`JobStorageInterface.claim` found (and did)."""
+
+    status: ClaimStatus
+    state: JobState | None = None
+    #: the record's attempt after the claim
+    attempt: int = 0
+    #: STARTED: deliveries of this attempt lost before this one (a takeover counts one)
+    lost: int = 0
+    #: BUSY: seconds until the live lease runs out
+    retry_in: float = 0.0
+    #: ENDED on a FAILED record: its plan ("retry" or "dead")
+    plan: str | None = None
+
+
+class Announcement(NamedTuple):
+    """A state event a store publishes on ``bus`` in the same step as the move."""
+
+    bus: EventBusInterface
+    topic: str
+    payload: Mapping[str, Any]
+
+
+class DeadLetter(NamedTuple):
+    """An entry for the durable dead-letter ``topic``; ``key`` makes the append
+    idempotent (a second append with the same key adds nothing)."""
+
+    topic: str
+    payload: Mapping[str, Any]
+    key: str
 
 
 def check(
@@ -124,6 +188,45 @@ class JobStorageInterface(ServiceInterface):
         note: str | None = None,
     ) -> JobRecord:
         """Atomically move the job to ``to``. Moving to RUNNING counts an attempt."""
+
+    @abstractmethod
+    def claim(
+        self,
+        job_id: str,
+        *,
+        attempt: int,
+        owner: str,
+        lease: float,
+        note: str | None = None,
+        announce: Announcement | None = None,
+    ) -> Claim:
+        """Atomically start ``attempt`` for delivery ``owner`` holding a ``lease`` of that
+        many seconds, unless the job is finished, the attempt ended or is older than the
+        record's (ENDED), or another delivery's lease is live (BUSY). A RUNNING record whose
+        lease ran out is taken over (its delivery was lost: ``lost`` counts it).
+        ``announce`` is published only when the attempt started."""
+
+    @abstractmethod
+    def renew(self, job_id: str, *, owner: str, lease: float) -> bool:
+        """Extend ``owner``'s lease to ``lease`` seconds from now; False if it holds none."""
+
+    @abstractmethod
+    def end_attempt(
+        self,
+        job_id: str,
+        to: JobState,
+        *,
+        owner: str,
+        result: Any = None,
+        error: str | None = None,
+        note: str | None = None,
+        retry_at: float | None = None,
+        announce: Announcement | None = None,
+    ) -> None:
+        """Move ``owner``'s RUNNING attempt to SUCCEEDED or FAILED and drop its lease;
+        LeaseLostError if ``owner`` no longer holds it. FAILED records its plan: "retry"
+        at ``retry_at``, or "dead" without one. ``announce`` (see AnnouncingJobStore)
+        publishes in the same step."""
 
     @abstractmethod
     def list(self, state: JobState | None = None, *, limit: int = 100) -> list[JobRecord]:
@@ -175,3 +278,22 @@ class AnnouncingJobStore(ABC):
         note: str | None = None,
     ) -> None:
         """:meth:`JobStorageInterface.transition`, publishing ``payload`` on ``topic``."""
+
+    @abstractmethod
+    def bury(
+        self,
+        job_id: str,
+        *,
+        owner: str | None,
+        error: str,
+        letter: DeadLetter,
+        announce: Announcement,
+    ) -> str | None:
+        """Dead-letter the job in one atomic step: (fenced by ``owner`` when given) record
+        the attempt FAILED, append ``letter`` to the bus's durable topic unless its key was
+        appended before, move the job DEAD and publish ``announce`` (its payload gets the
+        entry id as ``dlq_id``). Returns the entry id.
+        A job already SUCCEEDED or DEAD is left as it is (None: nothing appended); a
+        missing record is made. Without ``owner``, a RUNNING job whose lease is live is
+        refused (LeaseLostError). So a job is never DEAD without its dead letter, and
+        never has two."""

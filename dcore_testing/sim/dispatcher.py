@@ -9,10 +9,13 @@ Every Dispatch a pipeline builds in a :class:`SimEnvironment` is wrapped by
   and run with ``continuation.run(ctx, attempt=n, final=...)``, so closures simulate.
 
 The broker hands messages to ``workers`` simulated worker processes, one job each at a
-time. A failed attempt is retried after the job policy's backoff (virtual time) until
-the policy's attempts are used; the last one goes DEAD and to the DLQ through the job
-lifecycle. A worker crash leaves the job RUNNING; an at-least-once broker (every
-dispatcher but FastAPI's BackgroundTasks) redelivers it after ``redelivery_after``.
+time. Each delivery goes through production's own path, so the one delivery decision
+(:mod:`dcore.core.delivery`) says what follows and the broker only carries it out: a
+retry after the job policy's backoff, a deferral while another delivery holds the job's
+lease, a requeue when the job store was unreachable (all on virtual time). A worker
+crash leaves the job RUNNING with a lease nobody renews; an at-least-once broker (every
+dispatcher but FastAPI's BackgroundTasks) redelivers it after ``redelivery_after``, and
+that delivery waits for the lease to run out before it takes the job over.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dcore.core.delivery import Action
 from dcore.core.handle import JobHandle
 from dcore.core.interfaces import Dispatch
-from dcore.core.lifecycle import SkippedDuplicate, dead_letter, describe_error, is_given_up
+from dcore.core.lifecycle import Delivered, describe_error
 from dcore.core.message import JobMessage
 from dcore.core.retry import RetryPolicy
-from dcore.errors import MessageError
+from dcore.runtime import deliver_message
 from dcore_testing.sim.errors import WorkerCrash
 
 if TYPE_CHECKING:
@@ -58,7 +62,7 @@ class JobEntry:
 class Delivery:
     entry: JobEntry
     attempt: int
-    cause: str  # first | retry | redelivery | duplicate
+    cause: str  # first | retry | redelivery | duplicate | deferred | requeue
 
 
 class SimDispatcher(Dispatch[Any]):
@@ -102,8 +106,6 @@ class Broker:
 
     # -- hand-off -----------------------------------------------------------------------
     def dispatch(self, inner: Dispatch[Any], next_fn: Continuation[Any], context: Any) -> JobHandle:
-        from dcore.dispatchers.thread import job_policy
-
         sim = self.sim
         job = sim.alias(context.job_id)
         remote = inner.is_remote()
@@ -114,7 +116,7 @@ class Broker:
             at_most_once = self.delivery == "at_most_once"
         entry = JobEntry(
             job=job, job_id=context.job_id, ordinal=int(job[1:]), remote=remote,
-            at_most_once=at_most_once, policy=job_policy(next_fn, sim), message=message,
+            at_most_once=at_most_once, policy=next_fn.job_policy(), message=message,
             continuation=None if remote else next_fn, context=None if remote else context,
         )
         self.entries[job] = entry
@@ -162,6 +164,9 @@ class Broker:
 
     # -- a worker running one delivery -------------------------------------------------------
     def _run(self, d: Delivery) -> None:
+        """One delivery, through production's own path (``deliver_message`` for a
+        shipped job, ``Continuation.deliver`` for an in-process one); the broker only
+        carries out the outcome, as the thread and Celery engines do."""
         sim, entry = self.sim, d.entry
         emit = sim.scheduler.emit
         final = d.attempt >= entry.policy.attempts
@@ -172,12 +177,10 @@ class Broker:
                 raw = entry.message
                 if d.attempt != 1:
                     raw = JobMessage.parse(raw).with_attempt(d.attempt).to_json()
-                from dcore.runtime import run_message
-
-                run_message(raw, environment=sim, final=final)
+                delivered = deliver_message(raw, environment=sim)
             else:
                 assert entry.continuation is not None
-                entry.continuation.run(entry.context, attempt=d.attempt, final=final)
+                delivered = entry.continuation.deliver(entry.context, attempt=d.attempt)
         except WorkerCrash as crash:
             emit("crash", where=crash.where)
             if entry.at_most_once:
@@ -187,27 +190,28 @@ class Broker:
                 after = sim.faults.plan.redelivery_after
                 emit("redeliver", attempt=d.attempt, after=after)
                 self.put(Delivery(entry, d.attempt, "redelivery"), after)
-        except SkippedDuplicate as skipped:
-            emit("skip", state=str(skipped.state))
-        except MessageError as exc:
-            emit("failed", error=sim.scrub(describe_error(exc)), final=True)
-        except Exception as exc:
-            gave_up = is_given_up(exc)
-            # a failure the job policy does not name (``retry_on``) ends the job now, as the
-            # thread and Celery engines do
-            retryable = entry.policy.should_retry(exc)
-            emit("failed", error=sim.scrub(describe_error(exc)),
-                 final=final or gave_up or not retryable)
-            if not final and not gave_up:
-                if retryable:
-                    delay = entry.policy.delay(d.attempt, sim.random)
-                    emit("retry", attempt=d.attempt + 1, delay=delay)
-                    self.put(Delivery(entry, d.attempt + 1, "retry"), delay)
-                else:
-                    dead_letter(sim, entry.job_id, error=describe_error(exc),
-                                message=entry.message, attempt=d.attempt)
-        else:
+            return
+        self._carry_out(d, delivered)
+
+    def _carry_out(self, d: Delivery, delivered: Delivered) -> None:
+        sim, emit = self.sim, self.sim.scheduler.emit
+        outcome = delivered.outcome
+        action = outcome.action
+        if delivered.error is not None:
+            emit("failed", error=sim.scrub(describe_error(delivered.error)),
+                 final=action is Action.DEAD)
+        if action is Action.ACK:
             emit("ack")
+        elif action is Action.SKIP:
+            emit("skip", reason=sim.scrub(outcome.reason or ""))
+        elif action is Action.DEAD:
+            if delivered.error is None:
+                emit("dead", reason=sim.scrub(outcome.reason or ""))
+        else:  # RETRY, DEFER, REQUEUE: deliver again after the delay
+            cause = {Action.RETRY: "retry", Action.DEFER: "deferred",
+                     Action.REQUEUE: "requeue"}[action]
+            emit(str(action), attempt=outcome.attempt, delay=outcome.delay)
+            self.put(Delivery(d.entry, outcome.attempt, cause), outcome.delay)
 
 
 class SimObserver:

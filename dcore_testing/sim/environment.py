@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dcore.core.environment import Environment, use_environment
+from dcore.core.leases import Heartbeat
 from dcore.core.plugins import PluginRegistry
 from dcore.core.settings import DcoreSettings
 from dcore_testing.sim.chooser import Chooser, RandomChooser, ReplayChooser
@@ -113,6 +114,7 @@ class SimEnvironment(Environment):
         self._ids: dict[str, str] = {}
         self._stack: ExitStack | None = None
         self._spawned = 0
+        self._deliveries = 0
         for fault in plan.faults:
             if isinstance(fault, Skew):
                 clock.skew[fault.worker] = clock.skew.get(fault.worker, 0.0) + fault.seconds
@@ -141,6 +143,17 @@ class SimEnvironment(Environment):
                 "fresh()/check_determinism() rebuild the run from its seed; this one was "
                 "made with a custom chooser. Use SimEnvironment(seed=...) instead")
         return type(self)(**self._config)
+
+    # -- deliveries ------------------------------------------------------------------------
+    def new_delivery_id(self) -> str:
+        """Deliveries are numbered (``d1``, ``d2``, …), so a run repeats exactly."""
+        self._deliveries += 1
+        return f"d{self._deliveries}"
+
+    def keep_lease(self, job_id: str, owner: str, lease: float) -> Heartbeat:
+        """Renew the lease on virtual time, every third of it, while the delivery runs;
+        a crashed worker stops renewing (its delivery's ``finally`` stops the timer)."""
+        return _SimHeartbeat(self, job_id, owner, lease)
 
     # -- job aliases ----------------------------------------------------------------------
     def alias(self, job_id: str) -> str:
@@ -187,7 +200,29 @@ class SimEnvironment(Environment):
         if task is not None:
             self.enter_call(op, task)
         self._record_call(op, args)
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
+        if op.startswith("jobs."):
+            self._record_announced(op, args, kwargs, result)
+        return result
+
+    def _record_announced(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                          result: Any) -> None:
+        """The state events (and dead letters) the job store published itself."""
+        if op == "jobs.bury":
+            if result is None:
+                return
+            letter, announce = kwargs["letter"], kwargs["announce"]
+            self._record_call("events.append", (letter.topic, letter.payload))
+            self._record_call("events.publish", (announce.topic, announce.payload))
+            return
+        announce = kwargs.get("announce")
+        if announce is None and len(args) >= 4 and op in ("jobs.create", "jobs.transition"):
+            announce = args[1:4] if op == "jobs.create" else args[2:5]  # (bus, topic, payload)
+        if announce is None:
+            return
+        if op == "jobs.claim" and getattr(result, "status", None) != "started":
+            return
+        self._record_call("events.publish", (announce[1], announce[2]))
 
     def _record_call(self, op: str, args: tuple[Any, ...]) -> None:
         emit = self.scheduler.emit
@@ -336,6 +371,26 @@ class SimEnvironment(Environment):
     def __repr__(self) -> str:
         return (f"SimEnvironment(seed={self.seed!r}, workers={self.workers}, "
                 f"t={self.clock.monotonic()!r}, events={len(self.trace)})")
+
+
+class _SimHeartbeat:
+    """A delivery's lease kept alive by a virtual-time timer (renewing through the
+    backend itself: a renewal is not a step of any task)."""
+
+    def __init__(self, sim: SimEnvironment, job_id: str, owner: str, lease: float) -> None:
+        self.sim = sim
+        self.job_id = job_id
+        self.owner = owner
+        self.lease = lease
+        self.timer = sim.scheduler.call_later(lease / 3, self._renew)
+
+    def _renew(self) -> None:
+        store = self.sim.jobs.inner  # type: ignore[attr-defined]
+        if store.renew(self.job_id, owner=self.owner, lease=self.lease):
+            self.timer = self.sim.scheduler.call_later(self.lease / 3, self._renew)
+
+    def stop(self) -> None:
+        self.timer.cancel()
 
 
 _SETTINGS_CACHE: dict[str, DcoreSettings] = {}

@@ -24,7 +24,7 @@ from dcore_testing.sim.clock import VirtualClock
 from dcore_testing.sim.errors import SimulationError
 from dcore_testing.sim.trace import Trace
 
-__all__ = ["Scheduler", "Task"]
+__all__ = ["Scheduler", "Task", "TimerHandle"]
 
 
 class Task:
@@ -55,8 +55,22 @@ class Task:
         return f"Task({self.name!r}, {state})"
 
 
-# a timer: (when, seq, task or None, token, callback or None)
-_Timer = tuple[float, int, "Task | None", int, "Callable[[], None] | None"]
+class TimerHandle:
+    """A callback timer (:meth:`Scheduler.call_later`); ``cancel()`` drops it, and a
+    cancelled timer never moves virtual time."""
+
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+# a timer: (when, seq, task or None, token, callback timer or None)
+_Timer = tuple[float, int, "Task | None", int, "TimerHandle | None"]
 
 
 class Scheduler:
@@ -97,10 +111,12 @@ class Scheduler:
         self.emit("spawn", task, task=name)
         return task
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         """Run ``callback`` (in the scheduler, not in a task: it must not block) after
-        ``delay`` virtual seconds."""
-        heapq.heappush(self.timers, (self.clock._now + delay, next(self._seq), None, 0, callback))
+        ``delay`` virtual seconds, unless the returned handle is cancelled first."""
+        handle = TimerHandle(callback)
+        heapq.heappush(self.timers, (self.clock._now + delay, next(self._seq), None, 0, handle))
+        return handle
 
     # -- yield points (called from inside a task) ---------------------------------------------
     def yield_(self) -> None:
@@ -198,6 +214,8 @@ class Scheduler:
                     if trace.diverged is not None:
                         raise trace.diverged
                     continue
+                while timers and timers[0][4] is not None and timers[0][4].cancelled:
+                    heappop(timers)
                 if not timers:
                     return "idle"
                 when = timers[0][0]
@@ -210,7 +228,8 @@ class Scheduler:
                 while timers and timers[0][0] <= now:
                     _, _, waker, token, callback = heappop(timers)
                     if callback is not None:
-                        callback()
+                        if not callback.cancelled:
+                            callback.callback()
                     elif waker is not None and waker.token == token and not waker.done:
                         waker.token += 1
                         if waker.waiting_on is not None:

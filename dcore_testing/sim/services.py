@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 __all__ = ["LockProxy", "LocksProxy", "ServiceProxy"]
 
 #: methods that do no I/O: no yield point, no event
-_LOCAL = frozenset({"close", "from_environment", "lock"})
+_LOCAL = frozenset({"close", "from_environment", "lock", "stream_keys"})
+#: the announced forms of a move are the same step as the plain one (same fault target)
+_ALIASES = {"create_announced": "create", "transition_announced": "transition"}
 #: how often (virtual seconds) a waiter re-checks a lock whose expiry it cannot see
 _LOCK_POLL = 0.1
 
@@ -40,15 +42,22 @@ class ServiceProxy:
         """The wrapped backend (calls on it bypass the simulator)."""
         return self._inner
 
+    def announces_on(self, bus: Any) -> bool:
+        """Whether the wrapped job store publishes on ``bus`` itself (no I/O)."""
+        announces = getattr(self._inner, "announces_on", None)
+        return callable(announces) and bool(announces(*unwrapped((bus,), {})[0]))
+
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
-        if name.startswith("_") or name in _LOCAL or not callable(attr):
+        if name.startswith("_") or not callable(attr):
             return attr
-        op = f"{self._service}.{name}"
+        if name in _LOCAL:
+            return _unwrapping(attr)
+        op = f"{self._service}.{_ALIASES.get(name, name)}"
         sim = self._sim
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return sim.service_call(op, attr, args, kwargs)
+            return sim.service_call(op, attr, *unwrapped(args, kwargs))
 
         call.__name__ = name
         call.__doc__ = getattr(attr, "__doc__", None)
@@ -57,6 +66,30 @@ class ServiceProxy:
 
     def __repr__(self) -> str:
         return f"Simulated({self._inner!r})"
+
+
+def unwrapped(args: tuple[Any, ...], kwargs: dict[str, Any]
+              ) -> tuple[tuple[Any, ...], dict[str, Any]]:  # fmt: skip
+    """Arguments with every simulated service replaced by the backend it wraps: a
+    backend handed another service (the job store publishing on the bus) talks to it
+    directly, inside its own single step."""
+    def real(value: Any) -> Any:
+        if isinstance(value, ServiceProxy):
+            return value.inner
+        fields = getattr(value, "_fields", None)  # a NamedTuple (an Announcement)
+        if isinstance(value, tuple) and fields is not None:
+            return type(value)(*(real(getattr(value, f)) for f in fields))
+        return value
+
+    return tuple(real(a) for a in args), {k: real(v) for k, v in kwargs.items()}
+
+
+def _unwrapping(fn: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        args, kwargs = unwrapped(args, kwargs)
+        return fn(*args, **kwargs)
+
+    return call
 
 
 class LocksProxy(ServiceProxy):

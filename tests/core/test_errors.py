@@ -18,6 +18,7 @@ from dcore import (
     Dispatch,
     Environment,
     Execute,
+    JobState,
     NextFn,
     PipelineContext,
     PluginFactory,
@@ -35,6 +36,7 @@ from dcore.errors import (
     InvalidKeyError,
     JobNotFoundError,
     JobStateError,
+    LeaseLostError,
     LockLostError,
     LockNotAcquired,
     MessageError,
@@ -105,6 +107,14 @@ def lock_lost(env: Environment) -> None:
     lock.release()
 
 
+def lease_lost(env: Environment) -> None:
+    env.jobs.create("report-job")
+    env.jobs.claim("report-job", attempt=1, owner="first", lease=5)
+    env.clock.sleep(10)  # the first delivery's worker stopped renewing: taken over
+    env.jobs.claim("report-job", attempt=1, owner="second", lease=5)
+    env.jobs.end_attempt("report-job", JobState.SUCCEEDED, owner="first")
+
+
 def lock_busy(env: Environment) -> None:
     env.locks.lock("reports", ttl=5).acquire()
     with env.locks.lock("reports", ttl=5, timeout=0):
@@ -157,6 +167,8 @@ TRIGGERS: list[tuple[type[DcoreError], Callable[[Environment], Any], list[str]]]
     (JobNotFoundError, lambda env: env.jobs.get("ghost-job"), ["ghost-job"]),
     (LockNotAcquired, lock_busy, ["'reports'"]),
     (LockLostError, lock_lost, ["'reports'", "ttl"]),
+    (LeaseLostError, lease_lost, ["report-job", "delivery first lost its lease",
+                                  "held by delivery second"]),
     (PoolExhausted, pool_exhausted, ["Execute:held", "max_size"]),
     (ServiceUnavailableError, redis_down, ["redis://127.0.0.1:1/0", "DCORE_REDIS_URL"]),
     (DispatchError, dispatch_error, ["PipelineContext has none", "BackgroundTasks"]),

@@ -26,15 +26,15 @@ from dcore import (
     core_function,
 )
 from dcore.celery import (
-    MAX_LOST_DELIVERIES,
     TASK_NAME,
     celery_config,
     execute,
-    job_policy_for,
     make_celery_app,
+    message_for,
     queue_for,
     queue_names,
 )
+from dcore.core.delivery import MAX_LOST_DELIVERIES, Action
 from dcore.dispatchers import celery as celery_dispatcher
 from dcore.errors import DispatchError, ServiceUnavailableError
 
@@ -211,7 +211,7 @@ def test_a_delivery_that_succeeds_records_the_job_succeeded(dcore_env: Environme
     ctx = ShipContext(n=3)
     outcome = execute(_message(ctx).to_json(), environment=dcore_env)
 
-    assert outcome.status == "succeeded"
+    assert outcome.action is Action.ACK
     record = dcore_env.jobs.get(ctx.job_id)
     assert record.state is JobState.SUCCEEDED
     assert record.result == {"n": 3}
@@ -222,21 +222,19 @@ def test_a_failed_attempt_asks_for_the_next_one_after_the_policy_delay(
 ) -> None:
     policy = RetryPolicy(attempts=3, initial=2.0, backoff=3.0)
     ctx = ShipContext(n=1, fail=True)
-    first = _message(ctx, policy)
+    first = _message(ctx, policy).to_json()
 
-    outcome = execute(first.to_json(), environment=dcore_env)
-    assert outcome.status == "retry"
-    assert outcome.countdown == 2.0
+    outcome = execute(first, environment=dcore_env)
+    assert (outcome.action, outcome.attempt, outcome.delay) == (Action.RETRY, 2, 2.0)
     assert dcore_env.jobs.get(ctx.job_id).state is JobState.FAILED
-    second = JobMessage.parse(outcome.next_message or "")
-    assert second.attempt == 2
+    second = message_for(first, outcome)
+    assert JobMessage.parse(second).attempt == 2
 
-    outcome = execute(second.to_json(), environment=dcore_env)
-    assert outcome.status == "retry"
-    assert outcome.countdown == 6.0
+    outcome = execute(second, environment=dcore_env)
+    assert (outcome.action, outcome.attempt, outcome.delay) == (Action.RETRY, 3, 6.0)
 
-    outcome = execute(outcome.next_message, environment=dcore_env)
-    assert outcome.status == "dead"
+    outcome = execute(message_for(second, outcome), environment=dcore_env)
+    assert outcome.action is Action.DEAD
     assert "failed on purpose" in (outcome.reason or "")
     record = dcore_env.jobs.get(ctx.job_id)
     assert record.state is JobState.DEAD
@@ -248,10 +246,8 @@ def test_without_a_stage_policy_the_workers_job_settings_apply(dcore_env: Enviro
     dcore_env.settings.job_initial_delay = 7.0
     message = _message(ShipContext(fail=True))
 
-    assert job_policy_for(message, dcore_env).attempts == 2
     outcome = execute(message.to_json(), environment=dcore_env)
-    assert outcome.status == "retry"
-    assert outcome.countdown == 7.0
+    assert (outcome.action, outcome.delay) == (Action.RETRY, 7.0)
 
 
 def test_a_malformed_message_is_dead_lettered_and_not_retried(dcore_env: Environment) -> None:
@@ -261,7 +257,8 @@ def test_a_malformed_message_is_dead_lettered_and_not_retried(dcore_env: Environ
 
     outcome = execute(json.dumps(data), environment=dcore_env)
 
-    assert outcome.status == "malformed"
+    assert outcome.action is Action.DEAD
+    assert "MessageError" in (outcome.reason or "")
     assert "no_such_stage" in (outcome.reason or "")
     assert dcore_env.jobs.get(data["job_id"]).state is JobState.DEAD
     [letter] = dcore_env.events.entries(dcore_env.settings.dlq_topic)
@@ -270,34 +267,41 @@ def test_a_malformed_message_is_dead_lettered_and_not_retried(dcore_env: Environ
 
 def test_a_second_delivery_of_a_finished_job_is_skipped(dcore_env: Environment) -> None:
     raw = _message(ShipContext(n=2)).to_json()
-    assert execute(raw, environment=dcore_env).status == "succeeded"
-    assert execute(raw, environment=dcore_env, redelivered=True).status == "skipped"
+    assert execute(raw, environment=dcore_env).action is Action.ACK
+    assert execute(raw, environment=dcore_env).action is Action.SKIP
 
 
-def test_a_job_lost_with_its_worker_too_often_goes_dead(dcore_env: Environment) -> None:
+def test_a_job_lost_with_its_worker_too_often_goes_dead(manual_env: Environment) -> None:
     ctx = ShipContext(n=1)
     message = _message(ctx)
-    dcore_env.jobs.create(ctx.job_id)
-    for _ in range(MAX_LOST_DELIVERIES):  # started, then the worker died each time
-        dcore_env.jobs.transition(ctx.job_id, JobState.RUNNING)
+    manual_env.jobs.create(ctx.job_id)
+    lease = manual_env.settings.lease_ttl
+    for n in range(MAX_LOST_DELIVERIES):  # started, then the worker died each time
+        manual_env.jobs.claim(ctx.job_id, attempt=1, owner=f"dead-{n}", lease=lease)
+        manual_env.clock.sleep(lease + 1)
 
-    outcome = execute(message.to_json(), environment=dcore_env, redelivered=True)
+    outcome = execute(message.to_json(), environment=manual_env)
 
-    assert outcome.status == "dead"
+    assert outcome.action is Action.DEAD
     assert "WorkerLost" in (outcome.reason or "")
-    assert dcore_env.jobs.get(ctx.job_id).state is JobState.DEAD
+    assert manual_env.jobs.get(ctx.job_id).state is JobState.DEAD
 
 
-def test_a_redelivered_job_lost_once_runs_again(dcore_env: Environment) -> None:
+def test_a_delivery_lost_once_is_taken_over_after_its_lease(manual_env: Environment) -> None:
     ctx = ShipContext(n=1)
     message = _message(ctx)
-    dcore_env.jobs.create(ctx.job_id)
-    dcore_env.jobs.transition(ctx.job_id, JobState.RUNNING)
+    manual_env.jobs.create(ctx.job_id)
+    lease = manual_env.settings.lease_ttl
+    manual_env.jobs.claim(ctx.job_id, attempt=1, owner="dead", lease=lease)
 
-    outcome = execute(message.to_json(), environment=dcore_env, redelivered=True)
+    outcome = execute(message.to_json(), environment=manual_env)
+    assert (outcome.action, outcome.delay) == (Action.DEFER, lease)  # its lease is live
 
-    assert outcome.status == "succeeded"
-    assert dcore_env.jobs.get(ctx.job_id).attempts == 2
+    manual_env.clock.sleep(lease)
+    outcome = execute(message.to_json(), environment=manual_env)
+    assert outcome.action is Action.ACK
+    record = manual_env.jobs.get(ctx.job_id)
+    assert (record.attempts, record.attempt, record.lost) == (2, 1, 1)
 
 
 class UnreachableJobStore:
@@ -315,7 +319,7 @@ def test_an_unreachable_job_store_requeues_the_delivery(dcore_env: Environment) 
 
     outcome = execute(message.to_json(), environment=env)
 
-    assert outcome.status == "requeue"
+    assert outcome.action is Action.REQUEUE
     assert "unreachable" in (outcome.reason or "")
 
 

@@ -1,8 +1,12 @@
-"""Re-sending Celery jobs whose message the broker lost (still PENDING after a while)."""
+"""Re-sending Celery jobs whose delivery was lost: still PENDING after a while with an
+empty queue, RUNNING with a lease nobody renews, FAILED with a retry that never came."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,6 +15,7 @@ from dcore import (
     DcoreSettings,
     Dispatch,
     Environment,
+    JobMessage,
     JobState,
     PipelineContext,
     core_function,
@@ -31,11 +36,21 @@ def lost_core(ctx: LostContext) -> int:
 
 
 class RecordingApp:
+    """Records what would be sent; ``queued`` says how many messages each queue holds."""
+
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
+        self.queued: dict[str, int] = {}
 
     def send_task(self, name: str, **options: Any) -> None:
         self.sent.append({"name": name, **options})
+
+    @contextlib.contextmanager
+    def connection_for_read(self) -> Iterator[Any]:
+        declare = lambda queue, passive: SimpleNamespace(  # noqa: E731
+            message_count=self.queued.get(queue, 0))
+        yield SimpleNamespace(default_channel=SimpleNamespace(queue_declare=declare),
+                              channel_errors=())
 
     def close(self) -> None:
         pass
@@ -78,17 +93,45 @@ def test_only_jobs_pending_longer_than_the_cutoff_are_sent_again(env: Environmen
     assert env.jobs.get(young.job_id).state is JobState.PENDING
 
 
-def test_started_and_finished_jobs_are_never_sent_again(env: Environment) -> None:
+def test_a_pending_job_behind_a_backlog_is_left_in_its_queue(env: Environment) -> None:
     app = env.resource("dcore.celery_app", RecordingApp)
-    running, done = _dispatch(1), _dispatch(2)
-    env.jobs.transition(running.job_id, JobState.RUNNING)
-    env.jobs.transition(done.job_id, JobState.RUNNING)
-    env.jobs.transition(done.job_id, JobState.SUCCEEDED)
-    env.clock.sleep(3600)
+    job = _dispatch(1)
+    env.clock.sleep(120)
     app.sent.clear()
+    app.queued[f"work.{job.shard_key % 2}"] = 500  # its message may still be in there
 
     assert resend_stale(env, older_than=60) == []
     assert app.sent == []
+
+
+def test_a_running_job_is_sent_again_only_once_its_lease_ran_out(env: Environment) -> None:
+    app = env.resource("dcore.celery_app", RecordingApp)
+    running, done = _dispatch(1), _dispatch(2)
+    lease = env.settings.lease_ttl
+    env.jobs.claim(running.job_id, attempt=1, owner="worker-a", lease=lease)
+    env.jobs.claim(done.job_id, attempt=1, owner="worker-b", lease=lease)
+    env.jobs.end_attempt(done.job_id, JobState.SUCCEEDED, owner="worker-b")
+    app.sent.clear()
+
+    assert resend_stale(env, older_than=3600) == []  # its worker is renewing the lease
+    env.clock.sleep(lease + 1)  # ... and then it stopped (died)
+    assert resend_stale(env, older_than=3600) == [running.job_id]
+    [sent] = app.sent
+    assert JobMessage.parse(sent["args"][0]).attempt == 1  # the same attempt, taken over
+
+
+def test_a_retry_that_never_came_is_sent_as_the_next_attempt(env: Environment) -> None:
+    app = env.resource("dcore.celery_app", RecordingApp)
+    job = _dispatch(1)
+    env.jobs.claim(job.job_id, attempt=1, owner="worker-a", lease=env.settings.lease_ttl)
+    env.jobs.end_attempt(job.job_id, JobState.FAILED, owner="worker-a", error="boom",
+                         retry_at=env.clock.time() + 5)
+    app.sent.clear()
+
+    assert resend_stale(env, older_than=3600) == []  # not due yet
+    env.clock.sleep(5 + env.settings.lease_ttl + 1)
+    assert resend_stale(env, older_than=3600) == [job.job_id]
+    assert JobMessage.parse(app.sent[0]["args"][0]).attempt == 2
 
 
 def test_dry_run_lists_without_sending_and_a_negative_age_is_refused(env: Environment) -> None:
@@ -114,7 +157,7 @@ def test_cli_resend_stale_reports_what_it_sent(
     assert main(["jobs", "resend-stale", "--older-than", "10"]) == 0
 
     out = capsys.readouterr().out
-    assert "re-sent 1 stale PENDING job(s)" in out
+    assert "re-sent 1 lost job(s)" in out
     assert job.job_id in out
     assert [s["task_id"] for s in app.sent] == [job.job_id]
 
