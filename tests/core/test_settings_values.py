@@ -146,7 +146,7 @@ def test_a_valid_environment_builds_as_before(
 #: the settings whose type can reject text (every str-like one accepts anything)
 _TYPED = [name for name, field in DcoreSettings.model_fields.items()
           if accepted_form(name) not in {"text", "a file system path"}]
-_ENV_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+_ENV_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
                     max_size=12)
 
 

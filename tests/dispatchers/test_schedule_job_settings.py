@@ -1,4 +1,4 @@
-# mypy: disable-error-code="call-arg,arg-type"
+# mypy: disable-error-code="abstract,call-arg,arg-type"
 # (mypy cannot see that calling an interface, Dispatch("name"), makes a StageRef)
 """``schedule_job`` with a dispatcher name no plugin has: DCORE_DISPATCHER is named when
 the setting chose it; a ``using=`` option in code is reported as the plugin it names."""
