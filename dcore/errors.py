@@ -7,8 +7,11 @@ also subclasses it, so ``except TypeError`` and friends keep working::
     ├── PipelineDefinitionError (ValueError)   bad chain: second Dispatch, chain after run()
     ├── PluginError
     │   ├── PluginNotFoundError (LookupError)  unknown plugin name (lists names, suggests one)
+    │   │   └── BackendNotFoundError           one a setting chose: names DCORE_STORAGE … too
     │   ├── PluginOptionsError (TypeError)     options that do not fit the constructor
     │   └── DuplicatePluginError (ValueError)  a name registered twice without replace=True
+    ├── ConfigurationError (ValueError)        a setting whose value cannot be used (names
+    │                                          the DCORE_ variable and the accepted form)
     ├── ContextSerializationError (TypeError)  a context that cannot cross a remote hand-off
     ├── MessageError (ValueError)              a JobMessage that cannot be run (→ DLQ)
     ├── StorageError
@@ -24,6 +27,10 @@ also subclasses it, so ``except TypeError`` and friends keep working::
     ├── ServiceUnavailableError (ConnectionError)  a backend that cannot be reached
     └── DispatchError                               a dispatcher that could not hand off
         └── DispatcherShutdownTimeout (TimeoutError)
+
+and one warning, outside the tree because it does not stop anything::
+
+    ConfigurationWarning (UserWarning)   an unknown DCORE_* variable (a typo is ignored otherwise)
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
+    "BackendNotFoundError",
+    "ConfigurationError",
+    "ConfigurationWarning",
     "ContextSerializationError",
     "DcoreError",
     "DispatchError",
@@ -92,6 +102,32 @@ class PluginOptionsError(PluginError, TypeError):
 
 class DuplicatePluginError(PluginError, ValueError):
     """A plugin name is already taken for that interface."""
+
+
+class ConfigurationError(DcoreError, ValueError):
+    """A ``DCORE_*`` variable (or a ``DcoreSettings`` keyword) has a value dcore cannot use.
+
+    The message names the variable as the operator spelled it, the bad value and the
+    accepted form, e.g. ``DCORE_THREAD_WORKERS='abc' is not valid: expected an integer >= 1``.
+    """
+
+
+class BackendNotFoundError(PluginNotFoundError):
+    """A backend setting (``DCORE_STORAGE``, ``DCORE_DISPATCHER`` …) names no registered plugin.
+
+    The message starts with the setting that chose it, as given (``DCORE_STORAGE='minoi'``,
+    or ``DcoreSettings(storage='minoi')`` in code). Deliberately not a ConfigurationError:
+    that is a ``ValueError``, which the plugin factory would report as a plugin's rejected
+    options; as a ``LookupError`` it reaches the caller as an unknown plugin always did."""
+
+    def __init__(self, setting: str, interface: str, name: str, registered: Iterable[str]) -> None:
+        super().__init__(interface, name, registered)
+        self.setting = setting
+        self.args = (f"{setting} is not valid: {self.args[0]}",)
+
+
+class ConfigurationWarning(UserWarning):
+    """A ``DCORE_*`` variable that no setting reads, most likely a misspelled one."""
 
 
 class ContextSerializationError(DcoreError, TypeError):

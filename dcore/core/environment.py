@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from dcore.core.clock import Clock, SystemClock
 from dcore.core.plugins import PluginRegistry, current_registry
 from dcore.core.settings import DcoreSettings
+from dcore.errors import BackendNotFoundError, PluginNotFoundError
 
 if TYPE_CHECKING:
     from dcore.core.interfaces import Dispatch
@@ -127,8 +128,14 @@ class Environment:
                     "jobs": JobStorageInterface,
                     "locks": LockInterface,
                 }[name]
-                backend = getattr(self.settings, _SERVICE_SETTINGS[name])
-                cls: Any = self.registry.get(interface, backend)
+                field = _SERVICE_SETTINGS[name]
+                backend = getattr(self.settings, field)
+                try:
+                    cls: Any = self.registry.get(interface, backend)
+                except PluginNotFoundError as exc:  # name the variable that chose it
+                    raise BackendNotFoundError(
+                        self.settings.as_given(field), exc.interface, exc.name, exc.registered
+                    ) from None
                 instance = cls.from_environment(self)
                 self._services[name] = instance
                 self._owned.append(instance)

@@ -15,6 +15,7 @@ from dcore.core.interfaces import Dispatch
 from dcore.core.pipeline import Continuation
 from dcore.core.plugins import default_registry, register_plugin
 from dcore.dispatchers.fastapi import find_background_tasks
+from dcore.errors import BackendNotFoundError, PluginNotFoundError
 
 __all__ = ["ScheduleJob"]
 
@@ -33,7 +34,14 @@ class ScheduleJob(Dispatch[Any]):
             self._fastapi = factory.create(Dispatch, "fastapi")
             self._thread = factory.create(Dispatch, "thread")
         else:
-            self._explicit = factory.create(Dispatch, self.using)
+            try:
+                self._explicit = factory.create(Dispatch, self.using)
+            except PluginNotFoundError as exc:
+                if using or (exc.interface, exc.name) != ("Dispatch", self.using):
+                    raise
+                raise BackendNotFoundError(  # chosen by DCORE_DISPATCHER: say so
+                    env.settings.as_given("dispatcher"), exc.interface, exc.name, exc.registered
+                ) from None
 
     def is_remote(self) -> bool:
         return self._explicit is not None and self._explicit.is_remote()

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from dcore import (
     DcoreSettings,
@@ -20,6 +19,7 @@ from dcore import (
     use_environment,
 )
 from dcore.backends.memory import MemoryEventBus
+from dcore.errors import ConfigurationError
 from dcore.services import StorageInterface
 
 
@@ -65,7 +65,7 @@ def test_imports_also_accept_json_list(clean_variables: pytest.MonkeyPatch) -> N
 
 def test_invalid_variable_names_the_setting(clean_variables: pytest.MonkeyPatch) -> None:
     clean_variables.setenv("DCORE_THREAD_WORKERS", "0")
-    with pytest.raises(ValidationError, match="thread_workers"):
+    with pytest.raises(ConfigurationError, match="DCORE_THREAD_WORKERS='0' is not valid"):
         DcoreSettings()
 
 

@@ -27,6 +27,8 @@ from dcore import (
     use_environment,
 )
 from dcore.errors import (
+    BackendNotFoundError,
+    ConfigurationError,
     ContextSerializationError,
     DcoreError,
     DispatchError,
@@ -173,6 +175,11 @@ TRIGGERS: list[tuple[type[DcoreError], Callable[[Environment], Any], list[str]]]
     (ServiceUnavailableError, redis_down, ["redis://127.0.0.1:1/0", "DCORE_REDIS_URL"]),
     (DispatchError, dispatch_error, ["PipelineContext has none", "BackgroundTasks"]),
     (DispatcherShutdownTimeout, shutdown_timeout, ["1 background job(s)"]),
+    (ConfigurationError, lambda env: DcoreSettings(thread_workers="abc"),
+     ["DcoreSettings(thread_workers='abc')", "expected an integer >= 1"]),
+    (BackendNotFoundError,
+     lambda env: Environment(DcoreSettings(storage="minoi"), registry=env.registry).storage,
+     ["DcoreSettings(storage='minoi')", "'minoi'", "Did you mean 'minio'?"]),
 ]
 
 
@@ -226,6 +233,8 @@ def test_every_error_is_drawn_in_the_module_docstring_and_exported() -> None:
         (PoolExhausted, TimeoutError),
         (ServiceUnavailableError, ConnectionError),
         (DispatcherShutdownTimeout, TimeoutError),
+        (ConfigurationError, ValueError),
+        (BackendNotFoundError, LookupError),
     ],
 )
 def test_errors_also_subclass_the_matching_builtin(
