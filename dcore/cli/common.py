@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["fail", "load_object"]
+__all__ = ["fail", "load_object", "print_help"]
+
+Handler = Callable[[argparse.Namespace], int]
 
 
 def load_object(spec: str) -> Any:
@@ -32,3 +36,12 @@ def load_object(spec: str) -> Any:
 def fail(message: str) -> int:
     print(f"dcore: {message}", file=sys.stderr)
     return 1
+
+
+def print_help(parser: argparse.ArgumentParser) -> Handler:
+    """The handler of a command given without its subcommand (bare ``dcore``, ``dcore
+    dlq``): that command's full help on stderr and exit 2, as for any usage error."""
+    def handler(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+    return handler

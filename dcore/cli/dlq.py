@@ -23,14 +23,15 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from dcore.cli.common import fail
+from dcore.cli.common import fail, print_help
 
 __all__ = ["register", "replay_entry"]
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("dlq", help="list, show, replay or purge dead-lettered jobs")
-    actions = parser.add_subparsers(dest="dlq_action", required=True, metavar="ACTION")
+    parser.set_defaults(handler=print_help(parser))
+    actions = parser.add_subparsers(dest="dlq_action", metavar="ACTION")
 
     listing = actions.add_parser("list", help="one line per dead-lettered job")
     listing.add_argument("--json", action="store_true", help="print JSON lines")

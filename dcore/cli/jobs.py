@@ -12,14 +12,15 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from dcore.cli.common import fail
+from dcore.cli.common import fail, print_help
 
 __all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("jobs", help="show job records and their state history")
-    actions = parser.add_subparsers(dest="jobs_action", required=True, metavar="ACTION")
+    parser.set_defaults(handler=print_help(parser))
+    actions = parser.add_subparsers(dest="jobs_action", metavar="ACTION")
 
     show = actions.add_parser("show", help="a job's state, attempts, error and history")
     show.add_argument("job_id", metavar="JOB_ID")
