@@ -11,22 +11,35 @@ import argparse
 import sys
 from typing import Any
 
-from dcore.cli.common import fail, load_object
+from dcore.cli.common import call_signature_error, fail, load_object, positive_int
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "scenario_problem"]
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("explore", help="run a simulator scenario over many seeds")
     parser.add_argument("target", metavar="MODULE:SCENARIO", help="a scenario function")
-    parser.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
+    parser.add_argument("--seeds", type=positive_int, default=100,
+                        help="how many seeds (default 100)")
     parser.add_argument("--start", type=int, default=0, help="first seed (default 0)")
-    parser.add_argument("--workers", type=int, default=None, help="override worker count")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="override worker count")
     parser.add_argument("--trace-dir", default="dcore-traces",
                         help="where failing traces go (default dcore-traces)")
-    parser.add_argument("--max-failures", type=int, default=None,
+    parser.add_argument("--max-failures", type=positive_int, default=None,
                         help="stop after this many failing seeds")
     parser.set_defaults(handler=run)
+
+
+def scenario_problem(target: str, scenario: Any) -> str | None:
+    """Why ``scenario`` cannot be run as ``scenario(sim)``, or None."""
+    if not callable(scenario):
+        return f"{target} is a {type(scenario).__name__}, not a scenario function"
+    why = call_signature_error(scenario, None)
+    if why is not None:
+        return (f"{target} cannot be called with the simulation ({why}); a scenario is a "
+                "function taking one argument, the SimEnvironment")
+    return None
 
 
 def _bar(done: int, total: int, failures: int) -> str:
@@ -42,13 +55,12 @@ def run(args: argparse.Namespace) -> int:
     missing = testing_missing()
     if missing:
         return fail(missing)
-    if args.seeds < 1:
-        return fail(f"--seeds must be at least 1, got {args.seeds}")
     from dcore_testing.sim.explore import explore
 
     scenario = load_object(args.target)
-    if not callable(scenario):
-        return fail(f"{args.target} is a {type(scenario).__name__}, not a scenario function")
+    why = scenario_problem(args.target, scenario)
+    if why is not None:
+        return fail(why)
     overrides: dict[str, Any] = {}
     if args.workers is not None:
         overrides["workers"] = args.workers

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from dcore.cli.common import fail, print_help
+from dcore.cli.common import fail, finite_float, positive_int, print_help
 
 __all__ = ["register"]
 
@@ -30,15 +30,15 @@ def register(subparsers: Any) -> None:
     listing = actions.add_parser("list", help="recent jobs, newest first")
     listing.add_argument("--state", type=str.upper, default=None,
                          help="only jobs in this state (PENDING, RUNNING, SUCCEEDED, ...)")
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--limit", type=positive_int, default=20)
     listing.set_defaults(handler=run_list)
 
     stale = actions.add_parser(
         "resend-stale", help="send again Celery jobs still PENDING after --older-than seconds"
     )
-    stale.add_argument("--older-than", type=float, required=True, metavar="SECONDS",
+    stale.add_argument("--older-than", type=finite_float, required=True, metavar="SECONDS",
                        help="only jobs recorded at least this long ago")
-    stale.add_argument("--limit", type=int, default=1000)
+    stale.add_argument("--limit", type=positive_int, default=1000)
     stale.add_argument("--dry-run", action="store_true", help="list them, send nothing")
     stale.set_defaults(handler=run_resend_stale)
 

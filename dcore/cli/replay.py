@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check(trace: Any) -> int:
     from dcore.cli.common import load_object
+    from dcore.cli.explore import scenario_problem
     from dcore_testing.sim.errors import ReplayDivergence
     from dcore_testing.sim.explore import replay
 
@@ -73,6 +74,9 @@ def _check(trace: Any) -> int:
         return fail("the trace names no scenario (MODULE:FUNCTION) to re-run; "
                     "only traces written by `dcore explore` can be checked")
     scenario = load_object(str(name))
+    why = scenario_problem(str(name), scenario)
+    if why is not None:
+        return fail(why)
     try:
         outcome = replay(scenario, trace)
     except ReplayDivergence as exc:
