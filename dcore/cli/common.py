@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import inspect
 import math
 import os
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 __all__ = [
@@ -18,6 +21,7 @@ __all__ = [
     "describe_failure",
     "fail",
     "finite_float",
+    "import_file",
     "load_object",
     "positive_int",
     "print_help",
@@ -27,21 +31,24 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def load_object(spec: str) -> Any:
-    """Import ``pkg.mod:attr.path`` (the current directory is importable, as with python -m).
+    """Import ``pkg.mod:attr.path`` or ``path/to/file.py:attr.path`` (the current
+    directory is importable, as with python -m).
 
     Every way this can go wrong exits with one line naming ``spec``: the module cannot be
     found, raises while it is imported, or lacks the attribute."""
-    module_name, sep, attr = spec.partition(":")
+    module_name, sep, attr = spec.rpartition(":")  # a Windows path has a colon too
     if not sep or not module_name or not attr:
-        raise SystemExit(f"dcore: expected MODULE:OBJECT, got {spec!r}")
-    if not all(part.isidentifier() for part in module_name.split(".")):
-        raise SystemExit(f"dcore: {module_name!r} in {spec!r} is not a module name; "
-                         "expected a dotted name such as 'app.pipelines'")
+        raise SystemExit(f"dcore: expected MODULE:OBJECT or FILE.py:OBJECT, got {spec!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    by_path = _is_path(module_name)
+    if not by_path and not all(part.isidentifier() for part in module_name.split(".")):
+        raise SystemExit(f"dcore: {module_name!r} in {spec!r} is not a module name; "
+                         "expected a dotted name such as 'app.pipelines' or a .py file")
     try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
+        target: Any = import_file(module_name) if by_path else importlib.import_module(
+            module_name)
+    except (ImportError, FileNotFoundError) as exc:
         raise SystemExit(f"dcore: cannot import {module_name!r}: {exc}") from None
     except Exception as exc:
         raise SystemExit(f"dcore: importing {module_name!r} raised "
@@ -52,6 +59,40 @@ def load_object(spec: str) -> Any:
         except AttributeError:
             raise SystemExit(f"dcore: {module_name!r} has no attribute {attr!r}") from None
     return target
+
+
+def _is_path(module_name: str) -> bool:
+    return module_name.endswith(".py") or "/" in module_name or os.sep in module_name
+
+
+def import_file(path_text: str) -> ModuleType:
+    """Import a ``.py`` file as pytest's importlib mode does: under a module name made of
+    its path relative to the current directory (``tests/test_orders.py`` becomes
+    ``tests.test_orders``; a file elsewhere is named by its stem), registered in
+    ``sys.modules`` so dataclasses and pickling find it. A file imported already under
+    that name is reused."""
+    path = Path(path_text).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"no file {path_text!r} (from {os.getcwd()})")
+    try:
+        relative = path.relative_to(Path.cwd().resolve())
+    except ValueError:
+        relative = Path(path.name)
+    name = ".".join(relative.with_suffix("").parts)
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+        return loaded
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path_text!r} is not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
 
 
 def call_signature_error(fn: Any, *args: Any) -> str | None:

@@ -1,8 +1,9 @@
 """``dcore explore MODULE:SCENARIO --seeds N``: run a simulator scenario over many seeds.
 
-A scenario is a function taking a ``SimEnvironment``; its ``sim_options`` (workers,
-faults, settings) configure each run. A progress bar goes to stderr, each failing
-seed's trace to ``--trace-dir``, and the exit code is 1 when any seed failed.
+A scenario is a function taking a ``SimEnvironment`` (named ``pkg.mod:fn`` or
+``path/to/file.py:fn``); its ``sim_options`` (workers, faults, settings) configure each
+run. A progress bar goes to stderr, each failing seed's trace to ``--trace-dir``, and
+the exit code is 1 when any seed failed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ __all__ = ["register", "run", "scenario_problem"]
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("explore", help="run a simulator scenario over many seeds")
-    parser.add_argument("target", metavar="MODULE:SCENARIO", help="a scenario function")
+    parser.add_argument("target", metavar="MODULE:SCENARIO",
+                        help="a scenario function: pkg.module:name or path/to/file.py:name")
     parser.add_argument("--seeds", type=positive_int, default=100,
                         help="how many seeds (default 100)")
     parser.add_argument("--start", type=int, default=0, help="first seed (default 0)")
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     why = scenario_problem(args.target, scenario)
     if why is not None:
         return fail(why)
-    overrides: dict[str, Any] = {}
+    # the trace names the scenario as it was given, so `dcore replay --check` finds it
+    overrides: dict[str, Any] = {"name": args.target}
     if args.workers is not None:
         overrides["workers"] = args.workers
     total = args.seeds

@@ -15,7 +15,8 @@ __all__ = ["register"]
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("graph", help="print a pipeline's stages (text or Mermaid)")
-    parser.add_argument("target", metavar="MODULE:OBJECT", help="a Pipeline or a factory of one")
+    parser.add_argument("target", metavar="MODULE:OBJECT",
+                        help="a Pipeline or a factory of one: pkg.module:name or file.py:name")
     parser.add_argument("--mermaid", action="store_true", help="print a Mermaid flowchart")
     parser.set_defaults(handler=run)
 

@@ -99,7 +99,7 @@ def test_graph_of_a_relative_module_name_is_refused(module: str) -> None:
     with pytest.raises(SystemExit) as info:
         main(["graph", "..x:p"])
     assert str(info.value.code) == ("dcore: '..x' in '..x:p' is not a module name; expected "
-                                    "a dotted name such as 'app.pipelines'")
+                                    "a dotted name such as 'app.pipelines' or a .py file")
 
 
 # -- arguments ------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def test_graph_of_something_else_fails_naming_it(
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        ("no_colon", "expected MODULE:OBJECT, got 'no_colon'"),
+        ("no_colon", "expected MODULE:OBJECT or FILE.py:OBJECT, got 'no_colon'"),
         ("no_such_module_xyz:p", "cannot import 'no_such_module_xyz'"),
     ],
 )
