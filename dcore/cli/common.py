@@ -23,6 +23,7 @@ __all__ = [
     "finite_float",
     "import_file",
     "load_object",
+    "note_process_local",
     "positive_int",
     "print_help",
 ]
@@ -145,6 +146,30 @@ def _invalid(exc: Any) -> str:
             where = f"DCORE_{where.upper()}{shown}" if where else "DCORE_*"
         parts.append(f"{where}: {err['msg']}")
     return f"invalid {'setting' if settings else exc.title}: {'; '.join(parts)}"
+
+
+#: service attribute → (what it is, the variable that picks its backend)
+_SERVICES = {"events": ("event bus", "DCORE_EVENT_BUS"), "jobs": ("job store", "DCORE_JOB_STORE")}
+
+
+def note_process_local(env: Any, *services: str) -> None:
+    """Say on stderr when a command reads a store that lives in its own process.
+
+    The embedded defaults (``memory`` event bus and job store) are created empty by this
+    very command, so "the dead-letter queue is empty" or "no jobs" would say nothing about
+    the workers; the note names the variables that point the command at their store."""
+    from dcore.backends.memory import MemoryEventBus, MemoryJobStore
+
+    kinds: dict[str, type] = {"events": MemoryEventBus, "jobs": MemoryJobStore}
+    local = [name for name in services if isinstance(getattr(env, name), kinds[name])]
+    if not local:
+        return
+    what = " and the ".join(_SERVICES[name][0] for name in local)
+    are = "are" if len(local) > 1 else "is"
+    variables = " ".join(f"{_SERVICES[name][1]}=redis" for name in local)
+    print(f"dcore: note: the {what} {are} in memory, local to this process: it starts empty "
+          "in every process, so it cannot show what your workers recorded. Point the command "
+          f"at their store: {variables} DCORE_REDIS_URL=redis://HOST:6379/0", file=sys.stderr)
 
 
 def print_help(parser: argparse.ArgumentParser) -> Handler:

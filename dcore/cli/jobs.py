@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from dcore.cli.common import fail, finite_float, positive_int, print_help
+from dcore.cli.common import fail, finite_float, note_process_local, positive_int, print_help
 
 __all__ = ["register"]
 
@@ -43,15 +43,23 @@ def register(subparsers: Any) -> None:
     stale.set_defaults(handler=run_resend_stale)
 
 
+def _env() -> Any:
+    """The configured environment; a note on stderr if its job store is process-local."""
+    from dcore.core.environment import current_environment
+
+    env = current_environment()
+    note_process_local(env, "jobs")
+    return env
+
+
 def _when(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from dcore.core.environment import current_environment
     from dcore.errors import JobNotFoundError
 
-    env = current_environment()
+    env = _env()
     try:
         record = env.jobs.get(args.job_id)
     except JobNotFoundError as exc:
@@ -76,7 +84,6 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from dcore.core.environment import current_environment
     from dcore.services.jobs import JobState
 
     state = None
@@ -85,7 +92,7 @@ def run_list(args: argparse.Namespace) -> int:
             state = JobState(args.state)
         except ValueError:
             return fail(f"unknown state {args.state!r}; one of: {', '.join(JobState)}")
-    records = current_environment().jobs.list(state, limit=args.limit)
+    records = _env().jobs.list(state, limit=args.limit)
     if not records:
         print("no jobs" + (f" in state {state}" if state else ""))
         return 0
@@ -96,14 +103,12 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_resend_stale(args: argparse.Namespace) -> int:
-    from dcore.core.environment import current_environment
-
     try:
         from dcore.celery import resend_stale
     except ImportError as exc:
         return fail(f"resend-stale needs Celery (pip install 'distributed-core[celery]'): {exc}")
     try:
-        sent = resend_stale(current_environment(), older_than=args.older_than,
+        sent = resend_stale(_env(), older_than=args.older_than,
                             limit=args.limit, dry_run=args.dry_run)
     except ValueError as exc:
         return fail(str(exc))
