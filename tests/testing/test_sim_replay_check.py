@@ -159,3 +159,14 @@ def test_replay_of_a_binary_file_names_it(tmp_path: Path,
     assert capsys.readouterr().err == (
         f"dcore: {path}:2: byte 0x80 is not UTF-8 text; a trace is UTF-8 JSON lines (is "
         "this a binary file?)\n")
+
+
+def test_check_of_a_trace_that_names_nothing_says_which_traces_can_be_checked(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = run_scenario(race.unlocked_uploads, seed=0).trace
+    trace.header["name"] = None
+    path = trace.save(tmp_path / "anonymous.jsonl")
+    assert main(["replay", "--check", "--no-calls", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        "dcore: the trace names no scenario (MODULE:FUNCTION) or test to re-run; only traces "
+        "written by `dcore explore` or the pytest plugin can be checked\n")
