@@ -2,14 +2,27 @@
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; a module
 whose optional dependencies are missing simply does not appear.
+
+Exit codes: 0 done, 1 the command failed (a message on stderr says why), 2 usage
+error: a bad argument, or no command at all (bare ``dcore`` and ``dcore dlq`` print the
+help of what is missing on stderr, like any other usage error), 130 interrupted.
+
+A failure is one ``dcore: ...`` line, never a traceback (``--traceback`` shows one for an
+error the command did not expect). A reader that stops early (``dcore dlq show ID |
+head``) ends the command quietly with exit 1, as the Python docs recommend for SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import io
+import os
 import sys
 from collections.abc import Sequence
+
+from dcore import __version__
+from dcore.cli.common import describe_failure, fail, print_help
 
 __all__ = ["main"]
 
@@ -23,8 +36,14 @@ SUBCOMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dcore", description="distributed-core tools")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = argparse.ArgumentParser(
+        prog="dcore", description="distributed-core tools",
+        epilog="`dcore COMMAND --help` describes a command.")
+    parser.add_argument("--version", action="version", version=f"dcore {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the Python traceback of an unexpected error")
+    parser.set_defaults(handler=print_help(parser))
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -38,13 +57,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 command failed, 2 usage error)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        try:
+            code = _run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe fails here, inside the try, not at exit
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return 1
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise
+    except Exception as exc:
+        if args.traceback:
+            raise
+        return fail(describe_failure(exc))
     return code
+
+
+def _stdout_to_devnull() -> None:
+    """Python flushes stdout again at exit: point it at devnull so that flush does not
+    fail a second time with "Exception ignored ... BrokenPipeError"."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,14 +23,15 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from dcore.cli.common import fail
+from dcore.cli.common import fail, note_process_local, print_help
 
 __all__ = ["register", "replay_entry"]
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("dlq", help="list, show, replay or purge dead-lettered jobs")
-    actions = parser.add_subparsers(dest="dlq_action", required=True, metavar="ACTION")
+    parser.set_defaults(handler=print_help(parser))
+    actions = parser.add_subparsers(dest="dlq_action", metavar="ACTION")
 
     listing = actions.add_parser("list", help="one line per dead-lettered job")
     listing.add_argument("--json", action="store_true", help="print JSON lines")
@@ -51,12 +52,15 @@ def register(subparsers: Any) -> None:
     purge.set_defaults(handler=run_purge)
 
 
-def _env() -> Any:
+def _env(*services: str) -> Any:
+    """The configured environment; a note on stderr if ``services`` are process-local."""
     from dcore.core.environment import current_environment
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    return current_environment()
+    env = current_environment()
+    note_process_local(env, *services)
+    return env
 
 
 def _when(at: Any) -> str:
@@ -71,7 +75,7 @@ def _one_line(text: Any, width: int = 70) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    env = _env()
+    env = _env("events")
     topic = env.settings.dlq_topic
     entries = env.events.entries(topic)
     if args.json:
@@ -106,7 +110,7 @@ def _entry(env: Any, entry_id: str) -> Any:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    env = _env()
+    env = _env("events")
     try:
         event = _entry(env, args.entry_id)
     except LookupError as exc:
@@ -181,7 +185,7 @@ def replay_entry(env: Any, event: Any) -> tuple[bool, str]:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    env = _env()
+    env = _env("events", "jobs")
     if args.all:
         events = env.events.entries(env.settings.dlq_topic)
         if not events:
@@ -203,7 +207,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def run_purge(args: argparse.Namespace) -> int:
-    env = _env()
+    env = _env("events")
     topic = env.settings.dlq_topic
     ids = [e.id for e in env.events.entries(topic)]
     if not ids:

@@ -1,8 +1,9 @@
 """``dcore explore MODULE:SCENARIO --seeds N``: run a simulator scenario over many seeds.
 
-A scenario is a function taking a ``SimEnvironment``; its ``sim_options`` (workers,
-faults, settings) configure each run. A progress bar goes to stderr, each failing
-seed's trace to ``--trace-dir``, and the exit code is 1 when any seed failed.
+A scenario is a function taking a ``SimEnvironment`` (named ``pkg.mod:fn`` or
+``path/to/file.py:fn``); its ``sim_options`` (workers, faults, settings) configure each
+run. A progress bar goes to stderr, each failing seed's trace to ``--trace-dir``, and
+the exit code is 1 when any seed failed.
 """
 
 from __future__ import annotations
@@ -11,22 +12,36 @@ import argparse
 import sys
 from typing import Any
 
-from dcore.cli.common import fail, load_object
+from dcore.cli.common import call_signature_error, fail, load_object, positive_int
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "scenario_problem"]
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("explore", help="run a simulator scenario over many seeds")
-    parser.add_argument("target", metavar="MODULE:SCENARIO", help="a scenario function")
-    parser.add_argument("--seeds", type=int, default=100, help="how many seeds (default 100)")
+    parser.add_argument("target", metavar="MODULE:SCENARIO",
+                        help="a scenario function: pkg.module:name or path/to/file.py:name")
+    parser.add_argument("--seeds", type=positive_int, default=100,
+                        help="how many seeds (default 100)")
     parser.add_argument("--start", type=int, default=0, help="first seed (default 0)")
-    parser.add_argument("--workers", type=int, default=None, help="override worker count")
+    parser.add_argument("--workers", type=positive_int, default=None,
+                        help="override worker count")
     parser.add_argument("--trace-dir", default="dcore-traces",
                         help="where failing traces go (default dcore-traces)")
-    parser.add_argument("--max-failures", type=int, default=None,
+    parser.add_argument("--max-failures", type=positive_int, default=None,
                         help="stop after this many failing seeds")
     parser.set_defaults(handler=run)
+
+
+def scenario_problem(target: str, scenario: Any) -> str | None:
+    """Why ``scenario`` cannot be run as ``scenario(sim)``, or None."""
+    if not callable(scenario):
+        return f"{target} is a {type(scenario).__name__}, not a scenario function"
+    why = call_signature_error(scenario, None)
+    if why is not None:
+        return (f"{target} cannot be called with the simulation ({why}); a scenario is a "
+                "function taking one argument, the SimEnvironment")
+    return None
 
 
 def _bar(done: int, total: int, failures: int) -> str:
@@ -42,14 +57,14 @@ def run(args: argparse.Namespace) -> int:
     missing = testing_missing()
     if missing:
         return fail(missing)
-    if args.seeds < 1:
-        return fail(f"--seeds must be at least 1, got {args.seeds}")
     from dcore_testing.sim.explore import explore
 
     scenario = load_object(args.target)
-    if not callable(scenario):
-        return fail(f"{args.target} is a {type(scenario).__name__}, not a scenario function")
-    overrides: dict[str, Any] = {}
+    why = scenario_problem(args.target, scenario)
+    if why is not None:
+        return fail(why)
+    # the trace names the scenario as it was given, so `dcore replay --check` finds it
+    overrides: dict[str, Any] = {"name": args.target}
     if args.workers is not None:
         overrides["workers"] = args.workers
     total = args.seeds

@@ -12,14 +12,15 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from dcore.cli.common import fail
+from dcore.cli.common import fail, finite_float, note_process_local, positive_int, print_help
 
 __all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("jobs", help="show job records and their state history")
-    actions = parser.add_subparsers(dest="jobs_action", required=True, metavar="ACTION")
+    parser.set_defaults(handler=print_help(parser))
+    actions = parser.add_subparsers(dest="jobs_action", metavar="ACTION")
 
     show = actions.add_parser("show", help="a job's state, attempts, error and history")
     show.add_argument("job_id", metavar="JOB_ID")
@@ -29,19 +30,28 @@ def register(subparsers: Any) -> None:
     listing = actions.add_parser("list", help="recent jobs, newest first")
     listing.add_argument("--state", type=str.upper, default=None,
                          help="only jobs in this state (PENDING, RUNNING, SUCCEEDED, ...)")
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--limit", type=positive_int, default=20)
     listing.set_defaults(handler=run_list)
 
     stale = actions.add_parser(
         "resend-stale", help="send again Celery jobs whose delivery was lost (workers also "
                              "do this every DCORE_RECOVERY_INTERVAL seconds)"
     )
-    stale.add_argument("--older-than", type=float, default=None, metavar="SECONDS",
+    stale.add_argument("--older-than", type=finite_float, default=None, metavar="SECONDS",
                        help="a PENDING job counts as lost after this long with its queue "
                             "empty (default: DCORE_RECOVERY_PENDING_AFTER)")
-    stale.add_argument("--limit", type=int, default=1000)
+    stale.add_argument("--limit", type=positive_int, default=1000)
     stale.add_argument("--dry-run", action="store_true", help="list them, send nothing")
     stale.set_defaults(handler=run_resend_stale)
+
+
+def _env() -> Any:
+    """The configured environment; a note on stderr if its job store is process-local."""
+    from dcore.core.environment import current_environment
+
+    env = current_environment()
+    note_process_local(env, "jobs")
+    return env
 
 
 def _when(at: float) -> str:
@@ -49,10 +59,9 @@ def _when(at: float) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from dcore.core.environment import current_environment
     from dcore.errors import JobNotFoundError
 
-    env = current_environment()
+    env = _env()
     try:
         record = env.jobs.get(args.job_id)
     except JobNotFoundError as exc:
@@ -77,7 +86,6 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from dcore.core.environment import current_environment
     from dcore.services.jobs import JobState
 
     state = None
@@ -86,7 +94,7 @@ def run_list(args: argparse.Namespace) -> int:
             state = JobState(args.state)
         except ValueError:
             return fail(f"unknown state {args.state!r}; one of: {', '.join(JobState)}")
-    records = current_environment().jobs.list(state, limit=args.limit)
+    records = _env().jobs.list(state, limit=args.limit)
     if not records:
         print("no jobs" + (f" in state {state}" if state else ""))
         return 0
@@ -97,14 +105,12 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_resend_stale(args: argparse.Namespace) -> int:
-    from dcore.core.environment import current_environment
-
     try:
         from dcore.celery import resend_stale
     except ImportError as exc:
         return fail(f"resend-stale needs Celery (pip install 'distributed-core[celery]'): {exc}")
     try:
-        sent = resend_stale(current_environment(), older_than=args.older_than,
+        sent = resend_stale(_env(), older_than=args.older_than,
                             limit=args.limit, dry_run=args.dry_run)
     except ValueError as exc:
         return fail(str(exc))

@@ -1,9 +1,12 @@
 """``dcore replay TRACE [--html OUT] [--no-calls] [--check]``: show a simulator trace.
 
 Prints the timeline (one column per worker, virtual time, faults marked); ``--html``
-also writes a self-contained HTML page; ``--check`` re-runs the scenario named in the
-trace and reports whether it still takes the same path. The simulator lives in
-``dcore_testing`` and is imported only when the command runs.
+also writes a self-contained HTML page; ``--check`` re-runs what the trace names and
+reports whether it still takes the same path: a scenario function (``dcore explore``:
+``pkg.mod:fn`` or ``file.py:fn``) is replayed here; a pytest test id (the pytest plugin)
+runs under pytest, see :mod:`dcore.cli.pytest_check`. A trace that cannot be read, or was
+cut short, fails with ``file:line: ...``. The simulator lives in ``dcore_testing`` and is
+imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -59,20 +62,28 @@ def run(args: argparse.Namespace) -> int:
                        encoding="utf-8")
         print(f"HTML timeline written to {out}")
     if args.check:
-        return _check(trace)
+        return _check(trace, args.trace)
     return 0
 
 
-def _check(trace: Any) -> int:
+def _check(trace: Any, path: str) -> int:
     from dcore.cli.common import load_object
+    from dcore.cli.explore import scenario_problem
     from dcore_testing.sim.errors import ReplayDivergence
     from dcore_testing.sim.explore import replay
 
     name = trace.header.get("name")
-    if not name or ":" not in str(name):
-        return fail("the trace names no scenario (MODULE:FUNCTION) to re-run; "
-                    "only traces written by `dcore explore` can be checked")
-    scenario = load_object(str(name))
+    if not isinstance(name, str) or ":" not in name:
+        return fail("the trace names no scenario (MODULE:FUNCTION) or test to re-run; only "
+                    "traces written by `dcore explore` or the pytest plugin can be checked")
+    if "::" in name:  # a pytest node id: the test runs under pytest, with its fixtures
+        from dcore.cli.pytest_check import check_pytest_trace
+
+        return check_pytest_trace(name, path)
+    scenario = load_object(name)
+    why = scenario_problem(name, scenario)
+    if why is not None:
+        return fail(why)
     try:
         outcome = replay(scenario, trace)
     except ReplayDivergence as exc:

@@ -52,6 +52,22 @@ class StageRef:
     def label(self) -> str:
         return self.plugin
 
+    def __repr__(self) -> str:
+        """The call that builds it: ``Execute('storage_write', prefix='uploads/')``, with
+        only the retry policy's fields that differ from the defaults."""
+        from dcore.core.message import short_repr
+
+        args = [repr(self.plugin), *(f"{k}={short_repr(v)}" for k, v in self.options.items())]
+        if self.retry is not None:
+            defaults = type(self.retry).model_fields
+            fields = {k: v for k, v in self.retry if v != defaults[k].default}
+            shown = [f"{k}={short_repr(v)}" for k, v in fields.items() if k != "retry_on"]
+            if "retry_on" in fields:
+                names = [kind.__qualname__ for kind in fields["retry_on"]]
+                shown.append(f"retry_on=({', '.join(names)}{',' if len(names) == 1 else ''})")
+            args.append(f"retry=RetryPolicy({', '.join(shown)})")
+        return f"{self.interface.__name__}({', '.join(args)})"
+
 
 class InterfaceMeta(ABCMeta):
     """Lets ``Interface("name", **options)`` build a :class:`StageRef`.

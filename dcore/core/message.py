@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import reprlib
 import sys
 from collections.abc import Callable
 from typing import Any, Literal
@@ -41,6 +42,7 @@ __all__ = [
     "ensure_imports",
     "resolve_core_function",
     "set_trace_propagator",
+    "short_repr",
     "trace_propagator",
 ]
 
@@ -52,6 +54,39 @@ _PARSE_FAILURES = (ValueError, TypeError, RecursionError, MemoryError)
 _JOB_ID = re.compile(r'"job_id"\s*:\s*"([A-Za-z0-9_.:-]{1,200})"')
 
 
+_ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
+
+
+class _ShortRepr(reprlib.Repr):
+    """reprlib's cut-down repr, minus memory addresses: ``<app.Gateway object at
+    0x7f...>`` is shown as ``<app.Gateway>``, the same in every run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = 40
+        self.maxdict = self.maxlist = self.maxtuple = self.maxset = 6
+        self.maxlevel = 1  # a nested container shows as [...]
+
+    def repr_instance(self, obj: Any, level: int) -> str:
+        text = _ADDRESS.sub("", repr(obj))
+        if len(text) <= self.maxother:
+            return text
+        head = (self.maxother - 3) // 2
+        return text[:head] + "..." + text[len(text) - (self.maxother - 3 - head):]
+
+
+_REPR = _ShortRepr()
+
+
+def short_repr(value: Any) -> str:
+    """A short, deterministic repr for option values in reprs (Hypothesis reports print
+    them): long strings and containers are cut with ``...``; a class or function shows
+    as ``module:qualname``, never ``<function f at 0x...>``."""
+    if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
+        return f"{getattr(value, '__module__', '?')}:{value.__qualname__}"
+    return _REPR.repr(value)
+
+
 class StageSpec(BaseModel):
     """One stage as data: interface name, plugin name, JSON options, retry policy."""
 
@@ -61,6 +96,14 @@ class StageSpec(BaseModel):
     plugin: str
     options: dict[str, Any] = Field(default_factory=dict)
     retry: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        """``StageSpec('Execute', 'storage_write', prefix='uploads/', retry={...})``."""
+        args = [repr(self.interface), repr(self.plugin),
+                *(f"{k}={short_repr(v)}" for k, v in self.options.items())]
+        if self.retry is not None:
+            args.append(f"retry={short_repr(self.retry)}")
+        return f"StageSpec({', '.join(args)})"
 
 
 class ContextEnvelope(BaseModel):

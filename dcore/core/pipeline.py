@@ -327,6 +327,14 @@ class Pipeline(Generic[ContextT]):
             )
         return self._fold(resume_at)(ctx)
 
+    def __repr__(self) -> str:
+        """``Pipeline(core=app.tasks:finish, stages=[Execute('logging'), Dispatch(...)])``:
+        short and the same in every run, for test and Hypothesis failure reports."""
+        core = self.core_fn
+        name = getattr(core, "__qualname__", type(core).__qualname__)
+        stages = ", ".join(map(repr, self._refs))
+        return f"Pipeline(core={getattr(core, '__module__', '?')}:{name}, stages=[{stages}])"
+
 
 def _retry_policy(plugin: str, retry: object) -> RetryPolicy | None:
     """A stage's ``retry=``: a RetryPolicy, its fields as a mapping, or None."""

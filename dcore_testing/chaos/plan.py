@@ -55,6 +55,17 @@ class Step:
     attributes: tuple[tuple[str, int], ...] = ()
     proxy: Proxy | None = field(default=None, compare=False, repr=False)
 
+    def __repr__(self) -> str:
+        """``Step(1.0, 'latency', 'redis', for_=3.0, jitter=0, latency=100)``: the stream
+        only when it is not the default, the duration only when the step ends."""
+        args = [repr(self.start), repr(self.action), repr(self.proxy_name)]
+        if self.duration is not None:
+            args.append(f"for_={self.duration!r}")
+        if self.stream != "downstream":
+            args.append(f"stream={self.stream!r}")
+        args.extend(f"{k}={v!r}" for k, v in self.attributes)
+        return f"Step({', '.join(args)})"
+
 
 class LogEntry(NamedTuple):
     """What the run did, ``at`` seconds (by its clock) after it started."""
@@ -156,6 +167,18 @@ class ChaosPlan:
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed
         self.steps: list[Step] = []
+
+    #: steps a repr shows before it says how many more there are
+    REPR_STEPS = 8
+
+    def __repr__(self) -> str:
+        """``ChaosPlan(seed=7, steps=[Step(...), ...])``, the first :attr:`REPR_STEPS`
+        steps then ``... N more``: short enough for a Hypothesis failure report, and
+        the seed rebuilds a random plan in full."""
+        shown = [repr(step) for step in self.steps[: self.REPR_STEPS]]
+        if len(self.steps) > self.REPR_STEPS:
+            shown.append(f"... {len(self.steps) - self.REPR_STEPS} more")
+        return f"ChaosPlan(seed={self.seed!r}, steps=[{', '.join(shown)}])"
 
     def at(self, seconds: float) -> _At:
         if seconds < 0:

@@ -1,5 +1,7 @@
-"""A trace as one self-contained HTML page: lanes as columns, virtual time down the
-side, faults in red, retries in amber, dead letters in purple. No external assets."""
+"""A trace as one self-contained HTML page: lanes as columns, the step and virtual time
+down the side, faults in red, retries in amber, dead letters in purple. No external
+assets, and only characters every stock font has (see :data:`timeline.GLYPHS`): the
+page must read the same in a bare headless browser as on a desktop."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ h1{font-size:18px;margin:0 0 4px}.meta{color:#555;margin:2px 0;font-family:monos
 th{position:sticky;top:0;background:#1d2330;color:#fff;padding:6px;text-align:left}
 td{border-bottom:1px solid #e3e6ea;padding:3px 6px;vertical-align:top;
 font-family:ui-monospace,monospace;font-size:12px;overflow-wrap:anywhere}
-td.t{color:#777;width:80px;text-align:right}
+td.t,td.n{color:#777;text-align:right}
 .ev{display:inline-block;border-radius:4px;padding:1px 5px;border-left:4px solid #9aa5b1;
 background:#fff}
 .fault{border-color:#d7263d;background:#fde8ea;font-weight:600}
@@ -39,13 +41,14 @@ def render_html(trace: Trace, *, title: str = "dcore simulation trace") -> str:
     col = {name: i for i, name in enumerate(names)}
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
     body = []
-    for t, lane, text, event in rows(trace):
-        kind = severity(event)
+    for row in rows(trace):
+        kind = severity(row.event)
         cells = ["<td></td>"] * len(names)
-        detail = html.escape(json.dumps(event), quote=True)
-        cells[col[lane]] = (f'<td><span class="ev {kind}" title="{detail}">'
-                            f"{html.escape(text)}</span></td>")
-        body.append(f'<tr class="{kind}"><td class="t">{t:.3f}</td>{"".join(cells)}</tr>')
+        detail = html.escape(json.dumps(row.event), quote=True)
+        cells[col[row.lane]] = (f'<td><span class="ev {kind}" title="{detail}">'
+                                f"{html.escape(row.text)}</span></td>")
+        body.append(f'<tr class="{kind}"><td class="n">{row.step}</td>'
+                    f'<td class="t">{row.t:.3f}</td>{"".join(cells)}</tr>')
     meta = "".join(f'<p class="meta">{html.escape(line)}</p>' for line in summary(trace))
     legend = ('<p class="legend"><span class="ev fault">fault / crash</span>'
               '<span class="ev retry">retry / redelivery</span>'
@@ -58,6 +61,8 @@ def render_html(trace: Trace, *, title: str = "dcore simulation trace") -> str:
         f"<h1>{html.escape(title)}</h1>{meta}{legend}"
         "<div class='controls'><label><input type='checkbox' id='calls' checked> "
         "show service calls</label></div>"
-        f"<table><thead><tr><th style='width:80px'>time (s)</th>{head}</tr></thead>"
+        "<table><thead><tr><th style='width:48px' title='the event index in the trace, as "
+        "in: replay diverged at event N'>step</th>"
+        f"<th style='width:80px'>time (s)</th>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table><script>{_SCRIPT}</script></body></html>\n"
     )

@@ -1,14 +1,26 @@
-"""A trace as a readable timeline: one column (lane) per worker or task, virtual time
-on the left, faults marked. Used by ``dcore replay`` and the HTML view."""
+"""A trace as a readable timeline: one column (lane) per worker or task, the step and
+the virtual time on the left, faults marked. Used by ``dcore replay`` and the HTML view.
+
+The step is the event's index in the trace (the ``N`` of "replay diverged at event N"):
+in a race every row may sit at t=0.000, and the step still says what came first.
+
+Markers are drawn from :data:`GLYPHS` only: characters of WGL4 (ASCII, Latin-1, a few
+arrows, punctuation and box-drawing lines) that DejaVu, Liberation, Noto and Arial all
+have, so a stock terminal or headless browser never shows an empty box.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from dcore_testing.sim.trace import Trace
 
-__all__ = ["describe_event", "lanes", "render_text", "rows", "severity", "summary"]
+__all__ = ["GLYPHS", "Row", "describe_event", "lanes", "render_text", "rows", "severity",
+           "summary"]
+
+#: every non-ASCII character the timeline itself writes (all in WGL4)
+GLYPHS = frozenset("←→«»…‼†√♦│─┼")
 
 Event = dict[str, Any]
 
@@ -43,29 +55,29 @@ def describe_event(e: Event) -> str | None:
     if ev == "fault":
         details = {k: v for k, v in e.items() if k not in ("t", "ev", "lane", "job", "fault")}
         text = " ".join(f"{k}={v}" for k, v in details.items())
-        return f"✖ FAULT {e['fault']}{j}" + (f" {text}" if text else "")
+        return f"‼ FAULT {e['fault']}{j}" + (f" {text}" if text else "")
     if ev == "crash":
-        return f"✖ CRASH{j} worker died ({e['where']})"
+        return f"‼ CRASH{j} worker died ({e['where']})"
     if ev == "redeliver":
-        return f"↻ redeliver{j} in {e['after']}s"
+        return f"« redeliver{j} in {e['after']}s"
     if ev == "retry":
-        return f"↻ retry{j} attempt {e['attempt']} in {e['delay']:g}s"
+        return f"« retry{j} attempt {e['attempt']} in {e['delay']:g}s"
     if ev == "failed":
-        return f"✗ failed{j}: {e.get('error')}" + (" (final)" if e.get("final") else "")
+        return f"! failed{j}: {e.get('error')}" + (" (final)" if e.get("final") else "")
     if ev == "lost":
-        return f"✖ LOST{j}: {e.get('reason')}"
+        return f"‼ LOST{j}: {e.get('reason')}"
     if ev == "dlq":
-        return f"☠ dead letter{j}"
+        return f"† dead letter{j}"
     if ev == "ack":
-        return f"✓ ack{j}"
+        return f"√ ack{j}"
     if ev == "skip":
         return f"skip duplicate{j} (already {e.get('state')})"
     if ev == "effect":
         data = {k: v for k, v in e.items() if k not in ("t", "ev", "lane", "job", "name")}
-        return f"★ {e['name']}{j} {json.dumps(data)}" if data else f"★ {e['name']}{j}"
+        return f"♦ {e['name']}{j} {json.dumps(data)}" if data else f"♦ {e['name']}{j}"
     if ev.startswith("lock."):
         extra = f" fence={e['fence']}" if e.get("fence") is not None else ""
-        return f"⚿ {ev[5:]} {e.get('name')}{extra}"
+        return f"lock {ev[5:]} {e.get('name')}{extra}"
     if ev.startswith("job.") or ev == "stage.failed":
         attempt = f" #{e['attempt']}" if "attempt" in e else ""
         return f"{ev}{j}{attempt}"
@@ -109,15 +121,25 @@ def lanes(trace: Trace) -> list[str]:
     return sorted(seen, key=order)
 
 
-def rows(trace: Trace, *, calls: bool = True) -> list[tuple[float, str, str, Event]]:
-    """``(time, lane, text, event)`` for every event the timeline shows."""
+class Row(NamedTuple):
+    """One line of the timeline."""
+
+    step: int  # the event's index in the trace
+    t: float
+    lane: str
+    text: str
+    event: Event
+
+
+def rows(trace: Trace, *, calls: bool = True) -> list[Row]:
+    """A :class:`Row` for every event the timeline shows, in trace order."""
     out = []
-    for e in trace.events:
+    for step, e in enumerate(trace.events):
         if not calls and e["ev"] == "call":
             continue
         text = describe_event(e)
         if text is not None:
-            out.append((float(e.get("t", 0.0)), e.get("lane", "main"), text, e))
+            out.append(Row(step, float(e.get("t", 0.0)), e.get("lane", "main"), text, e))
     return out
 
 
@@ -136,19 +158,23 @@ def summary(trace: Trace) -> list[str]:
 
 
 def render_text(trace: Trace, *, width: int = 34, calls: bool = True) -> str:
-    """The timeline as fixed-width text columns."""
+    """The timeline as fixed-width text columns: step, time, one column per lane."""
     names = lanes(trace)
     col = {name: i for i, name in enumerate(names)}
+    shown = rows(trace, calls=calls)
+    digits = max(len(str(shown[-1].step)) if shown else 1, 4)
 
     def cell(text: str) -> str:
         return text if len(text) <= width else text[: width - 1] + "…"
 
     out = summary(trace)
     out.append("")
-    out.append(f"{'time (s)':>10} │ " + " │ ".join(n.ljust(width) for n in names))
-    out.append("─" * 11 + "┼" + "┼".join("─" * (width + 2) for _ in names))
-    for t, lane, text, _ in rows(trace, calls=calls):
+    out.append((f"{'step':>{digits}} │ {'time (s)':>10} │ "
+                + " │ ".join(n.ljust(width) for n in names)).rstrip())
+    out.append("─" * (digits + 1) + "┼" + "─" * 12 + "┼"
+               + "┼".join("─" * (width + 2) for _ in names))
+    for row in shown:
         cells = [" " * width] * len(names)
-        cells[col[lane]] = cell(text).ljust(width)
-        out.append(f"{t:>10.3f} │ " + " │ ".join(cells).rstrip())
+        cells[col[row.lane]] = cell(row.text).ljust(width)
+        out.append(f"{row.step:>{digits}} │ {row.t:>10.3f} │ " + " │ ".join(cells).rstrip())
     return "\n".join(out) + "\n"

@@ -1,9 +1,16 @@
 """The trace: every choice and event of a run, as JSON lines with virtual timestamps.
 
 The first line is a header (seed, workers, fault plan, chooser); each further line is
-one event ``{"t": <virtual seconds>, "ev": <kind>, "lane": <worker or task>, ...}``.
-Job ids appear as stable aliases (``j1``, ``j2`` in order of first sight), so the same
-seed gives a byte-identical file even though contexts draw random ids.
+one event ``{"t": <virtual seconds>, "ev": <kind>, "lane": <worker or task>, ...}``; the
+last line is the end line ``{"dcore_trace_end": <number of events>}``, so a file cut
+short (a full disk, a killed writer, a partial copy) is reported instead of replayed as
+if it were the whole run. Job ids appear as stable aliases (``j1``, ``j2`` in order of
+first sight), so the same seed gives a byte-identical file even though contexts draw
+random ids.
+
+Format versions: 2 has the end line; 1 (older files) has none and still loads, but a
+version-1 file cut at a line boundary cannot be told from a complete one. A parse error
+names the file and the line (``run.jsonl:5: ...``).
 
 A trace opened for replay holds the recorded events; each new event is compared with
 the recorded one at the same position, and the first difference raises
@@ -20,9 +27,13 @@ from typing import Any
 
 from dcore_testing.sim.errors import ReplayDivergence
 
-__all__ = ["TRACE_VERSION", "Trace", "first_difference"]
+__all__ = ["END_KEY", "READABLE_VERSIONS", "TRACE_VERSION", "Trace", "first_difference"]
 
-TRACE_VERSION = 1
+TRACE_VERSION = 2
+#: format versions :meth:`Trace.parse` reads (1: written before the end line existed)
+READABLE_VERSIONS = (1, 2)
+#: the key of the end line, ``{"dcore_trace_end": <number of events>}``
+END_KEY = "dcore_trace_end"
 Event = dict[str, Any]
 
 
@@ -105,7 +116,10 @@ class Trace:
 
     # -- files ------------------------------------------------------------------------
     def to_jsonl(self) -> str:
-        lines = [_line(self.header), *(_line(e) for e in self.events)]
+        """The file text: header (always the current format version), events, end line."""
+        header = {**self.header, "dcore_trace": TRACE_VERSION}
+        lines = [_line(header), *(_line(e) for e in self.events),
+                 _line({END_KEY: len(self.events)})]
         return "\n".join(lines) + "\n"
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -116,34 +130,95 @@ class Trace:
 
     @classmethod
     def parse(cls, text: str, *, source: str = "trace") -> Trace:
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        if not lines:
-            raise ValueError(f"{source} is empty; a trace starts with a header line")
-        try:
-            rows = [json.loads(ln) for ln in lines]
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{source} is not JSON lines: line {exc.lineno}: {exc.msg}") from None
-        header = rows[0]
-        if not isinstance(header, dict) or header.get("dcore_trace") != TRACE_VERSION:
-            raise ValueError(
-                f"{source} does not start with a dcore trace header "
-                f"({{\"dcore_trace\": {TRACE_VERSION}, ...}}); got {lines[0][:80]!r}"
-            )
+        """A trace from its file text; ValueError ``source:line: what is wrong`` for a
+        line that is not JSON, not an event or cut off, and for a truncated trace."""
+        header, events = _parse(text, source)
         trace = cls(header)
-        trace.events = rows[1:]
+        trace.events = events
         return trace
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Trace:
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
+            data = p.read_bytes()
         except FileNotFoundError:
             raise FileNotFoundError(f"no trace file at {str(p)!r}") from None
+        except IsADirectoryError:
+            raise ValueError(f"{p} is a directory, not a trace file") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise ValueError(
+                f"{p}:{line}: byte 0x{data[exc.start]:02x} is not UTF-8 text; a trace is "
+                "UTF-8 JSON lines (is this a binary file?)") from None
         return cls.parse(text, source=str(p))
 
     def __repr__(self) -> str:
         return f"Trace({len(self.events)} events, seed={self.header.get('seed')!r})"
+
+
+def _parse(text: str, source: str) -> tuple[dict[str, Any], list[Event]]:
+    lines = text.split("\n")
+    cut = not text.endswith("\n")  # the writer ends every line, the last one too
+    rows: list[tuple[int, Any]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            if cut and number == len(lines):
+                raise ValueError(f"{source}:{number}: the trace is cut off in the middle of "
+                                 "this line: the file is truncated") from None
+            raise ValueError(f"{source}:{number}: not JSON ({exc.msg} at column "
+                             f"{exc.colno}); a trace is one JSON object per line") from None
+    if not rows:
+        raise ValueError(f"{source} is empty; a trace starts with a header line")
+    number, header = rows[0]
+    version = header.get("dcore_trace") if isinstance(header, dict) else None
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        if isinstance(version, int) and not isinstance(version, bool) and version > TRACE_VERSION:
+            raise ValueError(f"{source}:{number}: trace format {version} is newer than this "
+                             f"dcore reads ({', '.join(map(str, READABLE_VERSIONS))}); "
+                             "upgrade distributed-core")
+        raise ValueError(
+            f"{source}:{number}: does not start with a dcore trace header "
+            f"({{\"dcore_trace\": {TRACE_VERSION}, ...}}); got {lines[number - 1][:80]!r}")
+    body = rows[1:]
+    end = body.pop() if body and _is_end(body[-1][1]) else None
+    events = [_event(n, row, source) for n, row in body]
+    if end is not None:
+        count = end[1][END_KEY]
+        if count != len(events):
+            raise ValueError(f"{source}:{end[0]}: the end line says {count} events but "
+                             f"{len(events)} come before it: the trace lost events")
+    elif version >= 2:
+        last = body[-1][0] if body else number
+        raise ValueError(f"{source}: the trace is truncated: it stops after line {last} "
+                         f"({len(events)} events) without its end line "
+                         f"{{\"{END_KEY}\": <events>}}")
+    return header, events
+
+
+def _is_end(row: Any) -> bool:
+    return isinstance(row, dict) and END_KEY in row
+
+
+def _event(number: int, row: Any, source: str) -> Event:
+    if _is_end(row):
+        raise ValueError(f"{source}:{number}: an end line ({END_KEY}) before the last line")
+    if not isinstance(row, dict) or not isinstance(row.get("ev"), str):
+        raise ValueError(f"{source}:{number}: an event is a JSON object with an \"ev\" "
+                         f"string (and \"t\", \"lane\"), got {json.dumps(row)[:80]}")
+    t = row.get("t", 0.0)
+    if isinstance(t, bool) or not isinstance(t, int | float):
+        raise ValueError(f"{source}:{number}: \"t\" must be a number of virtual seconds, "
+                         f"got {t!r}")
+    if not isinstance(row.get("lane", ""), str):
+        raise ValueError(f"{source}:{number}: \"lane\" must be a string, got {row['lane']!r}")
+    return row
 
 
 def first_difference(a: Trace, b: Trace) -> int | None:

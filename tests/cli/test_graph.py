@@ -82,13 +82,13 @@ def test_graph_of_something_else_fails_naming_it(
     module: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["graph", f"{module}:not_a_pipeline"]) == 1
-    assert f"{module}:not_a_pipeline is a int, not a Pipeline" in capsys.readouterr().err
+    assert f"{module}:not_a_pipeline is an int, not a Pipeline" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        ("no_colon", "expected MODULE:OBJECT, got 'no_colon'"),
+        ("no_colon", "expected MODULE:OBJECT or FILE.py:OBJECT, got 'no_colon'"),
         ("no_such_module_xyz:p", "cannot import 'no_such_module_xyz'"),
     ],
 )

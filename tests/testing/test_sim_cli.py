@@ -24,11 +24,10 @@ def test_replay_prints_lanes_per_worker_with_the_crash_marked(
         crash_trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["replay", str(crash_trace), "--no-calls"]) == 0
     out = capsys.readouterr().out
-    header = next(line for line in out.splitlines() if line.strip().startswith("time (s)"))
-    assert "main" in header
-    assert "w1" in header
-    assert "✖ CRASH j1 worker died" in out
-    assert "↻ redeliver j1 in 5.0s" in out
+    header = next(line for line in out.splitlines() if line.strip().startswith("step"))
+    assert header.split(" │ ")[:4] == ["step", "  time (s)", "main".ljust(34), "w1"]
+    assert "‼ CRASH j1 worker died" in out
+    assert "« redeliver j1 in 5.0s" in out
     assert "error: InvariantViolation: exactly-once broken" in out
     assert "storage.put" not in out  # --no-calls
 

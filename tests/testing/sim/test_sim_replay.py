@@ -111,7 +111,7 @@ def test_loading_a_file_that_is_not_a_trace_names_the_problem(tmp_path: Path) ->
     with pytest.raises(ValueError, match="does not start with a dcore trace header"):
         Trace.load(bad)
     bad.write_text("not json\n")
-    with pytest.raises(ValueError, match="is not JSON lines: line 1"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: not JSON"):
         Trace.load(bad)
     with pytest.raises(FileNotFoundError, match="no trace file at"):
         Trace.load(tmp_path / "missing.jsonl")
