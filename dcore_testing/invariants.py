@@ -12,8 +12,9 @@ simulation's job store), so they work the same on a live run and on a loaded tra
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,11 +23,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "InvariantViolation",
+    "RunSummary",
+    "all_succeeded",
     "at_least_once",
     "check_all",
     "dlq_exactly_once",
     "exactly_once",
+    "expect_states",
     "lock_mutual_exclusion",
+    "no_concurrent_runs",
     "no_job_lost",
     "retry_bounds",
     "stage_order",
@@ -81,16 +86,8 @@ def _by_job(trace: Trace) -> dict[str, list[Event]]:
 
 
 def _final_states(sim: SimEnvironment) -> dict[str, str | None]:
-    from dcore.errors import JobNotFoundError
-
-    store = getattr(sim.jobs, "inner", sim.jobs)  # read without adding to the trace
-    states: dict[str, str | None] = {}
-    for job in _dispatched(sim.trace):
-        try:
-            states[job] = str(store.get(sim.job_id(job)).state)
-        except JobNotFoundError:
-            states[job] = None
-    return states
+    return {job: None if state is None else str(state)
+            for job, state in sim.job_states().items()}
 
 
 # -- jobs ---------------------------------------------------------------------------------
@@ -126,19 +123,20 @@ def retry_bounds(run: SimEnvironment | Trace, attempts: int | None = None) -> No
 
 
 def dlq_exactly_once(run: SimEnvironment) -> None:
-    """Each DEAD job has exactly one dead letter; a job that succeeded has none."""
+    """Each DEAD job has exactly one dead letter; a job that succeeded has none. Counts
+    the entries on the dead-letter queue itself (an idempotent append that added
+    nothing is not a second letter)."""
     sim = _sim(run, "dlq_exactly_once")
-    letters: dict[str, list[Event]] = defaultdict(list)
-    for e in sim.trace.events:
-        if e["ev"] == "dlq":
-            letters[e.get("job") or "?"].append(e)
+    letters: Counter[str] = Counter()
+    for payload in sim.dlq_entries():
+        job_id = payload.get("job_id")
+        letters[sim.alias(job_id) if isinstance(job_id, str) else "?"] += 1
     for job, state in _final_states(sim).items():
-        got = letters.get(job, [])
+        got = letters.get(job, 0)
         want = 1 if state == "DEAD" else 0
-        if len(got) != want:
+        if got != want:
             raise InvariantViolation(
-                f"dead letters: {job} is {state} and has {len(got)} DLQ entries; "
-                f"expected {want}",
+                f"dead letters: {job} is {state} and has {got} DLQ entries; expected {want}",
                 [e for e in sim.trace.events if e.get("job") == job
                  and e["ev"] in ("deliver", "failed", "crash", "redeliver", "dlq", "job.dead")],
             )
@@ -190,30 +188,66 @@ def at_least_once(run: SimEnvironment | Trace, effect: str) -> None:
 
 # -- stages -------------------------------------------------------------------------------
 def stage_order(run: SimEnvironment | Trace, expected: Sequence[str] | None = None) -> None:
-    """Within each delivery (and in the caller's sync part), stages are entered top to
-    bottom without gaps; with ``expected`` (the pipeline's stage labels in order), stage
-    ``i`` is ``expected[i]``."""
+    """Stages run top to bottom: within each delivery (and in the caller's sync part) a
+    stage is entered only by the stage before it (stage ``i`` while stage ``i - 1`` is
+    still running: it called ``next_fn``), or as the first stage of a run. A stage that
+    runs the rest of the pipeline again (the ``retry`` stage) enters its successor again
+    while it is still running, which is in order. With ``expected`` (the pipeline's stage
+    labels in order), stage ``i`` is ``expected[i]``."""
     trace = _trace(run)
-    last: dict[tuple[str, str], Event] = {}
+    running: dict[tuple[str, str], list[Event]] = {}
     for e in trace.events:
         ev = e["ev"]
         if ev == "deliver":
-            last.pop((e.get("job", ""), e["lane"]), None)
+            running.pop((e.get("job", ""), e["lane"]), None)
+        elif ev == "crash":  # a dead process: its stages never exit
+            for key in [k for k in running if k[1] == e["lane"]]:
+                del running[key]
         elif ev == "stage.enter":
-            key = (e["job"], e["lane"])
+            stack = running.setdefault((e["job"], e["lane"]), [])
             i = e["index"]
             if expected is not None and (i >= len(expected) or expected[i] != e["stage"]):
                 want = expected[i] if i < len(expected) else "nothing (past the end)"
                 raise InvariantViolation(
                     f"stage order broken: {e['job']} entered {e['stage']!r} as stage {i}, "
                     f"expected {want!r}", [e])
-            prev = last.get(key)
-            if prev is not None and i != prev["index"] + 1:
+            if stack and i != stack[-1]["index"] + 1:
+                top = stack[-1]
                 raise InvariantViolation(
                     f"stage order broken: {e['job']} entered stage {i} ({e['stage']!r}) "
-                    f"right after stage {prev['index']} ({prev['stage']!r})", [prev, e])
-            last[key] = e
+                    f"from stage {top['index']} ({top['stage']!r})", [top, e])
+            stack.append(e)
+        elif ev == "stage.exit":
+            stack = running.get((e["job"], e["lane"]), [])
+            while stack and stack.pop()["index"] != e["index"]:
+                pass
     return None
+
+
+_RUN_ENDS = frozenset({"ack", "failed", "retry", "dead", "crash", "skip", "deferred",
+                       "defer", "requeue", "lost"})
+
+
+def no_concurrent_runs(run: SimEnvironment | Trace) -> None:
+    """No two deliveries of one job ran its stages at the same time: a duplicate waits
+    while the running delivery holds the job's lease. (A worker that outlives its lease,
+    e.g. cut off from the job store for longer than ``DCORE_LEASE_TTL``, is taken over
+    while it still runs; that shows up here as the concurrency it is.)"""
+    trace = _trace(run)
+    running: dict[str, Event] = {}  # job → the stage entry of the delivery running it
+    for e in trace.events:
+        ev, job = e["ev"], e.get("job")
+        if job is None:
+            continue
+        if ev == "stage.enter" and e["lane"].startswith("w"):
+            current = running.get(job)
+            if current is not None and current["lane"] != e["lane"]:
+                raise InvariantViolation(
+                    f"concurrent runs: {job} ran on {e['lane']} while {current['lane']} "
+                    "was still running it", [current, e])
+            running.setdefault(job, e)
+        elif ev in _RUN_ENDS and running.get(job, {}).get("lane") == e["lane"]:
+            del running[job]
 
 
 def sync_before_return(run: SimEnvironment | Trace) -> None:
@@ -264,13 +298,62 @@ def lock_mutual_exclusion(run: SimEnvironment | Trace) -> None:
                 del holders[name]
 
 
-def check_all(run: SimEnvironment, *, exactly_once_effects: Sequence[str] = ()) -> None:
-    """The invariants every run must keep, plus exactly-once for the named effects."""
+def all_succeeded(run: SimEnvironment) -> None:
+    """Every dispatched job ended SUCCEEDED (a run where jobs die is not a passing run)."""
+    sim = _sim(run, "all_succeeded")
+    others = {job: state for job, state in _final_states(sim).items() if state != "SUCCEEDED"}
+    if others:
+        by_job = _by_job(sim.trace)
+        listed = ", ".join(f"{job} is {state or 'missing'}" for job, state in others.items())
+        raise InvariantViolation(f"not every job succeeded: {listed}",
+                                 [e for job in others for e in by_job[job]])
+
+
+def expect_states(run: SimEnvironment, expected: Mapping[str, str]) -> None:
+    """The jobs (by alias) ended in the states given: ``{"j1": "SUCCEEDED", "j2": "DEAD"}``."""
+    sim = _sim(run, "expect_states")
+    states = _final_states(sim)
+    wrong = {job: (states.get(job), str(want)) for job, want in expected.items()
+             if states.get(job) != str(want)}
+    if wrong:
+        listed = ", ".join(f"{job} is {got or 'missing'}, expected {want}"
+                           for job, (got, want) in wrong.items())
+        by_job = _by_job(sim.trace)
+        raise InvariantViolation(f"unexpected job states: {listed}",
+                                 [e for job in wrong for e in by_job.get(job, [])])
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """How the jobs of a checked run ended: ``states`` counts them by final state."""
+
+    states: Mapping[str, int]
+
+    @property
+    def dead(self) -> int:
+        return self.states.get("DEAD", 0)
+
+    def __str__(self) -> str:
+        return ", ".join(f"{n} {state}" for state, n in sorted(self.states.items()))
+
+
+def check_all(run: SimEnvironment, *, exactly_once_effects: Sequence[str] = (),
+              allow_dead: bool = True) -> RunSummary:
+    """The invariants every run must keep, plus exactly-once for the named effects.
+
+    Returns how the jobs ended, so a test can see that its run did something: a run in
+    which every job died keeps every invariant. ``allow_dead=False`` makes a DEAD job a
+    violation."""
     no_job_lost(run)
     retry_bounds(run)
     dlq_exactly_once(run)
     stage_order(run)
     sync_before_return(run)
+    no_concurrent_runs(run)
     lock_mutual_exclusion(run)
     for effect in exactly_once_effects:
         exactly_once(run, effect)
+    summary = RunSummary(dict(Counter(str(s) for s in _final_states(run).values())))
+    if not allow_dead and summary.dead:
+        all_succeeded(run)
+    return summary

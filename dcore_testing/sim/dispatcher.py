@@ -6,7 +6,7 @@ Every Dispatch a pipeline builds in a :class:`SimEnvironment` is wrapped by
 - remote (Celery): the remainder travels as ``JobMessage`` JSON and a worker runs it
   with ``dcore.runtime.run_message`` — serialization bugs show up here;
 - in-process (thread, FastAPI): the ``Continuation`` and the context object are kept
-  and run with ``continuation.run(ctx, attempt=n, final=...)``, so closures simulate.
+  and delivered with ``continuation.deliver(ctx, attempt=n)``, so closures simulate.
 
 The broker hands messages to ``workers`` simulated worker processes, one job each at a
 time. Each delivery goes through production's own path, so the one delivery decision
@@ -169,8 +169,7 @@ class Broker:
         carries out the outcome, as the thread and Celery engines do."""
         sim, entry = self.sim, d.entry
         emit = sim.scheduler.emit
-        final = d.attempt >= entry.policy.attempts
-        emit("deliver", attempt=d.attempt, cause=d.cause, final=final)
+        emit("deliver", attempt=d.attempt, cause=d.cause)
         try:
             if entry.remote:
                 assert entry.message is not None
@@ -199,7 +198,7 @@ class Broker:
         action = outcome.action
         if delivered.error is not None:
             emit("failed", error=sim.scrub(describe_error(delivered.error)),
-                 final=action is Action.DEAD)
+                 dead=action is Action.DEAD)
         if action is Action.ACK:
             emit("ack")
         elif action is Action.SKIP:

@@ -28,6 +28,7 @@ from dcore.core.environment import Environment, use_environment
 from dcore.core.leases import Heartbeat
 from dcore.core.plugins import PluginRegistry
 from dcore.core.settings import DcoreSettings
+from dcore.services.jobs import JobState
 from dcore_testing.sim.chooser import Chooser, RandomChooser, ReplayChooser
 from dcore_testing.sim.clock import VirtualClock
 from dcore_testing.sim.dispatcher import Broker, SimDispatcher, SimObserver
@@ -203,6 +204,9 @@ class SimEnvironment(Environment):
         result = fn(*args, **kwargs)
         if op.startswith("jobs."):
             self._record_announced(op, args, kwargs, result)
+        if task is not None and self.faults.active:
+            job = task.job
+            self.faults.after_call(task, None if job is None else int(job[1:]), op)
         return result
 
     def _record_announced(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -252,6 +256,27 @@ class SimEnvironment(Environment):
         if "name" in fields and isinstance(fields["name"], str):
             fields["name"] = self.scrub(fields["name"])
         self.scheduler.emit(ev, **fields)
+
+    # -- reading the outcome (no trace events) ------------------------------------------------
+    def job_states(self) -> dict[str, JobState | None]:
+        """Every dispatched job's state now, by alias (None: no record), read straight
+        from the backend so the trace is left as it is."""
+        from dcore.errors import JobNotFoundError
+
+        store = self.jobs.inner  # type: ignore[attr-defined]
+        states: dict[str, JobState | None] = {}
+        for event in self.trace.of("dispatch"):
+            try:
+                states[event["job"]] = store.get(self.job_id(event["job"])).state
+            except JobNotFoundError:
+                states[event["job"]] = None
+        return states
+
+    def dlq_entries(self) -> list[dict[str, Any]]:
+        """The dead-letter queue's entries (their payloads, oldest first), read straight
+        from the backend so the trace is left as it is."""
+        bus = self.events.inner  # type: ignore[attr-defined]
+        return [e.payload for e in bus.entries(self.settings.dlq_topic)]
 
     # -- user-facing hooks -------------------------------------------------------------------
     def effect(self, name: str, **data: Any) -> None:

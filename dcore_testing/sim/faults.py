@@ -9,12 +9,13 @@ Hypothesis and replay exactly; at most ``max_faults`` are drawn per run.
 fault           effect                                                          where
 ==============  ==============================================================  =========
 Crash           the worker dies (``WorkerCrash``); the job is redelivered after  stage enter/exit,
-                ``redelivery_after`` (at-least-once) or lost (at-most-once)      service call
+                ``redelivery_after`` (at-least-once) or lost (at-most-once)      before/after a
+                                                                                 service call
 Duplicate       the broker delivers the message twice                            dispatch
 Delay           the message arrives ``seconds`` late                             dispatch
 Drop            the message is lost: gone for an at-most-once dispatcher,        dispatch
                 redelivered after ``redelivery_after`` for an at-least-once one
-ServiceError    the call raises the real client library's connection error       service call
+ServiceError    the call fails as on an unreachable server                       service call
 Skew            a worker's wall clock (``time``/``now``) is off by ``seconds``   whole run
 ==============  ==============================================================  =========
 """
@@ -55,14 +56,21 @@ class _Fault(BaseModel):
 
 
 class Crash(_Fault):
-    """Kill the worker at a stage (``when`` = before it runs or after it returned) or
-    just before a service call ``op`` (e.g. ``"storage.put"``). Neither: at the first
-    background stage."""
+    """Kill the worker at a stage or at a service call ``op`` (e.g. ``"storage.put"``):
+    ``when`` is "before" it runs (or "enter") or "after" it returned (or "exit": for a
+    call, its effect is applied and the worker dies before it can act on the reply).
+    ``nth`` picks the nth matching stage entry/exit or call (1: the first). Neither
+    stage nor op: at the first background stage."""
 
     kind: Literal["crash"] = "crash"
     stage: str | None = None
     op: str | None = None
-    when: Literal["enter", "exit"] = "enter"
+    when: Literal["enter", "exit", "before", "after"] = "enter"
+    nth: int = Field(default=1, ge=1)
+
+    @property
+    def after(self) -> bool:
+        return self.when in ("exit", "after")
 
 
 class Duplicate(_Fault):
@@ -79,10 +87,13 @@ class Drop(_Fault):
 
 
 class ServiceError(_Fault):
-    """Fail the ``nth`` matching call of ``op`` (``"storage.get"``, ``"jobs.transition"``;
-    None: any call) with the client library's own exception: ``auto`` picks botocore's
-    for storage and redis-py's for the rest (dcore's ServiceUnavailableError if the
-    library is not installed)."""
+    """Fail the ``nth`` matching call of ``op`` (``"storage.get"``, ``"jobs.claim"``;
+    None: any call) as an unreachable server would. ``auto`` (and ``dcore``) raise what
+    dcore's backends raise to their callers, ``ServiceUnavailableError``: the Redis and
+    S3 backends translate their client's connection errors, so that is what the pipeline
+    and the job lifecycle see in production. ``redis`` and ``s3`` raise the client
+    library's own error instead (redis-py's ``ConnectionError``, botocore's
+    ``EndpointConnectionError``), for code that talks to a client directly."""
 
     kind: Literal["service_error"] = "service_error"
     op: str | None = None
@@ -140,9 +151,7 @@ _NO_FAULTS = FaultPlan()
 
 
 def service_exception(op: str, flavor: str = "auto") -> Exception:
-    """The exception a real client raises when its service is unreachable."""
-    if flavor == "auto":
-        flavor = "s3" if op.startswith("storage.") else "redis"
+    """The exception a call to an unreachable service raises (see ServiceError)."""
     message = f"simulated connection failure during {op}"
     try:
         if flavor == "redis":
@@ -167,7 +176,7 @@ class FaultInjector:
         self.sched = scheduler
         self._left = {i: f.times for i, f in enumerate(self.plan.faults)
                       if not isinstance(f, Skew)}
-        self._calls: dict[int, int] = {}  # ServiceError index → matching calls seen
+        self._calls: dict[int, int] = {}  # fault index → matching opportunities seen
         self.drawn = 0
         self.active = not self.plan.empty
 
@@ -220,29 +229,42 @@ class FaultInjector:
             self.sched.emit("fault", job=job_alias, fault="drop")
         return copies, delay, dropped
 
+    def _nth(self, index: int, nth: int) -> bool:
+        """Count one matching opportunity for fault ``index``; True at its ``nth``."""
+        seen = self._calls[index] = self._calls.get(index, 0) + 1
+        return seen == nth
+
     def at_stage(self, task: Task, job: int, stage: str, when: str) -> None:
         """Crash the worker at a stage boundary if the plan says so."""
+        after = when == "exit"
         for i, f in self._explicit(Crash, job):
-            if f.op is None and f.when == when and (f.stage is None or f.stage == stage):
+            if (f.op is None and f.after == after and (f.stage is None or f.stage == stage)
+                    and self._nth(i, f.nth)):
                 self._fire(i)
                 self.crash(task, f"{when} {stage}")
         if when == "enter" and self._draw(self.plan.crash, "fault:crash"):
             self.crash(task, f"enter {stage}")
 
     def at_call(self, task: Task, job: int | None, op: str) -> None:
-        """Crash or fail a service call if the plan says so."""
+        """Crash or fail a service call, before it is made, if the plan says so."""
         for i, f in self._explicit(Crash, job):
-            if f.op == op:
+            if f.op == op and not f.after and self._nth(i, f.nth):
                 self._fire(i)
                 self.crash(task, op)
         for i, f in self._explicit(ServiceError, job):
-            if f.op is None or f.op == op:
-                seen = self._calls[i] = self._calls.get(i, 0) + 1
-                if seen == f.nth:
-                    self._fire(i)
-                    self._fail(op, f.error)
+            if (f.op is None or f.op == op) and self._nth(i, f.nth):
+                self._fire(i)
+                self._fail(op, f.error)
         if self._draw(self.plan.service_error, "fault:service_error"):
             self._fail(op, "auto")
+
+    def after_call(self, task: Task, job: int | None, op: str) -> None:
+        """Crash the worker right after a service call returned, if the plan says so:
+        the call's effect stands, and the worker never acts on its reply."""
+        for i, f in self._explicit(Crash, job):
+            if f.op == op and f.after and self._nth(i, f.nth):
+                self._fire(i)
+                self.crash(task, f"after {op}")
 
     def crash(self, task: Task, where: str) -> None:
         if task.worker is None:

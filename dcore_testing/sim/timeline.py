@@ -63,7 +63,8 @@ def describe_event(e: Event) -> str | None:
     if ev == "retry":
         return f"« retry{j} attempt {e['attempt']} in {e['delay']:g}s"
     if ev == "failed":
-        return f"! failed{j}: {e.get('error')}" + (" (final)" if e.get("final") else "")
+        final = " (final)" if e.get("dead") or e.get("final") else ""  # "final": older traces
+        return f"! failed{j}: {e.get('error')}{final}"
     if ev == "lost":
         return f"‼ LOST{j}: {e.get('reason')}"
     if ev == "dlq":
@@ -71,7 +72,12 @@ def describe_event(e: Event) -> str | None:
     if ev == "ack":
         return f"√ ack{j}"
     if ev == "skip":
-        return f"skip duplicate{j} (already {e.get('state')})"
+        why = e.get("reason") or f"already {e.get('state')}"  # "state": older traces
+        return f"skip{j} ({why})"
+    if ev in ("defer", "requeue"):
+        return f"« {ev}{j} attempt {e['attempt']} in {e['delay']:g}s"
+    if ev == "dead":
+        return f"† dead{j}: {e.get('reason')}"
     if ev == "effect":
         data = {k: v for k, v in e.items() if k not in ("t", "ev", "lane", "job", "name")}
         return f"♦ {e['name']}{j} {json.dumps(data)}" if data else f"♦ {e['name']}{j}"

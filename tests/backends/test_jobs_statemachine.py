@@ -21,16 +21,26 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from dcore.backends.memory import MemoryJobStore, MemoryLocks
+from dcore.backends.memory import MemoryEventBus, MemoryJobStore, MemoryLocks
 from dcore.backends.redis_events import RedisEventBus
 from dcore.backends.redis_jobs import RedisJobStore
 from dcore.backends.redis_locks import RedisLocks
 from dcore.errors import DcoreError
-from dcore.services.jobs import ALLOWED, JobRecord, JobState, JobStorageInterface
+from dcore.services.events import EventBusInterface
+from dcore.services.jobs import (
+    ALLOWED,
+    Announcement,
+    ClaimStatus,
+    DeadLetter,
+    JobRecord,
+    JobState,
+    JobStorageInterface,
+)
 from dcore.services.locks import Lock, LockInterface
 from dcore_testing import ManualClock
 
 JOB_IDS = st.sampled_from(["a", "b", "c"])
+OWNERS = st.sampled_from(["d1", "d2", "d3"])
 LOCK_NAMES = st.sampled_from(["l1", "l2"])
 SLOTS = st.integers(0, 2)  # three handles per lock name
 STATES = st.sampled_from(list(JobState))
@@ -86,6 +96,7 @@ class StoresAgree(RuleBasedStateMachine):
         }
         # the bus has its own prefix: the script must publish on the bus's channel
         self.bus = RedisEventBus(client, prefix="bus")
+        self.buses: list[EventBusInterface] = [MemoryEventBus(self.clock), self.bus]
         self.published = client.pubsub()
         self.published.psubscribe("bus:pubsub:*")
         assert self.published.get_message(timeout=1)["type"] == "psubscribe"
@@ -197,6 +208,89 @@ class StoresAgree(RuleBasedStateMachine):
         if allowed:
             self.jobs[job_id] = (to, attempts + (to is JobState.RUNNING))
         return allowed
+
+    # -- leases and dead letters ----------------------------------------------------
+    def refresh(self, job_id: str) -> JobRecord | None:
+        """The model follows what both stores agree the record is now."""
+        kind, record = self.both(lambda s: s.get(job_id))
+        if kind != "ok":
+            self.jobs.pop(job_id, None)
+            return None
+        self.jobs[job_id] = (record.state, record.attempts)
+        return record  # type: ignore[no-any-return]
+
+    @rule(job_id=JOB_IDS, attempt=st.integers(1, 3), owner=OWNERS,
+          lease=st.sampled_from([1.0, 30.0]))
+    def claim(self, job_id: str, attempt: int, owner: str, lease: float) -> None:
+        before = self.refresh(job_id)
+        kind, claim = self.both(lambda s: s.claim(job_id, attempt=attempt, owner=owner,
+                                                  lease=lease, note="n"))  # fmt: skip
+        assert kind == "ok"
+        after = self.refresh(job_id)
+        if claim.status is ClaimStatus.STARTED:
+            assert after is not None
+            assert before is not None
+            assert (after.state, after.owner, after.attempt) == (JobState.RUNNING, owner, attempt)
+            assert after.attempts == before.attempts + 1
+            assert after.lease_until == self.clock.time() + lease
+        else:
+            assert after == before  # a refused claim changes nothing
+        if claim.status is ClaimStatus.BUSY:
+            assert before is not None
+            assert before.lease_until is not None
+            assert before.lease_until > self.clock.time()
+
+    @rule(job_id=JOB_IDS, owner=OWNERS)
+    def renew(self, job_id: str, owner: str) -> None:
+        before = self.refresh(job_id)
+        renewed = self.both(lambda s: s.renew(job_id, owner=owner, lease=30.0))
+        holds = before is not None and before.state is JobState.RUNNING and (
+            before.owner == owner)
+        assert renewed == ("ok", holds)
+
+    @rule(job_id=JOB_IDS, owner=OWNERS, to=st.sampled_from([JobState.SUCCEEDED,
+                                                            JobState.FAILED]),
+          retry=st.booleans())
+    def end_attempt(self, job_id: str, owner: str, to: JobState, retry: bool) -> None:
+        before = self.refresh(job_id)
+        retry_at = self.clock.time() + 5 if retry else None
+        kind, _ = self.both(lambda s: s.end_attempt(job_id, to, owner=owner, error="e",
+                                                    retry_at=retry_at))  # fmt: skip
+        holds = before is not None and before.state is JobState.RUNNING and (
+            before.owner == owner)
+        assert (kind == "ok") is holds, (kind, before)
+        after = self.refresh(job_id)
+        if holds:
+            assert after is not None
+            assert (after.state, after.owner) == (to, None)
+            if to is JobState.FAILED:
+                assert after.plan == ("retry" if retry else "dead")
+        elif before is not None:
+            assert kind == "LeaseLostError"
+
+    @rule(job_id=JOB_IDS, owner=st.none() | OWNERS, key=st.sampled_from(["k1", "k2"]))
+    def bury(self, job_id: str, owner: str | None, key: str) -> None:
+        before = self.refresh(job_id)
+        results = []
+        for store, bus in zip(self.stores, self.buses, strict=True):
+            letter = DeadLetter("dlq", {"job_id": job_id, "message": "m"}, f"{job_id}:{key}")
+            announce = Announcement(bus, "job.dead", {"job_id": job_id})
+            kind, entry = outcome(lambda s=store, lt=letter, a=announce: s.bury(  # type: ignore[misc]
+                job_id, owner=owner, error="dead", letter=lt, announce=a))
+            results.append((kind, entry is None, len(bus.entries("dlq"))))
+        assert results[0] == results[1], results
+        after = self.refresh(job_id)
+        kind, nothing, _ = results[0]
+        if before is not None and before.state in (JobState.SUCCEEDED, JobState.DEAD):
+            assert (kind, nothing) == ("ok", True)
+        elif kind == "ok":
+            assert after is not None
+            assert after.state is JobState.DEAD
+        else:
+            assert kind == "LeaseLostError"
+            assert before is not None
+            assert before.state is JobState.RUNNING
+        self.events()  # the job.dead events are not what this rule checks
 
     @rule(job_id=JOB_IDS)
     def delete(self, job_id: str) -> None:

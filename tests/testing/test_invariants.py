@@ -52,13 +52,31 @@ def test_stage_order_flags_a_skipped_stage_and_a_wrong_name() -> None:
         return {"ev": "stage.enter", "job": "j1", "lane": "w1", "stage": name, "index": i}
 
     invariants.stage_order(_trace(enter(1, "a"), enter(2, "b")), ["d", "a", "b"])
-    with pytest.raises(InvariantViolation, match=r"entered stage 3 \('c'\) right after stage 1"):
+    with pytest.raises(InvariantViolation, match=r"entered stage 3 \('c'\) from stage 1"):
         invariants.stage_order(_trace(enter(1, "a"), enter(3, "c")))
     with pytest.raises(InvariantViolation, match="entered 'x' as stage 1, expected 'a'"):
         invariants.stage_order(_trace(enter(1, "x")), ["d", "a"])
     # a new delivery starts over
     invariants.stage_order(_trace(enter(1, "a"), {"ev": "deliver", "job": "j1", "lane": "w1"},
                                   enter(1, "a")))
+
+
+def test_stage_order_lets_a_running_stage_run_its_successor_again() -> None:
+    def enter(i: int, name: str) -> dict[str, Any]:
+        return {"ev": "stage.enter", "job": "j1", "lane": "w1", "stage": name, "index": i}
+
+    def leave(i: int, name: str) -> dict[str, Any]:
+        return {"ev": "stage.exit", "job": "j1", "lane": "w1", "stage": name, "index": i}
+
+    # the retry stage (1) runs stages 2 and 3 twice: in order, it is still running
+    invariants.stage_order(_trace(enter(1, "retry"), enter(2, "b"), enter(3, "c"),
+                                  leave(3, "c"), leave(2, "b"),
+                                  enter(2, "b"), enter(3, "c"), leave(3, "c"), leave(2, "b"),
+                                  leave(1, "retry")))
+    # ... but a stage entered again by one that already returned is out of order
+    with pytest.raises(InvariantViolation, match=r"entered stage 3 \('c'\) from stage 1"):
+        invariants.stage_order(_trace(enter(1, "retry"), enter(2, "b"), leave(2, "b"),
+                                      enter(3, "c")))
 
 
 def test_sync_before_return_flags_background_work_before_the_dispatch() -> None:

@@ -235,25 +235,30 @@ def test_duplicate_and_delayed_deliveries_reach_the_workers() -> None:
     invariants.no_job_lost(sim)
 
 
-def test_a_service_error_raises_the_client_librarys_own_exception() -> None:
+def test_a_service_error_raises_what_dcores_backends_raise_or_the_clients_own() -> None:
     import botocore.exceptions
     import redis.exceptions
+
+    from dcore.errors import ServiceUnavailableError
 
     seen: list[str] = []
 
     def probe(sim: SimEnvironment) -> None:
+        with pytest.raises(ServiceUnavailableError, match=r"during storage\.put"):
+            sim.storage.put("k", b"v")  # what the S3 backend raises to its caller
         with pytest.raises(botocore.exceptions.EndpointConnectionError) as s3_error:
-            sim.storage.put("k", b"v")
+            sim.storage.get("k")
         with pytest.raises(redis.exceptions.ConnectionError) as redis_error:
             sim.jobs.get("nope")
         seen.extend([type(s3_error.value).__name__, type(redis_error.value).__name__])
 
-    plan = FaultPlan(ServiceError(op="storage.put"), ServiceError(op="jobs.get"))
+    plan = FaultPlan(ServiceError(op="storage.put"), ServiceError(op="storage.get", error="s3"),
+                     ServiceError(op="jobs.get", error="redis"))
     with SimEnvironment(seed=1, faults=plan) as sim:
         sim.spawn(probe, sim)
         sim.run_until_idle()
     assert seen == ["EndpointConnectionError", "ConnectionError"]
-    assert [e["op"] for e in sim.trace.of("fault")] == ["storage.put", "jobs.get"]
+    assert [e["op"] for e in sim.trace.of("fault")] == ["storage.put", "storage.get", "jobs.get"]
 
 
 def test_a_crashed_worker_does_not_release_its_lock_the_ttl_does() -> None:
