@@ -15,7 +15,6 @@ every address it resolves to is a loopback one (see :mod:`.addresses`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 from typing import Any
@@ -31,6 +30,7 @@ from .addresses import (
     split_host_port,
 )
 from .link import Connection
+from .sockets import ReadBuffers, Side
 from .toxics import ToxicSpec
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._generation = 0
         self._serial = 0
+        self._buffers = ReadBuffers()
 
     # lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -69,8 +70,12 @@ class Proxy:
             raise ProxyError(f"proxy {self.name!r}: {problem}")
         bind_host = host or "127.0.0.1"
         try:
-            server = await asyncio.start_server(
-                self._on_client, bind_host, port, reuse_address=True, limit=1 << 16
+            server = await asyncio.get_running_loop().create_server(
+                lambda: Side(self._buffers, self._on_client),
+                bind_host,
+                port,
+                reuse_address=True,
+                backlog=512,
             )
         except OSError as exc:
             reason = {
@@ -97,26 +102,29 @@ class Proxy:
         self.enabled = False
         await asyncio.sleep(0)
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.CancelledError):  # shutdown while dialing
-            await self._accept(reader, writer)
+    def _on_client(self, client: Side) -> None:
+        asyncio.get_running_loop().create_task(self._accept(client))
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, client: Side) -> None:
         generation = self._generation
-        upstream = await self._dial()
+        try:
+            upstream = await self._dial()
+        except asyncio.CancelledError:  # shutdown while dialing
+            _close(client)
+            return
         if upstream is None:
-            writer.close()  # the real server accepts, then closes: the client sees EOF
+            _close(client)  # the real server accepts, then closes: the client sees EOF
             return
         if generation != self._generation:
-            writer.close()
-            upstream[1].close()
+            _close(client)
+            _close(upstream)
             return
         self._serial += 1
-        conn = Connection(self._serial, (reader, writer), upstream, self.connections.discard)
+        conn = Connection(self._serial, client, upstream, self.connections.discard)
         self.connections.add(conn)
         conn.start(list(self.toxics))
 
-    async def _dial(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _dial(self) -> Side | None:
         """Connect to the upstream, or ``None`` when it cannot (or may not) be reached."""
         try:
             host, port_text = split_host_port(self.upstream)
@@ -139,10 +147,15 @@ class Proxy:
                 return None
         for target in targets:
             try:
-                return await asyncio.open_connection(target, port, limit=1 << 16)
+                return await self._connect(target, port)
             except (OSError, ValueError):
                 continue
         return None
+
+    async def _connect(self, host: str, port: int) -> Side:
+        loop = asyncio.get_running_loop()
+        _transport, side = await loop.create_connection(lambda: Side(self._buffers), host, port)
+        return side
 
     # toxics ---------------------------------------------------------------
     def find_toxic(self, name: str) -> ToxicSpec | None:
@@ -179,3 +192,8 @@ class Proxy:
             "Logger": {},
             "toxics": [t.to_json() for t in self.ordered_toxics()],
         }
+
+
+def _close(side: Side) -> None:
+    if side.transport is not None:
+        side.transport.close()

@@ -157,7 +157,7 @@ def test_a_name_that_resolves_elsewhere_by_dial_time_is_not_dialed(
         raise OSError("must not dial")
 
     monkeypatch.setattr(proxy, "lookup", moved)
-    monkeypatch.setattr(proxy.asyncio, "open_connection", no_dial)
+    monkeypatch.setattr(proxy.Proxy, "_connect", no_dial)
     host, _, port = listen.rpartition(":")
     with (
         caplog.at_level(logging.WARNING, logger="dcore_testing.chaos.proxy"),
