@@ -16,6 +16,7 @@ from .errors import (
     ToxiproxyConnectionError,
     ToxiproxyError,
 )
+from .http import HttpLimits
 from .plan import ChaosPlan, LogEntry, ManualClock, PlanRun, Step
 from .server import ToxiproxyServer
 from .toxics import Decision
@@ -25,6 +26,7 @@ __all__ = [
     "ChaosPlan",
     "ConflictError",
     "Decision",
+    "HttpLimits",
     "LogEntry",
     "ManualClock",
     "NotFoundError",

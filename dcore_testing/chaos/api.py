@@ -8,8 +8,10 @@ JSON decode messages. Every mutation runs under one lock, so concurrent requests
 see the same serial order the real server's mutexes give.
 
 Differences: attribute values that crash the real server get 400 (see
-:mod:`.toxics`); ``/populate`` entries accept ``toxics``; there is no
-``/metrics`` (as the real server without ``-proxy-metrics``).
+:mod:`.toxics`); listen and upstream addresses that are not loopback get 400
+unless the server allows remote ones (see :mod:`.addresses`); ``/populate``
+entries accept ``toxics``; there is no ``/metrics`` (as the real server without
+``-proxy-metrics``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from . import gojson
 from .http import Request, Response
+from .http import error_response as http_error
 from .registry import (
     INVALID_STREAM,
     INVALID_TYPE,
@@ -39,7 +42,7 @@ from .toxics import KINDS, validate_toxicity
 
 log = logging.getLogger(__name__)
 
-VERSION = "v2.12.0"
+VERSION = "2.12.0"  # a release build's version has no leading "v"
 HANDLER_TIMEOUT = 25.0
 _XID_ALPHABET = "0123456789abcdefghijklmnopqrstuv"
 
@@ -64,12 +67,7 @@ def json_response(value: Any, status: int = 200) -> Response:
 
 
 def error_response(error: ApiError) -> Response:
-    body = gojson.dumps({"error": error.message, "status": error.status}) + b"\n"
-    return Response(
-        error.status,
-        body,
-        [("Content-Type", "text/plain; charset=utf-8"), ("X-Content-Type-Options", "nosniff")],
-    )
+    return http_error(error.message, error.status)
 
 
 def _decode(body: bytes) -> Any:

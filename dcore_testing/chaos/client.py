@@ -163,7 +163,7 @@ class ToxiproxyClient:
 
     # API --------------------------------------------------------------------
     def version(self) -> str:
-        """The server version string, e.g. ``"v2.12.0"``."""
+        """The server version string: ``"2.12.0"`` for a release build, ``"git"`` for a dev one."""
         return str(self.request("GET", "/version")["version"])
 
     def proxies(self) -> dict[str, Proxy]:

@@ -3,7 +3,11 @@
 A link carries one direction: ``upstream`` is client→server, ``downstream`` is
 server→client. It is ``reader → stage₁ → … → stageₙ → writer``, with a bounded
 :class:`Channel` in front of each stage and of the writer, so a stalled toxic
-back-pressures the socket as in the real server.
+back-pressures the socket as in the real server. A link with no stage, and nothing
+left in its writer's queue, is *direct*: what is read is written to the other socket
+at once, from the read callback (see :mod:`.sockets`), which costs no task switch
+and no queue. The first toxic added makes it queued again; bytes keep their order
+across the switch because a direct write happens only when the queue is empty.
 
 Live changes keep byte order without locks, because the event loop is single
 threaded: a stage is stopped by cancelling its task (awaited), then, with no
@@ -32,6 +36,7 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
+from .sockets import CHUNK_SIZE, Side
 from .toxics import Chunk, ToxicSpec, run_noop
 
 if TYPE_CHECKING:
@@ -39,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-READ_SIZE: Final = 32 * 1024
 _EOF: Final = None
 Item = Chunk | None
 
@@ -74,6 +78,13 @@ class Channel:
 
     async def wait_writable(self) -> None:
         await self._writable.wait()
+
+    @property
+    def writable(self) -> bool:
+        return self._writable.is_set()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def force_put(self, item: Item) -> None:
         self._items.append(item)
@@ -180,30 +191,33 @@ class _Reader(_Node):
 
 
 class Link:
-    """One direction of a connection."""
+    """One direction of a connection: ``source`` is read, ``dest`` is written."""
 
     def __init__(
-        self,
-        conn: Connection,
-        direction: str,
-        source: asyncio.StreamReader,
-        dest: asyncio.StreamWriter,
-        chain: list[ToxicSpec],
+        self, conn: Connection, direction: str, source: Side, dest: Side, chain: list[ToxicSpec]
     ) -> None:
         self.conn = conn
         self.direction = direction
         self.sink = Channel(16)
         self.reader = _Reader(self.sink)
         self.stages: list[Stage] = []
-        self._source = source
-        self._dest = dest
+        self.source = source
+        self.dest = dest
+        assert dest.transport is not None, "a link joins two connected sockets"
+        self._out = dest.transport
+        self.eof = False
         self.tasks: list[asyncio.Task[None]] = []
+        self._room: asyncio.Task[None] | None = None
         for spec in chain:
             self.append(spec)
 
+    @property
+    def direct(self) -> bool:
+        """No toxic and nothing queued: bytes read go straight to ``dest``."""
+        return not self.stages and not self.sink._items
+
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.tasks = [loop.create_task(self._read()), loop.create_task(self._write())]
+        self.tasks = [asyncio.get_running_loop().create_task(self._write())]
 
     def append(self, spec: ToxicSpec) -> None:
         stage = Stage(self, spec)
@@ -250,26 +264,65 @@ class Link:
             stage.inq.push_front(_EOF)
         stage.start()
 
-    async def _read(self) -> None:
-        try:
-            while data := await self._source.read(READ_SIZE):
-                await self.reader.emit(Chunk(data, asyncio.get_running_loop().time()))
-        except (ConnectionError, OSError):
-            pass
-        await self.reader.emit(_EOF)
+    # reading (called back by the source socket) --------------------------------
+    def feed(self, data: memoryview) -> None:
+        """Bytes read from ``source``: written to ``dest`` if direct, else queued."""
+        if self.eof:
+            return
+        if not self.stages and not self.sink._items:  # direct: the hot path, kept short
+            transport = self._out
+            if transport.is_closing():
+                self.conn.close()
+                return
+            transport.write(data)
+            if transport.get_write_buffer_size():
+                self.source.buffers.renew_direct()  # the transport may hold a view of it
+            return
+        now = asyncio.get_running_loop().time()
+        target = self.reader.out
+        for start in range(0, len(data), CHUNK_SIZE):
+            target.force_put(Chunk(bytes(data[start : start + CHUNK_SIZE]), now))
+        if not target.writable:
+            self.source.pause("queue")
+            if self._room is None:
+                self._room = asyncio.get_running_loop().create_task(self._wait_for_room())
 
+    async def _wait_for_room(self) -> None:
+        """Resume reading once the channel the reader feeds (whichever it is now) has room."""
+        while True:
+            target = self.reader.out
+            await target.wait_writable()
+            if target is self.reader.out:
+                break
+        self._room = None
+        self.source.resume("queue")
+
+    def feed_eof(self) -> None:
+        """End of stream (or a socket error) on ``source``: it travels down the chain."""
+        if self.eof:
+            return
+        self.eof = True
+        if self.direct:
+            self.conn.close()
+        else:
+            self.reader.out.force_put(_EOF)
+
+    # writing ------------------------------------------------------------------
     async def _write(self) -> None:
-        try:
-            while (item := await self.sink.get()) is not None:
-                self._dest.write(item.data)
-                await self._dest.drain()
-        except (ConnectionError, OSError):
-            pass
+        while (item := await self.sink.get()) is not None:
+            if self._out.is_closing():
+                break
+            self._out.write(item.data)
+            await self.dest.drain()
         self.conn.close()
 
     def cancel(self) -> None:
+        """The connection closed: read nothing more, stop every task."""
+        self.eof = True
         for task in self.tasks:
             task.cancel()
+        if self._room is not None:
+            self._room.cancel()
         for stage in self.stages:
             if stage.task is not None:
                 stage.task.cancel()
@@ -278,13 +331,7 @@ class Link:
 class Connection:
     """A client socket, its upstream socket, and the two links between them."""
 
-    def __init__(
-        self,
-        serial: int,
-        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        on_close: Any,
-    ) -> None:
+    def __init__(self, serial: int, client: Side, upstream: Side, on_close: Any) -> None:
         self.serial = serial
         self.client = client
         self.upstream = upstream
@@ -295,12 +342,15 @@ class Connection:
     def start(self, toxics: list[ToxicSpec]) -> None:
         up = [t for t in toxics if t.direction == "upstream"]
         down = [t for t in toxics if t.direction == "downstream"]
-        self.links = {
-            "upstream": Link(self, "upstream", self.client[0], self.upstream[1], up),
-            "downstream": Link(self, "downstream", self.upstream[0], self.client[1], down),
-        }
+        upstream = Link(self, "upstream", self.client, self.upstream, up)
+        downstream = Link(self, "downstream", self.upstream, self.client, down)
+        self.links = {"upstream": upstream, "downstream": downstream}
+        self.client.attach(upstream, downstream)
+        self.upstream.attach(downstream, upstream)
         for link in self.links.values():
             link.start()
+        for side in (self.client, self.upstream):
+            side.resume("setup")
 
     def close(self, *, reset: bool = False) -> None:
         """Close both sockets (with an RST if ``reset``) and stop every task."""
@@ -309,12 +359,15 @@ class Connection:
         self.closed = True
         for link in self.links.values():
             link.cancel()
-        for _reader, writer in (self.client, self.upstream):
+        for side in (self.client, self.upstream):
+            transport = side.transport
+            if transport is None:
+                continue
             if reset:
-                sock = writer.get_extra_info("socket")
+                sock = transport.get_extra_info("socket")
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                writer.transport.abort()
+                transport.abort()
             else:
-                writer.close()
+                transport.close()
         self._on_close(self)

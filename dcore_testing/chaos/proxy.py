@@ -5,89 +5,47 @@ server reports it); ``stop`` closes the listener and every open connection, whic
 is what ``enabled: false`` means (a partition). Toxic add, update and remove reach
 every open connection as well as new ones.
 
-Difference from Toxiproxy v2.12.0: an empty ``listen`` binds 127.0.0.1 on a random
-port (reported as ``127.0.0.1:N``) instead of every interface, so a test fixture
-never exposes a port to the network. ``0.0.0.0:N`` or ``[::]:N`` still do.
+Differences from Toxiproxy v2.12.0 (see DIFFERENCES.md): an empty ``listen`` binds
+127.0.0.1 on a random port (reported as ``127.0.0.1:N``) instead of every
+interface; and unless the proxy allows remote addresses (the server's
+``allow_remote``), it binds only loopback addresses and dials an upstream only when
+every address it resolves to is a loopback one (see :mod:`.addresses`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import ipaddress
-import socket
+import logging
 from typing import Any
 
+from .addresses import (
+    ALLOW_REMOTE_FIX,
+    ProxyError,
+    format_address,
+    listen_problem,
+    lookup,
+    remote_addresses,
+    resolve,
+    split_host_port,
+)
 from .link import Connection
+from .sockets import ReadBuffers, Side
 from .toxics import ToxicSpec
 
+log = logging.getLogger(__name__)
 
-class ProxyError(Exception):
-    """A listen or resolve failure; the API reports its message with status 500."""
-
-
-def _format(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def split_host_port(address: str) -> tuple[str, str]:
-    """Go's ``net.SplitHostPort``, with its error messages."""
-    if address.startswith("["):
-        end = address.find("]")
-        if end < 0:
-            raise ProxyError(f"address {address}: missing ']' in address")
-        if not address[end + 1 :].startswith(":"):
-            raise ProxyError(f"address {address}: missing port in address")
-        return address[1:end], address[end + 2 :]
-    host, sep, port = address.rpartition(":")
-    if not sep:
-        raise ProxyError(f"address {address}: missing port in address")
-    if ":" in host:
-        raise ProxyError(f"address {address}: too many colons in address")
-    return host, port
-
-
-def resolve(address: str) -> tuple[str, int]:
-    """Resolve ``host:port`` like ``net.ResolveTCPAddr``, IPv4 first; returns (ip, port)."""
-    if address == "":
-        return "", 0
-    host, port_text = split_host_port(address)
-    if not port_text.isdigit() or int(port_text) > 65535:
-        if port_text == "":
-            return _resolve_host(host, address), 0
-        raise ProxyError(f"address {port_text}: invalid port")
-    return _resolve_host(host, address), int(port_text)
-
-
-def _resolve_host(host: str, address: str) -> str:
-    if host == "":
-        return ""
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            infos = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)
-        except OSError:
-            continue
-        if infos:
-            return str(infos[0][4][0])
-    raise ProxyError(f"lookup {host}: no such host")
-
-
-def canonical(address: str) -> str:
-    """The address string ``ResolveTCPAddr(...).String()`` would give."""
-    host, port = resolve(address)
-    return _format(host, port) if host else f":{port}"
+__all__ = ["Proxy", "ProxyError"]
 
 
 class Proxy:
     """One named proxy; all methods run on the server's event loop."""
 
-    def __init__(self, name: str, listen: str, upstream: str) -> None:
+    def __init__(
+        self, name: str, listen: str, upstream: str, *, allow_remote: bool = False
+    ) -> None:
         self.name = name
+        self.allow_remote = allow_remote
         self.listen = listen
         self.upstream = upstream
         self.enabled = False
@@ -96,6 +54,7 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._generation = 0
         self._serial = 0
+        self._buffers = ReadBuffers()
 
     # lifecycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -106,10 +65,17 @@ class Proxy:
             host, port = resolve(self.listen)
         except ProxyError as exc:
             raise ProxyError(f"listen tcp: {exc}") from None
+        problem = None if self.allow_remote else listen_problem(self.listen)
+        if problem:  # the API checks first; this catches a name that resolved elsewhere since
+            raise ProxyError(f"proxy {self.name!r}: {problem}")
         bind_host = host or "127.0.0.1"
         try:
-            server = await asyncio.start_server(
-                self._on_client, bind_host, port, reuse_address=True, limit=1 << 16
+            server = await asyncio.get_running_loop().create_server(
+                lambda: Side(self._buffers, self._on_client),
+                bind_host,
+                port,
+                reuse_address=True,
+                backlog=512,
             )
         except OSError as exc:
             reason = {
@@ -117,9 +83,11 @@ class Proxy:
                 errno.EADDRNOTAVAIL: "cannot assign requested address",
                 errno.EACCES: "permission denied",
             }.get(exc.errno or 0, exc.strerror or str(exc))
-            raise ProxyError(f"listen tcp {_format(bind_host, port)}: bind: {reason}") from None
+            raise ProxyError(
+                f"listen tcp {format_address(bind_host, port)}: bind: {reason}"
+            ) from None
         bound = server.sockets[0].getsockname()
-        self.listen = _format(str(bound[0]), int(bound[1]))
+        self.listen = format_address(str(bound[0]), int(bound[1]))
         self._server = server
         self.enabled = True
 
@@ -134,26 +102,60 @@ class Proxy:
         self.enabled = False
         await asyncio.sleep(0)
 
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(asyncio.CancelledError):  # shutdown while dialing
-            await self._accept(reader, writer)
+    def _on_client(self, client: Side) -> None:
+        asyncio.get_running_loop().create_task(self._accept(client))
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, client: Side) -> None:
         generation = self._generation
         try:
-            host, port = split_host_port(self.upstream)
-            upstream = await asyncio.open_connection(host, int(port), limit=1 << 16)
-        except (OSError, ValueError, ProxyError):
-            writer.close()  # the real server accepts, then closes: the client sees EOF
+            upstream = await self._dial()
+        except asyncio.CancelledError:  # shutdown while dialing
+            _close(client)
+            return
+        if upstream is None:
+            _close(client)  # the real server accepts, then closes: the client sees EOF
             return
         if generation != self._generation:
-            writer.close()
-            upstream[1].close()
+            _close(client)
+            _close(upstream)
             return
         self._serial += 1
-        conn = Connection(self._serial, (reader, writer), upstream, self.connections.discard)
+        conn = Connection(self._serial, client, upstream, self.connections.discard)
         self.connections.add(conn)
         conn.start(list(self.toxics))
+
+    async def _dial(self) -> Side | None:
+        """Connect to the upstream, or ``None`` when it cannot (or may not) be reached."""
+        try:
+            host, port_text = split_host_port(self.upstream)
+            port = int(port_text)
+        except (ValueError, ProxyError):
+            return None
+        if self.allow_remote:
+            targets = [host]
+        else:
+            targets = await lookup(host)
+            remote = remote_addresses(targets)
+            if remote:
+                log.warning(
+                    "proxy %r: not dialing upstream %r: it resolves to %s, not loopback; %s",
+                    self.name,
+                    self.upstream,
+                    ", ".join(remote),
+                    ALLOW_REMOTE_FIX,
+                )
+                return None
+        for target in targets:
+            try:
+                return await self._connect(target, port)
+            except (OSError, ValueError):
+                continue
+        return None
+
+    async def _connect(self, host: str, port: int) -> Side:
+        loop = asyncio.get_running_loop()
+        _transport, side = await loop.create_connection(lambda: Side(self._buffers), host, port)
+        return side
 
     # toxics ---------------------------------------------------------------
     def find_toxic(self, name: str) -> ToxicSpec | None:
@@ -190,3 +192,8 @@ class Proxy:
             "Logger": {},
             "toxics": [t.to_json() for t in self.ordered_toxics()],
         }
+
+
+def _close(side: Side) -> None:
+    if side.transport is not None:
+        side.transport.close()

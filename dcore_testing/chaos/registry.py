@@ -5,8 +5,10 @@ Semantics follow Toxiproxy v2.12.0's ``proxy_collection.go``, ``proxy.go`` and
 :mod:`.api`, and failures are :class:`ApiError` with the real message and status.
 All methods run on the server loop and are serialised by the API's lock.
 
-Difference: ``populate`` entries may carry ``"toxics": [...]``; they are applied
+Differences: ``populate`` entries may carry ``"toxics": [...]``; they are applied
 when the entry creates or replaces a proxy (an untouched proxy keeps its toxics).
+Unless ``allow_remote`` is set, a listen or upstream address that is not loopback
+is refused with 400 before anything changes (see :mod:`.addresses`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .proxy import Proxy, ProxyError, canonical
+from .addresses import ProxyError, canonical, listen_problem, upstream_problem
+from .proxy import Proxy
 from .toxics import KINDS, ToxicSpec, derive_seed
 
 
@@ -63,8 +66,9 @@ class ProxyInput:
 class Registry:
     """All proxies of one server, by name, in creation order."""
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = None, *, allow_remote: bool = False) -> None:
         self.seed = seed
+        self.allow_remote = allow_remote
         self.proxies: dict[str, Proxy] = {}
         self._entropy = random.SystemRandom()
 
@@ -80,10 +84,22 @@ class Registry:
         except ProxyError as exc:
             raise ApiError(str(exc), 500) from None
 
+    async def check_addresses(self, name: str, listen: str, upstream: str) -> None:
+        """400 if ``listen`` or ``upstream`` is not loopback and remote ones are not allowed."""
+        if self.allow_remote:
+            return
+        problem = listen_problem(listen) or await upstream_problem(upstream)
+        if problem:
+            raise ApiError(f"proxy {name!r}: {problem}", 400)
+
+    def _new(self, spec: ProxyInput) -> Proxy:
+        return Proxy(spec.name, spec.listen, spec.upstream, allow_remote=self.allow_remote)
+
     async def create(self, spec: ProxyInput) -> Proxy:
         if spec.name in self.proxies:
             raise fail(PROXY_EXISTS)
-        proxy = Proxy(spec.name, spec.listen, spec.upstream)
+        await self.check_addresses(spec.name, spec.listen, spec.upstream)
+        proxy = self._new(spec)
         for toxic in spec.toxics:
             self._attach(proxy, toxic)
         if spec.enabled:
@@ -93,6 +109,7 @@ class Registry:
 
     async def update(self, proxy: Proxy, listen: str, upstream: str, enabled: bool) -> Proxy:
         """``Proxy.Update``: restart on an address change, then apply ``enabled``."""
+        await self.check_addresses(proxy.name, listen, upstream)
         try:
             differs = canonical(listen) != proxy.listen or upstream != proxy.upstream
         except ProxyError as exc:
@@ -114,6 +131,11 @@ class Registry:
 
     async def populate(self, entries: list[ProxyInput]) -> list[Proxy]:
         """``AddOrReplace`` each entry in order; raises ``(ApiError, done_so_far)``."""
+        for entry in entries:  # before anything changes, like the other checks
+            try:
+                await self.check_addresses(entry.name, entry.listen, entry.upstream)
+            except ApiError as exc:
+                raise PopulateError(exc, []) from None
         done: list[Proxy] = []
         for entry in entries:
             try:
@@ -132,7 +154,7 @@ class Registry:
             if same and entry.upstream == existing.upstream:
                 return existing
             await existing.stop()
-        proxy = Proxy(entry.name, entry.listen, entry.upstream)
+        proxy = self._new(entry)
         for toxic in entry.toxics:
             self._attach(proxy, toxic)
         if entry.enabled:

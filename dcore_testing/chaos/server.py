@@ -8,6 +8,11 @@ With ``seed`` set, every toxic draws from ``Random(derive(seed, proxy, toxic,
 connection, stream))``: the same seed and the same traffic give the same
 toxicity decisions and jitter values, whatever other proxies are doing. The real
 server ignores its ``-seed`` flag.
+
+Two safety defaults differ from the real server (DIFFERENCES.md): proxies listen
+on and dial loopback addresses only unless ``allow_remote=True``, and the HTTP API
+has the limits of :class:`~.http.HttpLimits` (request body size, connection count,
+read / idle / write timeouts).
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from types import TracebackType
 from typing import Any
 
 from .api import Api
-from .http import MAX_HEADER_BYTES, Request, serve_connection
+from .http import (
+    MAX_HEADER_BYTES,
+    HttpLimits,
+    Request,
+    answer_and_close,
+    serve_connection,
+    too_many_connections,
+)
 from .registry import ApiError, Registry
 from .toxics import Decision
 
@@ -63,17 +75,37 @@ async def serve(
     *,
     seed: int | None = None,
     config: str | Path | None = None,
+    allow_remote: bool = False,
+    limits: HttpLimits | None = None,
 ) -> RunningServer:
-    """Bind the API on ``host:port`` (0 = ephemeral) and return the running server."""
-    registry = Registry(seed)
+    """Bind the API on ``host:port`` (0 = ephemeral) and return the running server.
+
+    ``allow_remote`` lets proxies listen on and dial non-loopback addresses;
+    ``limits`` bounds the API's HTTP connections (defaults: :class:`HttpLimits`).
+    """
+    limits = limits or HttpLimits()
+    registry = Registry(seed, allow_remote=allow_remote)
     api = Api(registry)
     if config is not None:
         await load_config(api, config)
+    open_connections = 0
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_connections
         # Swallow the shutdown cancel: asyncio's stream callback logs it as an error otherwise.
         with contextlib.suppress(asyncio.CancelledError):
-            await serve_connection(reader, writer, api.handle)
+            if open_connections >= limits.max_connections:
+                try:
+                    await answer_and_close(reader, writer, too_many_connections(limits))
+                finally:
+                    writer.close()
+                return
+            open_connections += 1
+            await serve_connection(reader, writer, api.handle, limits, on_finish=release)
+
+    def release() -> None:
+        nonlocal open_connections
+        open_connections -= 1
 
     server = await asyncio.start_server(on_connection, host, port, limit=MAX_HEADER_BYTES)
     bound = server.sockets[0].getsockname()
@@ -82,6 +114,10 @@ async def serve(
 
 class ToxiproxyServer:
     """An embedded server on a background thread: ``start()``/``stop()`` or ``with``.
+
+    ``allow_remote=True`` lets proxies listen on and dial non-loopback addresses (off by
+    default: a test fixture should not expose ports or relay to other hosts).
+    ``limits`` sets the API's HTTP limits (:class:`HttpLimits`).
 
     >>> with ToxiproxyServer(seed=1) as server:   # doctest: +SKIP
     ...     client = ToxiproxyClient(server.url)
@@ -93,11 +129,21 @@ class ToxiproxyServer:
         port: int = 0,
         seed: int | None = None,
         config: str | Path | None = None,
+        *,
+        allow_remote: bool = False,
+        limits: HttpLimits | None = None,
     ) -> None:
+        if limits is not None and not isinstance(limits, HttpLimits):
+            raise TypeError(
+                f"ToxiproxyServer limits must be an HttpLimits, got {type(limits).__name__}; "
+                "e.g. limits=HttpLimits(max_body_bytes=1 << 20)"
+            )
         self._host = host
         self._port = port
         self.seed = seed
         self._config = config
+        self.allow_remote = allow_remote
+        self.limits = limits or HttpLimits()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._running: RunningServer | None = None
@@ -133,7 +179,12 @@ class ToxiproxyServer:
         async def boot() -> None:
             try:
                 self._running = await serve(
-                    self._host, self._port, seed=self.seed, config=self._config
+                    self._host,
+                    self._port,
+                    seed=self.seed,
+                    config=self._config,
+                    allow_remote=self.allow_remote,
+                    limits=self.limits,
                 )
             except BaseException as exc:
                 failure.append(exc)

@@ -17,6 +17,7 @@ the addresses:
     ``host.docker.internal``; a service of the same compose network by its name.
 ``DCORE_CHAOS_LISTEN_HOST``
     the address the proxy binds (default ``127.0.0.1``; ``0.0.0.0`` in a container).
+    The embedded server refuses a non-loopback one unless started with ``allow_remote``.
 ``DCORE_CHAOS_PROXY_HOST``
     the host the *tests* dial to reach a proxy (default: the bound host; for a wildcard
     bind, the host of ``TOXIPROXY_URL``).

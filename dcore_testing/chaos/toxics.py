@@ -9,7 +9,7 @@ flushes whatever it was holding.
 Differences from Toxiproxy v2.12.0 (see DIFFERENCES.md):
 
 * attribute values that crash or wedge the real server are rejected with 400:
-  slicer ``average_size <= 0`` or ``size_variation`` outside ``[0, average_size)``,
+  slicer ``average_size <= 0`` or ``size_variation`` outside ``[0, average_size]``,
   bandwidth ``rate <= 0``, negative times/sizes, ``toxicity`` outside ``[0, 1]``;
 * ``reset_peer`` sets ``SO_LINGER 0`` when it fires, so it resets the connection
   even when added to an open connection, and an inactive (toxicity-0) reset_peer
@@ -165,10 +165,10 @@ def _validate_slicer(attrs: Attrs) -> str | None:
     average, variation = attrs["average_size"], attrs["size_variation"]
     if average <= 0:
         return f"slicer average_size must be positive (got {average}); 0 crashes the real server"
-    if not 0 <= variation < average:
+    if not 0 <= variation <= average:
         return (
-            f"slicer size_variation must be at least 0 and less than average_size={average} "
-            f"(got {variation}); larger values split outside the chunk"
+            f"slicer size_variation must be between 0 and average_size={average} "
+            f"(got {variation}); a larger one makes the real server cut outside the chunk"
         )
     if attrs["delay"] < 0:
         return f"slicer delay must not be negative (got {attrs['delay']} microseconds)"

@@ -49,8 +49,12 @@ def test_standalone_server_prints_url_serves_config_and_stops_on_sigterm(tmp_pat
         assert url.startswith("http://127.0.0.1:")
         assert not url.endswith(":0")
         with httpx.Client(base_url=url, timeout=5) as client:
-            assert client.get("/version").json()["version"].startswith("v")
+            assert client.get("/version").content == b'{"version": "2.12.0"}\n'
             assert list(client.get("/proxies").json()) == ["cfg"]
+            wildcard = {"name": "w", "listen": "0.0.0.0:0", "upstream": "127.0.0.1:1"}
+            refused = client.post("/proxies", json=wildcard)
+            assert refused.status_code == 400
+            assert "--allow-remote" in refused.json()["error"]
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -64,3 +68,27 @@ def test_standalone_server_rejects_a_bad_config(tmp_path: Path) -> None:
     _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 1
     assert "missing required field: name at proxy 1" in stderr
+
+
+def test_standalone_server_flags_allow_remote_addresses_and_set_limits() -> None:
+    proc = _spawn("--port", "0", "--allow-remote", "--max-body-bytes", "200")
+    try:
+        url = _first_line(proc)
+        with httpx.Client(base_url=url, timeout=5) as client:
+            # disabled: accepted and stored, but nothing binds every interface
+            remote = {"name": "r", "listen": "0.0.0.0:0", "upstream": "192.0.2.1:80"}
+            response = client.post("/proxies", json={**remote, "enabled": False})
+            assert response.status_code == 201
+            too_big = client.post("/proxies", content=b" " * 201)
+            assert too_big.status_code == 413
+            assert "--max-body-bytes" in too_big.json()["error"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_standalone_server_rejects_a_bad_limit() -> None:
+    proc = _spawn("--port", "0", "--idle-timeout", "0")
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 2
+    assert "HttpLimits.idle_timeout must be a positive finite number, got 0.0" in stderr

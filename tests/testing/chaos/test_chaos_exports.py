@@ -11,6 +11,7 @@ def test_exported_names() -> None:
         "ChaosPlan",
         "ConflictError",
         "Decision",
+        "HttpLimits",
         "LogEntry",
         "ManualClock",
         "NotFoundError",

@@ -43,7 +43,7 @@ def test_keep_alive_serves_several_requests_on_one_connection() -> None:
         request = b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n"
         sock.sendall(request + request)
         data = b""
-        while data.count(b"v2.12.0") < 2:
+        while data.count(b'{"version": "2.12.0"}\n') < 2:
             data += sock.recv(4096)
         assert data.count(b"HTTP/1.1 200 OK") == 2
         sock.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

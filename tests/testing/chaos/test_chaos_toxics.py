@@ -6,13 +6,17 @@ the point is that nothing was delayed (and then far above loopback times).
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dcore_testing.chaos import Proxy, ToxiproxyClient
+from dcore_testing.chaos.toxics import _slice
 
 FAST = 0.4  # a loopback round trip through the proxy is ~1 ms; even on a loaded machine
 # well under 400 ms, while every toxic compared with it delays by 600 ms or more
@@ -113,6 +117,46 @@ def test_slicer_splits_data_into_several_reads(toxiproxy: ToxiproxyClient, upstr
     assert b"".join(reads) == payload
     assert len(reads) >= 5
     assert max(len(r) for r in reads) < 1000
+
+
+def test_slicer_with_variation_equal_to_average_size_delivers_everything(
+    toxiproxy: ToxiproxyClient, upstreams, net
+) -> None:
+    # 1000/1000 is valid on the real server (a peer client's own suite uses it)
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    port = upstreams.start(net.greeter(payload))
+    proxy = toxiproxy.create_proxy("slice_eq", "127.0.0.1:0", f"127.0.0.1:{port}")
+    with proxy.slicer(1000, 1000) as toxic, net.connect(proxy, timeout=30) as sock:
+        assert toxic.attributes == {"average_size": 1000, "size_variation": 1000, "delay": 0}
+        assert net.recv_until_eof(sock) == payload
+
+
+class _Draws:
+    """The two things ``_slice`` uses from a stage: a Random and a draw log."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def log(self, kind: str, value: float) -> None:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    average=st.integers(1, 2000),
+    data=st.data(),
+    length=st.integers(1, 100_000),
+    seed=st.integers(0, 2**32),
+)
+def test_slicer_cuts_stay_inside_the_chunk_whenever_variation_is_at_most_average(
+    average: int, data: st.DataObject, length: int, seed: int
+) -> None:
+    variation = data.draw(st.integers(0, average), label="size_variation")
+    cuts = _slice(_Draws(seed), 0, length, average, variation)  # type: ignore[arg-type]
+    sizes = [b - a for a, b in zip([0, *cuts[:-1]], cuts, strict=True)]
+    assert cuts[-1] == length
+    assert min(sizes) >= 0  # a piece may be empty (as in the real server), never negative
+    assert max(sizes) <= average + variation
 
 
 def test_limit_data_closes_after_n_bytes(toxiproxy: ToxiproxyClient, upstreams, net) -> None:
