@@ -245,20 +245,20 @@ def _record(
     policy: RetryPolicy,
 ) -> Outcome:
     """Record ``outcome`` in the job store (fenced by ``owner``'s lease); the outcome to
-    carry out, which is REQUEUE when the store is unreachable and SKIP when the lease
-    was lost meanwhile."""
-    action, attempt = outcome.action, outcome.attempt
+    carry out, which is REQUEUE (of this delivery's attempt: nothing was recorded) when
+    the store is unreachable and SKIP when the lease was lost meanwhile."""
+    action = outcome.action
+    attempt = outcome.attempt - 1 if action is Action.RETRY else outcome.attempt
     try:
         if action is Action.ACK:
             payload = {"job_id": job_id, "attempt": attempt}
             _end(env, job_id, owner, JobState.SUCCEEDED, events.JOB_SUCCEEDED, payload,
                  result=_jsonable(result))  # fmt: skip
         elif action is Action.RETRY:
-            failed = attempt - 1
             env.jobs.end_attempt(job_id, JobState.FAILED, owner=_owner(owner),
-                                 error=outcome.reason, note=f"attempt {failed}",
+                                 error=outcome.reason, note=f"attempt {attempt}",
                                  retry_at=env.clock.time() + outcome.delay)  # fmt: skip
-            events.emit(env, events.JOB_RETRYING, job_id=job_id, attempt=failed,
+            events.emit(env, events.JOB_RETRYING, job_id=job_id, attempt=attempt,
                         error=outcome.reason)  # fmt: skip
         elif action is Action.DEAD:
             error = outcome.reason or "dead"

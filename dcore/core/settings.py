@@ -99,7 +99,7 @@ class DcoreSettings(BaseSettings):
     #: how often a worker looks for jobs whose delivery was lost (0: never), and how old
     #: a PENDING job must be before it counts as lost while its queue is empty
     recovery_interval: float = Field(default=10.0, ge=0)
-    recovery_pending_after: float = Field(default=60.0, gt=0)
+    recovery_pending_after: float = Field(default=30.0, gt=0)
 
     job_attempts: int = Field(default=1, ge=1)
     job_backoff: float = Field(default=2.0, ge=1.0)

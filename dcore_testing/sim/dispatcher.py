@@ -31,7 +31,7 @@ from dcore.core.handle import JobHandle
 from dcore.core.interfaces import Dispatch
 from dcore.core.lifecycle import Delivered, describe_error
 from dcore.core.message import JobMessage
-from dcore.core.retry import RetryPolicy
+from dcore.core.retry import RetryPolicy, job_policy
 from dcore.runtime import deliver_message
 from dcore_testing.sim.errors import WorkerCrash
 
@@ -62,7 +62,7 @@ class JobEntry:
 class Delivery:
     entry: JobEntry
     attempt: int
-    cause: str  # first | retry | redelivery | duplicate | deferred | requeue
+    cause: str  # first | retry | redelivery | duplicate | deferred | requeue | injected
 
 
 class SimDispatcher(Dispatch[Any]):
@@ -134,6 +134,32 @@ class Broker:
         for _ in range(copies):
             self.put(Delivery(entry, 1, "duplicate"), delay)
         return JobHandle(job_id=context.job_id, status="scheduled")
+
+    def inject(self, raw: JobMessage | str | bytes, *, delay: float = 0.0) -> str:
+        """Put a raw or recorded job message on the broker, as a client that publishes
+        one directly would (a duplicate, a malformed or hostile one, one recorded by an
+        older version of the code); returns the job's alias. A worker delivers it like
+        any other message."""
+        if isinstance(raw, JobMessage):
+            text = raw.to_json()
+        else:
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        job_id = JobMessage.peek_job_id(text) or "unknown"
+        sim = self.sim
+        job = sim.alias(job_id)
+        try:
+            attempt = JobMessage.parse(text).attempt
+        except Exception:  # a malformed message: the worker dead-letters it
+            attempt = 1
+        entry = JobEntry(
+            job=job, job_id=job_id, ordinal=int(job[1:]), remote=True, at_most_once=False,
+            policy=job_policy(None, sim.settings), message=text, continuation=None,
+            context=None,
+        )
+        self.entries.setdefault(job, entry)
+        sim.scheduler.emit("inject", job=job, size=len(text))
+        self.put(Delivery(entry, attempt, "injected"), delay)
+        return job
 
     def put(self, delivery: Delivery, delay: float = 0.0) -> None:
         if delay > 0:

@@ -259,13 +259,13 @@ class SimEnvironment(Environment):
 
     # -- reading the outcome (no trace events) ------------------------------------------------
     def job_states(self) -> dict[str, JobState | None]:
-        """Every dispatched job's state now, by alias (None: no record), read straight
-        from the backend so the trace is left as it is."""
+        """Every dispatched (or injected) job's state now, by alias (None: no record),
+        read straight from the backend so the trace is left as it is."""
         from dcore.errors import JobNotFoundError
 
         store = self.jobs.inner  # type: ignore[attr-defined]
         states: dict[str, JobState | None] = {}
-        for event in self.trace.of("dispatch"):
+        for event in self.trace.of("dispatch", "inject"):
             try:
                 states[event["job"]] = store.get(self.job_id(event["job"])).state
             except JobNotFoundError:

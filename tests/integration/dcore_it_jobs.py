@@ -40,11 +40,15 @@ def _counter_key(suffix: str) -> str:
 @core_function
 def do_work(ctx: WorkContext) -> dict[str, int]:
     """Sleeps (a stand-in for work), counts each completed execution per job, and fails
-    its first ``fail_attempts`` executions."""
-    if ctx.work_seconds:
-        time.sleep(ctx.work_seconds)
+    its first ``fail_attempts`` executions. Two executions of one job at the same time
+    are counted in ``overlaps``."""
     client = _redis()
     try:
+        if int(client.hincrby(_counter_key("active"), ctx.job_id, 1)) > 1:
+            client.hincrby(_counter_key("overlaps"), ctx.job_id, 1)
+        if ctx.work_seconds:
+            time.sleep(ctx.work_seconds)
+        client.hincrby(_counter_key("active"), ctx.job_id, -1)
         runs = int(client.hincrby(_counter_key("runs"), ctx.job_id, 1))
     finally:
         client.close()
@@ -53,10 +57,10 @@ def do_work(ctx: WorkContext) -> dict[str, int]:
     return {"n": ctx.n, "runs": runs}
 
 
-def runs_per_job(job_ids: list[str]) -> dict[str, int]:
+def runs_per_job(job_ids: list[str], counter: str = "runs") -> dict[str, int]:
     client = _redis()
     try:
-        values = client.hmget(_counter_key("runs"), job_ids)
+        values = client.hmget(_counter_key(counter), job_ids)
     finally:
         client.close()
     return {job_id: int(v or 0) for job_id, v in zip(job_ids, values, strict=True)}

@@ -75,3 +75,63 @@ def test_malformed_messages_are_dead_lettered_with_the_reason_and_the_worker_ser
     assert worker.proc is not None
     assert worker.proc.poll() is None
 
+
+
+SECRET = "s3cr3t-value-the-worker-must-never-hand-out"
+
+SMUGGLED = [
+    "os:getenv",                                   # read the worker's environment
+    "os:environ.copy",                             # the same through an attribute path
+    "dcore.core.message:set_trace_propagator",     # a process-wide setter
+    "subprocess:Popen",
+    "builtins:eval",
+    "dcore_it_jobs:do_work.__globals__",          # walking off a registered function
+]
+
+
+def test_messages_naming_unregistered_callables_are_refused_and_the_worker_serves_on(
+    celery_worker,
+):
+    worker = celery_worker(["dcore_it_jobs"], pool="solo", pythonpath=[str(HERE)],
+                           env={"IT_SECRET": SECRET})
+    environment = Environment(worker.settings)
+    with use_environment(environment):
+        smuggled = []
+        for name in SMUGGLED:
+            message = _valid_message(len(smuggled))
+            message["core_fn"] = name
+            # the "second message" of a chain would read the first one's result: there
+            # is none to read, as no smuggled message ever runs
+            _send(worker, json.dumps(message))
+            smuggled.append(message["job_id"])
+        good = [jobs.build(jobs.WorkContext(n=n)).run().job_id for n in range(10)]
+
+        records = wait_terminal(environment, smuggled + good, TIMEOUT)
+        letters = _dead_letters(environment)
+    environment.close()
+
+    assert {records[j].state for j in good} == {JobState.SUCCEEDED}, worker.log_tail()
+    for job_id, name in zip(smuggled, SMUGGLED, strict=True):
+        record = records[job_id]
+        assert record.state is JobState.DEAD, (name, record)
+        assert "not a registered core function" in (record.error or ""), (name, record.error)
+        assert record.result is None
+    assert sorted(p["job_id"] for p in letters) == sorted(smuggled)
+    everything = json.dumps([r.model_dump(mode="json") for r in records.values()] + letters)
+    assert SECRET not in everything
+    assert worker.proc is not None
+    assert worker.proc.poll() is None
+
+
+def test_a_message_nested_a_thousand_levels_deep_is_dead_lettered(worker, env):
+    message = _valid_message(1)
+    raw = json.dumps(message).replace('"n": 1', '"n": ' + "[" * 1000 + "]" * 1000)
+    assert raw.count("[") >= 1000
+    _send(worker, raw)
+    good = jobs.build(jobs.WorkContext(n=2)).run()
+
+    records = wait_terminal(env, [message["job_id"], good.job_id], TIMEOUT)
+    assert records[good.job_id].state is JobState.SUCCEEDED, worker.log_tail()
+    assert records[message["job_id"]].state is JobState.DEAD
+    [letter] = [p for p in _dead_letters(env) if p["job_id"] == message["job_id"]]
+    assert "malformed job message" in letter["error"]

@@ -238,3 +238,14 @@ def test_a_correct_pipeline_with_the_retry_stage_passes_check_all_on_1000_seeds(
         summary = invariants.check_all(sim)
         outcomes.update(summary.states)
     assert outcomes["SUCCEEDED"] > 1900, outcomes  # the runs did the work (crashes may cap)
+
+
+def test_a_failure_the_store_could_not_record_requeues_the_attempt_that_was_delivered() -> None:
+    sim = SimEnvironment(seed=3, faults=FaultPlan(ServiceError(op="jobs.end_attempt")))
+    run_orders(sim, "remote", [Order(n=1, fail=True)], RetryPolicy(attempts=2, initial=1.0))
+    # nothing was recorded, so the delivery goes back as it was (attempt 1), as Celery's
+    # Reject(requeue=True) does, and attempt 1 runs again before attempt 2
+    assert [e["attempt"] for e in sim.trace.of("requeue")] == [1]
+    assert [e["attempt"] for e in sim.trace.of("deliver")] == [1, 1, 1, 2]
+    assert len([e for e in sim.trace.of("effect") if e["name"] == "work"]) == 3
+    invariants.expect_states(sim, {"j1": "DEAD"})

@@ -1,0 +1,285 @@
+"""What a simulated run promises about Celery: the differential table.
+
+Each case runs twice: in the simulator with a FaultPlan, and on a real Celery worker
+(subprocess, prefork pool of 2) with real Redis, the fault made by real means (a SIGKILL,
+a cut of the network path to Redis through the chaos proxy, a message published twice,
+a bus on a server that is down). Both must agree on the job's final state, its attempt,
+how many dead letters it got, and how often its stage and core function ran.
+
+Both sides run with a 2 s lease (``DCORE_LEASE_TTL``) and the worker sweeps for lost
+jobs every second (``DCORE_RECOVERY_INTERVAL``), so a case takes seconds, not a lease of
+15. The README's "What a simulated run promises about Celery" shows this table.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import dcore_it_conformance as conf
+import pytest
+import redis
+from celery_support import HERE
+
+from dcore import (
+    DcoreSettings,
+    Dispatch,
+    Environment,
+    Execute,
+    JobMessage,
+    RetryPolicy,
+    use_environment,
+)
+from dcore.backends.memory import MemoryEventBus, MemoryJobStore, MemoryLocks
+from dcore.backends.memory_storage import MemoryStorage
+from dcore.celery import TASK_NAME, queue_for
+from dcore.errors import JobNotFoundError
+from dcore.services.jobs import TERMINAL
+from dcore_testing.sim import (
+    Crash,
+    Duplicate,
+    FaultPlan,
+    ServiceError,
+    SimEnvironment,
+)
+from dcore_testing.sim.clock import VirtualClock
+
+pytestmark = pytest.mark.integration
+
+LEASE = 2.0
+TIMEOUT = 45.0
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    context: dict[str, Any] = field(default_factory=dict)
+    retry: dict[str, Any] | None = None
+    #: the fault in the simulator
+    sim: FaultPlan = field(default_factory=FaultPlan)
+    #: the same fault on the real worker: "" (none), "plan:<store plan>",
+    #: "publish-twice", "publish-again", "malformed", "bus-down", "kill-worker"
+    real: str = ""
+
+
+CASES = [
+    Case("crash at stage enter", {"kill": "enter"},
+         sim=FaultPlan(Crash(stage="conf_work", when="enter"))),
+    Case("crash after stage exit before ack", {"kill": "exit"},
+         sim=FaultPlan(Crash(stage="conf_work", when="exit"))),
+    Case("crash after the DLQ append before DEAD", {"fail": "runtime"},
+         sim=FaultPlan(Crash(op="jobs.bury", when="after")), real="plan:kill-after:bury"),
+    Case("duplicate while running", {"work_seconds": 1.0},
+         sim=FaultPlan(Duplicate()), real="publish-twice"),
+    Case("duplicate after success", real="publish-again"),
+    Case("job store unreachable at start",
+         sim=FaultPlan(ServiceError(op="jobs.claim")), real="plan:cut-before:claim:1.0"),
+    Case("job store unreachable at FAILED", {"fail": "runtime"}, {"attempts": 2, "initial": 0.5},
+         sim=FaultPlan(ServiceError(op="jobs.end_attempt")),
+         real="plan:cut-before:end_attempt:1.0"),
+    Case("job store unreachable at DEAD", {"fail": "runtime"},
+         sim=FaultPlan(ServiceError(op="jobs.bury")), real="plan:cut-before:bury:1.0"),
+    Case("job store unreachable at SUCCEEDED",
+         sim=FaultPlan(ServiceError(op="jobs.end_attempt")),
+         real="plan:cut-before:end_attempt:1.0"),
+    Case("event bus down", sim=FaultPlan(ServiceError(op="events.publish", times=100)),
+         real="bus-down"),
+    Case("give_up", {"fail": "give_up"}, {"attempts": 3, "initial": 0.2}),
+    Case("error outside retry_on", {"fail": "value"},
+         {"attempts": 3, "initial": 0.2, "retry_on": ["builtins:ConnectionError"]}),
+    Case("retries exhausted", {"fail": "runtime"}, {"attempts": 3, "initial": 0.2}),
+    Case("malformed message", real="malformed"),
+    Case("worker SIGKILL mid-stage", {"midway": True, "work_seconds": 2.0},
+         sim=FaultPlan(Crash(op="storage.put", when="after")), real="kill-worker"),
+]
+
+
+@dataclass(frozen=True)
+class Result:
+    state: str | None
+    attempt: int
+    dead_letters: int
+    runs: dict[str, int]
+
+
+def _pipeline(ctx: conf.CaseContext, case: Case) -> Any:
+    policy = RetryPolicy.model_validate(case.retry) if case.retry else None
+    pipeline = ctx.create_pipeline(core_fn=conf.finish)
+    pipeline.chain(Dispatch, plugin="celery", retry=policy)
+    pipeline.chain(Execute, plugin="conf_work")
+    return pipeline
+
+
+def _malformed(job_id: str) -> str:
+    return json.dumps({"dcore": 1, "job_id": job_id, "spec": "not a list", "core_fn": 7})
+
+
+def _result(record: Any, letters: int, runs: dict[str, int]) -> Result:
+    if record is None:
+        return Result(None, 0, letters, runs)
+    return Result(str(record.state), record.attempt, letters, runs)
+
+
+# -- the simulator ------------------------------------------------------------------------
+class _SeparateBus:
+    """A memory bus the job store does not write on (the bus lives on another server)."""
+
+    def __init__(self, inner: MemoryEventBus) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def run_in_simulator(case: Case) -> Result:
+    services = None
+    if case.real == "bus-down":
+        clock = VirtualClock()
+        services = {"storage": MemoryStorage(), "events": _SeparateBus(MemoryEventBus(clock)),
+                    "jobs": MemoryJobStore(clock), "locks": MemoryLocks(clock)}
+    # patch_time=False: the real side of the same test waits on the real clock
+    sim = SimEnvironment(seed=0, workers=2, faults=case.sim, services=services,
+                         patch_time=False, lease_ttl=LEASE)
+    ctx = conf.CaseContext(case=case.name, **case.context)
+    with sim:
+        if case.real == "malformed":
+            sim.broker.inject(_malformed(ctx.job_id))
+        else:
+            _pipeline(ctx, case).run()
+        sim.run_until_idle()
+        if case.real == "publish-again":
+            sim.broker.inject(sim.jobs.inner.get(ctx.job_id).message)  # type: ignore[attr-defined]
+            sim.run_until_idle()
+    try:
+        record = sim.jobs.inner.get(ctx.job_id)  # type: ignore[attr-defined]
+    except JobNotFoundError:
+        record = None
+    letters = sum(1 for p in sim.dlq_entries() if p.get("job_id") == ctx.job_id)
+    runs: dict[str, int] = {}
+    for e in sim.trace.of("effect"):
+        runs[e["name"]] = runs.get(e["name"], 0) + 1
+    return _result(record, letters, runs)
+
+
+# -- the real worker ----------------------------------------------------------------------
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"  # nothing listens there: a Redis that is down
+
+
+def _quiet(client: Any, queue: str) -> bool:
+    """No message of ``queue`` waits in the broker or is held unacknowledged."""
+    if client.llen(queue):
+        return False
+    return all(json.loads(raw)[2] != queue for raw in client.hvals("unacked"))
+
+
+class RealSide:
+    def __init__(self, celery_worker: Any, chaos_redis: Any, toxiproxy: Any,
+                 monkeypatch: pytest.MonkeyPatch) -> None:
+        self.celery_worker = celery_worker
+        self.chaos = chaos_redis
+        self.toxiproxy = toxiproxy
+        self.direct = redis.Redis.from_url(chaos_redis.direct_url)
+        monkeypatch.setenv(conf.REDIS_URL, chaos_redis.direct_url)
+
+    def run(self, case: Case) -> Result:
+        direct_url = self.chaos.direct_url
+        extra = {conf.REDIS_URL: direct_url, conf.TOXIPROXY_URL: self.toxiproxy.url,
+                 conf.PROXY: self.chaos.proxy.name}
+        overrides: dict[str, Any] = {
+            "redis_url": self.chaos.url,  # job store, bus and locks through the proxy
+            "celery_broker_url": direct_url,
+            "job_store": "conf_redis",
+            "lease_ttl": LEASE,
+            "recovery_interval": 1.0,
+        }
+        if case.real == "bus-down":
+            overrides.update(redis_url=direct_url, job_store="redis", event_bus="conf_down_bus")
+            extra["CONF_BUS_URL"] = _closed_port_url()
+        worker = self.celery_worker(["dcore_it_conformance"], pythonpath=[str(HERE)],
+                                    env=extra, **overrides)
+        sender = DcoreSettings(**{**worker.settings.model_dump(), "redis_url": direct_url,
+                                  "job_store": "redis", "event_bus": "redis"})
+        queue = queue_for(0, worker.settings)
+        with Environment(sender) as env, use_environment(env):
+            ctx = conf.CaseContext(case=case.name, **case.context)
+            if case.real.startswith("plan:"):
+                conf.set_plan(sender.key_prefix, ctx.job_id, case.real[5:])
+            if case.real == "malformed":
+                worker.client.send_task(TASK_NAME, args=[_malformed(ctx.job_id)],
+                                        queue=queue_for(None, sender))
+            else:
+                _pipeline(ctx, case).run()
+            message = self._message(env, ctx.job_id, case)
+            queue = queue_for(JobMessage.parse(message).shard, sender) if message else queue
+            if case.real == "publish-twice":
+                worker.client.send_task(TASK_NAME, args=[message], queue=queue)
+            if case.real == "kill-worker":
+                self._wait(lambda: conf.effects(ctx.job_id).get("work") == 1, worker)
+                worker.restart()
+            record = self._wait_terminal(env, ctx.job_id, worker)
+            if case.real == "publish-again":
+                worker.client.send_task(TASK_NAME, args=[message], queue=queue)
+            if case.real != "kill-worker":  # a killed worker's message returns much later
+                self._wait(lambda: _quiet(self.direct, queue), worker)
+            record = env.jobs.get(ctx.job_id)
+            letters = sum(1 for e in env.events.entries(sender.dlq_topic)
+                          if e.payload.get("job_id") == ctx.job_id)
+            runs = conf.effects(ctx.job_id)
+        return _result(record, letters, runs)
+
+    @staticmethod
+    def _message(env: Environment, job_id: str, case: Case) -> str | None:
+        if case.real == "malformed":
+            return None
+        return env.jobs.get(job_id).message
+
+    @staticmethod
+    def _wait(done: Any, worker: Any) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; worker log:\n{worker.log_tail()}")
+            time.sleep(0.05)  # polling another process's progress
+
+    def _wait_terminal(self, env: Environment, job_id: str, worker: Any) -> Any:
+        def terminal() -> bool:
+            try:
+                return env.jobs.get(job_id).state in TERMINAL
+            except JobNotFoundError:
+                return False
+
+        self._wait(terminal, worker)
+        return env.jobs.get(job_id)
+
+    def close(self) -> None:
+        self.direct.close()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_the_simulator_predicts_what_celery_does(
+    case: Case, celery_worker: Any, chaos_redis: Any, toxiproxy: Any,
+    monkeypatch: pytest.MonkeyPatch, record_property: Any,
+) -> None:
+    simulated = run_in_simulator(case)
+    real = RealSide(celery_worker, chaos_redis, toxiproxy, monkeypatch)
+    try:
+        observed = real.run(case)
+    finally:
+        real.close()
+    record_property("conformance", f"{case.name}: {observed}")
+    assert simulated == observed, f"{case.name}: simulated {simulated}, Celery {observed}"
+
+
+def test_the_table_covers_the_cases_the_readme_names() -> None:
+    readme = (HERE.parent.parent / "README.md").read_text()
+    section = readme.split("## What a simulated run promises about Celery", 1)[1]
+    for case in CASES:
+        assert f"| {case.name} |" in section, case.name
+
