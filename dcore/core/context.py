@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple, Self, TypeVar
 from uuid import uuid4
 
 from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field, SkipValidation
@@ -250,13 +250,11 @@ class PipelineContext(BaseModel):
         naming the keys the class does not know, unless it opted in to ignoring or
         keeping them (``extra="ignore"`` or ``"allow"`` set on the class: PipelineContext
         sets no ``extra``, so Pydantic's "ignore" default never counts as a choice)."""
-        runtime = cls.runtime_fields()
-        if runtime:
-            data = {k: v for k, v in data.items() if k not in runtime}
-        if cls.model_config.get("extra") in ("ignore", "allow"):
-            return data
-        unknown = sorted(str(k) for k in data.keys() - _known_keys(cls))
-        if unknown:
+        keys = _KEYS.get(cls) or _keys_of(cls)
+        if keys.runtime and not keys.runtime.isdisjoint(data.keys()):
+            data = {k: v for k, v in data.items() if k not in keys.runtime}
+        if keys.checked and not keys.known.issuperset(data.keys()):
+            unknown = sorted(str(k) for k in data.keys() - keys.known)
             raise MessageError(_unknown_keys_message(cls, version, unknown))
         return data
 
@@ -329,14 +327,29 @@ def _is_runtime(info: FieldInfo) -> bool:
     return any(m is RUNTIME_ONLY for m in info.metadata)
 
 
-def _known_keys(cls: type[PipelineContext]) -> set[str]:
+class _Keys(NamedTuple):
+    """What ``_check_keys`` needs of a class, worked out once (it runs per message)."""
+
+    known: frozenset[str]  # field names and aliases, computed fields
+    runtime: frozenset[str]  # runtime-only fields: never read from a message
+    checked: bool  # False when the class set extra="ignore" or "allow"
+
+
+_KEYS: dict[type[PipelineContext], _Keys] = {}
+
+
+def _keys_of(cls: type[PipelineContext]) -> _Keys:
     """Every key envelope data of ``cls`` may hold: field names and their aliases, and
     computed fields (``model_dump`` writes them, validation ignores them)."""
-    known = set(cls.model_fields) | set(cls.model_computed_fields)
-    for info in cls.model_fields.values():
+    fields = cls.model_fields
+    known = set(fields) | set(cls.model_computed_fields)
+    for info in fields.values():
         for alias in (info.alias, info.validation_alias):
             known.update(_alias_names(alias))
-    return known
+    checked = cls.model_config.get("extra") not in ("ignore", "allow")
+    keys = _Keys(frozenset(known), frozenset(cls.runtime_fields()), checked)
+    _KEYS[cls] = keys
+    return keys
 
 
 def _alias_names(alias: str | AliasPath | AliasChoices | None) -> list[str]:
