@@ -1,5 +1,5 @@
-"""dcore_testing: the simulator, a manual clock, strategies, invariants, fixtures and chaos
-tools.
+"""dcore_testing: the simulator, a manual clock, strategies, invariants, golden messages,
+fixtures and chaos tools.
 
 Names are loaded on first use (PEP 562), so ``import dcore_testing`` — which pytest does
 for the plugin at start-up — imports nothing heavy.
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dcore_testing.clock import ManualClock
+    from dcore_testing.golden import GoldenMessageError, GoldenMessages
     from dcore_testing.invariants import InvariantViolation
     from dcore_testing.sim import (
         Chooser,
@@ -44,6 +45,8 @@ __all__ = [
     "Drop",
     "Duplicate",
     "FaultPlan",
+    "GoldenMessageError",
+    "GoldenMessages",
     "HypothesisChooser",
     "InvariantViolation",
     "ManualClock",
@@ -64,6 +67,7 @@ __all__ = [
 _HOME = dict.fromkeys(__all__, "dcore_testing.sim")
 _HOME["InvariantViolation"] = "dcore_testing.invariants"
 _HOME["ManualClock"] = "dcore_testing.clock"
+_HOME["GoldenMessages"] = _HOME["GoldenMessageError"] = "dcore_testing.golden"
 
 
 def __getattr__(name: str) -> Any:

@@ -16,6 +16,7 @@ FIXTURE_MODULES = [
     "dcore_testing.fixtures.s3",
     "dcore_testing.fixtures.celery",
     "dcore_testing.fixtures.sim",
+    "dcore_testing.fixtures.golden",
     "dcore_testing.chaos.fixtures",
 ]
 
@@ -37,6 +38,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--dcore-services", choices=("fake", "real"), default="fake",
         help="run service fixtures against in-memory fakes or real Redis/S3",
+    )
+    group.addoption(
+        "--dcore-update-golden", action="store_true", default=False,
+        help="record the current version's golden message where it is missing "
+             "(existing files are never overwritten)",
     )
     group.addoption(
         "--dcore-check-determinism", action="store_true", default=False,

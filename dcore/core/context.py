@@ -7,16 +7,22 @@ Everything else travels in a versioned JSON envelope
 ``{"type": "pkg.mod:Class", "version": "1.0", "data": {...}}``; only registered
 subclasses (every subclass registers itself) can be rebuilt from one, and
 ``@migration`` class methods upgrade old payloads so jobs in flight survive a deploy.
+
+Envelope data with a key the current class does not know (after its migrations ran) is
+malformed: it is what a field renamed or removed without a version bump leaves behind,
+and Pydantic would drop it silently. A context opts out by setting
+``model_config = ConfigDict(extra="ignore")`` (or ``"allow"``) itself; contexts built in
+code keep Pydantic's default either way.
 """
 
 from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple, Self, TypeVar
 from uuid import uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field, SkipValidation
 from pydantic.fields import FieldInfo
 from pydantic_core import to_json
 
@@ -222,18 +228,35 @@ class PipelineContext(BaseModel):
     def from_envelope(cls, envelope: dict[str, Any]) -> PipelineContext:
         """Rebuild a context (of the registered type the envelope names), migrating old data.
 
-        Raises MessageError for an unknown type, a missing migration or invalid data."""
+        Raises MessageError for an unknown type, a missing migration, data keys the class
+        does not know (after migrations) or invalid data. Runtime-only fields are never
+        read from an envelope: they are ``None`` (their default) on a worker."""
         if not isinstance(envelope, dict) or not {"type", "version", "data"} <= envelope.keys():
             raise MessageError("context envelope must have 'type', 'version' and 'data'")
         target = context_type(str(envelope["type"]))
         if cls is not PipelineContext and not issubclass(target, cls):
             raise MessageError(f"envelope holds a {target.__name__}, not a {cls.__name__}")
-        data = target._migrate(str(envelope["version"]), envelope["data"])
+        version = str(envelope["version"])
+        data = target._check_keys(version, target._migrate(version, envelope["data"]))
         try:
             # JSON mode, so bytes come back from base64 exactly as they were sent
             return target.model_validate_json(to_json(data))
         except Exception as exc:
             raise MessageError(f"invalid {target.__name__} data: {exc}") from exc
+
+    @classmethod
+    def _check_keys(cls, version: str, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` without runtime-only fields (never read from a message); MessageError
+        naming the keys the class does not know, unless it opted in to ignoring or
+        keeping them (``extra="ignore"`` or ``"allow"`` set on the class: PipelineContext
+        sets no ``extra``, so Pydantic's "ignore" default never counts as a choice)."""
+        keys = _KEYS.get(cls) or _keys_of(cls)
+        if keys.runtime and not keys.runtime.isdisjoint(data.keys()):
+            data = {k: v for k, v in data.items() if k not in keys.runtime}
+        if keys.checked and not keys.known.issuperset(data.keys()):
+            unknown = sorted(str(k) for k in data.keys() - keys.known)
+            raise MessageError(_unknown_keys_message(cls, version, unknown))
+        return data
 
     @classmethod
     def _migrations(cls) -> dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]]:
@@ -259,7 +282,9 @@ class PipelineContext(BaseModel):
             if version in seen or version not in migrations:
                 raise MessageError(
                     f"{cls.__name__} payload has version {version!r} but the class is at "
-                    f"{cls.__version__!r} and no @migration({version!r}) upgrades it; add one"
+                    f"{cls.__version__!r} and no @migration({version!r}) upgrades it: add a "
+                    f"@migration({version!r}) classmethod to {cls.__name__} that maps "
+                    f"{version} data to the current fields"
                 )
             seen.add(version)
             source = version
@@ -300,3 +325,59 @@ def _is_request_scoped(annotation: Any) -> bool:
 
 def _is_runtime(info: FieldInfo) -> bool:
     return any(m is RUNTIME_ONLY for m in info.metadata)
+
+
+class _Keys(NamedTuple):
+    """What ``_check_keys`` needs of a class, worked out once (it runs per message)."""
+
+    known: frozenset[str]  # field names and aliases, computed fields
+    runtime: frozenset[str]  # runtime-only fields: never read from a message
+    checked: bool  # False when the class set extra="ignore" or "allow"
+
+
+_KEYS: dict[type[PipelineContext], _Keys] = {}
+
+
+def _keys_of(cls: type[PipelineContext]) -> _Keys:
+    """Every key envelope data of ``cls`` may hold: field names and their aliases, and
+    computed fields (``model_dump`` writes them, validation ignores them)."""
+    fields = cls.model_fields
+    known = set(fields) | set(cls.model_computed_fields)
+    for info in fields.values():
+        for alias in (info.alias, info.validation_alias):
+            known.update(_alias_names(alias))
+    checked = cls.model_config.get("extra") not in ("ignore", "allow")
+    keys = _Keys(frozenset(known), frozenset(cls.runtime_fields()), checked)
+    _KEYS[cls] = keys
+    return keys
+
+
+def _alias_names(alias: str | AliasPath | AliasChoices | None) -> list[str]:
+    if isinstance(alias, str):
+        return [alias]
+    if isinstance(alias, AliasPath):
+        return [str(alias.path[0])]
+    if isinstance(alias, AliasChoices):
+        return [name for choice in alias.choices for name in _alias_names(choice)]
+    return []
+
+
+def _unknown_keys_message(cls: type[PipelineContext], version: str, unknown: list[str]) -> str:
+    shown = ", ".join(repr(k[:60]) for k in unknown[:5])
+    if len(unknown) > 5:
+        shown += f" and {len(unknown) - 5} more"
+    name = cls.__name__
+    if version == cls.__version__:
+        cause = (
+            f"a field was renamed or removed without a migration: bump {name}.__version__ "
+            f"and add @migration({version!r}) to {name} to map or drop them"
+        )
+    else:
+        cause = (
+            f"the migrations from version {version!r} leave them: make @migration"
+            f"({version!r}) (or a later step) map or drop them"
+        )
+    return (
+        f"{name} data has keys it does not know: {shown}; {cause}, or set "
+        f"model_config = ConfigDict(extra='ignore') on {name} to drop unknown keys on purpose"
+    )

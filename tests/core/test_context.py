@@ -246,7 +246,7 @@ def test_missing_migration_is_a_message_error_naming_versions_and_fix() -> None:
     message = str(info.value)
     assert "Profile payload has version '0.9'" in message
     assert "class is at '2.0'" in message
-    assert "@migration('0.9')" in message
+    assert "add a @migration('0.9') classmethod to Profile" in message
 
 
 def test_migration_returning_non_dict_is_a_message_error() -> None:
