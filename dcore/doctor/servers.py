@@ -85,8 +85,6 @@ def redis_servers(
 ) -> tuple[list[RedisServer], list[Finding]]:
     """The servers behind the Redis services and ``broker_urls`` (redis-py URLs), one
     per host and port; an error for each URL that cannot be parsed."""
-    from redis.connection import parse_url as parse
-
     uses = [(role, settings.redis_url, "DCORE_REDIS_URL")
             for role, backend in (("job store", settings.job_store),
                                   ("event bus/DLQ", settings.event_bus),
@@ -94,6 +92,14 @@ def redis_servers(
             if backend == "redis"]  # fmt: skip
     variable = "DCORE_CELERY_BROKER_URL" if settings.celery_broker_url else "DCORE_REDIS_URL"
     uses += [("Celery broker", url, variable) for url in broker_urls]
+    if not uses:
+        return [], []
+    try:
+        from redis.connection import parse_url as parse
+    except ModuleNotFoundError:
+        roles = ", ".join(dict.fromkeys(role for role, _, _ in uses))
+        return [], [error("redis", f"the Redis backends ({roles}) need redis-py, which is not "
+                                   "installed. Fix: pip install 'distributed-core[redis]'")]
     named: dict[str, RedisServer] = {}  # each URL once, with every role it plays
     for role, url, variable in uses:
         named.setdefault(url, RedisServer(url))
@@ -149,6 +155,9 @@ def _connect(server: RedisServer, timeout: float) -> tuple[Any, Finding]:
         problem = error("redis", f"{server} is unreachable ({exc}). {fix}")
     except redis.RedisError as exc:
         problem = warning("redis", f"{server}: could not check, PING failed ({exc})")
+    except Exception as exc:  # the URL's options do not fit redis-py's connection
+        problem = error("redis", f"{server}: cannot connect ({type(exc).__name__}: {exc}). "
+                                 f"Fix: check the options in {variables}")
     else:
         return client, ok("redis", f"{server} answers")
     client.close()

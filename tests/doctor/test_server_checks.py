@@ -5,6 +5,7 @@ grouped, and the Celery broker URL."""
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -316,3 +317,25 @@ def test_a_password_never_shows_however_the_url_is_written(password: str) -> Non
                 f"redis://:{password}@redis.example:port/0",
                 f"redis://redis.example/0?db=1&password={password.replace('&', '')}"):
         assert password.replace("&", "") not in hide_password(url)
+
+
+def test_a_url_option_redis_py_cannot_take_is_an_error_naming_the_variable(
+    private_redis: Private,
+) -> None:
+    [finding] = check_redis_servers([server(f"{private_redis[0]}?colour=blue")], timeout=2)
+
+    assert finding.level is Level.ERROR
+    assert "cannot connect (TypeError" in finding.message
+    assert "'colour'" in finding.message
+    assert "Fix: check the options in DCORE_REDIS_URL" in finding.message
+
+
+def test_without_redis_py_only_settings_that_use_redis_report_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis.connection", None)  # import raises
+
+    assert redis_servers(DcoreSettings(), []) == ([], [])
+    _, [finding] = redis_servers(DcoreSettings(job_store="redis", locks="redis"), [])
+    assert finding.level is Level.ERROR
+    assert finding.message.startswith("the Redis backends (job store, locks) need redis-py")
