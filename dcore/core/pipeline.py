@@ -377,9 +377,11 @@ def _check_shared_job_store(env: Environment) -> None:
     if getattr(env, "memory_services_shared", False) or not isinstance(env.jobs,
                                                                         MemoryJobStore):
         return
+    chosen = env.settings.as_given("job_store") if env.settings.job_store == "memory" \
+        else "given as Environment(jobs=...)"
     raise DispatchError(
         f"a remote dispatcher cannot hand off with the in-memory job store "
-        f"({env.settings.as_given('job_store')}): the worker would record the job in its "
+        f"({chosen}): the worker would record the job in its "
         "own memory and this process would see it PENDING for ever. Use a store the "
         "workers share: DCORE_JOB_STORE=redis DCORE_EVENT_BUS=redis "
         "DCORE_REDIS_URL=redis://HOST:6379/0 (`dcore doctor` checks the whole setup)"

@@ -19,6 +19,7 @@ from dcore import (
     core_function,
     use_environment,
 )
+from dcore.backends.memory_jobs import MemoryJobStore
 from dcore.backends.redis_jobs import RedisJobStore
 from dcore.errors import DispatchError, JobNotFoundError
 from dcore_testing.sim import SimEnvironment
@@ -72,6 +73,17 @@ def test_the_error_names_the_variable_when_the_setting_came_from_one(
     with env, use_environment(env), pytest.raises(DispatchError, match=(
             r"in-memory job store \(DCORE_JOB_STORE='memory'\)")):
         Shipped().create_pipeline(shipped_core).chain(Dispatch("schedule_job")).run()
+
+
+def test_a_memory_store_passed_in_is_named_as_passed_in(
+    dcore_registry: PluginRegistry, tmp_path: Any
+) -> None:
+    env = Environment(DcoreSettings(storage_root=tmp_path, job_store="redis"),
+                      registry=dcore_registry, jobs=MemoryJobStore())  # fmt: skip
+
+    with env, use_environment(env), pytest.raises(DispatchError, match=(
+            r"in-memory job store \(given as Environment\(jobs=...\)\)")):
+        remote_pipeline(rt.RoundTripContext(name="x")).run()
 
 
 def test_a_shared_job_store_hands_off(
