@@ -22,6 +22,11 @@ return their messages. A message that does come back late finds its job finished
 leased and is skipped or deferred: the visibility timeout no longer has to exceed the
 longest job.
 
+As it starts, a worker runs ``dcore doctor``'s checks once (:mod:`dcore.doctor`) and
+logs what they find: a Redis without persistence or with an evicting ``maxmemory-policy``,
+a process-local job store, recovery turned off, a visibility timeout a countdown
+outlasts.
+
 Importing this module connects to nothing: ``app`` is built on first access.
 """
 
@@ -31,7 +36,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from celery import Celery, Task
@@ -43,6 +48,9 @@ from dcore.core.message import JobMessage
 from dcore.core.recovery import lost_jobs
 from dcore.core.settings import DcoreSettings
 from dcore.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from dcore.doctor import Log
 from dcore.runtime import deliver_message
 
 __all__ = [
@@ -50,6 +58,7 @@ __all__ = [
     "TASK_NAME",
     "broker_from_redis_url",
     "celery_config",
+    "check_at_start",
     "execute",
     "make_celery_app",
     "message_for",
@@ -286,11 +295,26 @@ class RecoveryLoop:
             self._thread.join(timeout=5)
 
 
+def check_at_start(env: Environment, log: Log = _log) -> None:
+    """Run ``dcore doctor``'s checks once and log what they find (errors as errors,
+    warnings as warnings): a worker on a Redis that keeps nothing across a restart says
+    so when it starts, not after the restart. A check that breaks never stops the worker."""
+    from dcore.doctor import log_findings, run_checks
+
+    try:
+        findings = run_checks(env.settings, celery=True)
+    except Exception as exc:
+        log.log(logging.WARNING, "dcore doctor could not run its checks: %r", exc)
+        return
+    log_findings(findings, log)
+
+
 def _recovery_step(env: Environment | None) -> type:
     from celery import bootsteps
 
     class Recovery(bootsteps.StartStopStep):  # type: ignore[misc]
-        """Runs the recovery sweep in the worker's main process."""
+        """Checks the deployment once (:func:`check_at_start`), then runs the recovery
+        sweep in the worker's main process."""
 
         def __init__(self, parent: Any, **options: Any) -> None:
             super().__init__(parent, **options)
@@ -298,6 +322,7 @@ def _recovery_step(env: Environment | None) -> type:
 
         def start(self, parent: Any) -> None:
             environment = env or current_environment()
+            check_at_start(environment)
             interval = environment.settings.recovery_interval
             if interval > 0:
                 self.loop = RecoveryLoop(environment, interval)

@@ -1,4 +1,4 @@
-"""The ``dcore`` command: ``graph``, ``dlq``, ``jobs``, ``replay``, ``explore``.
+"""The ``dcore`` command: ``graph``, ``dlq``, ``jobs``, ``replay``, ``explore``, ``doctor``.
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; a module
 whose optional dependencies are missing simply does not appear.
@@ -32,6 +32,7 @@ SUBCOMMAND_MODULES = [
     "dcore.cli.jobs",
     "dcore.cli.replay",
     "dcore.cli.explore",
+    "dcore.cli.doctor",
 ]
 
 

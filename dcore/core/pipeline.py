@@ -32,6 +32,7 @@ from dcore.core.retry import RetryPolicy
 from dcore.core.runner import Call, Stage, execute_call, is_observer, observers_of, origin_of, tag
 from dcore.errors import (
     ContextSerializationError,
+    DispatchError,
     JobNotFoundError,
     MessageError,
     PipelineDefinitionError,
@@ -272,7 +273,11 @@ class Pipeline(Generic[ContextT]):
 
     # -- remote hand-off ------------------------------------------------------------------
     def check_remote(self, ctx: PipelineContext) -> None:
-        """Everything a remote hand-off needs, checked before any stage runs."""
+        """Everything a remote hand-off needs, checked before any stage runs: a job store
+        the worker shares (a memory one would record the job in the worker's own memory,
+        and the caller would see it PENDING for ever), and a context, core function and
+        stage options that travel."""
+        _check_shared_job_store(self.environment)
         name = type(ctx).__qualname__
         if "<locals>" in name:
             raise ContextSerializationError(
@@ -359,6 +364,27 @@ def _check_stage_interface(interface: type) -> None:
     raise PipelineDefinitionError(
         f"{interface.__name__} is a service interface, not a stage; chain an Execute "
         "or Dispatch plugin"
+    )
+
+
+def _check_shared_job_store(env: Environment) -> None:
+    """DispatchError when a remote hand-off would leave the job's record in this process.
+
+    An environment whose ``memory_services_shared`` is true (the simulator's: all its
+    simulated processes use its one set of in-memory services) may hand off anyway."""
+    from dcore.backends.memory_jobs import MemoryJobStore
+
+    if getattr(env, "memory_services_shared", False) or not isinstance(env.jobs,
+                                                                        MemoryJobStore):
+        return
+    chosen = env.settings.as_given("job_store") if env.settings.job_store == "memory" \
+        else "given as Environment(jobs=...)"
+    raise DispatchError(
+        f"a remote dispatcher cannot hand off with the in-memory job store "
+        f"({chosen}): the worker would record the job in its "
+        "own memory and this process would see it PENDING for ever. Use a store the "
+        "workers share: DCORE_JOB_STORE=redis DCORE_EVENT_BUS=redis "
+        "DCORE_REDIS_URL=redis://HOST:6379/0 (`dcore doctor` checks the whole setup)"
     )
 
 

@@ -53,6 +53,11 @@ class SimEnvironment(Environment):
     is given); ``workers`` worker processes take jobs; ``faults`` says what goes wrong.
     Keyword ``settings`` overrides (``job_attempts=3``) go to :class:`DcoreSettings`."""
 
+    #: every simulated process (the caller and each worker) uses this environment's one
+    #: set of services, so a remote Dispatch may hand off over in-memory ones (outside
+    #: the simulator that is an error: see ``Pipeline.check_remote``)
+    memory_services_shared = True
+
     def __init__(
         self,
         seed: int = 0,

@@ -33,6 +33,7 @@ def test_the_context_is_serialized_once_per_hand_off(
     dcore_env: Environment, dcore_registry: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dcore_registry.register("shipper", Shipper, replace=True)
+    dcore_env.memory_services_shared = True  # its worker is this process
     Shipper.shipped.clear()
     calls: list[str] = []
     original = BigContext.to_envelope

@@ -46,6 +46,12 @@ def _clear_captured() -> None:
     rt.Capture.captured.clear()
 
 
+@pytest.fixture(autouse=True)
+def _worker_in_this_process(dcore_env: Environment) -> None:
+    """The captured messages run here, so the memory job store is the worker's too."""
+    dcore_env.memory_services_shared = True
+
+
 def remote_pipeline(ctx: Any, core: Any = None) -> Any:
     pipeline = ctx.create_pipeline(core or rt.summarize)
     pipeline.chain(Execute("rt_mark", tag="before")).chain(Dispatch("rt_capture"))

@@ -64,6 +64,7 @@ SMUGGLED = {
 @pytest.fixture
 def message(dcore_env: Environment) -> dict[str, Any]:
     rt.Capture.captured.clear()
+    dcore_env.memory_services_shared = True  # its worker is this process
     ctx = rt.RoundTripContext(name="m")
     pipeline = ctx.create_pipeline(rt.summarize)
     pipeline.chain(Execute("rt_mark", tag="before")).chain(Dispatch("rt_capture"))

@@ -24,6 +24,7 @@ def failing_message(dcore_env: Environment) -> str:
     """``rt_capture ┆ rt_mark(after) → boom → summarize``: the worker changes the context
     (``steps``) before failing."""
     dcore_env.registry.register("review_boom", Boom, replace=True)
+    dcore_env.memory_services_shared = True  # its worker is this process
     rt.Capture.captured.clear()
     ctx = rt.RoundTripContext(name="m")
     pipeline = ctx.create_pipeline(rt.summarize)

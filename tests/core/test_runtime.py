@@ -22,6 +22,7 @@ from tests.core.dcore_roundtrip_support import rt
 def message(dcore_env: Environment) -> dict[str, Any]:
     """A valid message for ``before ⇒ rt_capture ┆ after → summarize``, as a dict."""
     rt.Capture.captured.clear()
+    dcore_env.memory_services_shared = True  # its worker is this process
     ctx = rt.RoundTripContext(name="m")
     pipeline = ctx.create_pipeline(rt.summarize)
     pipeline.chain(Execute("rt_mark", tag="before")).chain(Dispatch("rt_capture"))

@@ -183,6 +183,7 @@ def test_celery_dispatch_works_with_options_in_the_redis_url(
     settings = DcoreSettings(redis_url=f"{redis_url}?socket_timeout=2&socket_connect_timeout=1",
                              celery_queue=queue, storage_root=tmp_path)
     with Environment(settings) as env, use_environment(env):
+        env.memory_services_shared = True  # the job is only sent: no worker records it
         ctx = BrokerContext(n=7)
         handle = ctx.create_pipeline(broker_core).chain(Dispatch("celery")).run()
     assert handle.status == "scheduled"

@@ -70,6 +70,7 @@ class RecordingApp:
 
 @pytest.fixture
 def sharded_env(dcore_env: Environment) -> Environment:
+    dcore_env.memory_services_shared = True  # execute() runs the messages in this process
     dcore_env.settings.celery_queues = 4
     dcore_env.settings.celery_queue = "work"
     return dcore_env
@@ -139,6 +140,7 @@ def test_a_broker_that_refuses_the_job_is_a_dispatch_error_and_the_job_is_dead(
 
 
 def test_a_context_that_cannot_ship_fails_before_any_stage_runs(dcore_env: Environment) -> None:
+    dcore_env.memory_services_shared = True  # the failure under test is the context's
     app = dcore_env.resource("dcore.celery_app", RecordingApp)
 
     def local_core(ctx: ShipContext) -> None: ...

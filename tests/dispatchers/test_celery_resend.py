@@ -63,6 +63,7 @@ def env(dcore_registry: Any, tmp_path: Any) -> Any:
         DcoreSettings(storage_root=tmp_path, celery_queue="work", celery_queues=2),
         clock=clock, registry=dcore_registry,
     )
+    environment.memory_services_shared = True  # the recording app's "worker" is this process
     with use_environment(environment):
         yield environment
     environment.close()

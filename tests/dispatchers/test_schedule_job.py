@@ -124,6 +124,7 @@ def test_remote_choice_makes_schedule_job_check_the_hand_off(
 ) -> None:
     dcore_registry.register("fake_remote", FakeRemote)
     env = env_from_variables(DCORE_DISPATCHER="fake_remote")
+    env.memory_services_shared = True  # its worker is this process
 
     def local_core(ctx: Ctx) -> str:
         return "never"

@@ -57,6 +57,7 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 @pytest.fixture
 def env(manual_env: Environment) -> Environment:
+    manual_env.memory_services_shared = True  # its worker is this process
     return manual_env
 
 
