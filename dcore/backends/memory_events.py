@@ -66,6 +66,8 @@ class MemoryEventBus(EventBusInterface):
     """Handlers run synchronously in the publisher's thread; a failing handler is logged
     and does not stop the others (as a Redis listener thread would carry on)."""
 
+    process_local = True
+
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock or SystemClock()
         self._cond = threading.Condition()

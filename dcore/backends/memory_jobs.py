@@ -97,6 +97,8 @@ class MemoryJobStore(JobStorageInterface, AnnouncingJobStore):
     """Job records in a dict behind one lock; terminal records expire after ``ttl``
     seconds of the clock, like the Redis store's key TTL."""
 
+    process_local = True
+
     def __init__(self, clock: Clock | None = None, *, ttl: float = DEFAULT_JOB_TTL) -> None:
         positive("ttl", ttl)
         self.clock = clock or SystemClock()

@@ -41,6 +41,7 @@ class MemoryLock(Lock):
 
     The handle may be released from another thread than the one that acquired it."""
 
+
     def __init__(
         self, owner: MemoryLocks, name: str, ttl: float | None, timeout: float | None = None
     ) -> None:
@@ -112,6 +113,8 @@ class MemoryLock(Lock):
 @register_plugin("memory")
 class MemoryLocks(LockInterface):
     """Locks within one process; TTLs run on the injected clock."""
+
+    process_local = True
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock or SystemClock()

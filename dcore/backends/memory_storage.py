@@ -23,6 +23,8 @@ __all__ = ["MemoryStorage"]
 class MemoryStorage(StorageInterface):
     """Objects in a dict behind a lock; every operation is atomic."""
 
+    process_local = True
+
     def __init__(self) -> None:
         self._objects: dict[str, tuple[bytes, str]] = {}
         self._lock = threading.Lock()

@@ -153,10 +153,7 @@ def note_process_local(env: Any, *services: str) -> None:
     The embedded defaults (``memory`` event bus and job store) are created empty by this
     very command, so "the dead-letter queue is empty" or "no jobs" would say nothing about
     the workers; the note names the variables that point the command at their store."""
-    from dcore.backends.memory import MemoryEventBus, MemoryJobStore
-
-    kinds: dict[str, type] = {"events": MemoryEventBus, "jobs": MemoryJobStore}
-    local = [name for name in services if isinstance(getattr(env, name), kinds[name])]
+    local = [name for name in services if getattr(getattr(env, name), "process_local", False)]
     if not local:
         return
     what = " and the ".join(_SERVICES[name][0] for name in local)

@@ -46,6 +46,10 @@ _SERVICE_SETTINGS = {
 class Environment:
     """Services and settings for pipelines. Pass instances to override a backend."""
 
+    #: True when every process that runs this environment's jobs shares its in-memory
+    #: services (the simulator): a remote hand-off over them is then allowed
+    memory_services_shared: bool = False
+
     def __init__(
         self,
         settings: DcoreSettings | None = None,

@@ -372,10 +372,7 @@ def _check_shared_job_store(env: Environment) -> None:
 
     An environment whose ``memory_services_shared`` is true (the simulator's: all its
     simulated processes use its one set of in-memory services) may hand off anyway."""
-    from dcore.backends.memory_jobs import MemoryJobStore
-
-    if getattr(env, "memory_services_shared", False) or not isinstance(env.jobs,
-                                                                        MemoryJobStore):
+    if env.memory_services_shared or not getattr(env.jobs, "process_local", False):
         return
     chosen = env.settings.as_given("job_store") if env.settings.job_store == "memory" \
         else "given as Environment(jobs=...)"

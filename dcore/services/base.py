@@ -17,6 +17,9 @@ class ServiceInterface(PluginInterface):
     is how the plugin factory injects a constructor parameter annotated with the interface."""
 
     service_name: ClassVar[str] = ""
+    #: True for a backend whose data lives in this process only (the in-memory ones):
+    #: another process (a worker) sees none of it
+    process_local: ClassVar[bool] = False
 
     @classmethod
     def from_environment(cls, env: Environment, **options: Any) -> Self:
