@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,12 +27,15 @@ __all__ = [
     "all_succeeded",
     "at_least_once",
     "check_all",
+    "complete_or_absent",
     "dlq_exactly_once",
     "exactly_once",
     "expect_states",
     "lock_mutual_exclusion",
+    "max_rate",
     "no_concurrent_runs",
     "no_job_lost",
+    "per_key_order",
     "retry_bounds",
     "stage_order",
     "sync_before_return",
@@ -184,6 +187,64 @@ def at_least_once(run: SimEnvironment | Trace, effect: str) -> None:
             raise InvariantViolation(
                 f"at-least-once broken: {job} succeeded without performing {effect!r}",
                 _context(trace, job, []))
+
+
+def max_rate(run: SimEnvironment | Trace, effect: str, *, per: float, limit: int) -> None:
+    """No ``per`` seconds of virtual time saw ``effect`` more than ``limit`` times (over
+    all jobs): a rate limit towards a third party kept, whatever retries and redeliveries
+    do."""
+    if per <= 0 or limit < 0:
+        raise ValueError(f"max_rate() needs per > 0 and limit >= 0, got per={per!r}, "
+                         f"limit={limit!r}")
+    trace = _trace(run)
+    hits = [e for e in trace.events if e["ev"] == "effect" and e.get("name") == effect]
+    start = 0
+    for end, e in enumerate(hits):
+        while hits[start]["t"] <= e["t"] - per:
+            start += 1
+        if end - start + 1 > limit:
+            raise InvariantViolation(
+                f"rate broken: {effect!r} happened {end - start + 1} times within {per:g} s "
+                f"(from t={hits[start]['t']:g} to t={e['t']:g}); at most {limit} allowed",
+                hits[start:end + 1])
+
+
+def per_key_order(run: SimEnvironment | Trace, effect: str, *, key: str) -> None:
+    """For every value of the effect's ``key`` field (an account, a user), ``effect``
+    happened in the order the jobs were dispatched: job N's before job N+1's. Shards
+    routed to one queue with one worker keep it; jobs of one key spread over queues or
+    workers do not."""
+    trace = _trace(run)
+    order = {job: i for i, job in enumerate(_dispatched(trace))}
+    last: dict[Any, Event] = {}
+    for e in trace.events:
+        if e["ev"] != "effect" or e.get("name") != effect or key not in e:
+            continue
+        value = e[key]
+        prev = last.get(value)
+        if prev is not None and order.get(str(e.get("job")), -1) < order.get(
+                str(prev.get("job")), -1):
+            raise InvariantViolation(
+                f"per-key order broken: {effect!r} for {key}={value!r} ran for {e.get('job')} "
+                f"after {prev.get('job')}, which was dispatched later", [prev, e])
+        last[value] = e
+
+
+def complete_or_absent(run: SimEnvironment, prefix: str, *,
+                       complete: Callable[[str, bytes], bool]) -> None:
+    """Every stored object under ``prefix`` is complete (``complete(key, data)``) or
+    absent: a crash half-way through writing one must never leave a partial object a
+    reader would take for the real one. Reads the backend, adding no trace events."""
+    sim = _sim(run, "complete_or_absent")
+    storage = getattr(sim.storage, "inner", sim.storage)
+    for info in storage.list(prefix):
+        key = info.key
+        data = storage.get(key)
+        if not complete(key, data):
+            raise InvariantViolation(
+                f"complete-or-absent broken: {key!r} is stored but incomplete "
+                f"({len(data)} bytes)",
+                [e for e in sim.trace.events if e.get("key") == key])
 
 
 # -- stages -------------------------------------------------------------------------------

@@ -29,12 +29,15 @@ from dcore_testing.sim.faults import (
     Drop,
     Duplicate,
     FaultPlan,
+    Partition,
     ServiceError,
+    WebCrash,
 )
 
 __all__ = ["contexts", "fault_plans", "pipelines", "schedules", "seeds"]
 
-_FAULT_KINDS = ("crash", "duplicate", "delay", "drop", "service_error")
+_FAULT_KINDS = ("crash", "crash_op", "duplicate", "delay", "drop", "service_error",
+                "ambiguous", "partition", "web_crash")
 _TEXT = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=16)
 
 
@@ -165,26 +168,37 @@ def fault_plans(
     stages: Sequence[str] = (),
     ops: Sequence[str] = ("storage.put", "storage.get"),
     jobs: int = 1,
+    workers: int = 2,
     max_faults: int = 3,
     probabilities: bool = False,
 ) -> st.SearchStrategy[FaultPlan]:
     """Fault plans of up to ``max_faults`` explicit faults of the given ``kinds`` against
-    jobs ``1..jobs`` (crashes at one of ``stages``, service errors at one of ``ops``);
-    with ``probabilities``, drawn per-opportunity probabilities as well. Shrinks to the
-    empty plan."""
+    jobs ``1..jobs``: ``crash`` at one of ``stages``; ``crash_op`` at one of ``ops``,
+    before or after the call, at its 1st to 3rd time; ``service_error`` and
+    ``ambiguous`` (applied, then the reply lost) at one of ``ops``; ``partition`` of a
+    worker from a service for a stretch of virtual time; ``web_crash`` of the web
+    process after a response or after recording a job; and the dispatch faults
+    ``duplicate``, ``delay``, ``drop``. With ``probabilities``, drawn per-opportunity
+    probabilities as well. Shrinks towards the empty plan (and towards the first job,
+    the first call, a crash before the call)."""
     unknown = sorted(set(kinds) - set(_FAULT_KINDS))
     if unknown:
         raise ValueError(f"fault_plans(kinds=...): unknown kind(s) {', '.join(unknown)}; "
                          f"known: {', '.join(_FAULT_KINDS)}")
-    if jobs < 1 or max_faults < 0:
-        raise ValueError(f"fault_plans() needs jobs >= 1 and max_faults >= 0, got "
-                         f"jobs={jobs!r}, max_faults={max_faults!r}")
+    if jobs < 1 or max_faults < 0 or workers < 1:
+        raise ValueError(f"fault_plans() needs jobs >= 1, workers >= 1 and max_faults >= 0, "
+                         f"got jobs={jobs!r}, workers={workers!r}, max_faults={max_faults!r}")
     job = st.one_of(st.none(), st.integers(1, jobs))
+    op = st.sampled_from(list(ops))
+    nth = st.integers(1, 3)
     options: list[st.SearchStrategy[Any]] = []
     if "crash" in kinds:
         where = st.sampled_from(list(stages)) if stages else st.none()
         options.append(st.builds(Crash, job=job, stage=where,
                                  when=st.sampled_from(["enter", "exit"])))
+    if "crash_op" in kinds:
+        options.append(st.builds(Crash, job=job, op=op, nth=nth,
+                                 when=st.sampled_from(["before", "after"])))
     if "duplicate" in kinds:
         options.append(st.builds(Duplicate, job=job))
     if "delay" in kinds:
@@ -192,20 +206,22 @@ def fault_plans(
     if "drop" in kinds:
         options.append(st.builds(Drop, job=job))
     if "service_error" in kinds:
-        options.append(st.builds(ServiceError, job=job, op=st.sampled_from(list(ops)),
-                                 nth=st.integers(1, 3)))
+        options.append(st.builds(ServiceError, job=job, op=op, nth=nth))
+    if "ambiguous" in kinds:
+        options.append(st.builds(ServiceError, job=job, op=op, nth=nth, applied=st.just(True)))
+    if "partition" in kinds:
+        options.append(st.builds(
+            Partition, service=st.sampled_from(["jobs", "storage", "*"]),
+            workers=st.lists(st.integers(1, workers), max_size=1, unique=True).map(tuple),
+            start=st.sampled_from([0.0, 1.0, 10.0]), seconds=st.sampled_from([5.0, 30.0, 60.0])))
+    if "web_crash" in kinds:
+        options.append(st.builds(WebCrash, when=st.sampled_from(["after_response",
+                                                                 "after_record"])))
     explicit = st.lists(st.one_of(options), max_size=max_faults) if options else st.just([])
     chance = st.sampled_from([0.0, 0.05, 0.2])
     if not probabilities:
         return explicit.map(lambda faults: FaultPlan(*faults))
-    return st.builds(
-        lambda faults, c, d, dl, dr, se: FaultPlan(
-            *faults,
-            crash=c if "crash" in kinds else 0.0,
-            duplicate=d if "duplicate" in kinds else 0.0,
-            delay=dl if "delay" in kinds else 0.0,
-            drop=dr if "drop" in kinds else 0.0,
-            service_error=se if "service_error" in kinds else 0.0,
-        ),
-        explicit, chance, chance, chance, chance, chance,
-    )
+    drawn = {kind: chance if kind in kinds else st.just(0.0)
+             for kind in ("crash", "duplicate", "delay", "drop", "service_error", "ambiguous")}
+    drawn["crash_op"] = chance if "crash_op" in kinds else st.just(0.0)
+    return st.builds(lambda faults, **p: FaultPlan(*faults, **p), explicit, **drawn)

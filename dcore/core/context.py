@@ -20,13 +20,13 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple, Self, TypeVar
-from uuid import uuid4
 
 from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field, SkipValidation
 from pydantic.fields import FieldInfo
 from pydantic_core import to_json
 
 from dcore.core.hashing import stable_hash
+from dcore.core.ids import new_job_id
 from dcore.errors import ContextSerializationError, MessageError
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ class PipelineContext(BaseModel):
 
     __version__: ClassVar[str] = "1.0"
 
-    job_id: str = Field(default_factory=lambda: uuid4().hex)
+    job_id: str = Field(default_factory=new_job_id)
     errors: list[ErrorRecord] = Field(default_factory=list)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

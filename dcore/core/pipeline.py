@@ -251,12 +251,16 @@ class Pipeline(Generic[ContextT]):
             self, stage.index + 1, stage.declared_policy
         )
         dispatcher = stage.instance
+        remote = dispatcher.is_remote()
 
         def call_dispatch(ctx: Any) -> Any:
             # the trace context of the hand-off travels with the continuation, so an
             # in-process dispatcher's thread continues the request's trace
             bound = continuation.bind(trace_propagator().inject())
-            message = bound.to_json_or_none(ctx)
+            # the record keeps the message of a shipped job (the recovery sweep re-sends
+            # it if the broker loses it); an in-process job's dies with its process, and
+            # its dead letter builds the message only if it is ever needed
+            message = bound.to_json_or_none(ctx) if remote else None
             schedule(env, ctx.job_id, message=message)
             try:
                 return dispatcher.dispatch(bound, ctx)
@@ -265,7 +269,7 @@ class Pipeline(Generic[ContextT]):
                 # an inline run has already recorded (and dead-lettered) its own failure;
                 # only a hand-off that never started the job dead-letters it here
                 if _still_pending(env, ctx.job_id):
-                    dead_letter(env, ctx.job_id, message=message,
+                    dead_letter(env, ctx.job_id, message=message or bound.to_json_or_none(ctx),
                                 error=f"dispatch failed: {describe_error(exc)}")
                 raise
 

@@ -12,16 +12,26 @@ from dcore_testing.sim.chooser import (
     ScheduleChooser,
 )
 from dcore_testing.sim.clock import VirtualClock
-from dcore_testing.sim.environment import SimEnvironment, effect
+from dcore_testing.sim.environment import (
+    Request,
+    ServiceFactory,
+    SimEnvironment,
+    effect,
+    memory_backends,
+)
 from dcore_testing.sim.errors import Deadlock, ReplayDivergence, SimulationError, WorkerCrash
+from dcore_testing.sim.explore import Outcome, explore, replay, run_scenario, scenario
 from dcore_testing.sim.faults import (
     Crash,
     Delay,
     Drop,
     Duplicate,
     FaultPlan,
+    Partition,
+    Scope,
     ServiceError,
     Skew,
+    WebCrash,
 )
 from dcore_testing.sim.scheduler import Scheduler, Task
 from dcore_testing.sim.timepatch import virtual_time_session
@@ -36,20 +46,31 @@ __all__ = [
     "Duplicate",
     "FaultPlan",
     "HypothesisChooser",
+    "Outcome",
+    "Partition",
     "RandomChooser",
     "ReplayChooser",
     "ReplayDivergence",
+    "Request",
     "ScheduleChooser",
     "Scheduler",
+    "Scope",
     "ServiceError",
+    "ServiceFactory",
     "SimEnvironment",
     "SimulationError",
     "Skew",
     "Task",
     "Trace",
     "VirtualClock",
+    "WebCrash",
     "WorkerCrash",
     "effect",
+    "explore",
     "first_difference",
+    "memory_backends",
+    "replay",
+    "run_scenario",
+    "scenario",
     "virtual_time_session",
 ]

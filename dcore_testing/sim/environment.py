@@ -15,16 +15,19 @@ chooser's decisions: the same seed gives a byte-identical trace.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from dcore.core.environment import Environment, use_environment
+from dcore.core.ids import use_id_source
 from dcore.core.leases import Heartbeat
 from dcore.core.plugins import PluginRegistry
 from dcore.core.settings import DcoreSettings
@@ -32,15 +35,17 @@ from dcore.services.jobs import JobState
 from dcore_testing.sim.chooser import Chooser, RandomChooser, ReplayChooser
 from dcore_testing.sim.clock import VirtualClock
 from dcore_testing.sim.dispatcher import Broker, SimDispatcher, SimObserver
-from dcore_testing.sim.errors import Deadlock, ReplayDivergence, SimulationError
+from dcore_testing.sim.errors import Deadlock, ReplayDivergence, SimulationError, WorkerCrash
 from dcore_testing.sim.faults import FaultInjector, FaultPlan, Skew
 from dcore_testing.sim.scheduler import Scheduler, Task
 from dcore_testing.sim.services import LocksProxy, ServiceProxy
 from dcore_testing.sim.trace import Trace, first_difference
 
-__all__ = ["Delivery", "SimEnvironment", "effect"]
+__all__ = ["Delivery", "Request", "ServiceFactory", "SimEnvironment", "effect",
+           "memory_backends"]
 
 Delivery = Literal["auto", "at_least_once", "at_most_once"]
+ServiceFactory = Callable[[VirtualClock, DcoreSettings], Mapping[str, Any]]
 _JOB_TOPICS = frozenset({"job.scheduled", "job.started", "job.retrying", "job.succeeded",
                          "job.dead", "stage.failed", "errors"})
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
@@ -50,8 +55,13 @@ class SimEnvironment(Environment):
     """An Environment whose services, dispatcher and clock are simulated.
 
     ``seed`` drives every decision (through a :class:`RandomChooser` unless ``chooser``
-    is given); ``workers`` worker processes take jobs; ``faults`` says what goes wrong.
-    Keyword ``settings`` overrides (``job_attempts=3``) go to :class:`DcoreSettings`."""
+    is given); ``workers`` worker processes take jobs (or ``{"dcore.0": 1, "dcore.1":
+    2}``: that many workers per queue, with jobs routed to queues as the Celery
+    dispatcher routes them); ``faults`` says what goes wrong. ``services`` replaces the
+    in-memory backends: a mapping of storage, events, jobs and locks, or a function of
+    the virtual clock and the settings returning one (see :func:`memory_backends`), so a
+    custom or wrapped backend runs on virtual time. Keyword ``settings`` overrides
+    (``job_attempts=3``) go to :class:`DcoreSettings`."""
 
     #: every simulated process (the caller and each worker) uses this environment's one
     #: set of services, so a remote Dispatch may hand off over in-memory ones (outside
@@ -61,14 +71,14 @@ class SimEnvironment(Environment):
     def __init__(
         self,
         seed: int = 0,
-        workers: int = 2,
+        workers: int | Mapping[str, int] = 2,
         faults: FaultPlan | None = None,
         *,
         chooser: Chooser | None = None,
         delivery: Delivery = "auto",
         patch_time: bool = True,
         registry: PluginRegistry | None = None,
-        services: Mapping[str, Any] | None = None,
+        services: Mapping[str, Any] | ServiceFactory | None = None,
         replay: Trace | None = None,
         name: str | None = None,
         **settings: Any,
@@ -86,7 +96,8 @@ class SimEnvironment(Environment):
         plan = faults or FaultPlan()
         clock = VirtualClock()
         trace = Trace({
-            "seed": seed, "workers": workers, "delivery": delivery, "name": name,
+            "seed": seed, "workers": workers if isinstance(workers, int) else dict(workers),
+            "delivery": delivery, "name": name,
             "settings": _jsonable(settings, "settings"),
             "faults": {**plan.model_dump(mode="json", exclude_defaults=True, exclude={"faults"}),
                        "faults": [f.model_dump(mode="json") for f in plan.faults]},
@@ -101,7 +112,9 @@ class SimEnvironment(Environment):
         clock.scheduler = self.scheduler
         clock.run_for = self.run_for
         dcore_settings = _settings(settings)
-        backends = dict(services or {}) or _memory_backends(clock, dcore_settings)
+        made = services(clock, dcore_settings) if callable(services) else services
+        backends = dict(made or {}) or memory_backends(clock, dcore_settings)
+        _check_services(backends)
         super().__init__(
             dcore_settings, clock=clock, registry=registry,
             storage=ServiceProxy(self, "storage", backends["storage"]),  # type: ignore[arg-type]
@@ -120,7 +133,9 @@ class SimEnvironment(Environment):
         self._ids: dict[str, str] = {}
         self._stack: ExitStack | None = None
         self._spawned = 0
+        self._requests = 0
         self._deliveries = 0
+        self._job_ids = 0
         for fault in plan.faults:
             if isinstance(fault, Skew):
                 clock.skew[fault.worker] = clock.skew.get(fault.worker, 0.0) + fault.seconds
@@ -189,29 +204,40 @@ class SimEnvironment(Environment):
         return _HEX_ID.sub(lambda m: self._aliases.get(m.group(0), m.group(0)), text)
 
     # -- calls from the service proxies -----------------------------------------------------
-    def enter_call(self, op: str, task: Task) -> None:
-        """A task reaches a service call: yield, then maybe fail or crash there."""
+    def enter_call(self, op: str, task: Task) -> tuple[bool, bool]:
+        """A task reaches a service call: yield, then maybe hang in a partition, fail or
+        crash there. Returns what to do once the call was applied (see FaultInjector)."""
         if task.crashed:
             from dcore_testing.sim.errors import WorkerCrash
 
             raise WorkerCrash(f"{op} after the crash")
         self.scheduler.yield_()
-        if self.faults.active:
-            job = task.job
-            self.faults.at_call(task, None if job is None else int(job[1:]), op)
+        if not self.faults.active:
+            return False, False
+        partition = self.faults.cut_off(self.clock._now, task, op)
+        if partition is not None:
+            self.faults.partition_timeout(op, partition, self.settings.redis_socket_timeout
+                                          or 10.0)  # fmt: skip
+        return self.faults.before_call(task, self._job_ordinal(task), op)
+
+    def _job_ordinal(self, task: Task, job_id: Any = None) -> int | None:
+        if task.job is not None:
+            return int(task.job[1:])
+        if isinstance(job_id, str) and job_id in self._aliases:  # a web request's job
+            return int(self._aliases[job_id][1:])
+        return None
 
     def service_call(self, op: str, fn: Callable[..., Any], args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
         task = self.scheduler.current
-        if task is not None:
-            self.enter_call(op, task)
+        flags = self.enter_call(op, task) if task is not None else (False, False)
         self._record_call(op, args)
         result = fn(*args, **kwargs)
         if op.startswith("jobs."):
             self._record_announced(op, args, kwargs, result)
         if task is not None and self.faults.active:
-            job = task.job
-            self.faults.after_call(task, None if job is None else int(job[1:]), op)
+            first = args[0] if args else None
+            self.faults.after_call(task, self._job_ordinal(task, first), op, *flags)
         return result
 
     def _record_announced(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -264,13 +290,15 @@ class SimEnvironment(Environment):
 
     # -- reading the outcome (no trace events) ------------------------------------------------
     def job_states(self) -> dict[str, JobState | None]:
-        """Every dispatched (or injected) job's state now, by alias (None: no record),
-        read straight from the backend so the trace is left as it is."""
+        """Every scheduled, dispatched or injected job's state now, by alias (None: no
+        record), read straight from the backend so the trace is left as it is."""
         from dcore.errors import JobNotFoundError
 
         store = self.jobs.inner  # type: ignore[attr-defined]
         states: dict[str, JobState | None] = {}
-        for event in self.trace.of("dispatch", "inject"):
+        for event in self.trace.of("job.scheduled", "dispatch", "inject"):
+            if event.get("job") is None or event["job"] in states:
+                continue
             try:
                 states[event["job"]] = store.get(self.job_id(event["job"])).state
             except JobNotFoundError:
@@ -284,7 +312,7 @@ class SimEnvironment(Environment):
         return [e.payload for e in bus.entries(self.settings.dlq_topic)]
 
     # -- user-facing hooks -------------------------------------------------------------------
-    def effect(self, name: str, **data: Any) -> None:
+    def effect(self, name: str, /, **data: Any) -> None:
         """Record a side effect (a charge, an email) for the exactly-once invariants."""
         from dcore.core.lifecycle import current_job
 
@@ -293,6 +321,37 @@ class SimEnvironment(Environment):
         job = self.alias(current.job_id) if current is not None else (
             task.job if task is not None else None)
         self.scheduler.emit("effect", job=job, name=name, **_jsonable(data, "effect data"))
+
+    def request(self, fn: Callable[..., Any], *args: Any, name: str | None = None,
+                **kwargs: Any) -> Request:
+        """Run ``fn(*args, **kwargs)`` as a request to the web process (a simulated task
+        on a ``web`` lane): the sync part of its pipelines runs there, and ``WebCrash``
+        and faults scoped to ``task="web"`` hit it. If the web process dies, the request
+        ends, and every job an in-process dispatcher held in its memory is lost. The
+        returned :class:`Request` holds the response once it ran."""
+        self._requests += 1
+        label = name or f"web{self._requests}"
+        if not label.startswith("web"):
+            raise ValueError(f"a request's name starts with 'web', got {label!r}")
+        request = Request(label)
+
+        def handle() -> None:
+            task = self.scheduler.current
+            assert task is not None
+            try:
+                response = fn(*args, **kwargs)
+                request.answered = True
+                request.response = response
+                if self.faults.active:
+                    self.faults.web_crash(task, None, "after_response")
+            except WorkerCrash as crash:
+                request.crashed = True
+                self.scheduler.emit("crash", node="web", where=crash.where)
+                self.broker.lose_in_process()
+                self.broker.arm_sweep()  # a job recorded but never sent is the sweep's
+
+        self.scheduler.spawn(handle, name=label, lane=label)
+        return request
 
     def spawn(self, fn: Callable[..., Any], *args: Any, name: str | None = None,
               **kwargs: Any) -> Task:
@@ -383,8 +442,16 @@ class SimEnvironment(Environment):
     def __enter__(self) -> SimEnvironment:
         stack = ExitStack()
         stack.enter_context(use_environment(self))
+        stack.enter_context(use_id_source(self._next_job_id))
         self._stack = stack
         return self
+
+    def _next_job_id(self) -> str:
+        """Job ids made inside the simulation follow its seed (they pick shards, so
+        queues): the N-th is a hash of the seed and N."""
+        self._job_ids += 1
+        key = f"dcore-sim:{self.seed}:{self._job_ids}".encode()
+        return hashlib.blake2b(key, digest_size=16).hexdigest()
 
     def __exit__(self, *exc: object) -> None:
         stack, self._stack = self._stack, None
@@ -403,21 +470,37 @@ class SimEnvironment(Environment):
                 f"t={self.clock.monotonic()!r}, events={len(self.trace)})")
 
 
+@dataclass
+class Request:
+    """A request to the simulated web process: its ``response`` once it ``answered``;
+    ``crashed`` if the web process died while (or right after) handling it."""
+
+    name: str
+    answered: bool = False
+    response: Any = None
+    crashed: bool = False
+
+
 class _SimHeartbeat:
     """A delivery's lease kept alive by a virtual-time timer (renewing through the
-    backend itself: a renewal is not a step of any task)."""
+    backend itself: a renewal is not a step of any task). A worker cut off from the job
+    store by a partition cannot renew; it keeps trying."""
 
     def __init__(self, sim: SimEnvironment, job_id: str, owner: str, lease: float) -> None:
         self.sim = sim
         self.job_id = job_id
         self.owner = owner
         self.lease = lease
+        self.task = sim.scheduler.current
         self.timer = sim.scheduler.call_later(lease / 3, self._renew)
 
     def _renew(self) -> None:
-        store = self.sim.jobs.inner  # type: ignore[attr-defined]
-        if store.renew(self.job_id, owner=self.owner, lease=self.lease):
-            self.timer = self.sim.scheduler.call_later(self.lease / 3, self._renew)
+        sim = self.sim
+        if sim.faults.cut_off(sim.clock._now, self.task, "jobs.renew") is None:
+            store = sim.jobs.inner  # type: ignore[attr-defined]
+            if not store.renew(self.job_id, owner=self.owner, lease=self.lease):
+                return  # taken over: nothing left to renew
+        self.timer = sim.scheduler.call_later(self.lease / 3, self._renew)
 
     def stop(self) -> None:
         self.timer.cancel()
@@ -439,7 +522,10 @@ def _settings(overrides: Mapping[str, Any]) -> DcoreSettings:
     return cached.model_copy(deep=True)
 
 
-def _memory_backends(clock: VirtualClock, settings: DcoreSettings) -> dict[str, Any]:
+def memory_backends(clock: VirtualClock, settings: DcoreSettings) -> dict[str, Any]:
+    """The simulation's default backends (dcore's in-memory ones) on ``clock``: start
+    from these to wrap or replace one, ``services=lambda clock, settings: {**
+    memory_backends(clock, settings), "jobs": MyStore(memory_backends(...)["jobs"])}``."""
     from dcore.backends.memory import MemoryEventBus, MemoryJobStore, MemoryLocks
     from dcore.backends.memory_storage import MemoryStorage
 
@@ -458,12 +544,18 @@ def _jsonable(value: Mapping[str, Any], what: str) -> dict[str, Any]:
         raise TypeError(f"{what} must be JSON values (they go into the trace): {exc}") from None
 
 
-def _check(seed: Any, workers: Any, faults: Any, delivery: Any,
-           services: Mapping[str, Any] | None) -> None:
+def _check(seed: Any, workers: Any, faults: Any, delivery: Any, services: Any) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"SimEnvironment(seed=...) must be an int, got {seed!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"SimEnvironment(workers=...) must be an int >= 1, got {workers!r}")
+    if isinstance(workers, Mapping):
+        if not workers or not all(isinstance(q, str) and isinstance(n, int)
+                                  and not isinstance(n, bool) and n >= 1
+                                  for q, n in workers.items()):
+            raise ValueError(f"SimEnvironment(workers=...) as a mapping names queues and "
+                             f"how many workers (>= 1) serve each, got {workers!r}")
+    elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"SimEnvironment(workers=...) must be an int >= 1 or a mapping of "
+                         f"queue to workers, got {workers!r}")
     if faults is not None and not isinstance(faults, FaultPlan):
         raise TypeError(
             f"SimEnvironment(faults=...) takes a FaultPlan, got {type(faults).__name__}; "
@@ -471,14 +563,19 @@ def _check(seed: Any, workers: Any, faults: Any, delivery: Any,
     if delivery not in ("auto", "at_least_once", "at_most_once"):
         raise ValueError(f"SimEnvironment(delivery=...) must be 'auto', 'at_least_once' or "
                          f"'at_most_once', got {delivery!r}")
-    if services is not None:
-        missing = {"storage", "events", "jobs", "locks"} - set(services)
-        if missing:
-            raise ValueError(f"SimEnvironment(services=...) needs storage, events, jobs and "
-                             f"locks; missing: {', '.join(sorted(missing))}")
+    if services is not None and not callable(services) and not isinstance(services, Mapping):
+        raise TypeError(f"SimEnvironment(services=...) takes a mapping of backends or a "
+                        f"function (clock, settings) -> mapping, got {type(services).__name__}")
 
 
-def effect(name: str, **data: Any) -> None:
+def _check_services(services: Mapping[str, Any]) -> None:
+    missing = {"storage", "events", "jobs", "locks"} - set(services)
+    if missing:
+        raise ValueError(f"SimEnvironment(services=...) needs storage, events, jobs and "
+                         f"locks; missing: {', '.join(sorted(missing))}")
+
+
+def effect(name: str, /, **data: Any) -> None:
     """Record a side effect in the current simulation (a no-op outside one), so a fake
     gateway or mailer can feed the exactly-once invariants."""
     from dcore.core.environment import current_environment

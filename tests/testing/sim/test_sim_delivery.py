@@ -56,6 +56,12 @@ class Flaky(Execute[Any]):
         return next_fn(context)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_flaky_counts() -> None:
+    """Job ids in a simulation follow its seed: two tests with one seed share ids."""
+    Flaky.seen.clear()
+
+
 @core_function
 def _note(ctx: NoteContext) -> str:
     effect("core", note=ctx.note)
@@ -252,8 +258,10 @@ def test_a_service_error_raises_what_dcores_backends_raise_or_the_clients_own() 
             sim.jobs.get("nope")
         seen.extend([type(s3_error.value).__name__, type(redis_error.value).__name__])
 
-    plan = FaultPlan(ServiceError(op="storage.put"), ServiceError(op="storage.get", error="s3"),
-                     ServiceError(op="jobs.get", error="redis"))
+    # the probe is the test's own task: faults reach it only when scoped to clients
+    plan = FaultPlan(ServiceError(op="storage.put", task="client"),
+                     ServiceError(op="storage.get", error="s3", task="client"),
+                     ServiceError(op="jobs.get", error="redis", task="client"))
     with SimEnvironment(seed=1, faults=plan) as sim:
         sim.spawn(probe, sim)
         sim.run_until_idle()
