@@ -8,7 +8,7 @@
 2. A job workload: 1,000 jobs through a Dispatch and 5 stages (one flaky, retried by
    the job policy with backoff) dispatched over one virtual hour; target: < 5 s wall.
 
-    .venv/bin/python benchmarks/bench_sim.py [--rounds 7] [--instructions]
+    .venv/bin/python benchmarks/bench_sim.py [--rounds 11] [--instructions]
 """
 
 from __future__ import annotations
@@ -148,8 +148,8 @@ def bench_jobs(jobs: int = 1_000) -> tuple[float, float, dict[str, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=7,
-                        help="interleaved timed rounds of each timer variant (default 7)")
+    parser.add_argument("--rounds", type=int, default=11,
+                        help="interleaved timed rounds of each timer variant (default 11)")
     parser.add_argument("--instructions", action="store_true",
                         help="also count the timer variants' instructions under callgrind")
     args = parser.parse_args(argv)
