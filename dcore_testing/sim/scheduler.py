@@ -7,14 +7,22 @@ switch and each non-zero pick is a preemption. With nothing ready, virtual time 
 to the next timer and every timer due at that instant fires before the next choice,
 so tasks waking together race. A yield with no other task ready returns at once: the
 choice would be forced anyway.
+
+Timers live in a heap of distinct due times (floats compare several times faster than
+the ``(when, seq, ...)`` tuples a plain heap would hold) and ``due``, which maps each
+time to its timers in the order they were set; together they fire timers exactly in
+``(when, order set)`` order. A sleeping task whose successor is certain without a choice
+(one task ready, or else one task waking at the next timer) hands control to it
+directly instead of through the scheduler's loop: the same run, one greenlet switch
+instead of two. Anything else (a choice, a callback, a task starting or ending, a step
+budget or deadline) goes through the loop.
 """
 
 from __future__ import annotations
 
 import contextvars
-import heapq
-import itertools
 from collections.abc import Callable, Hashable
+from heapq import heappop, heappush, heapreplace
 from typing import Any
 
 from greenlet import GreenletExit, getcurrent, greenlet
@@ -55,6 +63,12 @@ class Task:
         return f"Task({self.name!r}, {state})"
 
 
+# the timers due at one instant, flat, in the order they were set: a task and the token
+# it must still hold to be woken, or None and a callback
+_Bucket = list[Any]
+_INF = float("inf")
+
+
 class TimerHandle:
     """A callback timer (:meth:`Scheduler.call_later`); ``cancel()`` drops it, and a
     cancelled timer never moves virtual time."""
@@ -69,8 +83,9 @@ class TimerHandle:
         self.cancelled = True
 
 
-# a timer: (when, seq, task or None, token, callback timer or None)
-_Timer = tuple[float, int, "Task | None", int, "TimerHandle | None"]
+def _cancelled(bucket: _Bucket) -> bool:
+    """Whether every timer of an instant is a cancelled callback."""
+    return all(bucket[i] is None and bucket[i + 1].cancelled for i in range(0, len(bucket), 2))
 
 
 class Scheduler:
@@ -79,15 +94,20 @@ class Scheduler:
         self.chooser = chooser
         self.trace = trace
         self.ready: list[Task] = []
-        self.timers: list[_Timer] = []
+        #: distinct times at which timers are due, a heap; ``due`` holds their timers
+        self.timers: list[float] = []
+        self.due: dict[float, _Bucket] = {}
         self.waiters: dict[Hashable, list[Task]] = {}
         self.tasks: dict[Task, None] = {}  # live tasks, in spawn order
         self.current: Task | None = None
         self.closing = False
         self.on_task_done: Callable[[Task], None] | None = None
-        self._seq = itertools.count()
         self._hub: greenlet | None = None
         self._running = False
+        # sleep() may hand over directly only inside a run() with no step budget, up
+        # to its deadline
+        self._direct = False
+        self._until = _INF
 
     # -- events ---------------------------------------------------------------------------
     def emit(self, ev: str, task: Task | None = None, /, **fields: Any) -> None:
@@ -115,8 +135,16 @@ class Scheduler:
         """Run ``callback`` (in the scheduler, not in a task: it must not block) after
         ``delay`` virtual seconds, unless the returned handle is cancelled first."""
         handle = TimerHandle(callback)
-        heapq.heappush(self.timers, (self.clock._now + delay, next(self._seq), None, 0, handle))
+        self._set_timer(self.clock._now + delay, None, handle)
         return handle
+
+    def _set_timer(self, when: float, task: Task | None, token_or_callback: Any) -> None:
+        bucket = self.due.get(when)
+        if bucket is None:
+            self.due[when] = [task, token_or_callback]
+            heappush(self.timers, when)
+        else:
+            bucket += (task, token_or_callback)
 
     # -- yield points (called from inside a task) ---------------------------------------------
     def yield_(self) -> None:
@@ -124,18 +152,80 @@ class Scheduler:
         task = self.current
         if task is None or self.closing:
             return
-        if not self.ready and not (self.timers and self.timers[0][0] <= self.clock._now):
+        if not self.ready and not (self.timers and self.timers[0] <= self.clock._now):
             return
         self.ready.insert(0, task)
         self._switch_out()
 
     def sleep(self, seconds: float) -> None:
+        """Put the running task to sleep for ``seconds`` of virtual time; while closing,
+        return at once. Outside any task, pass the time as the clock does (run the
+        simulation for that long). The attached clock's ``sleep`` is this method.
+
+        The hot path of timer-heavy runs. When what the loop would do next needs no
+        choice, no callback and no new greenlet, it is done here, with one switch
+        straight to the next task instead of two through the loop:
+
+        * nothing ready, this task's timer is the earliest: wake it, no switch at all;
+        * nothing ready, the earliest instant holds one plain wake-up (a sleeper that
+          has run before): fire it and resume that task;
+        * one task ready, which has run before: resume it.
+
+        Anything else (a choice, a callback, a parked task's timeout, a deadline, a step
+        budget, a replay divergence) switches to the loop, which does it as before."""
+        if seconds < 0.0:  # (a float constant: float sleeps compare on the fast path)
+            raise ValueError(f"sleep() needs seconds >= 0, got {seconds!r}")
         task = self.current
-        if task is None or self.closing:
+        clock = self.clock
+        if task is None:
+            clock.pass_time(seconds)
             return
+        if self.closing:
+            return
+        now = clock._now
+        when = now + seconds
         token = task.token = task.token + 1
-        heapq.heappush(self.timers, (self.clock._now + seconds, next(self._seq), task,
-                                     token, None))
+        timers, due = self.timers, self.due
+        entry = [task, token]
+        bucket = due.setdefault(when, entry)
+        fresh = bucket is entry  # a new instant: on the heap below, unless fired at once
+        if not fresh:
+            bucket += entry
+        if self._direct and self.trace.diverged is None:
+            ready = self.ready
+            if not ready:
+                if fresh and (not timers or when < timers[0]):
+                    if when <= self._until:  # this task's own timer is the next one
+                        del due[when]
+                        clock._now = when
+                        task.token += 1
+                        return
+                else:
+                    first = timers[0]
+                    if now <= first <= self._until:
+                        bucket = due.pop(first)
+                        nxt = bucket[0]
+                        if (len(bucket) == 2 and nxt is not None and bucket[1] == nxt.token
+                                and nxt.waiting_on is None and nxt.glet is not None
+                                and not nxt.done):
+                            if fresh:  # pop ``first`` and push ``when``: one sift
+                                heapreplace(timers, when)
+                            else:
+                                heappop(timers)
+                            clock._now = first
+                            nxt.token += 1
+                            self.current = nxt
+                            nxt.glet.switch()
+                            return
+                        due[first] = bucket  # not a plain wake-up: the loop fires it
+            elif len(ready) == 1 and ready[0].glet is not None:
+                if fresh:
+                    heappush(timers, when)
+                nxt = self.current = ready.pop()
+                nxt.glet.switch()  # type: ignore[union-attr]
+                return
+        if fresh:
+            heappush(timers, when)
         self._hub.switch()  # type: ignore[union-attr]
 
     def park(self, key: Hashable, timeout: float | None = None) -> bool:
@@ -150,8 +240,7 @@ class Scheduler:
         task.waiting_on = key
         self.waiters.setdefault(key, []).append(task)
         if timeout is not None:
-            heapq.heappush(self.timers, (self.clock._now + max(timeout, 0.0), next(self._seq),
-                                         task, task.token, None))
+            self._set_timer(self.clock._now + max(timeout, 0.0), task, task.token)
         self._switch_out()
         return not task.timed_out
 
@@ -182,9 +271,10 @@ class Scheduler:
             )
         self._running = True
         self._hub = hub = getcurrent()
-        ready, timers, clock, trace = self.ready, self.timers, self.clock, self.trace
-        heappop = heapq.heappop
+        self._direct = steps is None
+        self._until = _INF if until is None else until
         done = 0
+        ready, timers, due, clock, trace = self.ready, self.timers, self.due, self.clock, self.trace
         try:
             while True:
                 if steps is not None and done >= steps:
@@ -199,7 +289,9 @@ class Scheduler:
                         self.emit("choice", task, what="run", n=n, pick=i)
                     done += 1
                     # resume the task until it yields, parks, sleeps or ends; a task
-                    # never raises into here (_bootstrap keeps its error)
+                    # never raises into here (_bootstrap keeps its error). A sleeping
+                    # task may hand over to others first: control comes back from
+                    # whichever task is current then.
                     glet = task.glet
                     self.current = task
                     if glet is None:
@@ -208,35 +300,61 @@ class Scheduler:
                         glet.switch(task)
                     else:
                         glet.switch()
+                    task = self.current
                     self.current = None
                     if task.done:
                         self._finish(task)
                     if trace.diverged is not None:
                         raise trace.diverged
                     continue
-                while timers and timers[0][4] is not None and timers[0][4].cancelled:
-                    heappop(timers)
+                while timers and _cancelled(due[timers[0]]):
+                    del due[heappop(timers)]  # a cancelled timer never moves time
                 if not timers:
                     return "idle"
-                when = timers[0][0]
+                when = timers[0]
                 if until is not None and when > until:
                     clock.advance_to(until)
                     return "deadline"
                 if when > clock._now:
                     clock.advance_to(when)
-                now = clock._now
-                while timers and timers[0][0] <= now:
-                    _, _, waker, token, callback = heappop(timers)
-                    if callback is not None:
-                        if not callback.cancelled:
-                            callback.callback()
-                    elif waker is not None and waker.token == token and not waker.done:
+                self._fire(timers, due, clock._now)
+        finally:
+            self._running = False
+            self._direct, self._until = False, _INF
+
+    def _fire(self, timers: list[float], due: dict[float, _Bucket], now: float) -> None:
+        """Fire every timer due by ``now``, earliest first and in the order set within an
+        instant; a timer a callback sets for now (or earlier) fires in this same pass, in
+        the place the order gives it."""
+        ready = self.ready
+        while timers:
+            when = timers[0]
+            if when > now:
+                return
+            bucket = due[when]
+            i = 0
+            try:
+                while i < len(bucket):
+                    waker, token = bucket[i], bucket[i + 1]
+                    i += 2
+                    if waker is None:
+                        if not token.cancelled:
+                            token.callback()  # a callback timer
+                        if timers[0] is not when:  # it set a timer due earlier: that first
+                            break
+                    elif waker.token == token and not waker.done:
                         waker.token += 1
                         if waker.waiting_on is not None:
                             self._unpark(waker)
                         ready.append(waker)
-        finally:
-            self._running = False
+            finally:
+                # drop what fired (a failing callback included); the instant leaves the
+                # heap once it is empty and back on top
+                if i < len(bucket) or timers[0] is not when:
+                    del bucket[:i]
+                else:
+                    heappop(timers)
+                    del due[when]
 
     def _unpark(self, task: Task) -> None:
         """A parked task's timeout fired: take it off its wait list."""
@@ -272,7 +390,8 @@ class Scheduler:
     def blocked(self) -> list[Task]:
         """Tasks waiting with no timer that could wake them."""
         return [t for ts in self.waiters.values() for t in ts
-                if not any(timer[2] is t and timer[3] == t.token for timer in self.timers)]
+                if not any(b[i] is t and b[i + 1] == t.token
+                           for b in self.due.values() for i in range(0, len(b), 2))]
 
     def close(self) -> None:
         """Unwind every unfinished task (GreenletExit); yield points return at once."""
@@ -292,6 +411,7 @@ class Scheduler:
             self.tasks.clear()
             self.ready.clear()
             self.timers.clear()
+            self.due.clear()
             self.waiters.clear()
         finally:
             self.closing = False
