@@ -1,12 +1,20 @@
-"""Stream a large object through S3Storage and back; report the client's peak memory.
+"""Stream 1 GiB through S3Storage and through plain boto3; compare throughput and memory.
 
-The claim under test: ``put_stream``/``get_stream`` never hold the object in memory, so a
-1 GB object costs the client about one multipart part, not a gigabyte. moto keeps objects
-in its own process, so the server runs as a separate process (``python -m moto.server``)
-and only this process's peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) is measured.
+Two claims under test. ``put_stream``/``get_stream`` never hold the object in memory, so
+a 1 GiB object costs the client a few multipart parts, not a gigabyte (peak RSS < 150 MB).
+And they are at least as fast as the strict baseline: plain boto3 (a default client, its
+default ``TransferConfig``) doing ``upload_fileobj`` / ``download_fileobj`` on the same
+bytes, against the same server.
 
-    .venv/bin/python benchmarks/bench_s3_stream.py             # 1 GiB
-    .venv/bin/python benchmarks/bench_s3_stream.py --size-mb 64
+Every transfer runs in a fresh client process, so each one's peak RSS
+(``getrusage(RUSAGE_SELF).ru_maxrss``) is its own; moto keeps objects in its own memory,
+so the server runs as one more separate process (``python -m moto.server``), shared by
+both sides. Rounds interleave dcore and boto3 (the order alternating), and the table gives
+the best and the median round of each. Uploads are measured from two sources holding the
+same bytes: a one-pass stream (a non-seekable file object) and a file on disk.
+
+    .venv/bin/python benchmarks/bench_s3_stream.py             # 1 GiB, 3 rounds (~10 min)
+    .venv/bin/python benchmarks/bench_s3_stream.py --size-mb 64 --rounds 1
     .venv/bin/python benchmarks/bench_s3_stream.py --endpoint http://127.0.0.1:9000 \\
         --access-key minioadmin --secret-key minioadmin        # an existing MinIO
 """
@@ -15,22 +23,32 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
+import json
 import os
+import random
 import resource
 import socket
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # run from a checkout without installing it
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MiB = 1024 * 1024
 TARGET_PEAK_RSS_MB = 150.0
+TARGET_RATIO = 1.0
+REGION = "us-east-1"
+TRANSFERS = ("upload-stream", "upload-file", "download")
 
 
 def peak_rss_mb() -> float:
@@ -43,8 +61,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of this process, or of process ``pid`` (Linux /proc)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Server:
+    url: str
+    pid: int | None = None  # known when this script started it
+
+    def cpu(self) -> float | None:
+        return None if self.pid is None else cpu_seconds(self.pid)
+
+
 @contextmanager
-def moto_subprocess() -> Iterator[str]:
+def moto_subprocess() -> Iterator[Server]:
     """moto's S3 server in a child process on 127.0.0.1; stopped (only it) at the end."""
     port = free_port()
     proc = subprocess.Popen(
@@ -60,7 +96,7 @@ def moto_subprocess() -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"moto server did not start on port {port}")
             time.sleep(0.1)  # a script polling a child's start-up, not a test
-        yield f"http://127.0.0.1:{port}"
+        yield Server(f"http://127.0.0.1:{port}", proc.pid)
     finally:
         proc.terminate()
         try:
@@ -70,9 +106,13 @@ def moto_subprocess() -> Iterator[str]:
             proc.wait()
 
 
-def generated(size: int, chunk: int = MiB) -> Iterator[bytes]:
-    """``size`` bytes made on the fly: one random block, stamped with its index."""
-    block = os.urandom(chunk)
+# -- the data ---------------------------------------------------------------------------
+
+
+def generated(size: int, seed: int = 13, chunk: int = MiB) -> Iterator[bytes]:
+    """``size`` bytes made on the fly, the same for a given seed: one random block,
+    stamped with its index."""
+    block = random.Random(seed).randbytes(chunk)
     sent = 0
     index = 0
     while sent < size:
@@ -82,97 +122,313 @@ def generated(size: int, chunk: int = MiB) -> Iterator[bytes]:
         index += 1
 
 
-def run(endpoint: str, access_key: str, secret_key: str, size: int, part: int) -> int:
+class GeneratedStream(io.RawIOBase):
+    """The generated bytes as a non-seekable binary file: what a pipe or a request body
+    looks like to both clients."""
+
+    def __init__(self, size: int) -> None:
+        self._chunks = generated(size)
+        self._left = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._left = memoryview(chunk)
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+
+def open_stream(size: int) -> io.BufferedReader:
+    return io.BufferedReader(GeneratedStream(size), buffer_size=MiB)
+
+
+# -- one transfer, in a child process ---------------------------------------------------
+
+
+def child(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one transfer and report its time and this process's peak RSS."""
+    side, transfer = job["side"], job["transfer"]
+    run = dcore_transfer(job) if side == "dcore" else boto3_transfer(job)
+    before = peak_rss_mb()
+    cpu = cpu_seconds()
+    start = time.perf_counter()
+    result = run()
+    seconds = time.perf_counter() - start
+    return {
+        "side": side,
+        "transfer": transfer,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds() - cpu,
+        "rss_before_mb": before,
+        "peak_rss_mb": peak_rss_mb(),
+        **result,
+    }
+
+
+def dcore_transfer(job: dict[str, Any]) -> Any:
     from dcore.backends.s3 import S3Storage
 
+    options: dict[str, Any] = {}
+    if job["concurrency"]:
+        options["max_concurrency"] = job["concurrency"]
     storage = S3Storage(
-        endpoint_url=endpoint,
-        bucket=f"dcore-bench-{uuid.uuid4().hex[:12]}",
-        access_key=access_key,
-        secret_key=secret_key,
-        create_bucket=True,
-        multipart_threshold=part,
-        multipart_chunk_size=part,
+        endpoint_url=job["endpoint"],
+        bucket=job["bucket"],
+        region=REGION,
+        access_key=job["access_key"],
+        secret_key=job["secret_key"],
+        multipart_threshold=job["part"],
+        multipart_chunk_size=job["part"],
         read_timeout=300,
+        **options,
     )
-    storage.put("warm-up", b"x")  # client, connection pool and bucket ready
-    baseline = peak_rss_mb()
+    storage.put(f"warm-up/{uuid.uuid4().hex}", b"x")  # client, connections and bucket ready
+    size, key = job["size"], job["key"]
 
-    sent_digest = hashlib.sha256()
+    def upload() -> dict[str, Any]:
+        if job["transfer"] == "upload-file":
+            with open(job["path"], "rb") as source:
+                info = storage.put_stream(key, source)
+        else:
+            info = storage.put_stream(key, open_stream(size))
+        return {"size": info.size, "sha256": info.sha256}
 
-    def source() -> Iterator[bytes]:
-        for chunk in generated(size):
-            sent_digest.update(chunk)
-            yield chunk
+    def download() -> dict[str, Any]:
+        digest = hashlib.sha256()
+        received = 0
+        for chunk in storage.get_stream(key, chunk_size=MiB):
+            digest.update(chunk)
+            received += len(chunk)
+        return {"size": received, "sha256": digest.hexdigest()}
 
-    start = time.perf_counter()
-    info = storage.put_stream("big.bin", source())
-    put_seconds = time.perf_counter() - start
-    after_put = peak_rss_mb()
+    return download if job["transfer"] == "download" else upload
 
-    start = time.perf_counter()
-    got_digest = hashlib.sha256()
-    received = 0
-    for chunk in storage.get_stream("big.bin", chunk_size=MiB):
-        got_digest.update(chunk)
-        received += len(chunk)
-    get_seconds = time.perf_counter() - start
-    peak = peak_rss_mb()
 
-    ok = (
-        info.size == received == size
-        and info.sha256 == sent_digest.hexdigest() == got_digest.hexdigest()
-        and storage.info("big.bin").sha256 == info.sha256
+def boto3_transfer(job: dict[str, Any]) -> Any:
+    """Plain boto3: a default client and the default TransferConfig."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=job["endpoint"],
+        region_name=REGION,
+        aws_access_key_id=job["access_key"],
+        aws_secret_access_key=job["secret_key"],
     )
-    storage.delete("big.bin")
-    storage.delete("warm-up")
-    with suppress(Exception):
-        storage.client.delete_bucket(Bucket=storage.bucket)
-    storage.close()
+    client.put_object(Bucket=job["bucket"], Key=f"warm-up/{uuid.uuid4().hex}", Body=b"x")
+    bucket, key, size = job["bucket"], job["key"], job["size"]
 
-    mb = size / MiB
-    verdict = "PASS" if peak < TARGET_PEAK_RSS_MB else "MISS"
-    rows = [
-        ("object size", f"{mb:,.0f} MiB", "", ""),
-        ("multipart part size", f"{part / MiB:,.0f} MiB", "", ""),
-        ("client RSS before streaming", f"{baseline:,.1f} MB", "", ""),
-        ("client peak RSS after put_stream", f"{after_put:,.1f} MB", "", ""),
-        (
-            "client peak RSS (put + get)",
-            f"{peak:,.1f} MB",
-            f"< {TARGET_PEAK_RSS_MB:.0f} MB",
-            verdict,
-        ),
-        ("put_stream throughput", f"{mb / put_seconds:,.1f} MiB/s", "", f"{put_seconds:.1f} s"),
-        ("get_stream throughput", f"{mb / get_seconds:,.1f} MiB/s", "", f"{get_seconds:.1f} s"),
-        (
-            "size and sha256 round trip",
-            "match" if ok else "MISMATCH",
-            "match",
-            "PASS" if ok else "FAIL",
-        ),
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    header = ("measure", "value", "target", "result")
-    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
-    for row in [header, tuple("-" * w for w in widths), *rows]:
+    def upload() -> dict[str, Any]:
+        if job["transfer"] == "upload-file":
+            with open(job["path"], "rb") as source:
+                client.upload_fileobj(source, bucket, key)
+        else:
+            client.upload_fileobj(open_stream(size), bucket, key)
+        return {"size": client.head_object(Bucket=bucket, Key=key)["ContentLength"]}
+
+    def download() -> dict[str, Any]:
+        with open(os.devnull, "wb") as sink:  # the cheapest sink: nothing hashed
+            client.download_fileobj(bucket, key, sink)
+        return {"size": size}
+
+    return download if job["transfer"] == "download" else upload
+
+
+def run_child(job: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{job['side']} {job['transfer']} failed:\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# -- the comparison ---------------------------------------------------------------------
+
+
+@dataclass
+class Runs:
+    seconds: list[float] = field(default_factory=list)
+    peaks: list[float] = field(default_factory=list)
+    #: client + server CPU seconds per run (client only against an outside endpoint)
+    cpu: list[float] = field(default_factory=list)
+    ok: bool = True
+
+    def rate(self, mb: float, pick: str) -> float:
+        time_ = min(self.seconds) if pick == "best" else statistics.median(self.seconds)
+        return mb / time_
+
+
+def measure(args: argparse.Namespace, server: Server, transfers: list[str]) -> int:
+    import boto3
+
+    size, part = args.size_mb * MiB, args.part_mb * MiB
+    bucket = f"dcore-bench-{uuid.uuid4().hex[:12]}"
+    admin = boto3.client(
+        "s3",
+        endpoint_url=server.url,
+        region_name=REGION,
+        aws_access_key_id=args.access_key,
+        aws_secret_access_key=args.secret_key,
+    )
+    admin.create_bucket(Bucket=bucket)
+    expected = hashlib.sha256()
+    for chunk in generated(size):
+        expected.update(chunk)
+    sha = expected.hexdigest()
+    workdir = Path(tempfile.mkdtemp(prefix="dcore-bench-s3-"))
+    path = workdir / "object.bin"
+    if "upload-file" in transfers:
+        with path.open("wb") as out:
+            for chunk in generated(size):
+                out.write(chunk)
+    base = {
+        "endpoint": server.url,
+        "bucket": bucket,
+        "access_key": args.access_key,
+        "secret_key": args.secret_key,
+        "size": size,
+        "part": part,
+        "path": str(path),
+        "concurrency": args.concurrency,
+    }
+    runs: dict[tuple[str, str], Runs] = {}
+
+    def once(transfer: str, side: str, key: str) -> dict[str, Any]:
+        server_cpu = server.cpu()
+        got = run_child({**base, "side": side, "transfer": transfer, "key": key})
+        after = server.cpu()
+        got["server_cpu"] = 0.0 if server_cpu is None or after is None else after - server_cpu
+        return got
+
+    try:
+        # the object both sides download: stored by dcore, so it carries its sha256
+        if "download" in transfers and once("upload-stream", "dcore", "src")["sha256"] != sha:
+            raise RuntimeError("the object stored for the download rounds has a wrong sha256")
+        for round_ in range(args.rounds):
+            for transfer in transfers:
+                sides = ["dcore", "boto3"] if round_ % 2 == 0 else ["boto3", "dcore"]
+                for side in sides:
+                    got = once(transfer, side, "src" if transfer == "download" else side)
+                    entry = runs.setdefault((transfer, side), Runs())
+                    entry.seconds.append(got["seconds"])
+                    entry.peaks.append(got["peak_rss_mb"])
+                    entry.cpu.append(got["cpu_seconds"] + got["server_cpu"])
+                    entry.ok &= got["size"] == size and got.get("sha256", sha) == sha
+                    print(
+                        f"  round {round_ + 1} {transfer:13} {side:5} {got['seconds']:6.1f} s  "
+                        f"CPU {got['cpu_seconds']:5.1f} s + server {got['server_cpu']:5.1f} s  "
+                        f"peak RSS {got['peak_rss_mb']:5.1f} MB",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        path.unlink(missing_ok=True)
+        workdir.rmdir()
+        with suppress(Exception):
+            for page in admin.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                for obj in page.get("Contents", []):
+                    admin.delete_object(Bucket=bucket, Key=obj["Key"])
+            admin.delete_bucket(Bucket=bucket)
+    return report(args, runs, transfers, server.pid is not None)
+
+
+def report(
+    args: argparse.Namespace,
+    runs: dict[tuple[str, str], Runs],
+    transfers: list[str],
+    server_cpu: bool,
+) -> int:
+    mb = float(args.size_mb)
+    print(
+        f"{args.size_mb:,} MiB object, {args.part_mb} MiB parts, {args.rounds} interleaved "
+        "rounds; throughput as best / median round"
+    )
+    cpu_what = "CPU s, client+server" if server_cpu else "client CPU s"
+    header = (
+        "transfer",
+        "dcore MiB/s",
+        "boto3 MiB/s",
+        "ratio",
+        f"{cpu_what} (median)",
+        "peak RSS dcore / boto3",
+        "result",
+    )
+    rows: list[tuple[str, ...]] = [header]
+    failed = False
+    for transfer in transfers:
+        ours, theirs = runs[(transfer, "dcore")], runs[(transfer, "boto3")]
+        best = ours.rate(mb, "best") / theirs.rate(mb, "best")
+        median = ours.rate(mb, "median") / theirs.rate(mb, "median")
+        peak = max(ours.peaks)
+        small = peak < TARGET_PEAK_RSS_MB
+        failed |= not (small and ours.ok and theirs.ok)
+        verdict = "PASS" if median >= TARGET_RATIO and small else "MISS"
+        if not (ours.ok and theirs.ok):
+            verdict = "FAIL (bytes differ)"
+        rows.append(
+            (
+                transfer,
+                f"{ours.rate(mb, 'best'):,.1f} / {ours.rate(mb, 'median'):,.1f}",
+                f"{theirs.rate(mb, 'best'):,.1f} / {theirs.rate(mb, 'median'):,.1f}",
+                f"{best:.2f}x / {median:.2f}x",
+                f"{statistics.median(ours.cpu):.1f} vs {statistics.median(theirs.cpu):.1f}",
+                f"{peak:,.0f} MB / {max(theirs.peaks):,.0f} MB",
+                verdict,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    rows.insert(1, tuple("-" * w for w in widths))
+    for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    return 0 if ok and verdict == "PASS" else 1
+    print(
+        f"targets: median ratio >= {TARGET_RATIO:.1f}x and dcore peak RSS < "
+        f"{TARGET_PEAK_RSS_MB:.0f} MB. dcore's download hashes every byte; boto3's writes "
+        "to /dev/null"
+    )
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="object size in MiB")
     parser.add_argument("--part-mb", type=int, default=8, help="multipart part size in MiB")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument(
+        "--transfers",
+        default=",".join(TRANSFERS),
+        help=f"comma-separated subset of {','.join(TRANSFERS)}",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=0, help="dcore's max_concurrency (default: its own)"
+    )
     parser.add_argument("--endpoint", help="an existing S3 endpoint (default: start moto)")
     parser.add_argument("--access-key", default="bench-access-key")
     parser.add_argument("--secret-key", default="bench-secret-key")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    size, part = args.size_mb * MiB, args.part_mb * MiB
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return 0
+    transfers = [t for t in args.transfers.split(",") if t]
+    unknown = sorted(set(transfers) - set(TRANSFERS))
+    if unknown:
+        parser.error(f"unknown transfers {unknown}; choose from {', '.join(TRANSFERS)}")
     if args.endpoint:
-        return run(args.endpoint, args.access_key, args.secret_key, size, part)
-    with moto_subprocess() as endpoint:
-        return run(endpoint, args.access_key, args.secret_key, size, part)
+        return measure(args, Server(args.endpoint), transfers)
+    with moto_subprocess() as server:
+        return measure(args, server, transfers)
 
 
 if __name__ == "__main__":

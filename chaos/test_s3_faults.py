@@ -6,6 +6,10 @@ itself, the stage's ``RetryPolicy``, nobody), the bucket must afterwards hold th
 object with its sha256, or no object — never a partial one — and no multipart upload
 left open to accumulate parts (and cost) for ever.
 
+With one part sent at a time the reset hits exactly part 2, so the attempts can be
+counted; with several parts in flight (the default) it resets every connection carrying
+one, and the same invariant must hold.
+
 A bandwidth toxic must slow an upload down without corrupting it: the bytes arrive
 intact, and no sooner than the rate allows.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,8 @@ MiB = 1024 * 1024
 PART = 5 * MiB  # S3's smallest part: three parts for the object below
 SIZE = 12 * MiB
 RESET_AT_PART = 2
+#: one part at a time (counts exact), or several in flight as by default
+CONCURRENCY = pytest.mark.parametrize("concurrency", [1, 4], ids=["one_part", "parts_in_flight"])
 
 
 def payload(size: int, seed: int = 6) -> bytes:
@@ -59,9 +66,11 @@ class ResetDuringPart:
     a transient network blip at the worst moment, at the same moment every run.
 
     Hooks the storage's boto3 client; counts multipart uploads started, failures seen and
-    attempts per part."""
+    attempts per part. The hooks run on every thread sending a part, hence the lock (held
+    while the toxic is removed, so no retry goes out before it is gone)."""
 
     def __init__(self, storage: S3Storage, proxy: Proxy, part: int) -> None:
+        self.lock = threading.Lock()
         self.proxy = proxy
         self.part = part
         self.toxic: str | None = None
@@ -75,21 +84,25 @@ class ResetDuringPart:
         events.register("needs-retry.s3.UploadPart", self._after_part)
 
     def _before_create(self, **kwargs: Any) -> None:
-        self.uploads_started += 1
+        with self.lock:
+            self.uploads_started += 1
 
     def _before_part(self, request: Any, **kwargs: Any) -> None:
         number = int(parse_qs(urlsplit(request.url).query)["partNumber"][0])
-        self.part_attempts[number] = self.part_attempts.get(number, 0) + 1
-        if number == self.part and not self.fired:
-            self.fired += 1
-            self.toxic = self.proxy.add_toxic("reset_peer", stream="upstream", timeout=0).name
+        with self.lock:
+            self.part_attempts[number] = self.part_attempts.get(number, 0) + 1
+            if number == self.part and not self.fired:
+                self.fired += 1
+                self.toxic = self.proxy.add_toxic("reset_peer", stream="upstream", timeout=0).name
 
     def _after_part(self, caught_exception: BaseException | None = None, **kwargs: Any) -> None:
-        if caught_exception is not None:
+        if caught_exception is None:
+            return
+        with self.lock:
             self.failures += 1
-        if self.toxic is not None and caught_exception is not None:
-            self.proxy.remove_toxic(self.toxic)
-            self.toxic = None
+            if self.toxic is not None:
+                self.proxy.remove_toxic(self.toxic)
+                self.toxic = None
 
 
 def assert_complete_or_absent(chaos_s3: ChaosS3, key: str, data: bytes) -> bool:
@@ -110,22 +123,35 @@ def assert_complete_or_absent(chaos_s3: ChaosS3, key: str, data: bytes) -> bool:
     return present
 
 
+@CONCURRENCY
 def test_reset_during_multipart_upload_is_retried_by_botocore_and_the_object_is_whole(
-    chaos_s3: ChaosS3,
+    chaos_s3: ChaosS3, concurrency: int
 ) -> None:
     """Invariant: a connection reset during part 2 of a multipart ``put_stream`` is
     retried by botocore (standard mode, 3 attempts); the object ends complete with a
-    matching sha256 and no multipart upload is left open."""
+    matching sha256 and no multipart upload is left open. With parts in flight the
+    reset may hit any of them (not always part 2); each one hit is retried once."""
     storage = chaos_s3.make_storage(
-        multipart_threshold=PART, multipart_chunk_size=PART, max_attempts=3
+        multipart_threshold=PART,
+        multipart_chunk_size=PART,
+        max_attempts=3,
+        max_concurrency=concurrency,
     )
     fault = ResetDuringPart(storage, chaos_s3.proxy, RESET_AT_PART)
     data = payload(SIZE)
 
     info = storage.put_stream("big/blob.bin", chunks(data))
 
-    assert (fault.fired, fault.failures) == (1, 1)
-    assert fault.part_attempts == {1: 1, 2: 2, 3: 1}
+    if concurrency == 1:
+        assert (fault.fired, fault.failures) == (1, 1)
+        assert fault.part_attempts == {1: 1, 2: 2, 3: 1}
+    else:
+        assert fault.fired == 1
+        assert 1 <= fault.failures <= 3
+        assert set(fault.part_attempts) == {1, 2, 3}
+        # every failed attempt was retried once, and no retry failed
+        assert sum(fault.part_attempts.values()) == 3 + fault.failures
+        assert all(1 <= attempts <= 2 for attempts in fault.part_attempts.values())
     assert fault.uploads_started == 1
     assert info.sha256 == hashlib.sha256(data).hexdigest()
     assert assert_complete_or_absent(chaos_s3, "big/blob.bin", data)
@@ -158,6 +184,7 @@ def stream_write_stage(dcore_registry: PluginRegistry) -> str:
     return "chaos_stream_write"
 
 
+@CONCURRENCY
 @pytest.mark.parametrize("retry", [True, False], ids=["stage_retry", "no_retry"])
 def test_reset_during_multipart_upload_leaves_the_object_whole_or_absent_never_partial(
     chaos_s3: ChaosS3,
@@ -165,13 +192,18 @@ def test_reset_during_multipart_upload_leaves_the_object_whole_or_absent_never_p
     dcore_registry: PluginRegistry,
     tmp_path: Path,
     retry: bool,
+    concurrency: int,
 ) -> None:
     """Invariant: with botocore's retries off, a reset during part 2 fails the upload;
-    dcore aborts that multipart upload. With the stage's ``RetryPolicy`` the stage runs
-    again and the object ends complete (sha256 matches); without one the error reaches
-    the caller and the object is absent. Either way: never partial, no upload left open."""
+    dcore aborts that multipart upload (after every part in flight has ended). With the
+    stage's ``RetryPolicy`` the stage runs again and the object ends complete (sha256
+    matches); without one the error reaches the caller and the object is absent. Either
+    way: never partial, no upload left open."""
     storage = chaos_s3.make_storage(
-        multipart_threshold=PART, multipart_chunk_size=PART, max_attempts=1
+        multipart_threshold=PART,
+        multipart_chunk_size=PART,
+        max_attempts=1,
+        max_concurrency=concurrency,
     )
     fault = ResetDuringPart(storage, chaos_s3.proxy, RESET_AT_PART)
     data = payload(SIZE, seed=7)
@@ -191,7 +223,11 @@ def test_reset_during_multipart_upload_leaves_the_object_whole_or_absent_never_p
             with pytest.raises(ServiceUnavailableError, match="unreachable"):
                 pipeline.run()
 
-    assert (fault.fired, fault.failures) == (1, 1)
+    assert fault.fired == 1
+    if concurrency == 1:
+        assert fault.failures == 1
+    else:
+        assert 1 <= fault.failures <= 3
     assert fault.uploads_started == (2 if retry else 1)
     present = assert_complete_or_absent(chaos_s3, "big/stage.bin", data)
     assert present is retry

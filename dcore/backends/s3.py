@@ -4,11 +4,14 @@ Registered as ``s3`` and ``minio``: ``DCORE_STORAGE=minio`` plus ``DCORE_S3_*`` 
 local default for a bucket. boto3 is imported only when an :class:`S3Storage` is built,
 so ``import dcore`` (and this module's registration) works without it.
 
-Large objects never sit in memory: ``put_stream`` buffers at most one part and uploads
-the rest as a multipart upload, aborted on any failure so nothing partial is left;
-``get_stream`` reads the response body in chunks. Every object carries its sha256 in
-the ``x-amz-meta-sha256`` metadata. A multipart upload only knows the hash at the end,
-so it is set by an in-place server-side copy after completion.
+Large objects never sit in memory: ``put_stream`` uploads them as a multipart upload
+with a bounded number of parts in flight (``max_concurrency``, each part sent on its own
+pooled connection), aborted on any failure so nothing partial is left; ``get_stream``
+reads the response body in chunks. Every object carries its sha256 in the
+``x-amz-meta-sha256`` metadata, and every part a CRC32 the server checks
+(``part_checksums``). A seekable source (a file, a spooled upload) is hashed in a first
+local pass, so the upload carries its sha256 from the start; a one-pass stream only
+knows its hash at the end, so it is set by an in-place server-side copy after completion.
 
 Errors are translated at this boundary: a missing key is ``ObjectNotFoundError``; a
 missing bucket, rejected credentials and an unreachable endpoint get messages naming
@@ -17,15 +20,25 @@ the bucket and endpoint (never the secret key) and the fix.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import threading
+import zlib
+from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeGuard
 
 from pydantic import SecretStr
 
 from dcore.backends._keys import as_bytes, iter_source, validate_key, validate_prefix
+from dcore.backends._s3_parts import (
+    read_exactly,
+    read_parts,
+    scan_parts,
+    send_parts,
+    split_parts,
+)
 from dcore.core.plugins import default_registry, register_plugin
 from dcore.errors import ObjectNotFoundError, ServiceUnavailableError, StorageError
 from dcore.services.storage import ObjectInfo, StorageInterface
@@ -63,8 +76,15 @@ _AUTH_CODES = {
 @register_plugin("s3", registry=default_registry())
 class S3Storage(StorageInterface):
     """Objects in one bucket. Pass ``client`` to use a ready boto3 S3 client (the
-    connection options are then ignored); otherwise one is built with botocore's
-    standard retry mode and bounded connect/read timeouts.
+    connection options are then ignored; give it ``max_pool_connections`` of at least
+    ``max_concurrency``); otherwise one is built with botocore's standard retry mode,
+    bounded connect/read timeouts and a connection pool as large as ``max_concurrency``.
+
+    A multipart upload sends up to ``max_concurrency`` parts at once, so ``put_stream``
+    holds at most ``multipart_threshold`` plus ``max_concurrency + 1`` parts of
+    ``multipart_chunk_size`` bytes. ``part_checksums`` sends each part's CRC32 for the
+    server to verify; turn it off only for an S3-compatible server that rejects the
+    ``x-amz-checksum-crc32`` header.
 
     The bucket is checked once, on first use: missing, it is created when
     ``create_bucket`` is true and otherwise reported with the fix.
@@ -86,6 +106,8 @@ class S3Storage(StorageInterface):
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         max_attempts: int = 3,
+        max_concurrency: int = 4,
+        part_checksums: bool = True,
         client: S3Client | None = None,
     ) -> None:
         if not MIN_PART_SIZE <= multipart_chunk_size <= MAX_PART_SIZE:
@@ -102,12 +124,18 @@ class S3Storage(StorageInterface):
             raise ValueError(f"page_size={page_size} must be between 1 and 1000 (S3's maximum)")
         if max_attempts < 1:
             raise ValueError(f"max_attempts={max_attempts} must be at least 1")
+        if max_concurrency < 1:
+            raise ValueError(
+                f"max_concurrency={max_concurrency} must be at least 1 (parts sent at once)"
+            )
         self._bucket = bucket
         self._access_key = access_key
         self._create_bucket = create_bucket
         self._threshold = multipart_threshold
         self._chunk_size = multipart_chunk_size
         self._page_size = page_size
+        self._concurrency = max_concurrency
+        self._part_checksums = part_checksums
         self._owns_client = client is None
         if client is None:
             secret = (
@@ -124,6 +152,7 @@ class S3Storage(StorageInterface):
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
                 max_attempts=max_attempts,
+                pool_size=max(10, max_concurrency),
             )
         self._client: S3Client = client
         self._endpoint = str(client.meta.endpoint_url)
@@ -173,52 +202,103 @@ class S3Storage(StorageInterface):
 
     def put_stream(self, key: str, chunks: Iterable[bytes] | BinaryIO) -> ObjectInfo:
         """Streams under ``multipart_threshold`` are one PutObject; larger ones a multipart
-        upload. Memory held: the larger of threshold and part size, plus one chunk."""
+        upload. A seekable file object is read twice: once to hash it, then to send it,
+        each part checked against the first read, so a file that changes in between fails
+        instead of being stored under a wrong sha256."""
         key = validate_key(key)
         self._ensure_bucket()
-        source = iter_source(chunks, self._chunk_size)
+        if _seekable(chunks):
+            return self._put_file(key, chunks)
+        if callable(getattr(chunks, "read", None)):
+            return self._put_chunks(key, read_parts(chunks, self._chunk_size))
+        return self._put_chunks(key, iter_source(chunks, self._chunk_size))
+
+    def _put_chunks(self, key: str, source: Iterator[bytes]) -> ObjectInfo:
+        """A one-pass stream: hashed as it is read; the sha256 is attached at the end."""
         digest = hashlib.sha256()
-        buffer = bytearray()
+        head: deque[bytes] = deque()
+        size = 0
         for chunk in source:
             digest.update(chunk)
-            buffer += chunk
-            if len(buffer) >= self._threshold:
-                return self._put_multipart(key, buffer, source, digest)
-        return self._put_single(key, bytes(buffer), digest.hexdigest())
+            head.append(chunk)
+            size += len(chunk)
+            if size >= self._threshold:
+                break
+        else:
+            return self._put_single(key, b"".join(head), digest.hexdigest())
+        del chunk  # the head deque is the only holder, so sent parts are freed
 
-    def _put_multipart(
-        self, key: str, buffer: bytearray, rest: Iterator[bytes], digest: Any
-    ) -> ObjectInfo:
+        def rest() -> Iterator[bytes]:
+            nonlocal size
+            while head:  # popped, so a part that has been sent is not held here
+                yield head.popleft()
+            for chunk in source:
+                digest.update(chunk)
+                size += len(chunk)
+                yield chunk
+                del chunk  # not held while the next one is read
+
+        upload_id = self._create_upload(key, metadata=None)
+        parts = self._limited(key, split_parts(rest(), self._chunk_size))
+        self._send_and_complete(key, upload_id, parts, checks=None)
+        sha = digest.hexdigest()
+        self._store_checksum(key, sha, size)
+        return ObjectInfo(key=key, size=size, sha256=sha)
+
+    def _put_file(self, key: str, source: BinaryIO) -> ObjectInfo:
+        """A seekable file: hashed in a first pass, so the upload carries its sha256 from
+        the start and needs no copy afterwards. The first pass keeps each part's CRC32;
+        a part that reads differently the second time fails the upload."""
+        start = source.tell()
+        head = read_exactly(source, self._threshold)
+        if len(head) < self._threshold:
+            return self._put_single(key, head, hashlib.sha256(head).hexdigest())
+        del head
+        source.seek(start)
+        sha, size, checks = scan_parts(source, self._chunk_size)
+        if len(checks) > MAX_PARTS:
+            self._too_many_parts(key)
+        source.seek(start)
+        upload_id = self._create_upload(key, metadata={_SHA256_META: sha})
+
+        def parts() -> Iterator[bytes]:
+            for number in range(1, len(checks) + 1):
+                expected = min(self._chunk_size, size - (number - 1) * self._chunk_size)
+                body = read_exactly(source, expected)
+                if len(body) != expected:
+                    self._changed(key, number)
+                yield body
+
+        self._send_and_complete(key, upload_id, parts(), checks=checks)
+        return ObjectInfo(key=key, size=size, sha256=sha)
+
+    def _create_upload(self, key: str, metadata: dict[str, str] | None) -> str:
+        kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": key}
+        if metadata:
+            kwargs["Metadata"] = metadata
+        if self._part_checksums:
+            kwargs["ChecksumAlgorithm"] = "CRC32"
         with self._translate("create_multipart_upload", key):
-            upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=key)[
-                "UploadId"
-            ]
-        parts: list[dict[str, Any]] = []
-        size = len(buffer)
+            return self._client.create_multipart_upload(**kwargs)["UploadId"]
 
-        def upload_full_parts() -> None:
-            while len(buffer) >= self._chunk_size:
-                with memoryview(buffer) as view:  # one copy, not slice + copy
-                    part = bytes(view[: self._chunk_size])
-                del buffer[: self._chunk_size]
-                self._upload_part(key, upload_id, parts, part)
+    def _send_and_complete(
+        self, key: str, upload_id: str, parts: Iterable[bytes], checks: list[int] | None
+    ) -> None:
+        """Send the parts and complete the upload; on any failure (the source, a part, the
+        completion, an interrupt) abort it, once no part is still being sent."""
+
+        def send(number: int, body: bytes) -> dict[str, Any]:
+            expected = None if checks is None else checks[number - 1]
+            return self._upload_part(key, upload_id, number, body, expected)
 
         try:
-            upload_full_parts()
-            for chunk in rest:
-                digest.update(chunk)
-                buffer += chunk
-                size += len(chunk)
-                upload_full_parts()
-            if buffer or not parts:
-                self._upload_part(key, upload_id, parts, bytes(buffer))
-            buffer.clear()
+            completed = send_parts(parts, send, self._concurrency)
             with self._translate("complete_multipart_upload", key):
                 self._client.complete_multipart_upload(
                     Bucket=self._bucket,
                     Key=key,
                     UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                    MultipartUpload={"Parts": completed},  # type: ignore[typeddict-item]
                 )
         except BaseException:
             # Best effort: if the endpoint is gone, a bucket lifecycle rule
@@ -228,24 +308,51 @@ class S3Storage(StorageInterface):
                     Bucket=self._bucket, Key=key, UploadId=upload_id
                 )
             raise
-        sha = digest.hexdigest()
-        self._store_checksum(key, sha, size)
-        return ObjectInfo(key=key, size=size, sha256=sha)
+
+    def _limited(self, key: str, parts: Iterator[bytes]) -> Iterator[bytes]:
+        for number, part in enumerate(parts, 1):
+            if number > MAX_PARTS:
+                self._too_many_parts(key)
+            yield part
+            del part  # not held while the next one is read
 
     def _upload_part(
-        self, key: str, upload_id: str, parts: list[dict[str, Any]], body: bytes
-    ) -> None:
-        number = len(parts) + 1
-        if number > MAX_PARTS:
-            raise StorageError(
-                f"stream for key {key!r} needs more than {MAX_PARTS} parts of "
-                f"{self._chunk_size} bytes; raise multipart_chunk_size"
-            )
+        self, key: str, upload_id: str, number: int, body: bytes, expected: int | None
+    ) -> dict[str, Any]:
+        """One part (run on a sender thread). ``expected`` is the CRC32 the first pass over
+        a file saw for this part."""
+        kwargs: dict[str, Any] = {
+            "Bucket": self._bucket,
+            "Key": key,
+            "UploadId": upload_id,
+            "PartNumber": number,
+            "Body": body,
+        }
+        if self._part_checksums or expected is not None:
+            crc = zlib.crc32(body)
+            if expected is not None and crc != expected:
+                self._changed(key, number)
+            if self._part_checksums:
+                kwargs["ChecksumCRC32"] = base64.b64encode(crc.to_bytes(4, "big")).decode()
         with self._translate("upload_part", key):
-            response = self._client.upload_part(
-                Bucket=self._bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
-            )
-        parts.append({"ETag": response["ETag"], "PartNumber": number})
+            response = self._client.upload_part(**kwargs)
+        part = {"ETag": response["ETag"], "PartNumber": number}
+        if self._part_checksums:
+            part["ChecksumCRC32"] = kwargs["ChecksumCRC32"]
+        return part
+
+    def _too_many_parts(self, key: str) -> NoReturn:
+        raise StorageError(
+            f"stream for key {key!r} needs more than {MAX_PARTS} parts of "
+            f"{self._chunk_size} bytes; raise multipart_chunk_size"
+        )
+
+    def _changed(self, key: str, number: int) -> NoReturn:
+        raise StorageError(
+            f"the file for key {key!r} changed while it was being uploaded (part {number} "
+            "differs from the bytes that were hashed); nothing was stored. Upload it again "
+            "once nothing is writing to it"
+        )
 
     def _store_checksum(self, key: str, sha: str, size: int) -> None:
         """Attach the sha256 to a completed multipart object by copying it onto itself.
@@ -457,6 +564,17 @@ def _code(exc: Any) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _seekable(source: object) -> TypeGuard[BinaryIO]:
+    """Whether ``put_stream`` may read ``source`` twice (hash, then send)."""
+    seekable = getattr(source, "seekable", None)
+    if not callable(seekable) or not callable(getattr(source, "read", None)):
+        return False
+    try:
+        return bool(seekable())
+    except (OSError, ValueError):  # a closed file says so when it is read
+        return False
+
+
 def _valid(key: str) -> bool:
     try:
         validate_key(key)
@@ -479,6 +597,7 @@ def _make_client(
     connect_timeout: float,
     read_timeout: float,
     max_attempts: int,
+    pool_size: int,
 ) -> S3Client:
     try:
         import boto3
@@ -490,12 +609,14 @@ def _make_client(
     config = Config(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
+        max_pool_connections=pool_size,  # one connection per part in flight
         # total_max_attempts counts the first try; botocore's max_attempts would not
         retries={"total_max_attempts": max_attempts, "mode": "standard"},
         s3={"addressing_style": "path" if path_style else "virtual"},
         signature_version="s3v4",
-        # S3-compatible servers (older MinIO, Ceph) reject the CRC checksums newer
-        # botocore adds by default; integrity is covered by our sha256 metadata.
+        # S3-compatible servers (older MinIO, Ceph) reject the checksums newer botocore
+        # adds by default (aws-chunked trailers); integrity is covered by our sha256
+        # metadata and by the plain CRC32 header sent with each part (part_checksums).
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )

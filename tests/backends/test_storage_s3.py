@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
+import json
+import os
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,11 +59,14 @@ def make(endpoint: S3Endpoint, bucket: str, **options: Any) -> S3Storage:
 
 
 def count_calls(storage: S3Storage) -> Counter[str]:
-    """Count the API operations the storage's client sends (botocore's event hooks)."""
+    """Count the API operations the storage's client sends (botocore's event hooks, run
+    on every thread sending a part)."""
     calls: Counter[str] = Counter()
+    lock = threading.Lock()
 
     def hook(event_name: str, **_: Any) -> None:
-        calls[event_name.rsplit(".", 1)[-1]] += 1
+        with lock:
+            calls[event_name.rsplit(".", 1)[-1]] += 1
 
     storage.client.meta.events.register("before-call.s3", hook)
     return calls
@@ -148,6 +157,12 @@ def test_client_has_timeouts_retries_and_path_style() -> None:
     assert (config.connect_timeout, config.read_timeout) == (5.0, 60.0)
     assert config.retries == {"total_max_attempts": 4, "mode": "standard"}
     assert config.s3 == {"addressing_style": "path"}
+    assert config.max_pool_connections == 10
+
+
+def test_the_connection_pool_holds_every_part_in_flight() -> None:
+    storage = S3Storage(endpoint_url="http://127.0.0.1:9", max_concurrency=16)
+    assert storage.client.meta.config.max_pool_connections == 16
 
 
 @pytest.mark.parametrize(
@@ -157,6 +172,7 @@ def test_client_has_timeouts_retries_and_path_style() -> None:
         {"multipart_threshold": 0},
         {"page_size": 1001},
         {"max_attempts": 0},
+        {"max_concurrency": 0},
     ],
 )
 def test_options_outside_s3_limits_are_refused(options: dict[str, Any]) -> None:
@@ -401,6 +417,293 @@ def test_if_the_checksum_cannot_be_attached_the_object_is_removed(
         storage.put_stream("big", chunks_of(6 * MiB))
     assert not storage.exists("big")
     assert pending_uploads(s3_endpoint, s3_bucket) == []
+
+
+# -- parts in flight ------------------------------------------------------------------------
+
+
+class PartTracker:
+    """Follows UploadPart requests through the storage's client hooks: how many are in
+    flight at once, and how many were in flight when AbortMultipartUpload went out."""
+
+    def __init__(self, storage: S3Storage) -> None:
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.in_flight_at_abort: int | None = None
+        events = storage.client.meta.events
+        events.register("before-call.s3.UploadPart", self._started)
+        events.register("after-call.s3.UploadPart", self._ended)
+        events.register("after-call-error.s3.UploadPart", self._ended)
+        events.register("before-call.s3.AbortMultipartUpload", self._abort)
+
+    def _started(self, **_: Any) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
+    def _ended(self, **_: Any) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def _abort(self, **_: Any) -> None:
+        with self.lock:
+            self.in_flight_at_abort = self.in_flight
+
+
+def test_parts_are_sent_concurrently_but_never_more_than_max_concurrency(
+    s3_endpoint: S3Endpoint, s3_bucket: str
+) -> None:
+    storage = make(s3_endpoint, s3_bucket, max_concurrency=2, **SMALL_PARTS)
+    tracker = PartTracker(storage)
+    together = threading.Barrier(2, timeout=10)  # the first two parts must overlap
+
+    def meet(params: dict[str, Any], **_: Any) -> None:
+        if params["PartNumber"] <= 2:
+            together.wait()
+
+    storage.client.meta.events.register("before-parameter-build.s3.UploadPart", meet)
+    info = storage.put_stream("big", chunks_of(26 * MiB))
+    assert info.sha256 == sha_of(26 * MiB)
+    assert tracker.most_in_flight == 2
+    assert storage.get("big") == b"".join(chunks_of(26 * MiB))
+
+
+def test_a_failing_part_among_concurrent_ones_aborts_once_the_others_have_ended(
+    s3_endpoint: S3Endpoint, s3_bucket: str
+) -> None:
+    storage = make(s3_endpoint, s3_bucket, max_concurrency=4, **SMALL_PARTS)
+    tracker = PartTracker(storage)
+    calls = count_calls(storage)
+    part_three_failed = threading.Event()
+
+    def fail_third_part(params: dict[str, Any], **_: Any) -> None:
+        if params["PartNumber"] == 3:
+            part_three_failed.set()
+            raise OSError("network went away mid-upload")
+        if params["PartNumber"] in (1, 2):  # still sending while part 3 fails
+            assert part_three_failed.wait(10)
+
+    storage.client.meta.events.register("before-parameter-build.s3.UploadPart", fail_third_part)
+    with pytest.raises(OSError, match="mid-upload"):
+        storage.put_stream("partial", chunks_of(30 * MiB))
+    assert calls["AbortMultipartUpload"] == 1
+    assert calls["CompleteMultipartUpload"] == 0
+    assert tracker.in_flight_at_abort == 0
+    assert not storage.exists("partial")
+    assert pending_uploads(s3_endpoint, s3_bucket) == []
+
+
+def test_a_stream_is_read_only_as_fast_as_parts_are_sent(
+    s3_endpoint: S3Endpoint, s3_bucket: str
+) -> None:
+    """Bounded memory: the source is asked for a part only when fewer than
+    ``max_concurrency`` are unfinished."""
+    storage = make(s3_endpoint, s3_bucket, max_concurrency=2, **SMALL_PARTS)
+    tracker = PartTracker(storage)
+    finished = Counter[str]()
+    storage.client.meta.events.register(
+        "after-call.s3.UploadPart", lambda **_: finished.update(["part"])
+    )
+    unfinished_when_read: list[int] = []
+
+    def source() -> Iterator[bytes]:
+        for number, chunk in enumerate(chunks_of(40 * MiB, 5 * MiB)):
+            with tracker.lock:
+                unfinished_when_read.append(number - finished["part"])
+            yield chunk
+
+    storage.put_stream("big", source())
+    assert len(unfinished_when_read) == 8
+    assert max(unfinished_when_read) <= 2
+    assert tracker.most_in_flight == 2
+
+
+MEMORY_PROBE = """
+import json, os, sys, tracemalloc
+from dcore.backends.s3 import S3Storage
+url, region, bucket = sys.argv[1:4]
+storage = S3Storage(endpoint_url=url, region=region, access_key=os.environ["PROBE_ACCESS_KEY"],
+                    secret_key=os.environ["PROBE_SECRET_KEY"], bucket=bucket,
+                    max_concurrency=2, multipart_threshold=5 << 20,
+                    multipart_chunk_size=5 << 20)
+block = bytes(range(256)) * 4096  # 1 MiB
+
+def chunks():
+    for _ in range(60):
+        yield block
+
+tracemalloc.start()
+info = storage.put_stream("big", chunks())
+print(json.dumps({"size": info.size, "peak": tracemalloc.get_traced_memory()[1]}))
+"""
+
+
+def test_streaming_holds_a_few_parts_in_memory_not_the_object(
+    s3_endpoint: S3Endpoint, s3_bucket: str
+) -> None:
+    """Measured in a client process of its own: an in-process moto server keeps the
+    object in this one."""
+    credentials = {
+        "PROBE_ACCESS_KEY": s3_endpoint.access_key,
+        "PROBE_SECRET_KEY": s3_endpoint.secret_key,  # not on a command line
+    }
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, s3_endpoint.url, s3_endpoint.region, s3_bucket],
+        env={**os.environ, **credentials},
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    probe = json.loads(done.stdout)
+    assert probe["size"] == 60 * MiB
+    # two parts sending, one being filled, plus botocore's buffers: not the 60 MiB object
+    assert probe["peak"] < 25 * MiB, f"peak {probe['peak'] / MiB:.1f} MiB"
+
+
+# -- seekable files: hashed first, no copy afterwards -----------------------------------------
+
+
+def crc_header(data: bytes) -> str:
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
+def capture_part_params(storage: S3Storage) -> list[dict[str, Any]]:
+    """The parameters of every UploadPart call, with the body as bytes."""
+    seen: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def hook(params: dict[str, Any], **_: Any) -> None:
+        body = params["Body"]
+        data = body.getvalue() if hasattr(body, "getvalue") else bytes(body)
+        with lock:
+            seen.append({**params, "Body": data})
+
+    storage.client.meta.events.register("before-parameter-build.s3.UploadPart", hook)
+    return seen
+
+
+def test_a_seekable_file_is_uploaded_with_its_checksum_and_no_copy(
+    s3_endpoint: S3Endpoint, s3_bucket: str, tmp_path: Path
+) -> None:
+    size = 11 * MiB + 5
+    path = tmp_path / "upload.bin"
+    path.write_bytes(b"".join(chunks_of(size)))
+    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    calls = count_calls(storage)
+    parts = capture_part_params(storage)
+    with path.open("rb") as source:
+        info = storage.put_stream("from/file", source)
+    assert (info.size, info.sha256) == (size, sha_of(size))
+    assert calls["CreateMultipartUpload"] == 1
+    assert calls["UploadPart"] == 3
+    assert calls["CopyObject"] == calls["UploadPartCopy"] == 0
+    head = endpoint_client(s3_endpoint).head_object(Bucket=s3_bucket, Key="from/file")
+    assert head["Metadata"] == {"sha256": info.sha256}
+    assert storage.get("from/file") == path.read_bytes()
+    assert {p["ChecksumCRC32"] for p in parts} == {crc_header(p["Body"]) for p in parts}
+    assert pending_uploads(s3_endpoint, s3_bucket) == []
+
+
+def test_a_seekable_file_is_read_from_where_it_stands(
+    s3_endpoint: S3Endpoint, s3_bucket: str
+) -> None:
+    data = b"".join(chunks_of(12 * MiB))
+    source = io.BytesIO(data)
+    source.seek(MiB)
+    info = make(s3_endpoint, s3_bucket, **SMALL_PARTS).put_stream("tail", source)
+    assert info.sha256 == hashlib.sha256(data[MiB:]).hexdigest()
+    assert make(s3_endpoint, s3_bucket).get("tail") == data[MiB:]
+
+
+def test_a_file_changed_between_hashing_and_sending_is_not_stored(
+    s3_endpoint: S3Endpoint, s3_bucket: str
+) -> None:
+    """The first pass hashed other bytes than the second would send: the stored sha256
+    would be wrong, so the upload is aborted."""
+    source = io.BytesIO(b"".join(chunks_of(12 * MiB)))
+    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    calls = count_calls(storage)
+
+    def writer_changes_the_file(**_: Any) -> None:
+        with source.getbuffer() as view:
+            view[7 * MiB] ^= 0xFF  # a byte in part 2
+
+    storage.client.meta.events.register(
+        "before-call.s3.CreateMultipartUpload", writer_changes_the_file
+    )
+    with pytest.raises(StorageError, match=r"'changing' changed while it was being uploaded"):
+        storage.put_stream("changing", source)
+    assert calls["AbortMultipartUpload"] == 1
+    assert not storage.exists("changing")
+    assert pending_uploads(s3_endpoint, s3_bucket) == []
+
+
+def test_a_file_truncated_between_hashing_and_sending_is_not_stored(
+    s3_endpoint: S3Endpoint, s3_bucket: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "shrinking.bin"
+    path.write_bytes(b"".join(chunks_of(12 * MiB)))
+    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+
+    def writer_truncates_the_file(**_: Any) -> None:
+        with path.open("r+b") as f:
+            f.truncate(9 * MiB)
+
+    storage.client.meta.events.register(
+        "before-call.s3.CreateMultipartUpload", writer_truncates_the_file
+    )
+    with path.open("rb") as source, pytest.raises(StorageError, match=r"part 2 differs"):
+        storage.put_stream("shrinking", source)
+    assert not storage.exists("shrinking")
+    assert pending_uploads(s3_endpoint, s3_bucket) == []
+
+
+def test_a_stream_needing_more_than_max_parts_is_refused_and_aborted(
+    s3_endpoint: S3Endpoint, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3_module, "MAX_PARTS", 2)
+    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    calls = count_calls(storage)
+    with pytest.raises(StorageError, match=r"more than 2 parts of 5242880 bytes.*chunk_size"):
+        storage.put_stream("huge", chunks_of(12 * MiB))
+    assert calls["UploadPart"] == 2
+    assert calls["AbortMultipartUpload"] == 1
+    assert pending_uploads(s3_endpoint, s3_bucket) == []
+
+
+def test_a_file_needing_more_than_max_parts_is_refused_before_any_upload(
+    s3_endpoint: S3Endpoint, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3_module, "MAX_PARTS", 2)
+    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    calls = count_calls(storage)
+    with pytest.raises(StorageError, match="more than 2 parts"):
+        storage.put_stream("huge", io.BytesIO(b"".join(chunks_of(12 * MiB))))
+    assert calls["CreateMultipartUpload"] == 0
+
+
+@pytest.mark.parametrize("source_kind", ["stream", "file"])
+def test_part_checksums_can_be_turned_off_for_servers_that_reject_them(
+    s3_endpoint: S3Endpoint, s3_bucket: str, source_kind: str
+) -> None:
+    storage = make(s3_endpoint, s3_bucket, part_checksums=False, **SMALL_PARTS)
+    created: list[dict[str, Any]] = []
+    storage.client.meta.events.register(
+        "before-parameter-build.s3.CreateMultipartUpload",
+        lambda params, **_: created.append(dict(params)),
+    )
+    parts = capture_part_params(storage)
+    data = b"".join(chunks_of(11 * MiB))
+    source = io.BytesIO(data) if source_kind == "file" else chunks_of(11 * MiB)
+    info = storage.put_stream("plain", source)
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert "ChecksumAlgorithm" not in created[0]
+    assert len(parts) == 3
+    assert not any("ChecksumCRC32" in p for p in parts)
+    assert storage.get("plain") == data
 
 
 def test_list_fetches_page_by_page(s3_endpoint: S3Endpoint, s3_bucket: str) -> None:
