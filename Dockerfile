@@ -9,10 +9,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # dependencies first, so editing the examples does not reinstall them
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY dcore ./dcore
 COPY dcore_testing ./dcore_testing
-RUN pip install ".[all]" "uvicorn>=0.30"
+# the versions the test suite was verified with (constraints.txt), as `make` installs them
+RUN pip install -c constraints.txt ".[all]" uvicorn
 
 COPY examples ./examples
 
