@@ -23,6 +23,7 @@ __all__ = [
     "exists_message",
     "lease_lost_message",
     "may_bury",
+    "merge_completed",
     "not_found",
     "parse_entry_id",
     "positive",
@@ -104,6 +105,12 @@ def may_bury(owner: str | None, holder: str | None, lease_until: float | None,
     if owner is not None:
         return holder == owner
     return lease_until is None or lease_until <= now
+
+
+def merge_completed(recorded: list[int], completed: Collection[int]) -> list[int]:
+    """Stage indexes (completed, or compensated) with ``completed`` added: sorted, each
+    once, as the Redis store keeps them."""
+    return sorted(set(recorded) | {int(i) for i in completed})
 
 
 def check_end(to: JobState) -> None:

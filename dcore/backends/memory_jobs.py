@@ -23,6 +23,7 @@ from dcore.backends._shared import (
     exists_message,
     lease_lost_message,
     may_bury,
+    merge_completed,
     not_found,
     positive,
     states,
@@ -32,6 +33,7 @@ from dcore.core.clock import Clock, SystemClock
 from dcore.core.plugins import register_plugin
 from dcore.errors import IllegalTransitionError, LeaseLostError
 from dcore.services.jobs import (
+    LEASED,
     TERMINAL,
     Announcement,
     AnnouncingJobStore,
@@ -70,6 +72,8 @@ class _Job:
     lost: int = 0
     plan: str | None = None
     retry_at: float | None = None
+    completed: list[int] = field(default_factory=list)
+    compensated: list[int] = field(default_factory=list)
 
     def record(self) -> JobRecord:
         return JobRecord(
@@ -88,6 +92,8 @@ class _Job:
             lost=self.lost,
             plan=self.plan,
             retry_at=self.retry_at,
+            completed=list(self.completed),
+            compensated=list(self.compensated),
         )
 
 
@@ -121,7 +127,7 @@ class MemoryJobStore(JobStorageInterface, AnnouncingJobStore):
     def _move(self, job: _Job, to: JobState, now: float, note: str | None) -> None:
         if to is JobState.RUNNING:
             job.attempts += 1
-        elif job.state is JobState.RUNNING:  # leaving RUNNING ends the lease
+        elif job.state in LEASED and to not in LEASED:  # leaving ends the lease
             job.owner = job.lease_until = None
         if job.state is JobState.FAILED and to is not JobState.FAILED:
             job.plan = job.retry_at = None
@@ -196,11 +202,15 @@ class MemoryJobStore(JobStorageInterface, AnnouncingJobStore):
                 return Claim(ClaimStatus.FINISHED, job.state, job.attempt)
             if job.attempt > attempt or (job.state is JobState.FAILED and job.attempt >= attempt):
                 return Claim(ClaimStatus.ENDED, job.state, job.attempt, plan=job.plan)
-            if job.state is JobState.RUNNING:
+            if job.state in LEASED:
                 until = job.lease_until
                 if until is not None and until > now:
                     return Claim(ClaimStatus.BUSY, job.state, job.attempt, retry_in=until - now)
                 lost = job.lost + 1 if job.attempt == attempt else 0
+            if job.state is JobState.COMPENSATING:  # resume the interrupted compensation
+                self._move(job, JobState.COMPENSATING, now, "compensation taken over")
+                job.owner, job.lease_until, job.lost = owner, now + lease, lost
+                return Claim(ClaimStatus.COMPENSATING, job.state, job.attempt, lost=lost)
             self._move(job, JobState.RUNNING, now, note)
             job.attempt, job.owner, job.lease_until, job.lost = attempt, owner, now + lease, lost
         self._publish(announce)
@@ -209,19 +219,55 @@ class MemoryJobStore(JobStorageInterface, AnnouncingJobStore):
     def renew(self, job_id: str, *, owner: str, lease: float) -> bool:
         with self._lock:
             job = self._live(job_id)
-            if job is None or job.state is not JobState.RUNNING or job.owner != owner:
+            if job is None or job.state not in LEASED or job.owner != owner:
                 return False
             job.lease_until = self.clock.time() + lease
             return True
 
-    def _owned(self, job_id: str, owner: str | None) -> _Job:
-        """The live record, which ``owner`` (when given) must hold; raises otherwise."""
+    def _owned(self, job_id: str, owner: str | None,
+               state: JobState = JobState.RUNNING) -> _Job:  # fmt: skip
+        """The live record, in ``state`` and held by ``owner`` (when given); raises
+        otherwise."""
         job = self._live(job_id)
         if job is None:
             raise not_found(job_id)
-        if owner is not None and (job.state is not JobState.RUNNING or job.owner != owner):
+        if owner is not None and (job.state is not state or job.owner != owner):
             raise LeaseLostError(lease_lost_message(job_id, owner, job.state, job.owner))
         return job
+
+    def compensate(
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        lease: float,
+        announce: Announcement | None = None,
+    ) -> Claim:
+        self._can_announce(announce)
+        with self._lock:
+            job = self._live(job_id)
+            if job is None:
+                raise not_found(job_id)
+            now = self.clock.time()
+            if job.state in TERMINAL:
+                return Claim(ClaimStatus.FINISHED, job.state, job.attempt)
+            lost = 0
+            if job.state is JobState.COMPENSATING:
+                until = job.lease_until
+                if until is not None and until > now:
+                    return Claim(ClaimStatus.BUSY, job.state, job.attempt, retry_in=until - now)
+                lost = job.lost + 1
+            elif job.state is not JobState.FAILED:
+                return Claim(ClaimStatus.ENDED, job.state, job.attempt, plan=job.plan)
+            self._move(job, JobState.COMPENSATING, now, None)
+            job.owner, job.lease_until, job.lost = owner, now + lease, lost
+        self._publish(announce)
+        return Claim(ClaimStatus.STARTED, JobState.COMPENSATING, job.attempt, lost=lost)
+
+    def mark_compensated(self, job_id: str, *, owner: str, index: int) -> None:
+        with self._lock:
+            job = self._owned(job_id, owner, JobState.COMPENSATING)
+            job.compensated = merge_completed(job.compensated, (index,))
 
     def end_attempt(
         self,
@@ -233,6 +279,7 @@ class MemoryJobStore(JobStorageInterface, AnnouncingJobStore):
         error: str | None = None,
         note: str | None = None,
         retry_at: float | None = None,
+        completed: Collection[int] = (),
         announce: Announcement | None = None,
     ) -> None:
         to = JobState(to)
@@ -249,6 +296,7 @@ class MemoryJobStore(JobStorageInterface, AnnouncingJobStore):
             if to is JobState.FAILED:
                 job.plan, job.retry_at = ("retry", retry_at) if retry_at is not None else (
                     "dead", None)
+                job.completed = merge_completed(job.completed, completed)
         self._publish(announce)
 
     # -- state events and dead letters on the memory bus (AnnouncingJobStore) -----------
@@ -318,10 +366,11 @@ class MemoryJobStore(JobStorageInterface, AnnouncingJobStore):
                 job.history.append(Transition(state=JobState.PENDING, at=now, attempt=0))
             if job.state in TERMINAL:
                 return None
-            if job.state is JobState.RUNNING:
+            if job.state in LEASED:
                 if not may_bury(owner, job.owner, job.lease_until, now):
                     raise LeaseLostError(lease_lost_message(job_id, owner, job.state, job.owner))
-                self._move(job, JobState.FAILED, now, None)
+                if job.state is JobState.RUNNING:
+                    self._move(job, JobState.FAILED, now, None)
             if job.message is None and isinstance(letter.payload.get("message"), str):
                 job.message = letter.payload["message"]
             entry_id = bus.append(letter.topic, letter.payload, key=letter.key)

@@ -63,6 +63,7 @@ from dcore.core.plugins import register_plugin
 from dcore.errors import IllegalTransitionError, LeaseLostError
 from dcore.services.jobs import (
     ALLOWED,
+    LEASED,
     TERMINAL,
     Announcement,
     AnnouncingJobStore,
@@ -104,13 +105,30 @@ local hash = {}
 for i = 1, #flat, 2 do hash[flat[i]] = flat[i + 1] end
 """
 
+# Adds numbers to a JSON list field of KEYS[1], sorted, each once.
+_MERGE_LUA = """
+local function merge(field, numbers)
+  local raw = redis.call('HGET', KEYS[1], field)
+  local seen, list = {}, {}
+  for _, n in ipairs(raw and cjson.decode(raw) or {}) do
+    if not seen[n] then seen[n] = true; list[#list + 1] = n end
+  end
+  for _, n in ipairs(numbers) do
+    if not seen[n] then seen[n] = true; list[#list + 1] = n end
+  end
+  table.sort(list)
+  if #list > 0 then redis.call('HSET', KEYS[1], field, cjson.encode(list)) end
+end
+"""
+
 # Shared by the scripts: the state machine tables and a move of an existing record.
 _MOVE_LUA = f"""
 local ALLOWED = {{{_ALLOWED_LUA}}}
 local INDEX = {{{_INDEX_LUA}}}
 local TERMINAL = {_lua_set(TERMINAL)}
+local LEASED = {_lua_set(LEASED)}
 -- move the record from current to `to` (checked by the caller): history, indexes, TTL;
--- leaving RUNNING drops the lease, leaving FAILED its plan
+-- leaving a leased state drops the lease, leaving FAILED its plan
 local function move(id, current, to, attempts, now, ttl, note_json, fields)
   fields[#fields + 1] = 'state'
   fields[#fields + 1] = to
@@ -118,7 +136,7 @@ local function move(id, current, to, attempts, now, ttl, note_json, fields)
   fields[#fields + 1] = attempts
   fields[#fields + 1] = 'updated_at'
   fields[#fields + 1] = now
-  if current == 'RUNNING' and to ~= 'RUNNING' then
+  if current and LEASED[current] and not LEASED[to] then
     redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
   end
   if current == 'FAILED' and to ~= 'FAILED' then redis.call('HDEL', KEYS[1], 'plan', 'retry_at') end
@@ -143,8 +161,9 @@ end
 #       6 job id, 7 note JSON, 8 has result, 9 result JSON, 10 has error, 11 error,
 #       12 has message, 13 message, 14 read back ('1' returns the record),
 #       15 channel to publish the state event on ('' for none), 16 the event's JSON,
-#       17 owner whose lease the move needs ('' for none), 18 retry_at ('' for none)
-TRANSITION_LUA = _MOVE_LUA + f"""
+#       17 owner whose lease the move needs ('' for none), 18 retry_at ('' for none),
+#       19 completed stages to add, a JSON list ('' for none)
+TRANSITION_LUA = _MOVE_LUA + _MERGE_LUA + f"""
 local op, to, expect, now, ttl, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local found = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'owner')
 local current, attempts, fields = found[1], 0, {{}}
@@ -181,6 +200,7 @@ if to == 'FAILED' and ARGV[17] ~= '' then
   else
     redis.call('HSET', KEYS[1], 'plan', 'dead')
   end
+  if ARGV[19] ~= '' then merge('completed', cjson.decode(ARGV[19])) end
 end
 if ARGV[15] ~= '' then redis.call('PUBLISH', ARGV[15], ARGV[16]) end
 if ARGV[14] ~= '1' then return {{'ok'}} end
@@ -202,9 +222,14 @@ if attempt > n or (state == 'FAILED' and attempt >= n) then
   return {'ended', state, attempt, f[6] or ''}
 end
 local lost = 0
-if state == 'RUNNING' then
+if LEASED[state] then
   if f[4] and tonumber(f[4]) > now then return {'busy', state, attempt, f[4]} end
   if attempt == n then lost = tonumber(f[5] or '0') + 1 end
+end
+if state == 'COMPENSATING' then  -- resume the interrupted compensation
+  move(ARGV[7], state, state, tonumber(f[2]), ARGV[3], ARGV[6], '"compensation taken over"',
+       {'owner', ARGV[2], 'lease_until', ARGV[4], 'lost', lost})
+  return {'compensating', state, attempt, lost}
 end
 move(ARGV[7], state, 'RUNNING', tonumber(f[2]) + 1, ARGV[3], ARGV[6], ARGV[5],
      {'attempt', ARGV[1], 'owner', ARGV[2], 'lease_until', ARGV[4], 'lost', lost})
@@ -212,10 +237,42 @@ if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
 return {'started', 'RUNNING', ARGV[1], lost}
 """
 
+# KEYS as for TRANSITION_LUA. ARGV: 1 owner, 2 now, 3 lease end, 4 ttl ms, 5 job id,
+# 6 channel ('' for none), 7 the event's JSON.
+COMPENSATE_LUA = _MOVE_LUA + """
+local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'attempt', 'lease_until', 'lost',
+                     'plan')
+local state = f[1]
+if not state then return {'missing'} end
+local attempt = tonumber(f[3] or '0')
+if TERMINAL[state] then return {'finished', state, attempt} end
+local lost = 0
+if state == 'COMPENSATING' then
+  if f[4] and tonumber(f[4]) > tonumber(ARGV[2]) then return {'busy', state, attempt, f[4]} end
+  lost = tonumber(f[5] or '0') + 1
+elseif state ~= 'FAILED' then
+  return {'ended', state, attempt, f[6] or ''}
+end
+move(ARGV[5], state, 'COMPENSATING', tonumber(f[2]), ARGV[2], ARGV[4], 'null',
+     {'owner', ARGV[1], 'lease_until', ARGV[3], 'lost', lost})
+if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+return {'started', 'COMPENSATING', attempt, lost}
+"""
+
+# KEYS: 1 record. ARGV: 1 owner, 2 the stage index. 'ok', 'missing', or 'fenced' with
+# the state and the holder.
+MARK_LUA = _MERGE_LUA + """
+local f = redis.call('HMGET', KEYS[1], 'state', 'owner')
+if not f[1] then return {'missing'} end
+if f[1] ~= 'COMPENSATING' or f[2] ~= ARGV[1] then return {'fenced', f[1], f[2] or ''} end
+merge('compensated', {tonumber(ARGV[2])})
+return {'ok'}
+"""
+
 # KEYS: 1 record. ARGV: 1 owner, 2 lease end. 1 if renewed.
 RENEW_LUA = """
 local f = redis.call('HMGET', KEYS[1], 'state', 'owner')
-if f[1] ~= 'RUNNING' or f[2] ~= ARGV[1] then return 0 end
+if (f[1] ~= 'RUNNING' and f[1] ~= 'COMPENSATING') or f[2] ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'lease_until', ARGV[2])
 return 1
 """
@@ -237,12 +294,14 @@ if not state then
 elseif TERMINAL[state] then
   return {'none'}
 end
-if state == 'RUNNING' then
+if LEASED[state] then
   local held = (owner ~= '' and f[3] ~= owner)
     or (owner == '' and f[4] and tonumber(f[4]) > tonumber(now))
   if held then return {'fenced', state, f[3] or ''} end
-  move(id, state, 'FAILED', attempts, now, ttl, 'null', {})
-  state = 'FAILED'
+  if state == 'RUNNING' then
+    move(id, state, 'FAILED', attempts, now, ttl, 'null', {})
+    state = 'FAILED'
+  end
 end
 local entry = keyed_append(KEYS[#KEYS - 1], KEYS[#KEYS], ARGV[6], '', ARGV[7])
 local fields = {'error', ARGV[5]}
@@ -301,6 +360,8 @@ def _record(hash_json: bytes | str, history_json: bytes | str) -> JobRecord:
         lost=int(h.get("lost", 0)),
         plan=h.get("plan"),
         retry_at=float(h["retry_at"]) if "retry_at" in h else None,
+        completed=json.loads(h["completed"]) if "completed" in h else [],
+        compensated=json.loads(h["compensated"]) if "compensated" in h else [],
     )
 
 
@@ -325,6 +386,8 @@ class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
         self._index_keys = [self._all, *(self.key("jobs", "state", s) for s in _STATES)]
         self._transition = self.client.register_script(TRANSITION_LUA)
         self._claim = self.client.register_script(CLAIM_LUA)
+        self._compensate = self.client.register_script(COMPENSATE_LUA)
+        self._mark = self.client.register_script(MARK_LUA)
         self._renew = self.client.register_script(RENEW_LUA)
         self._bury = self.client.register_script(BURY_LUA)
         self._delete = self.client.register_script(DELETE_LUA)
@@ -359,6 +422,7 @@ class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
         event: tuple[str, str] | None = None,
         owner: str | None = None,
         retry_at: float | None = None,
+        completed: Collection[int] = (),
     ) -> list[Any]:
         """Run the transition script; its ``ok`` reply (with the record unless ``event``,
         a (channel, JSON) pair published in the same step, is given), else raise."""
@@ -384,6 +448,7 @@ class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
             data,
             owner or "",
             "" if retry_at is None else repr(float(retry_at)),
+            json.dumps(sorted({int(i) for i in completed})) if completed else "",
         ]
         reply: list[Any] = self._transition(keys=self._keys(job_id), args=args)
         status = text(reply[0])
@@ -490,7 +555,7 @@ class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
         if status is ClaimStatus.MISSING:
             return Claim(status)
         state, found = JobState(text(reply[1])), int(reply[2])
-        if status is ClaimStatus.STARTED:
+        if status in (ClaimStatus.STARTED, ClaimStatus.COMPENSATING):
             return Claim(status, state, found, lost=int(reply[3]))
         if status is ClaimStatus.BUSY:
             return Claim(status, state, found, retry_in=float(text(reply[3])) - now)
@@ -514,13 +579,50 @@ class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
         error: str | None = None,
         note: str | None = None,
         retry_at: float | None = None,
+        completed: Collection[int] = (),
         announce: Announcement | None = None,
     ) -> None:
         to = JobState(to)
         check_end(to)
         event = None if announce is None else self._event(*announce)
         self._run("move", job_id, to, result=result, error=error, note=note, event=event or
-                  ("", ""), owner=owner, retry_at=retry_at)  # fmt: skip
+                  ("", ""), owner=owner, retry_at=retry_at, completed=completed)  # fmt: skip
+
+    @translate_errors
+    def compensate(
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        lease: float,
+        announce: Announcement | None = None,
+    ) -> Claim:
+        channel, data = ("", "") if announce is None else self._event(*announce)
+        now = float(self.clock.time())
+        args = [owner, repr(now), repr(now + lease), max(1, round(self.ttl * 1000)), job_id,
+                channel, data]  # fmt: skip
+        reply = self._compensate(keys=self._keys(job_id), args=args)
+        status = ClaimStatus(text(reply[0]))
+        if status is ClaimStatus.MISSING:
+            raise not_found(job_id)
+        state, found = JobState(text(reply[1])), int(reply[2])
+        if status is ClaimStatus.STARTED:
+            return Claim(status, state, found, lost=int(reply[3]))
+        if status is ClaimStatus.BUSY:
+            return Claim(status, state, found, retry_in=float(text(reply[3])) - now)
+        if status is ClaimStatus.ENDED:
+            return Claim(status, state, found, plan=text(reply[3]) or None)
+        return Claim(status, state, found)
+
+    @translate_errors
+    def mark_compensated(self, job_id: str, *, owner: str, index: int) -> None:
+        reply = self._mark(keys=[self.key("job", job_id)], args=[owner, int(index)])
+        if text(reply[0]) == "missing":
+            raise not_found(job_id)
+        if text(reply[0]) == "fenced":
+            raise LeaseLostError(
+                lease_lost_message(job_id, owner, JobState(text(reply[1])), _held(reply[2]))
+            )
 
     @translate_errors
     def bury(

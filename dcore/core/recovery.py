@@ -6,8 +6,9 @@ loses a popped message for good, a worker dying between recording a failure and 
 the retry loses the retry. The job store knows better than the broker, so a periodic
 sweep reads it:
 
-- RUNNING whose lease ran out: its worker stopped renewing (it died); send the attempt
-  again, and the new delivery takes the job over;
+- RUNNING (or COMPENSATING) whose lease ran out: its worker stopped renewing (it died);
+  send the attempt again, and the new delivery takes the job over (or resumes undoing
+  its completed stages);
 - FAILED with a retry due longer than ``grace`` ago: the retry was never sent (or lost);
 - FAILED planning its death: a dead-lettering was interrupted; it is finished here;
 - PENDING for longer than ``pending_after`` while its queue is empty: the message is
@@ -58,9 +59,11 @@ def lost_jobs(
     whose dead-lettering was interrupted is dead-lettered on the way."""
     now = env.clock.time()
     found: list[Lost] = []
-    for record in env.jobs.list(JobState.RUNNING, limit=limit):
-        if record.lease_until is None or record.lease_until < now:
-            found += _resend(record, record.attempt or 1, "its worker stopped renewing the lease")
+    for state in (JobState.RUNNING, JobState.COMPENSATING):
+        for record in env.jobs.list(state, limit=limit):
+            if record.lease_until is None or record.lease_until < now:
+                found += _resend(record, record.attempt or 1,
+                                 "its worker stopped renewing the lease")
     for record in env.jobs.list(JobState.FAILED, limit=limit):
         if record.plan == "dead":
             _finish_burial(env, record)

@@ -6,8 +6,9 @@
        │          │ ▲ (redelivered after a crash)
        │          ▼ │
        │        FAILED ──► PENDING (retry scheduled) / RUNNING (retry started)
-       ▼          │
-      DEAD ◄──────┘          DEAD ──► PENDING (replayed from the DLQ)
+       ▼          │  │
+      DEAD ◄──────┘  └──► COMPENSATING ──► DEAD   (its completed stages undone first)
+                                           DEAD ──► PENDING (replayed from the DLQ)
 
 Every transition is atomic and checked against this table; ``expect=`` turns it into a
 compare-and-set, so two workers racing to start one PENDING job cannot both win.
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALLOWED",
+    "LEASED",
     "Announcement",
     "AnnouncingJobStore",
     "Claim",
@@ -58,16 +60,21 @@ class JobState(StrEnum):
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+    COMPENSATING = "COMPENSATING"
     DEAD = "DEAD"
 
 
 ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.RUNNING, JobState.DEAD}),
     JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.RUNNING}),
-    JobState.FAILED: frozenset({JobState.PENDING, JobState.RUNNING, JobState.DEAD}),
+    JobState.FAILED: frozenset({JobState.PENDING, JobState.RUNNING, JobState.DEAD,
+                                JobState.COMPENSATING}),
+    JobState.COMPENSATING: frozenset({JobState.COMPENSATING, JobState.DEAD}),
     JobState.DEAD: frozenset({JobState.PENDING}),
     JobState.SUCCEEDED: frozenset(),
 }
+#: states a delivery holds a lease in
+LEASED = frozenset({JobState.RUNNING, JobState.COMPENSATING})
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.DEAD})
 
@@ -102,6 +109,10 @@ class JobRecord(BaseModel):
     #: with FAILED: what follows, "retry" (at ``retry_at``) or "dead" (being dead-lettered)
     plan: str | None = None
     retry_at: float | None = None
+    #: stages (by index) that completed in some attempt and can compensate, and those
+    #: whose compensation has run (see dcore.core.saga)
+    completed: list[int] = Field(default_factory=list)
+    compensated: list[int] = Field(default_factory=list)
 
 
 class ClaimStatus(StrEnum):
@@ -110,6 +121,7 @@ class ClaimStatus(StrEnum):
     FINISHED = "finished"  # the job is SUCCEEDED or DEAD
     ENDED = "ended"  # this attempt ended (FAILED), or the record is at a newer one
     MISSING = "missing"  # no record (the job was scheduled through another job store)
+    COMPENSATING = "compensating"  # this delivery took over an interrupted compensation
 
 
 class Claim(NamedTuple):
@@ -211,6 +223,24 @@ class JobStorageInterface(ServiceInterface):
         """Extend ``owner``'s lease to ``lease`` seconds from now; False if it holds none."""
 
     @abstractmethod
+    def compensate(
+        self,
+        job_id: str,
+        *,
+        owner: str,
+        lease: float,
+        announce: Announcement | None = None,
+    ) -> Claim:
+        """Start (from FAILED) or take over (from COMPENSATING whose lease ran out) the
+        job's compensation, for delivery ``owner``: the job is COMPENSATING under its
+        lease (STARTED). BUSY while another delivery's lease is live, FINISHED when the
+        job is DEAD or SUCCEEDED, ENDED from any other state."""
+
+    @abstractmethod
+    def mark_compensated(self, job_id: str, *, owner: str, index: int) -> None:
+        """Record that stage ``index`` was compensated (fenced by ``owner``'s lease)."""
+
+    @abstractmethod
     def end_attempt(
         self,
         job_id: str,
@@ -221,12 +251,14 @@ class JobStorageInterface(ServiceInterface):
         error: str | None = None,
         note: str | None = None,
         retry_at: float | None = None,
+        completed: Collection[int] = (),
         announce: Announcement | None = None,
     ) -> None:
         """Move ``owner``'s RUNNING attempt to SUCCEEDED or FAILED and drop its lease;
         LeaseLostError if ``owner`` no longer holds it. FAILED records its plan: "retry"
-        at ``retry_at``, or "dead" without one. ``announce`` (see AnnouncingJobStore)
-        publishes in the same step."""
+        at ``retry_at``, or "dead" without one, and adds ``completed`` (the indexes of
+        stages that completed and can compensate) to the record's. ``announce`` (see
+        AnnouncingJobStore) publishes in the same step."""
 
     @abstractmethod
     def list(self, state: JobState | None = None, *, limit: int = 100) -> list[JobRecord]:
@@ -290,7 +322,8 @@ class AnnouncingJobStore(ABC):
         announce: Announcement,
     ) -> str | None:
         """Dead-letter the job in one atomic step: (fenced by ``owner`` when given) record
-        the attempt FAILED, append ``letter`` to the bus's durable topic unless its key was
+        a RUNNING attempt FAILED (a COMPENSATING job goes straight on), append ``letter``
+        to the bus's durable topic unless its key was
         appended before, move the job DEAD and publish ``announce`` (its payload gets the
         entry id as ``dlq_id``). Returns the entry id.
         A job already SUCCEEDED or DEAD is left as it is (None: nothing appended); a

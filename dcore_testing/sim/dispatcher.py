@@ -410,7 +410,7 @@ def _recoverable(store: Any) -> bool:
     from dcore.services.jobs import JobState
 
     return any(record.message for state in (JobState.PENDING, JobState.RUNNING,
-                                            JobState.FAILED)
+                                            JobState.FAILED, JobState.COMPENSATING)
                for record in store.list(state, limit=1000))
 
 

@@ -268,6 +268,45 @@ class StoresAgree(RuleBasedStateMachine):
         elif before is not None:
             assert kind == "LeaseLostError"
 
+    @rule(job_id=JOB_IDS, owner=OWNERS, completed=st.lists(st.integers(0, 4), max_size=3))
+    def fail_with_completed_stages(self, job_id: str, owner: str, completed: list[int]) -> None:
+        before = self.refresh(job_id)
+        kind, _ = self.both(lambda s: s.end_attempt(job_id, JobState.FAILED, owner=owner,
+                                                    error="e", completed=completed))  # fmt: skip
+        after = self.refresh(job_id)
+        if kind == "ok":
+            assert before is not None
+            assert after is not None
+            assert after.completed == sorted(set(before.completed) | set(completed))
+
+    @rule(job_id=JOB_IDS, owner=OWNERS)
+    def compensate(self, job_id: str, owner: str) -> None:
+        before = self.refresh(job_id)
+        kind, claim = self.both(lambda s: s.compensate(job_id, owner=owner, lease=30.0))
+        after = self.refresh(job_id)
+        if before is None:
+            assert kind == "JobNotFoundError"
+            return
+        assert kind == "ok"
+        if claim.status is ClaimStatus.STARTED:
+            assert before.state in (JobState.FAILED, JobState.COMPENSATING)
+            assert after is not None
+            assert (after.state, after.owner) == (JobState.COMPENSATING, owner)
+        else:
+            assert after == before
+
+    @rule(job_id=JOB_IDS, owner=OWNERS, index=st.integers(0, 4))
+    def mark_compensated(self, job_id: str, owner: str, index: int) -> None:
+        before = self.refresh(job_id)
+        kind, _ = self.both(lambda s: s.mark_compensated(job_id, owner=owner, index=index))
+        holds = before is not None and before.state is JobState.COMPENSATING and (
+            before.owner == owner)
+        assert (kind == "ok") is holds, (kind, before)
+        after = self.refresh(job_id)
+        if holds:
+            assert after is not None
+            assert index in after.compensated
+
     @rule(job_id=JOB_IDS, owner=st.none() | OWNERS, key=st.sampled_from(["k1", "k2"]))
     def bury(self, job_id: str, owner: str | None, key: str) -> None:
         before = self.refresh(job_id)
@@ -289,7 +328,7 @@ class StoresAgree(RuleBasedStateMachine):
         else:
             assert kind == "LeaseLostError"
             assert before is not None
-            assert before.state is JobState.RUNNING
+            assert before.state in (JobState.RUNNING, JobState.COMPENSATING)
         self.events()  # the job.dead events are not what this rule checks
 
     @rule(job_id=JOB_IDS)
@@ -356,7 +395,7 @@ class StoresAgree(RuleBasedStateMachine):
 
 TestStoresAgree = StoresAgree.TestCase
 TestStoresAgree.settings = settings(
-    max_examples=60,
+    max_examples=120,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
