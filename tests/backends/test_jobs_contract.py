@@ -26,7 +26,8 @@ P, R, S, F, D = (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED, JobStat
 T0 = 1_700_000_000.25
 TTL = 3600.0
 #: how to reach each state from a fresh (PENDING) record
-PATHS = {P: [], R: [R], S: [R, S], F: [R, F], D: [D]}
+PATHS = {P: [], R: [R], S: [R, S], F: [R, F], D: [D],
+         JobState.COMPENSATING: [R, F, JobState.COMPENSATING]}
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ def test_retries_count_attempts_and_a_dead_job_can_be_rescheduled(
 def test_every_transition_is_allowed_exactly_as_the_table_says(
     store: JobStorageInterface, start: JobState, to: JobState
 ) -> None:
-    """Exhaustive over all 25 (from, to) pairs rather than sampled: there are few."""
+    """Exhaustive over all 36 (from, to) pairs rather than sampled: there are few."""
     at_state(store, "j", start)
     before = store.get("j")
     if to in ALLOWED[start]:
