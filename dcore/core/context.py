@@ -11,6 +11,7 @@ subclasses (every subclass registers itself) can be rebuilt from one, and
 
 from __future__ import annotations
 
+import functools
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self, TypeVar
@@ -184,9 +185,7 @@ class PipelineContext(BaseModel):
     # -- pipelines -----------------------------------------------------------------------
     def create_pipeline(self, core_fn: Callable[[Self], Any]) -> Pipeline[Self]:
         """A pipeline over this context whose last step is ``core_fn``."""
-        from dcore.core.pipeline import Pipeline
-
-        return Pipeline(self, core_fn)
+        return _pipeline_class()(self, core_fn)
 
     # -- runtime-only fields -----------------------------------------------------------------
     @classmethod
@@ -300,3 +299,12 @@ def _is_request_scoped(annotation: Any) -> bool:
 
 def _is_runtime(info: FieldInfo) -> bool:
     return any(m is RUNTIME_ONLY for m in info.metadata)
+
+
+@functools.cache
+def _pipeline_class() -> type[Pipeline[Any]]:
+    """``Pipeline``, imported on first use (the pipeline module imports this one); kept,
+    as a function-level import on every ``create_pipeline`` costs more than the call."""
+    from dcore.core.pipeline import Pipeline
+
+    return Pipeline
