@@ -263,6 +263,19 @@ class Pipeline(Generic[ContextT]):
         (the stage before it) declared."""
         return self._freeze().continuation(resume_at)
 
+    def copy(self) -> Pipeline[ContextT]:
+        """A new pipeline with the same context, core function, environment and stages,
+        not frozen, whose stages are not checked again: build a pipeline once and copy it
+        per request, and each copy runs with plugin instances of its own (shareable ones
+        aside), as a pipeline built afresh would."""
+        twin: Pipeline[ContextT] = Pipeline(self.context, self.core_fn,
+                                            environment=self._environment)
+        twin._answers = self._answers
+        twin._checked = list(self._checked)
+        twin._cacheable = self._cacheable
+        twin._dispatch_at = self._dispatch_at
+        return twin
+
     def __repr__(self) -> str:
         """``Pipeline(core=app.tasks:finish, stages=[Execute('logging'), Dispatch(...)])``:
         short and the same in every run, for test and Hypothesis failure reports."""
