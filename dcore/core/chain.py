@@ -5,26 +5,32 @@ folding its middleware list once into a stack:
 
 1. **compile** (:func:`compiled`): look each plugin up in the running environment's
    registry (re-validating the options if the name now means another class), resolve
-   retry policies, build the one instance of each *shareable* plugin and a maker for
-   every other. The result, a :class:`CompiledChain`, depends on nothing but the
-   stages, the environment and the registry's generation, so it is kept per environment
-   and reused by every pipeline built the same way: a registry change (a new
-   generation) makes it unreachable, and closing the environment drops them all.
+   retry policies, build the one instance of each *shareable* plugin and the recipe
+   (constructor and keyword arguments, services included) for every other. The
+   result, a :class:`CompiledChain`, depends on nothing but the stages, the environment
+   and the registry's generation, so it is kept per environment and reused by every
+   pipeline built the same way: a registry change (a new generation) makes it
+   unreachable, and closing the environment drops them all.
 2. **bind** (:class:`BoundChain`): one pipeline's own plugin instances (fresh unless
    the plugin declares ``shareable = True``; the Dispatch wrapped by
    ``env.dispatch_wrapper``) and its core function. A pipeline keeps its bound chain
    once it has run, and a :class:`~dcore.core.continuation.Continuation` holds it.
 3. **fold** (:meth:`BoundChain.call_from`): nested calls from one stage to the core,
    made once per start (the whole chain for ``run()``, the rest after the Dispatch for
-   a continuation) by the call builders of :mod:`dcore.core.runner`.
+   a continuation) by :func:`dcore.core.runner.fold`.
+
+A chain that is not kept (an option holding a list or a dict, a ``retry=`` given as a
+mapping) is compiled for its pipeline alone, as every chain was before.
 
 A new kind of stage needs what it must know at compile on
-:class:`~dcore.core.runner.Stage`, and a call builder chosen in :meth:`BoundChain._fold`.
+:class:`~dcore.core.runner.Stage` (set in :func:`_compile`), and its own call built in
+:func:`dcore.core.runner.fold`.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -97,7 +103,7 @@ def _compile(
     """The chain for ``checked`` in ``env``, and whether it may be shared."""
     generation = registry.generation
     factory = PluginFactory(registry=registry, environment=env)
-    shareable_options = True
+    immutable = True
     stages = []
     for index, item in enumerate(checked):
         ref = item.ref
@@ -105,7 +111,7 @@ def _compile(
         options = item.options
         if cls is not item.cls:  # the name now means another class: check its options
             options = plugin_signature(cls).validate(ref.plugin, ref.options)
-            shareable_options = shareable_options and immutable_values(options)
+            immutable = immutable and immutable_values(options)
         stage = Stage(index, ref, cls, options, is_dispatch=item.is_dispatch)
         if not stage.pooled or stage.is_dispatch:
             if getattr(cls, "shareable", False) is True:
@@ -113,7 +119,7 @@ def _compile(
             else:
                 stage.construct, stage.kwargs = factory.recipe(cls, options)
         stages.append(stage)
-    return CompiledChain(env, registry, generation, stages), shareable_options
+    return CompiledChain(env, registry, generation, stages), immutable
 
 
 class _Kept:
@@ -132,15 +138,16 @@ class _Kept:
 
 
 # the last environment's _Kept, so a run finds it without taking the environment's lock
-_last: tuple[Environment | None, _Kept] = (None, _Kept())
+# (weakly: an environment is not kept alive for it)
+_last: tuple[Callable[[], Environment | None], _Kept] = (lambda: None, _Kept())
 
 
 def _kept_in(env: Environment) -> _Kept:
     global _last
     last_env, kept = _last
-    if last_env is not env or kept.closed:
+    if last_env() is not env or kept.closed:
         kept = env.resource(_CACHE, _Kept)
-        _last = (env, kept)
+        _last = (weakref.ref(env), kept)
     return kept
 
 
@@ -158,8 +165,8 @@ def compiled(
     chain = kept.chains.get(key)
     if chain is not None:
         return chain
-    chain, shareable = _compile(env, registry, checked)
-    if not shareable or chain.generation != key[1]:
+    chain, immutable = _compile(env, registry, checked)
+    if not immutable or chain.generation != key[1]:
         return chain
     with kept.lock:
         if len(kept.chains) >= _KEPT:

@@ -15,6 +15,11 @@ what the Dispatch returned.
 Plugin instances belong to one pipeline: each pipeline builds its own at its first
 ``run()`` and reuses them for every later run, unless the plugin class declares
 ``shareable = True`` (then every pipeline compiled the same way uses one instance).
+:meth:`Pipeline.copy` gives a pipeline built once per process a fresh twin per request.
+
+``chain()`` checks against the registry current at a pipeline's first ``chain()``;
+``run()`` compiles in the registry current then, so a plugin replaced in between is the
+one that runs (its options checked again).
 """
 
 from __future__ import annotations

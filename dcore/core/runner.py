@@ -1,10 +1,11 @@
 """Running one stage: origin tagging, the stage's own retries, observers, pooled plugins.
 
 A :class:`Stage` is what compiling a pipeline makes of one ``chain()`` call; it holds no
-per-request state, so one compiled chain serves every pipeline built the same way. The
-functions here turn a stage and the instance a pipeline runs it with into one
-:data:`Call`: ``execute_call`` for an Execute stage, ``dispatch_call`` for the hand-off,
-``core_call`` for the core function at the end.
+per-request state, so one compiled chain serves every pipeline built the same way.
+:func:`fold` turns stages and the instances one pipeline runs them with into nested
+:data:`Call` s: a short call for a plain Execute stage, a general one for retries, pooled
+plugins and observing stages, ``dispatch_call`` for the hand-off and ``core_call`` for
+the core function at the end.
 
 An exception is tagged with the stage whose own code raised it (``plugin#index``, or
 ``core``), so a stage's retry policy covers failures of its own body only, never those
