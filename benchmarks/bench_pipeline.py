@@ -15,6 +15,8 @@ each stage passes the context on untouched, so what is measured is the machinery
 * **build + run per request**: ``create_pipeline`` + 10 ``chain()`` + ``run()`` per
   request (target: at most 30x the strict baseline; stretch 15x), with a plugin that
   gets an instance per pipeline (the default) and with one declared ``shareable``;
+* **copy + run per request**: a pipeline built once, ``copy().run(ctx)`` per request
+  (a pipeline of its own, its stages not checked again);
 * anchors, when installed: pluggy calling a hook through 10 new-style wrappers, a
   Starlette app with 10 pure-ASGI middlewares (one request through the app: error and
   exception middleware, router, endpoint, response), and the 10 middlewares alone.
@@ -245,6 +247,14 @@ def variants(ctx: BenchContext, quick: bool) -> list[Variant]:
                 30.0),
         Variant("build + run per request, shareable", lambda: build(ctx, "bench_shared").run(),
                 n // 20, 30.0),
+    ]
+    # built once per process, copied per request: instances of its own, no re-check
+    template, shared_template = build(ctx, "bench_pass"), build(ctx, "bench_shared")
+    found += [
+        Variant("copy + run per request",
+                lambda: template.copy().run(ctx), n // 4),
+        Variant("copy + run per request, shareable",
+                lambda: shared_template.copy().run(ctx), n // 4),
     ]
     hook = pluggy_request(ctx)
     if hook is not None:
