@@ -73,6 +73,7 @@ def _load(
         raise MessageError(
             f"resume_at={message.resume_at} is past the end of a {len(message.spec)}-stage spec"
         )
+    pipeline.continuation(message.resume_at)  # builds its plugins: a refusal is raised here
     return message, context, pipeline
 
 
