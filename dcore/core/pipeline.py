@@ -273,8 +273,7 @@ class Pipeline(Generic[ContextT]):
         not frozen, whose stages are not checked again: build a pipeline once and copy it
         per request, and each copy runs with plugin instances of its own (shareable ones
         aside), as a pipeline built afresh would."""
-        twin: Pipeline[ContextT] = Pipeline(self.context, self.core_fn,
-                                            environment=self._environment)
+        twin = type(self)(self.context, self.core_fn, environment=self._environment)
         twin._answers = self._answers
         twin._checked = list(self._checked)
         twin._cacheable = self._cacheable

@@ -89,7 +89,10 @@ def stage_key(
         if not isinstance(stage, type):
             return None
         key: StageKey = (stage, plugin, retry)
-    elif type(stage) is StageRef and plugin is None and not options:  # chain(Execute("x"))
+    elif (  # chain(Execute("x"))
+        type(stage) is StageRef and plugin is None and not options
+        and type(stage.plugin) is str and isinstance(stage.interface, type)
+    ):
         if retry is None:
             retry = stage.retry
         key = (stage.interface, stage.plugin, retry)
