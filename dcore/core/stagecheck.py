@@ -15,6 +15,9 @@ What is kept, and what is not:
   pipelines can share a value either could change;
 - failures never: a bad stage takes the full path and raises the same error every time.
 
+A kept answer is shared by every pipeline that chains the same stage, so its stage
+reference's options and its validated options are read-only mappings.
+
 The full path (:func:`stage_ref`, then :meth:`Answers.check`) is what ``chain()``
 always did; a look-up in :attr:`Answers.entries` by :func:`stage_key` stands in front of
 it.
