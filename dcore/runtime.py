@@ -73,6 +73,7 @@ def _load(
         raise MessageError(
             f"resume_at={message.resume_at} is past the end of a {len(message.spec)}-stage spec"
         )
+    pipeline.continuation(message.resume_at)  # builds its plugins: a refusal is raised here
     return message, context, pipeline
 
 
@@ -82,11 +83,13 @@ _SPEC = TypeAdapter(list[StageSpec])
 class PipelineCache:
     """Pipelines rebuilt from messages, by spec and core function, most recent kept.
 
-    A worker sees the same few pipelines over and over; building one validates every
-    stage's options and constructs its plugins, which is most of a short job's cost. A
-    built pipeline is frozen and runs any number of contexts, so it can be shared. A
-    change to the plugin registry (a plugin replaced) or to the core functions makes
-    older entries unreachable."""
+    A worker sees the same few pipelines over and over; checking a message's stages
+    (plugin names, options) is most of the cost of rebuilding one, so the checked
+    pipeline is kept and each delivery gets a copy: a delivery runs with plugin
+    instances of its own (unless a plugin declares itself shareable), as a request
+    does, while the compiled chain behind them is shared. A change to the plugin
+    registry (a plugin replaced) or to the core functions makes older entries
+    unreachable."""
 
     def __init__(self, env: Environment, size: int = 256) -> None:
         self._env = env
@@ -104,14 +107,14 @@ class PipelineCache:
             pipeline = self._cache.get(key)
             if pipeline is not None:
                 self._cache.move_to_end(key)
-                return pipeline
+                return pipeline.copy()
         core_fn = resolve_core_function(message.core_fn)
         pipeline = Pipeline.from_spec(message.spec, core_fn, environment=self._env)
         with self._lock:
             self._cache[key] = pipeline
             while len(self._cache) > self._size:
                 self._cache.popitem(last=False)
-        return pipeline
+        return pipeline.copy()
 
 
 def _pipelines(env: Environment) -> PipelineCache:

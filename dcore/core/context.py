@@ -17,6 +17,7 @@ code keep Pydantic's default either way.
 
 from __future__ import annotations
 
+import functools
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple, Self, TypeVar
@@ -190,9 +191,7 @@ class PipelineContext(BaseModel):
     # -- pipelines -----------------------------------------------------------------------
     def create_pipeline(self, core_fn: Callable[[Self], Any]) -> Pipeline[Self]:
         """A pipeline over this context whose last step is ``core_fn``."""
-        from dcore.core.pipeline import Pipeline
-
-        return Pipeline(self, core_fn)
+        return _pipeline_class()(self, core_fn)
 
     # -- runtime-only fields -----------------------------------------------------------------
     @classmethod
@@ -381,3 +380,11 @@ def _unknown_keys_message(cls: type[PipelineContext], version: str, unknown: lis
         f"{name} data has keys it does not know: {shown}; {cause}, or set "
         f"model_config = ConfigDict(extra='ignore') on {name} to drop unknown keys on purpose"
     )
+
+@functools.cache
+def _pipeline_class() -> type[Pipeline[Any]]:
+    """``Pipeline``, imported on first use (the pipeline module imports this one); kept,
+    as a function-level import on every ``create_pipeline`` costs more than the call."""
+    from dcore.core.pipeline import Pipeline
+
+    return Pipeline

@@ -1,4 +1,8 @@
-"""``Continuation``: the rest of a pipeline after its Dispatch, callable or shippable."""
+"""``Continuation``: the rest of a pipeline after its Dispatch, callable or shippable.
+
+It holds the pipeline's :class:`~dcore.core.chain.BoundChain` (the frozen chain with the
+pipeline's plugin instances and core function) and the stage to resume at, never the
+Pipeline object itself."""
 
 from __future__ import annotations
 
@@ -17,10 +21,9 @@ from dcore.core.message import (
     trace_propagator,
 )
 from dcore.core.retry import RetryPolicy, job_policy
-from dcore.core.runner import Stage
 
 if TYPE_CHECKING:
-    from dcore.core.pipeline import Pipeline
+    from dcore.core.chain import BoundChain
 
 __all__ = ["Continuation"]
 
@@ -35,12 +38,13 @@ class Continuation(Generic[ContextT]):
 
     def __init__(
         self,
-        pipeline: Pipeline[Any],
+        chain: BoundChain,
         resume_at: int,
         policy: RetryPolicy | None,
         trace: dict[str, str] | None = None,
     ) -> None:
-        self.pipeline = pipeline
+        #: the frozen chain this is the rest of (stages ``resume_at..n``, then core)
+        self.chain = chain
         self.resume_at = resume_at
         #: the job-level retry policy the Dispatch stage declared (None: the environment's)
         self.policy = policy
@@ -53,11 +57,11 @@ class Continuation(Generic[ContextT]):
     def bind(self, trace: dict[str, str]) -> Continuation[ContextT]:
         """A continuation for one hand-off, carrying ``trace``: :meth:`run` continues
         that trace in whatever thread it runs, and :meth:`to_message` ships it."""
-        return Continuation(self.pipeline, self.resume_at, self.policy, trace)
+        return Continuation(self.chain, self.resume_at, self.policy, trace)
 
     @property
     def environment(self) -> Environment:
-        return self.pipeline.environment
+        return self.chain.env
 
     def __call__(self, context: ContextT) -> Any:
         return self.run(context)
@@ -90,7 +94,7 @@ class Continuation(Generic[ContextT]):
             return deliver(
                 env,
                 context.job_id,
-                lambda: self.pipeline._run_suffix(self.resume_at, context),
+                lambda: self.chain.run_from(self.resume_at, context),
                 attempt=attempt,
                 policy=policy,
                 message=message if message is not None else lambda: self.to_json_or_none(context),
@@ -125,7 +129,7 @@ class Continuation(Generic[ContextT]):
 
     def run_unrecorded(self, context: ContextT) -> Any:
         """Run the remainder without touching the job store (for tests and tools)."""
-        return self.pipeline._run_suffix(self.resume_at, context)
+        return self.chain.run_from(self.resume_at, context)
 
     def to_message(self, context: ContextT, *, attempt: int = 1) -> JobMessage:
         """The remainder as a JobMessage; ContextSerializationError names what cannot go."""
@@ -138,17 +142,12 @@ class Continuation(Generic[ContextT]):
         return message
 
     def _build_message(self, context: ContextT, attempt: int) -> JobMessage:
-        pipeline = self.pipeline
-        if pipeline._stages is not None:
-            spec = [s.spec() for s in pipeline._stages]
-        else:
-            spec = [Stage(i, r, r.interface, {}).spec() for i, r in enumerate(pipeline._refs)]
         return JobMessage(
             job_id=context.job_id,
             attempt=attempt,
-            spec=spec,
+            spec=self.chain.spec(),
             resume_at=self.resume_at,
-            core_fn=core_function_name(pipeline.core_fn),
+            core_fn=core_function_name(self.chain.core_fn),
             context=ContextEnvelope.model_validate(context.to_envelope()),
             trace=self.trace or trace_propagator().inject(),
             shard=context.shard_key,

@@ -211,14 +211,25 @@ _guard = threading.Lock()
 def current_environment() -> Environment:
     """The innermost :func:`use_environment`, else the default one from ``DCORE_*``."""
     global _default
+    # read without the lock (every pipeline run asks): indexing a list is atomic, and an
+    # environment popped meanwhile is what the locked path would have missed by a moment
+    stack = _stack
+    if stack:
+        try:
+            return stack[-1]
+        except IndexError:  # popped since: take the locked path
+            pass
+    elif _default is not None:
+        return _default
     with _guard:
         if _stack:
             return _stack[-1]
         if _default is None:
-            _default = Environment()
-            # resolve the storage root now, so a later chdir cannot move it
-            root = _default.settings.storage_root
-            _default.settings.storage_root = Path(root).resolve()
+            env = Environment()
+            # resolve the storage root now, so a later chdir cannot move it (and before
+            # the environment is published: it is read without the lock)
+            env.settings.storage_root = Path(env.settings.storage_root).resolve()
+            _default = env
         return _default
 
 

@@ -15,16 +15,17 @@ import inspect
 import re
 import threading
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from dcore.core.environment import Environment, current_environment
+from dcore.core.interfaces import constructor
 from dcore.core.plugins import PluginRegistry
 from dcore.errors import PluginError, PluginOptionsError
 
-__all__ = ["PluginFactory", "plugin_signature"]
+__all__ = ["PluginFactory", "immutable_values", "plugin_signature", "rejected"]
 
 #: Option values whose validation result can be cached and shared: immutable scalars.
 #: The type is part of the cache key, so ``1``, ``1.0`` and ``True`` never collide.
@@ -46,6 +47,12 @@ def _cache_key(options: Mapping[str, Any]) -> tuple[Any, ...] | None:
 
 def _immutable(value: Any) -> bool:
     return type(value) in _ATOMIC or isinstance(value, enum.Enum)
+
+
+def immutable_values(values: Mapping[str, Any]) -> bool:
+    """True when every value is an immutable scalar: validated options that any number
+    of instances may be built from without sharing anything they could change."""
+    return all(_immutable(v) for v in values.values())
 
 
 def _refuse_unresolved_services(
@@ -129,11 +136,7 @@ class _Signature:
             raise PluginOptionsError(self._explain(plugin, exc)) from None
         values = {k: getattr(model, k) for k in type(model).model_fields}
         values.update(model.model_extra or {})
-        if (
-            key is not None
-            and len(self._validated) < _CACHE_LIMIT
-            and all(_immutable(v) for v in values.values())
-        ):
+        if key is not None and len(self._validated) < _CACHE_LIMIT and immutable_values(values):
             self._validated[key] = dict(values)
         return values
 
@@ -203,16 +206,30 @@ class PluginFactory:
 
     def instantiate(self, cls: type, name: str, options: Mapping[str, Any]) -> Any:
         """Build ``cls`` from options already validated for it, injecting services."""
-        kwargs = dict(options)
-        sig = plugin_signature(cls)
-        env = self.environment
-        for param, service in sig.services.items():
-            kwargs[param] = env if service is Environment else env.service(service)
+        construct, kwargs = self.recipe(cls, options)
         try:
-            return cls(**kwargs)
+            return construct(cls, **kwargs)
         except PluginOptionsError:
             raise
         except (TypeError, ValueError) as exc:
-            raise PluginOptionsError(
-                f"plugin {name!r} ({cls.__qualname__}) rejected its options: {exc}"
-            ) from exc
+            raise rejected(cls, name, exc) from exc
+
+    def recipe(
+        self, cls: type, options: Mapping[str, Any]
+    ) -> tuple[Callable[..., Any], dict[str, Any]]:
+        """How to build ``cls`` from options already validated for it, as
+        ``construct(cls, **kwargs)``, with the services injected now: a compiled
+        pipeline builds one instance per request this way. ``kwargs``' values are shared
+        by every instance built so; give only options that :func:`immutable_values`
+        accepts if it is used more than once. Convert a TypeError or ValueError raised by
+        the constructor with :func:`rejected`."""
+        kwargs = dict(options)
+        env = self.environment
+        for param, service in plugin_signature(cls).services.items():
+            kwargs[param] = env if service is Environment else env.service(service)
+        return constructor(cls), kwargs
+
+
+def rejected(cls: type, name: str, exc: Exception) -> PluginOptionsError:
+    """The error for a constructor that refused its options with ``exc``."""
+    return PluginOptionsError(f"plugin {name!r} ({cls.__qualname__}) rejected its options: {exc}")

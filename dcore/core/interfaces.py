@@ -31,6 +31,7 @@ __all__ = [
     "NextFn",
     "PluginInterface",
     "StageRef",
+    "constructor",
 ]
 
 ContextT = TypeVar("ContextT", bound="PipelineContext")
@@ -83,11 +84,28 @@ class InterfaceMeta(ABCMeta):
         return super().__call__(*args, **kwargs)
 
 
+def constructor(cls: type) -> Callable[..., Any]:
+    """What building an instance of plugin class ``cls`` calls, as ``construct(cls,
+    **options)``: ``type.__call__`` itself when the metaclass's ``__call__`` is
+    :class:`InterfaceMeta`'s, which only ever makes stage references of interfaces
+    (never of a plugin class); a metaclass of the plugin's own is honoured."""
+    call: Callable[..., Any] = type(cls).__call__
+    return type.__call__ if call is InterfaceMeta.__call__ else call
+
+
 class PluginInterface(metaclass=InterfaceMeta):
     """Base for classes that :func:`define_interface` marks; gives them the call form."""
 
     #: Default retry policy for every stage of this interface (see dcore.core.retry).
     retry_policy: ClassVar[RetryPolicy | None] = None
+
+    #: ``True`` declares that one instance may serve any number of pipelines at once,
+    #: from any thread: the plugin keeps no per-request state (what it holds is fixed by
+    #: its options and the Environment's services). A pipeline then reuses the instance
+    #: built when an identical chain was first compiled instead of building one per
+    #: request. The default, ``False``, gives every pipeline its own instance; a plugin
+    #: with ``__enter__``/``__exit__`` is leased from a pool per run either way.
+    shareable: ClassVar[bool] = False
 
 
 @define_interface

@@ -193,8 +193,14 @@ def default_registry() -> PluginRegistry:
 
 def current_registry() -> PluginRegistry:
     """The registry scoped by the innermost :func:`use_registry`, else the default one."""
-    with _stack_lock:
-        return _stack[-1] if _stack else _DEFAULT
+    # read without the lock (every pipeline run asks): indexing a list is atomic
+    stack = _stack
+    if stack:
+        try:
+            return stack[-1]
+        except IndexError:  # popped since: none is scoped now
+            pass
+    return _DEFAULT
 
 
 @contextmanager

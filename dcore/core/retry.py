@@ -102,6 +102,11 @@ def declared_policy(explicit: RetryPolicy | None, plugin_cls: type) -> RetryPoli
     """``chain(retry=)`` > plugin attribute > interface attribute, or None if none says."""
     if explicit is not None:
         return explicit
+    # the attribute lookup finds the nearest definition: the answer whenever it is a policy
+    found = getattr(plugin_cls, "retry_policy", None)
+    if isinstance(found, RetryPolicy):
+        return found
+    # a nearer None does not hide a policy further up (a plugin cannot un-declare one)
     for klass in plugin_cls.__mro__:
         policy = vars(klass).get("retry_policy")
         if isinstance(policy, RetryPolicy):

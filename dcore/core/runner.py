@@ -1,5 +1,12 @@
 """Running one stage: origin tagging, the stage's own retries, observers, pooled plugins.
 
+A :class:`Stage` is what compiling a pipeline makes of one ``chain()`` call; it holds no
+per-request state, so one compiled chain serves every pipeline built the same way.
+:func:`fold` turns stages and the instances one pipeline runs them with into nested
+:data:`Call` s: a short call for a plain Execute stage, a general one for retries, pooled
+plugins and observing stages, ``dispatch_call`` for the hand-off and ``core_call`` for
+the core function at the end.
+
 An exception is tagged with the stage whose own code raised it (``plugin#index``, or
 ``core``), so a stage's retry policy covers failures of its own body only, never those
 raised further down the chain, and retries cannot multiply down a pipeline.
@@ -14,17 +21,31 @@ from typing import TYPE_CHECKING, Any
 from dcore.core import events
 from dcore.core.environment import Environment
 from dcore.core.factory import PluginFactory
-from dcore.core.interfaces import Dispatch, StageRef
-from dcore.core.lifecycle import describe_error
-from dcore.core.message import StageSpec
+from dcore.core.interfaces import StageRef
+from dcore.core.lifecycle import dead_letter, describe_error, schedule
+from dcore.core.message import StageSpec, trace_propagator
 from dcore.core.pool import PluginPool
 from dcore.core.retry import NO_RETRY, RetryPolicy, call_with_retry, declared_policy
+from dcore.errors import JobNotFoundError
+from dcore.services.jobs import JobState
 
 if TYPE_CHECKING:
+    from dcore.core.continuation import Continuation
     from dcore.core.observe import PipelineObserver
 
-__all__ = ["Call", "Stage", "execute_call", "is_observer", "observers_of", "origin_of", "tag"]
+__all__ = [
+    "Call",
+    "Stage",
+    "core_call",
+    "dispatch_call",
+    "fold",
+    "is_observer",
+    "observers_of",
+    "origin_of",
+    "tag",
+]
 
+#: One step of a folded chain: takes the context, returns what core_fn returned.
 Call = Callable[[Any], Any]
 _ORIGIN = "__dcore_stage__"
 
@@ -54,21 +75,38 @@ def tag(exc: BaseException, origin: str) -> None:
 
 
 class Stage:
-    """One assembled stage: its reference, plugin class and resolved retry policy."""
+    """One compiled stage: its reference, plugin class, validated options, resolved retry
+    policy, and how a pipeline gets its instance: ``shared`` (a shareable plugin, built
+    once), ``construct(cls, **kwargs)`` (one per pipeline), or neither (a pooled plugin,
+    leased per run). Observers are handed this object; it is the same for every pipeline
+    that compiled to the same chain, so it holds nothing of one request."""
 
-    def __init__(self, index: int, ref: StageRef, cls: type, options: dict[str, Any]) -> None:
+    __slots__ = (
+        "cls", "construct", "declared_policy", "index", "is_dispatch", "kwargs", "label",
+        "observer", "options", "origin", "plain", "policy", "pooled", "ref", "shared",
+    )  # fmt: skip
+
+    def __init__(
+        self, index: int, ref: StageRef, cls: type, options: Any, *, is_dispatch: bool
+    ) -> None:
         self.index = index
         self.ref = ref
         self.cls = cls
         self.options = options
-        self.is_dispatch = ref.interface is Dispatch or issubclass(ref.interface, Dispatch)
+        self.is_dispatch = is_dispatch
         #: what the chain, the plugin or its interface declared (None: nothing)
         self.declared_policy: RetryPolicy | None = declared_policy(ref.retry, cls)
         self.policy: RetryPolicy = self.declared_policy or NO_RETRY
         self.label = ref.plugin
         self.origin = f"{ref.plugin}#{index}"
         self.pooled = hasattr(cls, "__enter__") and hasattr(cls, "__exit__")
-        self.instance: Any = None
+        #: one attempt, not pooled: the shortest call (see fold)
+        self.plain = not self.pooled and self.policy.attempts == 1
+        #: whether its instance observes the pipeline's stages (the tracing stage)
+        self.observer = not self.pooled and not is_dispatch and is_observer_class(cls)
+        self.construct: Callable[..., Any] | None = None
+        self.kwargs: dict[str, Any] = {}
+        self.shared: Any = None
 
     def spec(self) -> StageSpec:
         retry = None
@@ -85,11 +123,15 @@ class Stage:
         return f"Stage({self.ref.interface.__name__}:{self.ref.plugin}#{self.index})"
 
 
-def is_observer(instance: Any) -> bool:
-    kind = type(instance)
+# -- observers ------------------------------------------------------------------------------
+def is_observer_class(kind: type) -> bool:
     return callable(getattr(kind, "stage_enter", None)) and callable(
         getattr(kind, "stage_exit", None)
     )
+
+
+def is_observer(instance: Any) -> bool:
+    return is_observer_class(type(instance))
 
 
 class _Observers(Sequence["PipelineObserver"]):
@@ -117,18 +159,106 @@ def observers_of(shared: Sequence[PipelineObserver], own: list[Any]) -> Sequence
     return _Observers(shared, own) if own else shared
 
 
-def execute_call(
-    stage: Stage, next_call: Call, env: Environment, observers: Sequence[PipelineObserver]
+# -- the calls --------------------------------------------------------------------------------
+def core_call(core: Callable[[Any], Any]) -> Call:
+    def call_core(ctx: Any) -> Any:
+        try:
+            return core(ctx)
+        except BaseException as exc:
+            tag(exc, "core")
+            raise
+
+    return call_core
+
+
+def _failed(stage: Stage, env: Environment, ctx: Any, exc: BaseException) -> None:
+    """Tag ``exc`` with ``stage``; report it as the stage's failure if its own code
+    raised it."""
+    own = not _raised_downstream(exc)
+    tag(exc, stage.origin)
+    if own and isinstance(exc, Exception):
+        events.emit(env, events.STAGE_FAILED, job_id=ctx.job_id, stage=stage.origin,
+                    error=describe_error(exc), final=True)
+
+
+def fold(
+    stages: Sequence[Stage],
+    instances: Sequence[Any],
+    core: Callable[[Any], Any],
+    env: Environment,
+    observers: Sequence[PipelineObserver],
+    rest_after: Callable[[Stage], Continuation[Any]],
 ) -> Call:
+    """``stages`` (run with ``instances``, by stage index) then ``core``, as one call;
+    the Dispatch stage hands ``rest_after(stage)`` to its dispatcher.
+
+    A plain stage (one attempt, not pooled) whose pipeline has no observer of its own
+    gets the shortest call: a function with what it needs bound as defaults (making ten
+    per request costs half what closures do). The environment's observers are a live
+    list, checked per call; only a non-empty one takes the observed path."""
+    call = core_call(core)
+    shared = env.observers
+    for stage in reversed(stages):
+        instance = instances[stage.index]
+        if stage.is_dispatch:
+            call = dispatch_call(stage, instance, rest_after(stage), env)
+        elif stage.plain and observers is shared:
+
+            def plain(
+                ctx: Any,
+                execute: Callable[[Call, Any], Any] = instance.execute,
+                next_call: Call = call,
+                stage: Stage = stage,
+                env: Environment = env,
+                observers: Sequence[PipelineObserver] = shared,
+            ) -> Any:
+                if observers:
+                    return _observed(stage, execute, next_call, env, observers, ctx)
+                try:
+                    return execute(next_call, ctx)
+                except BaseException as exc:
+                    _failed(stage, env, ctx, exc)
+                    raise
+
+            call = plain
+        else:
+            call = _general_call(stage, instance, call, env, observers)
+    return call
+
+
+def _observed(
+    stage: Stage,
+    execute: Callable[[Call, Any], Any],
+    next_call: Call,
+    env: Environment,
+    observers: Sequence[PipelineObserver],
+    ctx: Any,
+) -> Any:
+    for observer in observers:
+        observer.stage_enter(stage, ctx)
+    try:
+        result = execute(next_call, ctx)
+    except BaseException as exc:
+        _failed(stage, env, ctx, exc)
+        for observer in observers:
+            observer.stage_exit(stage, ctx, exc)
+        raise
+    for observer in observers:
+        observer.stage_exit(stage, ctx, None)
+    return result
+
+
+def _general_call(
+    stage: Stage,
+    instance: Any,
+    next_call: Call,
+    env: Environment,
+    observers: Sequence[PipelineObserver],
+) -> Call:
+    """A stage with retries, a pooled plugin or observers of its own pipeline."""
     policy = stage.policy
     clock = env.clock
-    pool: PluginPool | None = None
-    if stage.pooled:
-        # built in this environment: its registry and services, not the current one's
-        pool = env.resource(
-            "dcore.plugin_pool", lambda: PluginPool(PluginFactory(environment=env))
-        )
-    instance = stage.instance
+    pool = plugin_pool(env) if stage.pooled else None
     ref = stage.ref
     origin = stage.origin
 
@@ -141,30 +271,60 @@ def execute_call(
         with pool.lease(ref.interface, ref.plugin, **ref.options) as leased:
             return leased.execute(next_call, ctx)
 
+    def run(_next: Call, ctx: Any) -> Any:
+        if policy.attempts == 1:
+            return body(ctx)
+        return call_with_retry(
+            lambda: body(ctx), policy, clock, retry_if=own_failure, rng=env.random,
+            before_sleep=lambda n, exc, delay: events.emit(
+                env, events.STAGE_FAILED, job_id=ctx.job_id, stage=origin,
+                error=describe_error(exc), attempt=n, retry_in=delay),
+        )
+
     def call(ctx: Any) -> Any:
-        for observer in observers:
-            observer.stage_enter(stage, ctx)
-        try:
-            if policy.attempts == 1:
-                result = body(ctx)
-            else:
-                result = call_with_retry(
-                    lambda: body(ctx), policy, clock, retry_if=own_failure, rng=env.random,
-                    before_sleep=lambda n, exc, delay: events.emit(
-                        env, events.STAGE_FAILED, job_id=ctx.job_id, stage=origin,
-                        error=describe_error(exc), attempt=n, retry_in=delay),
-                )
-        except BaseException as exc:
-            own = not _raised_downstream(exc)
-            tag(exc, origin)
-            if own and isinstance(exc, Exception):
-                events.emit(env, events.STAGE_FAILED, job_id=ctx.job_id, stage=origin,
-                            error=describe_error(exc), final=True)
-            for observer in observers:
-                observer.stage_exit(stage, ctx, exc)
-            raise
-        for observer in observers:
-            observer.stage_exit(stage, ctx, None)
-        return result
+        return _observed(stage, run, next_call, env, observers, ctx)
 
     return call
+
+
+def plugin_pool(env: Environment) -> PluginPool:
+    """The environment's pool of pooled plugins, built in that environment: its registry
+    and services, not the current one's."""
+    return env.resource("dcore.plugin_pool", lambda: PluginPool(PluginFactory(environment=env)))
+
+
+def dispatch_call(
+    stage: Stage, dispatcher: Any, continuation: Continuation[Any], env: Environment
+) -> Call:
+    """The hand-off: record the job as scheduled, then give the dispatcher the rest."""
+
+    remote = dispatcher.is_remote()
+
+    def call_dispatch(ctx: Any) -> Any:
+        # the trace context of the hand-off travels with the continuation, so an
+        # in-process dispatcher's thread continues the request's trace
+        bound = continuation.bind(trace_propagator().inject())
+        # the record keeps the message of a shipped job (the recovery sweep re-sends it if
+        # the broker loses it); an in-process job's dies with its process, and its dead
+        # letter builds the message only if it is ever needed
+        message = bound.to_json_or_none(ctx) if remote else None
+        schedule(env, ctx.job_id, message=message)
+        try:
+            return dispatcher.dispatch(bound, ctx)
+        except Exception as exc:
+            tag(exc, stage.origin)
+            # an inline run has already recorded (and dead-lettered) its own failure;
+            # only a hand-off that never started the job dead-letters it here
+            if _still_pending(env, ctx.job_id):
+                dead_letter(env, ctx.job_id, message=message or bound.to_json_or_none(ctx),
+                            error=f"dispatch failed: {describe_error(exc)}")
+            raise
+
+    return call_dispatch
+
+
+def _still_pending(env: Environment, job_id: str) -> bool:
+    try:
+        return env.jobs.get(job_id).state is JobState.PENDING
+    except JobNotFoundError:
+        return True

@@ -45,6 +45,8 @@ def _summary(context: Any) -> str:
 
 @register_plugin("dead_letter", registry=default_registry())
 class DeadLetterStage(Execute[Any]):
+    shareable = True  # holds only its option and the environment
+
     def __init__(self, env: Environment, reraise: bool = True) -> None:
         self.env = env
         self.reraise = reraise

@@ -26,6 +26,8 @@ class ErrorHandler(Execute[Any]):
     """``catch`` names the exception classes handled (default: any ``Exception``); others
     pass through untouched."""
 
+    shareable = True  # holds only its options and the environment
+
     def __init__(
         self, env: Environment, reraise: bool = True, catch: list[str] | None = None
     ) -> None:

@@ -51,6 +51,8 @@ def _template_fields(template: str) -> list[str]:
 
 @register_plugin("lock", registry=default_registry())
 class LockStage(Execute[Any]):
+    shareable = True  # holds its options and the lock service; each run takes its own lock
+
     def __init__(
         self,
         locks: LockInterface,

@@ -18,6 +18,8 @@ Level = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 class LoggingStage(Execute[Any]):
     """Logs on the ``dcore.pipeline`` logger (or ``logger``); durations use env.clock."""
 
+    shareable = True  # holds only its logger, level and clock
+
     def __init__(self, env: Environment, level: Level = "INFO", logger: str = "dcore.pipeline"):
         self.clock = env.clock
         self.level = logging.getLevelName(level)

@@ -45,6 +45,8 @@ def exception_class(name: str, where: str = "retry: retry_on") -> type[BaseExcep
 class RetryStage(Execute[Any]):
     """Calls ``next_fn`` under a :class:`RetryPolicy`, sleeping on the environment's clock."""
 
+    shareable = True  # holds only its (immutable) policy and the environment
+
     def __init__(
         self,
         env: Environment,

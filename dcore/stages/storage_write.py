@@ -19,6 +19,8 @@ __all__ = ["StorageWrite"]
 
 @register_plugin("storage_write", registry=default_registry())
 class StorageWrite(Execute[Any]):
+    shareable = True  # holds only its options and the storage service
+
     def __init__(
         self,
         storage: StorageInterface,

@@ -96,6 +96,10 @@ def _install_propagator() -> None:
 class TracingStage(Execute[Any]):
     """Passes the context on; its spans come from observing the pipeline's stages."""
 
+    # a run's open spans live in a ContextVar, not on the instance; the cached tracer is
+    # replaced whole (a tuple), so concurrent runs at worst look it up twice
+    shareable = True
+
     def __init__(self, tracer: str = "dcore") -> None:
         try:
             from opentelemetry import context, trace

@@ -130,6 +130,30 @@ def test_unparseable_message_goes_to_dlq_with_its_raw_text(
     assert dcore_env.jobs.get("unknown").state is JobState.DEAD
 
 
+def test_a_plugin_that_refuses_the_messages_options_is_dead_lettered(
+    dcore_env: Environment, message: dict[str, Any]
+) -> None:
+    """Options a constructor rejects fail every delivery alike: DEAD at once, not retried."""
+
+    class Picky(Execute[Any]):
+        def __init__(self, tag: str) -> None:
+            if tag == "loud":
+                raise ValueError("tag 'loud' is not allowed here")
+
+        def execute(self, next_fn: Any, context: Any) -> Any:
+            return next_fn(context)
+
+    dcore_env.registry.register("rt_mark", Picky, replace=True)
+    message["spec"][2]["options"] = {"tag": "loud"}
+
+    with pytest.raises(MessageError, match="rejected its options: tag 'loud' is not allowed"):
+        run_message(json.dumps(message))
+
+    assert dcore_env.jobs.get(message["job_id"]).state is JobState.DEAD
+    [letter] = dead_letters(dcore_env)
+    assert "rejected its options" in letter["error"]
+
+
 def test_load_message_resolves_without_running(
     dcore_env: Environment, message: dict[str, Any]
 ) -> None:
