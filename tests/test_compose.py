@@ -72,7 +72,7 @@ def test_images_are_pinned_to_the_versions_the_project_tests(services: dict[str,
     for name, service in services.items():
         image = service.get("image", "")
         tag = image.rpartition(":")[2] if ":" in image else ""
-        assert tag and tag != "latest", f"{name}: {image!r} is not pinned to a version"
+        assert tag not in ("", "latest"), f"{name}: {image!r} is not pinned to a version"
     assert services["toxiproxy"]["image"] == f"ghcr.io/shopify/toxiproxy:{VERSION}"
 
 

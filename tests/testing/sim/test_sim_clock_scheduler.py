@@ -201,7 +201,8 @@ def test_a_skewed_worker_sees_a_different_wall_clock() -> None:
     ("kwargs", "message"),
     [
         ({"seed": "x"}, "seed=...) must be an int, got 'x'"),
-        ({"workers": 0}, "workers=...) must be an int >= 1 or a mapping of queue to workers, got 0"),
+        ({"workers": 0},
+         "workers=...) must be an int >= 1 or a mapping of queue to workers, got 0"),
         ({"faults": ["crash"]}, "takes a FaultPlan, got list"),
         ({"delivery": "sometimes"}, "delivery=...) must be 'auto'"),
     ],
