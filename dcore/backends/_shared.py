@@ -26,6 +26,7 @@ __all__ = [
     "merge_completed",
     "not_found",
     "parse_entry_id",
+    "plan_after_failure",
     "positive",
     "states",
 ]
@@ -111,6 +112,12 @@ def merge_completed(recorded: list[int], completed: Collection[int]) -> list[int
     """Stage indexes (completed, or compensated) with ``completed`` added: sorted, each
     once, as the Redis store keeps them."""
     return sorted(set(recorded) | {int(i) for i in completed})
+
+
+def plan_after_failure(completed: Collection[int], compensated: Collection[int]) -> str:
+    """A FAILED record's plan when no retry follows: "compensate" while some completed
+    stage is not compensated yet, else "dead"."""
+    return "compensate" if set(completed) - set(compensated) else "dead"
 
 
 def check_end(to: JobState) -> None:

@@ -25,6 +25,7 @@ from dcore.backends._shared import (
     may_bury,
     merge_completed,
     not_found,
+    plan_after_failure,
     positive,
     states,
 )
@@ -257,12 +258,17 @@ class MemoryJobStore(JobStorageInterface, AnnouncingJobStore):
                 if until is not None and until > now:
                     return Claim(ClaimStatus.BUSY, job.state, job.attempt, retry_in=until - now)
                 lost = job.lost + 1
-            elif job.state is not JobState.FAILED:
+            elif job.state is not JobState.FAILED or job.plan != "compensate":
                 return Claim(ClaimStatus.ENDED, job.state, job.attempt, plan=job.plan)
             self._move(job, JobState.COMPENSATING, now, None)
             job.owner, job.lease_until, job.lost = owner, now + lease, lost
         self._publish(announce)
         return Claim(ClaimStatus.STARTED, JobState.COMPENSATING, job.attempt, lost=lost)
+
+    def mark_completed(self, job_id: str, *, owner: str, index: int) -> None:
+        with self._lock:
+            job = self._owned(job_id, owner)
+            job.completed = merge_completed(job.completed, (index,))
 
     def mark_compensated(self, job_id: str, *, owner: str, index: int) -> None:
         with self._lock:
@@ -294,9 +300,9 @@ class MemoryJobStore(JobStorageInterface, AnnouncingJobStore):
             if error is not None:
                 job.error = error
             if to is JobState.FAILED:
-                job.plan, job.retry_at = ("retry", retry_at) if retry_at is not None else (
-                    "dead", None)
                 job.completed = merge_completed(job.completed, completed)
+                job.plan, job.retry_at = ("retry", retry_at) if retry_at is not None else (
+                    plan_after_failure(job.completed, job.compensated), None)
         self._publish(announce)
 
     # -- state events and dead letters on the memory bus (AnnouncingJobStore) -----------

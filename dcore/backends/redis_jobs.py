@@ -195,12 +195,18 @@ for i, name in ipairs({{'result', 'error', 'message'}}) do
 end
 move(id, current, to, attempts, now, ttl, ARGV[7], fields)
 if to == 'FAILED' and ARGV[17] ~= '' then
+  if ARGV[19] ~= '' then merge('completed', cjson.decode(ARGV[19])) end
   if ARGV[18] ~= '' then
     redis.call('HSET', KEYS[1], 'plan', 'retry', 'retry_at', ARGV[18])
-  else
-    redis.call('HSET', KEYS[1], 'plan', 'dead')
+  else  -- "compensate" while a completed stage is not compensated (plan_after_failure)
+    local c = redis.call('HMGET', KEYS[1], 'completed', 'compensated')
+    local undone, plan = {{}}, 'dead'
+    for _, i in ipairs(c[2] and cjson.decode(c[2]) or {{}}) do undone[i] = true end
+    for _, i in ipairs(c[1] and cjson.decode(c[1]) or {{}}) do
+      if not undone[i] then plan = 'compensate' end
+    end
+    redis.call('HSET', KEYS[1], 'plan', plan)
   end
-  if ARGV[19] ~= '' then merge('completed', cjson.decode(ARGV[19])) end
 end
 if ARGV[15] ~= '' then redis.call('PUBLISH', ARGV[15], ARGV[16]) end
 if ARGV[14] ~= '1' then return {{'ok'}} end
@@ -250,7 +256,7 @@ local lost = 0
 if state == 'COMPENSATING' then
   if f[4] and tonumber(f[4]) > tonumber(ARGV[2]) then return {'busy', state, attempt, f[4]} end
   lost = tonumber(f[5] or '0') + 1
-elseif state ~= 'FAILED' then
+elseif state ~= 'FAILED' or f[6] ~= 'compensate' then
   return {'ended', state, attempt, f[6] or ''}
 end
 move(ARGV[5], state, 'COMPENSATING', tonumber(f[2]), ARGV[2], ARGV[4], 'null',
@@ -259,13 +265,14 @@ if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
 return {'started', 'COMPENSATING', attempt, lost}
 """
 
-# KEYS: 1 record. ARGV: 1 owner, 2 the stage index. 'ok', 'missing', or 'fenced' with
-# the state and the holder.
+# KEYS: 1 record. ARGV: 1 owner, 2 the stage index, 3 the state the owner must hold the
+# job in, 4 the field to add the index to. 'ok', 'missing', or 'fenced' with the state and
+# the holder.
 MARK_LUA = _MERGE_LUA + """
 local f = redis.call('HMGET', KEYS[1], 'state', 'owner')
 if not f[1] then return {'missing'} end
-if f[1] ~= 'COMPENSATING' or f[2] ~= ARGV[1] then return {'fenced', f[1], f[2] or ''} end
-merge('compensated', {tonumber(ARGV[2])})
+if f[1] ~= ARGV[3] or f[2] ~= ARGV[1] then return {'fenced', f[1], f[2] or ''} end
+merge(ARGV[4], {tonumber(ARGV[2])})
 return {'ok'}
 """
 
@@ -614,9 +621,17 @@ class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
             return Claim(status, state, found, plan=text(reply[3]) or None)
         return Claim(status, state, found)
 
-    @translate_errors
+    def mark_completed(self, job_id: str, *, owner: str, index: int) -> None:
+        self._mark_stage(job_id, owner, index, JobState.RUNNING, "completed")
+
     def mark_compensated(self, job_id: str, *, owner: str, index: int) -> None:
-        reply = self._mark(keys=[self.key("job", job_id)], args=[owner, int(index)])
+        self._mark_stage(job_id, owner, index, JobState.COMPENSATING, "compensated")
+
+    @translate_errors
+    def _mark_stage(self, job_id: str, owner: str, index: int, state: JobState,
+                    field: str) -> None:  # fmt: skip
+        reply = self._mark(keys=[self.key("job", job_id)],
+                           args=[owner, int(index), state.value, field])
         if text(reply[0]) == "missing":
             raise not_found(job_id)
         if text(reply[0]) == "fenced":

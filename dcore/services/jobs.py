@@ -231,10 +231,17 @@ class JobStorageInterface(ServiceInterface):
         lease: float,
         announce: Announcement | None = None,
     ) -> Claim:
-        """Start (from FAILED) or take over (from COMPENSATING whose lease ran out) the
-        job's compensation, for delivery ``owner``: the job is COMPENSATING under its
-        lease (STARTED). BUSY while another delivery's lease is live, FINISHED when the
-        job is DEAD or SUCCEEDED, ENDED from any other state."""
+        """Start (from FAILED whose plan is "compensate") or take over (from COMPENSATING
+        whose lease ran out) the job's compensation, for delivery ``owner``: the job is
+        COMPENSATING under its lease (STARTED). BUSY while another delivery's lease is
+        live, FINISHED when the job is DEAD or SUCCEEDED, ENDED from any other state
+        (with the plan of a FAILED one)."""
+
+    @abstractmethod
+    def mark_completed(self, job_id: str, *, owner: str, index: int) -> None:
+        """Record that stage ``index`` (one that can compensate) completed, as it happens
+        (fenced by ``owner``'s RUNNING lease): a job that dies later still knows what to
+        undo."""
 
     @abstractmethod
     def mark_compensated(self, job_id: str, *, owner: str, index: int) -> None:
@@ -255,9 +262,10 @@ class JobStorageInterface(ServiceInterface):
         announce: Announcement | None = None,
     ) -> None:
         """Move ``owner``'s RUNNING attempt to SUCCEEDED or FAILED and drop its lease;
-        LeaseLostError if ``owner`` no longer holds it. FAILED records its plan: "retry"
-        at ``retry_at``, or "dead" without one, and adds ``completed`` (the indexes of
-        stages that completed and can compensate) to the record's. ``announce`` (see
+        LeaseLostError if ``owner`` no longer holds it. FAILED adds ``completed`` (the
+        indexes of stages that completed and can compensate) to the record's and records
+        its plan: "retry" at ``retry_at``; without one, "compensate" while a completed
+        stage is not compensated, else "dead". ``announce`` (see
         AnnouncingJobStore) publishes in the same step."""
 
     @abstractmethod

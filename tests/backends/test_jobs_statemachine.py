@@ -264,7 +264,8 @@ class StoresAgree(RuleBasedStateMachine):
             assert after is not None
             assert (after.state, after.owner) == (to, None)
             if to is JobState.FAILED:
-                assert after.plan == ("retry" if retry else "dead")
+                undo = set(after.completed) - set(after.compensated)
+                assert after.plan == ("retry" if retry else "compensate" if undo else "dead")
         elif before is not None:
             assert kind == "LeaseLostError"
 
@@ -289,23 +290,30 @@ class StoresAgree(RuleBasedStateMachine):
             return
         assert kind == "ok"
         if claim.status is ClaimStatus.STARTED:
-            assert before.state in (JobState.FAILED, JobState.COMPENSATING)
+            assert before.state is JobState.COMPENSATING or (
+                before.state is JobState.FAILED and before.plan == "compensate")
             assert after is not None
             assert (after.state, after.owner) == (JobState.COMPENSATING, owner)
         else:
             assert after == before
 
-    @rule(job_id=JOB_IDS, owner=OWNERS, index=st.integers(0, 4))
-    def mark_compensated(self, job_id: str, owner: str, index: int) -> None:
+    @rule(job_id=JOB_IDS, owner=OWNERS, index=st.integers(0, 4),
+          field=st.sampled_from(["completed", "compensated"]))
+    def mark_stage(self, job_id: str, owner: str, index: int, field: str) -> None:
+        """mark_completed needs the RUNNING lease, mark_compensated the COMPENSATING one."""
+        state = JobState.RUNNING if field == "completed" else JobState.COMPENSATING
         before = self.refresh(job_id)
-        kind, _ = self.both(lambda s: s.mark_compensated(job_id, owner=owner, index=index))
-        holds = before is not None and before.state is JobState.COMPENSATING and (
-            before.owner == owner)
+        kind, _ = self.both(lambda s: getattr(s, f"mark_{field}")(job_id, owner=owner,
+                                                                   index=index))
+        holds = before is not None and before.state is state and before.owner == owner
         assert (kind == "ok") is holds, (kind, before)
         after = self.refresh(job_id)
         if holds:
+            assert before is not None
             assert after is not None
-            assert index in after.compensated
+            assert getattr(after, field) == sorted({*getattr(before, field), index})
+        else:
+            assert after == before
 
     @rule(job_id=JOB_IDS, owner=st.none() | OWNERS, key=st.sampled_from(["k1", "k2"]))
     def bury(self, job_id: str, owner: str | None, key: str) -> None:
