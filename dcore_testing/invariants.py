@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "InvariantViolation",
     "RunSummary",
+    "all_or_nothing",
     "all_succeeded",
     "at_least_once",
     "check_all",
@@ -245,6 +246,52 @@ def complete_or_absent(run: SimEnvironment, prefix: str, *,
                 f"complete-or-absent broken: {key!r} is stored but incomplete "
                 f"({len(data)} bytes)",
                 [e for e in sim.trace.events if e.get("key") == key])
+
+
+def all_or_nothing(run: SimEnvironment, *, effects: Sequence[str],
+                   compensations: Mapping[str, str]) -> None:
+    """Every job is all or nothing: a job that SUCCEEDED performed each of ``effects``
+    and undid none; a job that is DEAD undid every compensable effect it performed,
+    exactly as often as it performed it (``compensations`` maps an effect to the effect
+    that undoes it: ``{"charge": "refund"}``). A missing compensation, or one that runs
+    twice (not idempotent), breaks it.
+
+    An effect recorded with a ``key`` field stands for a call with an idempotency key
+    (as payment APIs take): its repeats with one key count once."""
+    sim = _sim(run, "all_or_nothing")
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    seen: set[tuple[str, str, Any]] = set()
+    for e in sim.trace.events:
+        if e["ev"] == "effect" and e.get("job") is not None:
+            if "key" in e:
+                if (e["job"], e["name"], e["key"]) in seen:
+                    continue
+                seen.add((e["job"], e["name"], e["key"]))
+            counts[e["job"]][e["name"]] += 1
+    undoing = set(compensations.values())
+    for job, state in _final_states(sim).items():
+        done = counts.get(job, Counter())
+        problem = None
+        if state == "SUCCEEDED":
+            missing = [name for name in effects if not done[name]]
+            undone = sorted(name for name in undoing if done[name])
+            if missing or undone:
+                problem = (f"{job} SUCCEEDED but " + ", ".join(filter(None, [
+                    f"never performed {missing}" if missing else "",
+                    f"undid {undone}" if undone else ""])))
+        elif state == "DEAD":
+            wrong = {name: (done[name], done[undo]) for name, undo in compensations.items()
+                     if done[name] != done[undo]}
+            if wrong:
+                problem = f"{job} is DEAD but " + ", ".join(
+                    f"{name!r} happened {n} times and {compensations[name]!r} {m}"
+                    for name, (n, m) in wrong.items())
+        if problem is not None:
+            raise InvariantViolation(
+                f"all-or-nothing broken: {problem}",
+                [e for e in sim.trace.events if e.get("job") == job
+                 and e["ev"] in ("effect", "crash", "deliver", "failed", "job.compensating",
+                                 "job.compensated", "stage.compensated", "dlq")])
 
 
 # -- stages -------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from dcore.core.factory import PluginFactory, immutable_values, plugin_signature
 from dcore.core.message import StageSpec
 from dcore.core.plugins import PluginRegistry
 from dcore.core.runner import Call, Stage, fold, is_observer, observers_of
+from dcore.core.saga import Saga
 from dcore.core.stagecheck import CheckedStage
 from dcore.errors import MessageError, PluginOptionsError
 
@@ -55,7 +56,8 @@ class CompiledChain:
     by every pipeline with the same stages, so it holds nothing of one request."""
 
     __slots__ = (
-        "_bound", "dispatch", "env", "generation", "observing", "registry", "shared", "stages",
+        "_bound", "compensable", "dispatch", "env", "generation", "observing", "registry",
+        "shared", "stages",
     )  # fmt: skip
 
     def __init__(
@@ -72,6 +74,8 @@ class CompiledChain:
         self.dispatch = next((s for s in self.stages if s.is_dispatch), None)
         #: the stages whose plugin observes the pipeline (the tracing stage)
         self.observing = tuple(s.index for s in self.stages if s.observer)
+        #: some stage can undo its work (see dcore.core.saga)
+        self.compensable = any(s.compensates for s in self.stages)
         #: no pipeline has an instance of its own: every plugin is shareable or pooled,
         #: and there is no Dispatch (whose instance the environment may wrap per pipeline)
         self.shared = self.dispatch is None and all(s.construct is None for s in self.stages)
@@ -262,6 +266,13 @@ class BoundChain:
         before = stages[resume_at - 1] if 0 < resume_at <= len(stages) else None
         policy = before.declared_policy if before is not None and before.is_dispatch else None
         return Continuation(self, resume_at, policy)
+
+    def saga(self, context: Any, before: int = 0) -> Saga | None:
+        """The compensations of this pipeline over ``context`` (None: no stage can undo
+        its work); ``before`` stages ran before the hand-off."""
+        if not self.compiled.compensable:
+            return None
+        return Saga(self.compiled.stages, self.instances, context, self.env, before)
 
     def spec(self) -> list[StageSpec]:
         """The stages as a JobMessage ships them."""

@@ -98,6 +98,7 @@ class Continuation(Generic[ContextT]):
                 attempt=attempt,
                 policy=policy,
                 message=message if message is not None else lambda: self.to_json_or_none(context),
+                saga=self.chain.saga(context, before=max(self.resume_at - 1, 0)),
             )
 
     def run(

@@ -7,6 +7,7 @@ how the attempt ended goes in, an :class:`Outcome` comes out::
     claim found                              → outcome
     STARTED, lost < MAX_LOST_DELIVERIES      → RUN
     STARTED, lost ≥ MAX_LOST_DELIVERIES      → DEAD  (its worker keeps dying)
+    COMPENSATING (its lease ran out)         → COMPENSATE (resume undoing its stages)
     BUSY (another delivery's lease is live)  → DEFER until the lease would run out
     FINISHED (SUCCEEDED or DEAD)             → SKIP  (a duplicate)
     ENDED (this attempt failed, or is older) → SKIP; DEAD if the record says the failure
@@ -67,6 +68,7 @@ class Action(StrEnum):
     REQUEUE = "requeue"  # nothing could be recorded: put this delivery back after ``delay``
     DEFER = "defer"  # another delivery holds the job: try this one again after ``delay``
     SKIP = "skip"  # nothing to do: a duplicate, or the job belongs to a newer delivery
+    COMPENSATE = "compensate"  # undo the completed stages of a job that failed for good
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ def after_claim(attempt: int, claim: Claim | StoreUnreachable) -> Outcome:
     if isinstance(claim, StoreUnreachable):
         return Outcome(Action.REQUEUE, attempt, REQUEUE_DELAY, claim.reason)
     status = claim.status
+    if status is ClaimStatus.COMPENSATING:
+        return Outcome(Action.COMPENSATE, attempt, reason="resuming an interrupted compensation")
     if status is ClaimStatus.STARTED:
         if claim.lost >= MAX_LOST_DELIVERIES:
             return Outcome(Action.DEAD, attempt, reason=(
@@ -127,6 +131,9 @@ def after_claim(attempt: int, claim: Claim | StoreUnreachable) -> Outcome:
     if status is ClaimStatus.BUSY:
         return Outcome(Action.DEFER, attempt, max(claim.retry_in, 0.0),
                        "another delivery of this job is running")  # fmt: skip
+    if status is ClaimStatus.ENDED and claim.plan == "compensate":
+        return Outcome(Action.COMPENSATE, attempt,
+                       reason="starting the compensation its failed delivery never began")
     if status is ClaimStatus.ENDED and claim.plan == "dead":
         return Outcome(Action.DEAD, attempt, reason="finishing an interrupted dead-lettering")
     what = f"the job is {claim.state}" if status is ClaimStatus.FINISHED else (

@@ -1,8 +1,9 @@
-"""Text and Mermaid pictures of a pipeline that show where the async boundary falls."""
+"""Text and Mermaid pictures of a pipeline that show where the async boundary falls
+and which stages can undo their work ("(undo)": they define ``compensate``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from itertools import pairwise
 
 from dcore.core.interfaces import Dispatch, StageRef
@@ -10,16 +11,20 @@ from dcore.core.interfaces import Dispatch, StageRef
 __all__ = ["describe", "to_mermaid"]
 
 
-def _split(refs: Sequence[StageRef]) -> tuple[list[str], str | None, list[str]]:
+def _split(
+    refs: Sequence[StageRef], undo: Collection[int]
+) -> tuple[list[str], str | None, list[str]]:
+    names = [f"{r.plugin} (undo)" if i in undo else r.plugin for i, r in enumerate(refs)]
     for i, ref in enumerate(refs):
         if issubclass(ref.interface, Dispatch):
-            return [r.plugin for r in refs[:i]], ref.plugin, [r.plugin for r in refs[i + 1 :]]
-    return [r.plugin for r in refs], None, []
+            return names[:i], ref.plugin, names[i + 1 :]
+    return names, None, []
 
 
-def describe(refs: Sequence[StageRef]) -> str:
-    """``[sync] a → b ⇒ dispatch(x) ┆ async ┆ [background] c → d → core``."""
-    sync, dispatch, background = _split(refs)
+def describe(refs: Sequence[StageRef], undo: Collection[int] = ()) -> str:
+    """``[sync] a → b (undo) ⇒ dispatch(x) ┆ async ┆ [background] c → d → core``;
+    ``undo`` holds the indexes of the stages that compensate."""
+    sync, dispatch, background = _split(refs, undo)
     if dispatch is None:
         return "[sync] " + " → ".join([*sync, "core"])
     head = "[sync] " + (" → ".join(sync) + " " if sync else "")
@@ -27,9 +32,9 @@ def describe(refs: Sequence[StageRef]) -> str:
     return f"{head}⇒ dispatch({dispatch}) ┆ async ┆ [background] {tail}"
 
 
-def to_mermaid(refs: Sequence[StageRef]) -> str:
+def to_mermaid(refs: Sequence[StageRef], undo: Collection[int] = ()) -> str:
     """A Mermaid flowchart with the sync and background parts as subgraphs."""
-    sync, dispatch, background = _split(refs)
+    sync, dispatch, background = _split(refs, undo)
     lines = ["flowchart LR"]
     nodes: list[str] = []
 

@@ -10,11 +10,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ERRORS_TOPIC",
+    "JOB_COMPENSATED",
+    "JOB_COMPENSATING",
     "JOB_DEAD",
     "JOB_RETRYING",
     "JOB_SCHEDULED",
     "JOB_STARTED",
     "JOB_SUCCEEDED",
+    "STAGE_COMPENSATED",
     "STAGE_FAILED",
     "emit",
 ]
@@ -24,7 +27,10 @@ JOB_STARTED = "job.started"
 JOB_SUCCEEDED = "job.succeeded"
 JOB_RETRYING = "job.retrying"
 JOB_DEAD = "job.dead"
+JOB_COMPENSATING = "job.compensating"
+JOB_COMPENSATED = "job.compensated"
 STAGE_FAILED = "stage.failed"
+STAGE_COMPENSATED = "stage.compensated"
 ERRORS_TOPIC = "errors"
 
 _log = logging.getLogger("dcore.events")

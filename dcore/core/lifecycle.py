@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
@@ -31,6 +31,7 @@ from pydantic_core import to_jsonable_python
 
 from dcore.core import events
 from dcore.core.delivery import (
+    MAX_LOST_DELIVERIES,
     Action,
     Ended,
     LeaseLost,
@@ -41,6 +42,7 @@ from dcore.core.delivery import (
     after_attempt,
     after_claim,
 )
+from dcore.core.saga import CompensationFailed, Saga, mark_compensated, tracking
 from dcore.errors import (
     IllegalTransitionError,
     JobNotFoundError,
@@ -177,19 +179,31 @@ def deliver(
     attempt: int,
     policy: RetryPolicy,
     message: Message = None,
+    saga: Saga | None = None,
 ) -> Delivered:
     """Deliver attempt ``attempt`` of job ``job_id``: claim it, run ``fn`` while keeping
     the lease, record how it ended, and return what the engine must do next.
 
     ``message`` (the job's message JSON, or a function building it) is only needed when
     the record is missing or the job is dead-lettered, so it may be built lazily. A
-    ``BaseException`` from ``fn`` (a dying worker) propagates with the record RUNNING."""
+    ``BaseException`` from ``fn`` (a dying worker) propagates with the record RUNNING.
+    With ``saga`` (the pipeline's compensations), a job that ends DEAD first undoes the
+    stages that completed (see :mod:`dcore.core.saga`)."""
     owner = env.new_delivery_id()
     lease = env.settings.lease_ttl
     claim = _claim(env, job_id, attempt, owner, lease, message)
     outcome = after_claim(attempt, claim)
+    claimed = isinstance(claim, Claim) and claim.status in (ClaimStatus.STARTED,
+                                                             ClaimStatus.COMPENSATING)
+    if outcome.action is Action.COMPENSATE:
+        if claimed:  # the claim took over an interrupted compensation
+            return Delivered(_compensated(env, job_id, owner, attempt, saga, message, policy))
+        return Delivered(_start_compensation(env, job_id, owner, outcome, saga, message,
+                                             policy))  # fmt: skip
     if outcome.action is Action.DEAD:
-        claimed = isinstance(claim, Claim) and claim.status is ClaimStatus.STARTED
+        if claimed and saga is not None:  # its workers kept dying: undo, then bury
+            return Delivered(_fail_and_compensate(env, job_id, owner, outcome,
+                                                  saga.assumed(), saga, message, policy))
         holder = owner if claimed else None
         return Delivered(_record(env, job_id, holder, outcome, None, message, policy))
     if outcome.action is not Action.RUN:
@@ -199,7 +213,8 @@ def deliver(
     result: Any = None
     error: BaseException | None = None
     try:
-        result = fn()
+        with tracking(None if saga is None else _recorder(env, job_id, owner)) as done:
+            result = fn()
         ended: Ended = Succeeded()
     except Exception as exc:
         error = exc
@@ -208,8 +223,137 @@ def deliver(
         heartbeat.stop()
         _current_job.reset(token)
     outcome = after_attempt(policy, attempt, ended, env.random)
-    return Delivered(_record(env, job_id, owner, outcome, result, message, policy), result,
-                     error)  # fmt: skip
+    if outcome.action is Action.DEAD and saga is not None:
+        if error is not None:
+            mark_compensated(error)  # undone here: the caller must not undo it again
+        undone = _fail_and_compensate(env, job_id, owner, outcome, [*saga.assumed(), *done],
+                                      saga, message, policy)  # fmt: skip
+        return Delivered(undone, result, error)
+    completed = done if saga is None else [*saga.assumed(), *done]
+    return Delivered(_record(env, job_id, owner, outcome, result, message, policy, completed),
+                     result, error)  # fmt: skip
+
+
+def _recorder(env: Environment, job_id: str, owner: str) -> Callable[[int], None]:
+    """Records a stage's completion in the job record as it happens."""
+
+    def record(index: int) -> None:
+        env.jobs.mark_completed(job_id, owner=owner, index=index)
+
+    return record
+
+
+def _fail_and_compensate(
+    env: Environment,
+    job_id: str,
+    owner: str,
+    outcome: Outcome,
+    completed: list[int],
+    saga: Saga,
+    message: Message,
+    policy: RetryPolicy,
+) -> Outcome:
+    """The attempt failed for good: record the failure with the stages that completed
+    (``completed``: those of this delivery, on top of what the record holds), then undo
+    every completed stage and dead-letter the job."""
+    attempt = outcome.attempt
+    try:
+        env.jobs.end_attempt(job_id, JobState.FAILED, owner=owner, error=outcome.reason,
+                             note=f"attempt {attempt}", completed=completed)  # fmt: skip
+    except LeaseLostError as exc:
+        return after_attempt(policy, attempt, LeaseLost(str(exc)))
+    except ServiceUnavailableError as exc:
+        return after_attempt(policy, attempt, StoreUnreachable(describe_error(exc)))
+    return _start_compensation(env, job_id, owner, outcome, saga, message, policy)
+
+
+def _start_compensation(
+    env: Environment,
+    job_id: str,
+    owner: str,
+    outcome: Outcome,
+    saga: Saga | None,
+    message: Message,
+    policy: RetryPolicy,
+) -> Outcome:
+    """Take the FAILED job into COMPENSATING and undo its completed stages, or, when it
+    has none left to undo, dead-letter it as it is."""
+    attempt = outcome.attempt
+    payload = {"job_id": job_id, "attempt": attempt}
+    try:
+        announce = _announcement(env, events.JOB_COMPENSATING, payload)
+        claim = env.jobs.compensate(job_id, owner=owner, lease=env.settings.lease_ttl,
+                                    announce=announce)  # fmt: skip
+    except ServiceUnavailableError as exc:
+        return after_attempt(policy, attempt, StoreUnreachable(describe_error(exc)))
+    if claim.status is ClaimStatus.ENDED and claim.plan == "dead":  # nothing to undo
+        return _record(env, job_id, None, Outcome(Action.DEAD, attempt, reason=outcome.reason),
+                       None, message, policy)  # fmt: skip
+    if claim.status is not ClaimStatus.STARTED:
+        return after_claim(attempt, claim)  # another delivery is at it, or it is over
+    if announce is None:
+        events.emit(env, events.JOB_COMPENSATING, **payload)
+    return _compensated(env, job_id, owner, attempt, saga, message, policy)
+
+
+def _compensated(
+    env: Environment,
+    job_id: str,
+    owner: str,
+    attempt: int,
+    saga: Saga | None,
+    message: Message,
+    policy: RetryPolicy,
+) -> Outcome:
+    """Undo what the job's record says completed and is not compensated yet (``owner``
+    holds the COMPENSATING job), then dead-letter it: with both errors if a compensation
+    failed for good."""
+    jobs = env.jobs
+    try:
+        record = jobs.get(job_id)
+    except ServiceUnavailableError as exc:
+        return after_attempt(policy, attempt, StoreUnreachable(describe_error(exc)))
+    error = record.error or "failed"
+    failure: CompensationFailed | None = None
+    if saga is None:
+        failure = CompensationFailed("(unknown)", RuntimeError("no stages to compensate with"))
+    elif record.lost >= MAX_LOST_DELIVERIES:
+        failure = CompensationFailed("(any)", RuntimeError(
+            f"the worker compensating this job died {record.lost} times"))
+    else:
+        def done(index: int) -> None:
+            jobs.mark_compensated(job_id, owner=owner, index=index)
+            events.emit(env, events.STAGE_COMPENSATED, job_id=job_id,
+                        stage=saga.stages[index].origin)  # fmt: skip
+
+        heartbeat = env.keep_lease(job_id, owner, env.settings.lease_ttl)
+        token = _current_job.set(CurrentJob(job_id, attempt))
+        try:
+            saga.compensate(record.completed, record.compensated, error, done)
+        except CompensationFailed as exc:
+            failure = exc
+        except LeaseLostError as exc:
+            return after_attempt(policy, attempt, LeaseLost(str(exc)))
+        except ServiceUnavailableError as exc:
+            return after_attempt(policy, attempt, StoreUnreachable(describe_error(exc)))
+        finally:
+            _current_job.reset(token)
+            heartbeat.stop()
+    if failure is None:
+        events.emit(env, events.JOB_COMPENSATED, job_id=job_id,
+                    stages=[saga.stages[i].origin for i in record.completed] if saga else [])
+    reason = error if failure is None else f"{error}; and {failure}"
+    details = {"compensated": failure is None,
+               "compensation_error": None if failure is None else str(failure)}
+    outcome = Outcome(Action.DEAD, attempt, reason=reason)
+    try:
+        dead_letter(env, job_id, error=reason, message=_built(message), attempt=attempt,
+                    owner=owner, details=details)  # fmt: skip
+    except LeaseLostError as exc:
+        return after_attempt(policy, attempt, LeaseLost(str(exc)))
+    except ServiceUnavailableError as exc:
+        return after_attempt(policy, attempt, StoreUnreachable(describe_error(exc)))
+    return outcome
 
 
 def _claim(
@@ -243,6 +387,7 @@ def _record(
     result: Any,
     message: Message,
     policy: RetryPolicy,
+    completed: Collection[int] = (),
 ) -> Outcome:
     """Record ``outcome`` in the job store (fenced by ``owner``'s lease); the outcome to
     carry out, which is REQUEUE (of this delivery's attempt: nothing was recorded) when
@@ -257,7 +402,8 @@ def _record(
         elif action is Action.RETRY:
             env.jobs.end_attempt(job_id, JobState.FAILED, owner=_owner(owner),
                                  error=outcome.reason, note=f"attempt {attempt}",
-                                 retry_at=env.clock.time() + outcome.delay)  # fmt: skip
+                                 retry_at=env.clock.time() + outcome.delay,
+                                 completed=completed)  # fmt: skip
             events.emit(env, events.JOB_RETRYING, job_id=job_id, attempt=attempt,
                         error=outcome.reason)  # fmt: skip
         elif action is Action.DEAD:
@@ -317,12 +463,14 @@ def dead_letter(
     attempt: int | None = None,
     owner: str | None = None,
     key: str | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> str | None:
     """Mark the job DEAD with its message, error and history on the durable DLQ, exactly
     once; returns the entry id (None if the job had already finished: nothing appended).
 
     ``owner`` is the delivery holding the job's lease (its move is fenced); ``key``
-    makes the entry idempotent (default: the job and attempt)."""
+    makes the entry idempotent (default: the job and attempt); ``details`` are added to
+    the entry (whether its stages were compensated)."""
     try:
         record = env.jobs.get(job_id)
         history = [t.model_dump(mode="json") for t in record.history]
@@ -336,6 +484,7 @@ def dead_letter(
         "attempt": attempt,
         "history": history,
         "at": env.clock.time(),
+        **(details or {}),
     }, key or f"{job_id}:{attempt}")  # fmt: skip
     dead = {"job_id": job_id, "error": error}
     announcer = _announcer(env)
@@ -367,10 +516,12 @@ def _bury_in_steps(
         if owner is None:
             raise LeaseLostError(f"job {job_id} is RUNNING under another delivery's lease")
         jobs.end_attempt(job_id, JobState.FAILED, owner=owner, error=error)
+    elif record.state is JobState.COMPENSATING and owner != record.owner:
+        raise LeaseLostError(f"job {job_id} is COMPENSATING under another delivery's lease")
     entry_id = env.events.append(letter.topic, letter.payload, key=letter.key)
     try:
-        jobs.transition(job_id, JobState.DEAD, expect={JobState.PENDING, JobState.FAILED},
-                        error=error, note="dead-lettered")  # fmt: skip
+        jobs.transition(job_id, JobState.DEAD, error=error, note="dead-lettered",
+                        expect={JobState.PENDING, JobState.FAILED, JobState.COMPENSATING})
     except IllegalTransitionError:  # another delivery finished the burial meanwhile
         _log.info("job %s was dead-lettered by another delivery", job_id)
         return entry_id

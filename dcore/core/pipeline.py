@@ -41,6 +41,7 @@ from dcore.core.message import StageSpec, core_function_name
 from dcore.core.plugins import interface_by_name
 from dcore.core.retry import RetryPolicy
 from dcore.core.runner import Call, Stage, origin_of
+from dcore.core.saga import CompensationFailed, compensates, tracking, was_compensated
 from dcore.errors import (
     ContextSerializationError,
     DispatchError,
@@ -57,8 +58,8 @@ class Pipeline(Generic[ContextT]):
     """A chain of named plugin stages ending in ``core_fn``. Build, then ``run()``."""
 
     __slots__ = (
-        "_answers", "_bound", "_cacheable", "_checked", "_dispatch_at", "_dispatcher",
-        "_entry", "_environment", "_freeze_lock", "context", "core_fn",
+        "_answers", "_bound", "_cacheable", "_checked", "_compensable", "_dispatch_at",
+        "_dispatcher", "_entry", "_environment", "_freeze_lock", "context", "core_fn",
     )  # fmt: skip
 
     def __init__(
@@ -85,6 +86,7 @@ class Pipeline(Generic[ContextT]):
         self._dispatch_at: int | None = None
         self._bound: BoundChain | None = None
         self._dispatcher: Any = None  # the bound Dispatch instance, if any
+        self._compensable = False  # a bound stage can undo its work (see dcore.core.saga)
         self._entry: Call | None = None
         self._freeze_lock = threading.Lock()
 
@@ -188,12 +190,16 @@ class Pipeline(Generic[ContextT]):
         """``[sync] a → b ⇒ dispatch(x) ┆ async ┆ [background] c → core``."""
         from dcore.core.describe import describe
 
-        return describe(self._refs)
+        return describe(self._refs, self._undoing())
 
     def to_mermaid(self) -> str:
         from dcore.core.describe import to_mermaid
 
-        return to_mermaid(self._refs)
+        return to_mermaid(self._refs, self._undoing())
+
+    def _undoing(self) -> set[int]:
+        """The indexes of the stages that can undo their work."""
+        return {i for i, checked in enumerate(self._checked) if compensates(checked.cls)}
 
     # -- running --------------------------------------------------------------------------
     def run(self, context: ContextT | None = None) -> Any:
@@ -209,7 +215,22 @@ class Pipeline(Generic[ContextT]):
         dispatcher = self._dispatcher
         if dispatcher is not None and dispatcher.is_remote():
             self.check_remote(ctx)
-        return entry(ctx)
+        if not self._compensable:
+            return entry(ctx)
+        saga = self._freeze().saga(ctx)
+        assert saga is not None
+        with tracking() as done:
+            try:
+                return entry(ctx)
+            except Exception as exc:
+                # the sync part failed: undo what it completed (a job that ended DEAD
+                # was undone by its own delivery already)
+                if done and not was_compensated(exc):
+                    try:
+                        saga.compensate(done, (), exc)
+                    except CompensationFailed as failed:
+                        exc.add_note(f"and {failed}")
+                raise
 
     def _freeze(self) -> BoundChain:
         """This pipeline's bound chain, made at the first run (or continuation)."""
@@ -221,6 +242,7 @@ class Pipeline(Generic[ContextT]):
                 env = self._environment or current_environment()
                 bound = compiled(env, tuple(self._checked), self._cacheable).bind(self.core_fn)
                 self._dispatcher = bound.dispatcher
+                self._compensable = bound.compiled.compensable
                 self._bound = bound
             return self._bound
 

@@ -11,6 +11,8 @@ sweep reads it:
   its completed stages);
 - FAILED with a retry due longer than ``grace`` ago: the retry was never sent (or lost);
 - FAILED planning its death: a dead-lettering was interrupted; it is finished here;
+- FAILED planning its compensation for longer than ``grace``: its worker died before
+  undoing the completed stages; send it again, and the new delivery undoes them;
 - PENDING for longer than ``pending_after`` while its queue is empty: the message is
   nowhere (a job waiting behind a backlog is left alone).
 
@@ -69,6 +71,8 @@ def lost_jobs(
             _finish_burial(env, record)
         elif record.plan == "retry" and (record.retry_at or 0) + grace < now:
             found += _resend(record, record.attempt + 1, "its retry was due and never came")
+        elif record.plan == "compensate" and record.updated_at + grace < now:
+            found += _resend(record, record.attempt, "its compensation never started")
     for record in env.jobs.list(JobState.PENDING, limit=limit):
         if record.updated_at + pending_after < now:
             lost = _resend(record, record.attempt + 1, "it was never started")

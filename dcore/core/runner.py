@@ -26,6 +26,7 @@ from dcore.core.lifecycle import dead_letter, describe_error, schedule
 from dcore.core.message import StageSpec, trace_propagator
 from dcore.core.pool import PluginPool
 from dcore.core.retry import NO_RETRY, RetryPolicy, call_with_retry, declared_policy
+from dcore.core.saga import compensates, completed
 from dcore.errors import JobNotFoundError
 from dcore.services.jobs import JobState
 
@@ -82,8 +83,9 @@ class Stage:
     that compiled to the same chain, so it holds nothing of one request."""
 
     __slots__ = (
-        "cls", "construct", "declared_policy", "index", "is_dispatch", "kwargs", "label",
-        "observer", "options", "origin", "plain", "policy", "pooled", "ref", "shared",
+        "cls", "compensates", "construct", "declared_policy", "index", "is_dispatch",
+        "kwargs", "label", "observer", "options", "origin", "plain", "policy", "pooled",
+        "ref", "shared",
     )  # fmt: skip
 
     def __init__(
@@ -104,6 +106,8 @@ class Stage:
         self.plain = not self.pooled and self.policy.attempts == 1
         #: whether its instance observes the pipeline's stages (the tracing stage)
         self.observer = not self.pooled and not is_dispatch and is_observer_class(cls)
+        #: whether it can undo its work (see dcore.core.saga)
+        self.compensates = not is_dispatch and compensates(cls)
         self.construct: Callable[..., Any] | None = None
         self.kwargs: dict[str, Any] = {}
         self.shared: Any = None
@@ -200,6 +204,8 @@ def fold(
     shared = env.observers
     for stage in reversed(stages):
         instance = instances[stage.index]
+        if stage.compensates:  # it completed once it handed over (see dcore.core.saga)
+            call = _handing_over(stage.index, call)
         if stage.is_dispatch:
             call = dispatch_call(stage, instance, rest_after(stage), env)
         elif stage.plain and observers is shared:
@@ -223,7 +229,26 @@ def fold(
             call = plain
         else:
             call = _general_call(stage, instance, call, env, observers)
+        if stage.compensates:  # ... or returned
+            call = _returning(stage.index, call)
     return call
+
+
+def _handing_over(index: int, next_call: Call) -> Call:
+    def hand_over(ctx: Any) -> Any:
+        completed(index)
+        return next_call(ctx)
+
+    return hand_over
+
+
+def _returning(index: int, stage_call: Call) -> Call:
+    def run_stage(ctx: Any) -> Any:
+        result = stage_call(ctx)
+        completed(index)
+        return result
+
+    return run_stage
 
 
 def _observed(

@@ -47,7 +47,8 @@ __all__ = ["Delivery", "Request", "ServiceFactory", "SimEnvironment", "effect",
 Delivery = Literal["auto", "at_least_once", "at_most_once"]
 ServiceFactory = Callable[[VirtualClock, DcoreSettings], Mapping[str, Any]]
 _JOB_TOPICS = frozenset({"job.scheduled", "job.started", "job.retrying", "job.succeeded",
-                         "job.dead", "stage.failed", "errors"})
+                         "job.dead", "job.compensating", "job.compensated",
+                         "stage.compensated", "stage.failed", "errors"})
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
 
 

@@ -67,6 +67,9 @@ AFTER_CLAIM = [
     (Claim(ClaimStatus.ENDED, JobState.FAILED, 1, plan="retry"), Action.SKIP),
     (Claim(ClaimStatus.ENDED, JobState.RUNNING, 2), Action.SKIP),  # an older attempt
     (Claim(ClaimStatus.ENDED, JobState.FAILED, 1, plan="dead"), Action.DEAD),  # finish it
+    # failed for good, its worker died before undoing the completed stages: undo them
+    (Claim(ClaimStatus.ENDED, JobState.FAILED, 1, plan="compensate"), Action.COMPENSATE),
+    (Claim(ClaimStatus.COMPENSATING, JobState.COMPENSATING, 1), Action.COMPENSATE),
     (StoreUnreachable("down"), Action.REQUEUE),
 ]
 
