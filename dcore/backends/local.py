@@ -134,7 +134,7 @@ class LocalFileStorage(StorageInterface):
         )
 
     # -- fenced writes --------------------------------------------------------------
-    def put_fenced(self, key: str, data: bytes, fence: Fence) -> ObjectInfo:
+    def put_fenced(self, key: str, data: bytes, fence: Fence | None) -> ObjectInfo:
         path = self._path(key)
         fence = check_fence(fence, f"put_fenced({key!r})")
         blob = as_bytes(data, "put_fenced() data")

@@ -41,7 +41,7 @@ class MemoryStorage(StorageInterface):
             self._objects[key] = (blob, digest)
         return ObjectInfo(key=key, size=len(blob), sha256=digest)
 
-    def put_fenced(self, key: str, data: bytes, fence: Fence) -> ObjectInfo:
+    def put_fenced(self, key: str, data: bytes, fence: Fence | None) -> ObjectInfo:
         key = validate_key(key)
         fence = check_fence(fence, f"put_fenced({key!r})")
         blob = as_bytes(data, "put_fenced() data")

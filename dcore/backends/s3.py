@@ -428,7 +428,7 @@ class S3Storage(StorageInterface):
             raise
 
     # -- fenced writes --------------------------------------------------------------
-    def put_fenced(self, key: str, data: bytes, fence: Fence) -> ObjectInfo:
+    def put_fenced(self, key: str, data: bytes, fence: Fence | None) -> ObjectInfo:
         """See the module docstring for the protocol and what it guarantees."""
         key = validate_key(key)
         fence = check_fence(fence, f"put_fenced({key!r})")

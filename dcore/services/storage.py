@@ -63,10 +63,11 @@ class StorageInterface(ServiceInterface):
     def get_stream(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         """Read an object in chunks of at most ``chunk_size`` bytes."""
 
-    def put_fenced(self, key: str, data: bytes, fence: Fence) -> ObjectInfo:
+    def put_fenced(self, key: str, data: bytes, fence: Fence | None) -> ObjectInfo:
         """Store ``data`` under ``key`` as the holder of ``fence`` (a lock's name and
-        number, e.g. :func:`dcore.current_fence` after a ``lock`` stage); atomic like
-        :meth:`put`.
+        number: :func:`dcore.current_fence` after a ``lock`` stage, or ``Fence.of(lock)``);
+        atomic like :meth:`put`. ``None`` (no lock held) is a TypeError naming the fix,
+        never an unfenced write, so ``put_fenced(key, data, current_fence())`` is safe.
 
         Refused with ``StaleFenceError``, writing nothing, when a newer fence of the same
         lock has written the key (or when the key was fenced under another lock, whose
