@@ -14,25 +14,8 @@ local pass, so the upload carries its sha256 from the start; a one-pass stream o
 knows its hash at the end, so it is set by an in-place server-side copy after completion.
 
 Fenced writes (``put_fenced``) hold across processes and hosts through S3's conditional
-writes (``If-None-Match: *`` to create, ``If-Match: <ETag>`` to replace; AWS S3 and MinIO
-since 2024). The key's fence is recorded in its own object (see ``_fences``); a write
-
-1. reads the object's ETag (HEAD), then the fence record and its ETag;
-2. refuses (``StaleFenceError``) if the record shows a newer fence or another lock;
-3. if its fence is newer than the record, replaces the record conditionally on the ETag
-   it read (so the record only ever grows);
-4. puts the object conditionally on the ETag read in step 1,
-
-and starts again from 1 whenever a condition fails (another writer got in between). So
-a fenced write lands only if no write changed the object since step 1, and any newer
-fence's write that landed before step 1 had recorded its fence before it, which step 2
-sees: fenced writes land in fence order. A writer stopped between 3 and 4 leaves its
-fence recorded over the older object, which only refuses older fences. One gap remains,
-from S3 itself: an ETag is the MD5 of the bytes, so if while a stale writer is between 1
-and 4 newer writers change the object and then put back exactly the bytes it read, its
-condition still holds and its write lands. The first fenced write of an ``S3Storage``
-checks that the server honours ``If-Match`` (an S3-compatible server that ignores it
-would make every check void) and refuses to go on if it does not.
+writes (``If-Match`` / ``If-None-Match``); the protocol and its guarantee are in
+:mod:`dcore.backends._s3_fences`.
 
 Errors are translated at this boundary: a missing key is ``ObjectNotFoundError``; a
 missing bucket, rejected credentials and an unreachable endpoint get messages naming
@@ -52,14 +35,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeGuard
 
 from pydantic import SecretStr
 
-from dcore.backends._fences import (
-    RECORD_DIR,
-    decode_record,
-    encode_record,
-    must_record,
-    record_key,
-)
 from dcore.backends._keys import as_bytes, iter_source, validate_key, validate_prefix
+from dcore.backends._s3_fences import FencedWrites
 from dcore.backends._s3_parts import (
     read_exactly,
     read_parts,
@@ -90,14 +67,6 @@ _SINGLE_COPY_LIMIT = 5 * 1024 * MiB
 _SHA256_META = "sha256"
 _MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
 _MISSING_BUCKET_CODES = {"NoSuchBucket"}
-#: A conditional write whose condition failed: the ETag changed (412), another
-#: conditional write won the race (409), or the object it had to match is gone (404).
-_CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409",
-                     *_MISSING_KEY_CODES}
-#: A fenced write starts again when another writer got in between; this bounds a writer
-#: that keeps losing (each lost attempt means someone else's write landed).
-FENCED_ATTEMPTS = 20
-_PROBE_KEY = f"{RECORD_DIR}/conditional-write-probe"
 _AUTH_CODES = {
     "403",
     "AccessDenied",
@@ -195,7 +164,7 @@ class S3Storage(StorageInterface):
         self._endpoint = str(client.meta.endpoint_url)
         self._bucket_checked = False
         self._bucket_lock = threading.Lock()
-        self._conditional_checked = False
+        self._fences = FencedWrites(self._client, bucket, self._endpoint, self._translate)
 
     @classmethod
     def from_environment(cls, env: Environment, **options: Any) -> S3Storage:
@@ -429,89 +398,19 @@ class S3Storage(StorageInterface):
 
     # -- fenced writes --------------------------------------------------------------
     def put_fenced(self, key: str, data: bytes, fence: Fence | None) -> ObjectInfo:
-        """See the module docstring for the protocol and what it guarantees."""
+        """Conditional writes; see :mod:`dcore.backends._s3_fences`."""
         key = validate_key(key)
         fence = check_fence(fence, f"put_fenced({key!r})")
         blob = as_bytes(data, "put_fenced() data")
         self._ensure_bucket()
-        self._ensure_conditional_writes()
         digest = hashlib.sha256(blob).hexdigest()
-        where = record_key(key)
-        for _ in range(FENCED_ATTEMPTS):
-            etag = self._etag(key)  # before the record: see the module docstring
-            latest, record_etag = self._read_record(key, where)
-            if must_record(key, fence, latest) and not self._put_if(
-                where, encode_record(key, fence), record_etag
-            ):
-                continue
-            if self._put_if(key, blob, etag, {_SHA256_META: digest}):
-                return ObjectInfo(key=key, size=len(blob), sha256=digest)
-        raise StorageError(
-            f"fenced write to {key!r} in bucket {self._bucket!r} at {self._endpoint} gave "
-            f"up after {FENCED_ATTEMPTS} attempts: each time another writer changed the "
-            "object or its fence record first. Are unfenced writes or deletes racing on "
-            "the key? Retry later"
-        )
+        self._fences.put(key, blob, {_SHA256_META: digest}, fence)
+        return ObjectInfo(key=key, size=len(blob), sha256=digest)
 
     def fence_of(self, key: str) -> Fence | None:
         key = validate_key(key)
         self._ensure_bucket()
-        return self._read_record(key, record_key(key))[0]
-
-    def _etag(self, key: str) -> str | None:
-        try:
-            with self._translate("head", key):
-                return self._client.head_object(Bucket=self._bucket, Key=key)["ETag"]
-        except ObjectNotFoundError:
-            return None
-
-    def _read_record(self, key: str, where: str) -> tuple[Fence | None, str | None]:
-        try:
-            with self._translate("get fence record of", key):
-                response = self._client.get_object(Bucket=self._bucket, Key=where)
-                blob = response["Body"].read()
-        except ObjectNotFoundError:
-            return None, None
-        return decode_record(key, blob, f"{where} in bucket {self._bucket!r}"), response["ETag"]
-
-    def _put_if(
-        self, key: str, blob: bytes, etag: str | None, metadata: dict[str, str] | None = None
-    ) -> bool:
-        """PutObject if the object's ETag is still ``etag`` (None: if it does not exist);
-        False when that condition failed."""
-        from botocore.exceptions import ClientError
-
-        kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": key, "Body": blob}
-        if metadata:
-            kwargs["Metadata"] = metadata
-        if etag is None:
-            kwargs["IfNoneMatch"] = "*"
-        else:
-            kwargs["IfMatch"] = etag
-        with self._translate("conditional put", key):
-            try:
-                self._client.put_object(**kwargs)
-            except ClientError as exc:
-                if _code(exc) in _CONDITION_FAILED:
-                    return False
-                raise
-        return True
-
-    def _ensure_conditional_writes(self) -> None:
-        """Once per storage: a put that must fail (If-Match on an ETag no object has) to
-        prove the server checks conditions instead of ignoring the headers."""
-        if self._conditional_checked:
-            return
-        if self._put_if(_PROBE_KEY, b"", '"dcore-conditional-write-probe"'):
-            with suppress(Exception):
-                self._client.delete_object(Bucket=self._bucket, Key=_PROBE_KEY)
-            raise StorageError(
-                f"the S3 endpoint {self._endpoint} (bucket {self._bucket!r}) ignores "
-                "conditional writes (a PutObject with If-Match on an ETag no object has "
-                "succeeded), so fenced writes cannot be checked there. Use AWS S3 or a "
-                "MinIO release from 2024 or later"
-            )
-        self._conditional_checked = True
+        return self._fences.fence_of(key)
 
     # -- reading --------------------------------------------------------------------
     def get(self, key: str) -> bytes:

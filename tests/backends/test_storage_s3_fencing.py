@@ -1,6 +1,6 @@
 """The S3 fenced-write protocol step by step: the requests it sends and their conditions,
 another writer landing between any two of its steps, the retry bound, a server that
-ignores conditional writes, and the one gap S3's ETags leave (named in dcore.backends.s3).
+ignores conditional writes, and the one gap S3's ETags leave (named in dcore.backends._s3_fences).
 
 Another writer is made to land at an exact step through botocore's event hooks on the
 writer's own client: deterministic, no threads, no sleeps.
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-import dcore.backends.s3 as s3_module
+import dcore.backends._s3_fences as s3_fences
 from dcore.backends._fences import record_key
 from dcore.backends.s3 import S3Storage
 from dcore.core.fencing import Fence
@@ -71,7 +71,7 @@ def test_a_first_fenced_write_records_its_fence_then_creates_the_object(
     storage.put_fenced(KEY, b"v1", fence(1))
     assert calls == [
         ("HeadBucket", "", ""),
-        ("PutObject", s3_module._PROBE_KEY, "If-Match"),  # the server checks conditions
+        ("PutObject", s3_fences.PROBE_KEY, "If-Match"),  # the server checks conditions
         ("HeadObject", KEY, ""),
         ("GetObject", RECORD, ""),
         ("PutObject", RECORD, "If-None-Match"),
@@ -140,13 +140,13 @@ def test_a_fenced_write_that_always_loses_gives_up_naming_the_key(
     count = iter(range(1000))
     before(writer, "PutObject", KEY, lambda: other.put(KEY, f"unfenced {next(count)}".encode()),
                times=1000)
-    with pytest.raises(StorageError, match=f"gave up after {s3_module.FENCED_ATTEMPTS}"
+    with pytest.raises(StorageError, match=f"gave up after {s3_fences.FENCED_ATTEMPTS}"
                        ) as gave_up:
         writer.put_fenced(KEY, b"v2", fence(1))
     assert repr(KEY) in str(gave_up.value)
     assert "unfenced writes or deletes" in str(gave_up.value)
-    assert next(count) == s3_module.FENCED_ATTEMPTS
-    assert writer.get(KEY) == f"unfenced {s3_module.FENCED_ATTEMPTS - 1}".encode()
+    assert next(count) == s3_fences.FENCED_ATTEMPTS
+    assert writer.get(KEY) == f"unfenced {s3_fences.FENCED_ATTEMPTS - 1}".encode()
 
 
 def test_a_deleted_object_in_between_makes_the_fenced_one_start_again(
@@ -180,7 +180,7 @@ def test_a_server_that_ignores_conditional_writes_is_refused(
 def test_the_etag_gap_identical_bytes_put_back_let_a_stale_write_land(
     s3_endpoint: S3Endpoint, s3_bucket: str
 ) -> None:
-    """The limit dcore.backends.s3 documents, kept true by this test: an ETag is the MD5
+    """The limit dcore.backends._s3_fences documents, kept true by this test: an ETag is the MD5
     of the bytes, so newer writes that put back exactly the bytes a stale writer read
     leave its condition holding."""
     stale, newer = make(s3_endpoint, s3_bucket), make(s3_endpoint, s3_bucket)
