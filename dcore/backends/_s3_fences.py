@@ -23,7 +23,9 @@ step 3, so nothing else would catch a newer write landing between its two reads.
 Crashes and retries: a writer stopped between 3 and 4 leaves its fence recorded over the
 older object, which only refuses older fences. A conditional put that was applied but
 whose answer was lost is retried by botocore and fails its condition (the ETag is now its
-own), so the loop reads again and, holding an equal fence, writes again: idempotent.
+own), so the loop reads again and, holding an equal fence, writes again: idempotent. (Should a
+newer fence land in that moment, the retry is refused although the first try had landed,
+before the newer write: the order still holds.)
 
 The one gap, from S3 itself: an ETag is the MD5 of the bytes. If, while a stale writer is
 between 1 and 4, newer writers change the object and then put back exactly the bytes it

@@ -14,7 +14,9 @@ documents; with ``DCORE_S3_ENDPOINT`` (MinIO) it runs on the real server.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import subprocess
 import sys
@@ -231,6 +233,75 @@ def test_a_damaged_fence_record_refuses_fenced_writes_naming_it(
         first.put_fenced(KEY, b"holder 3", fence(3))
     assert "delete the record" in str(bad.value)
     assert first.get(KEY) == b"holder 2"
+
+
+# -- local files: the flock and a crash between record and object ----------------------------
+
+HOLD_THE_LOCK = """
+import sys
+from pathlib import Path
+from dcore.backends.local import LocalFileStorage
+storage = LocalFileStorage(Path(sys.argv[1]))
+with storage._locked(storage._record(sys.argv[2])[0]):
+    print("locked", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_writer_killed_while_holding_the_keys_flock_does_not_block_it(
+    tmp_path: Path,
+) -> None:
+    storage = LocalFileStorage(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(tmp_path), KEY],
+                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        lock_file = f"{storage._record(KEY)[0]}.lock"
+        fd = os.open(lock_file, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # held by the other process
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            holder.kill()
+            holder.wait(timeout=30)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the kernel released it
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    finally:
+        holder.kill()
+        holder.wait()
+        for stream in (holder.stdin, holder.stdout):
+            if stream is not None:
+                stream.close()
+    storage.put_fenced(KEY, b"after the crash", fence(1))
+    assert storage.get(KEY) == b"after the crash"
+
+
+def test_a_write_that_fails_after_recording_its_fence_leaves_it_over_the_old_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record is written first: a writer that dies between the two leaves the newer
+    fence over the older object, which refuses older fences and lets it write again."""
+    storage = LocalFileStorage(tmp_path)
+    storage.put_fenced(KEY, b"holder 1", fence(1))
+    write = LocalFileStorage._write
+
+    def disk_full_for_the_object(self: LocalFileStorage, key: str, *args: Any) -> Any:
+        if key == KEY:
+            raise OSError(28, "No space left on device")
+        return write(self, key, *args)
+
+    monkeypatch.setattr(LocalFileStorage, "_write", disk_full_for_the_object)
+    with pytest.raises(OSError, match="No space left"):
+        storage.put_fenced(KEY, b"holder 2", fence(2))
+    monkeypatch.undo()
+    assert (storage.get(KEY), storage.fence_of(KEY)) == (b"holder 1", fence(2))
+    with pytest.raises(StaleFenceError):
+        storage.put_fenced(KEY, b"late holder 1", fence(1))
+    storage.put_fenced(KEY, b"holder 2", fence(2))
+    assert storage.get(KEY) == b"holder 2"
 
 
 # -- racing writers -------------------------------------------------------------------------
