@@ -37,6 +37,7 @@ from dcore.backends.memory_storage import MemoryStorage
 from dcore.backends.s3 import S3Storage
 from dcore.core.fencing import Fence
 from dcore.errors import InvalidKeyError, StaleFenceError, StorageError
+from dcore.services.storage import StorageInterface
 from dcore_testing.fixtures.s3 import S3Endpoint
 
 Storage = LocalFileStorage | MemoryStorage | S3Storage
@@ -447,3 +448,18 @@ def test_two_processes_racing_end_with_the_newest_fence(
         assert writer.returncode == 0
         results[number] = [(start, end, outcome) for start, end, outcome in json.loads(out)]
     check_race(storage, results[1], results[2])
+
+
+def test_a_backend_without_fenced_writes_says_so_naming_itself() -> None:
+    class PlainStorage(MemoryStorage):
+        """A third-party backend written before fenced writes existed."""
+
+    PlainStorage.put_fenced = StorageInterface.put_fenced  # type: ignore[method-assign]
+    PlainStorage.fence_of = StorageInterface.fence_of  # type: ignore[method-assign]
+    storage = PlainStorage()
+    with pytest.raises(NotImplementedError, match="PlainStorage does not implement fenced "
+                                                  r"writes \(put_fenced\)"):
+        storage.put_fenced(KEY, b"data", fence(1))
+    with pytest.raises(NotImplementedError, match=r"PlainStorage .* \(fence_of\)"):
+        storage.fence_of(KEY)
+    assert keys_of(storage) == []
