@@ -17,6 +17,7 @@ from dcore.core.environment import (
     use_environment,
 )
 from dcore.core.factory import PluginFactory
+from dcore.core.fencing import Fence, current_fence
 from dcore.core.handle import JobHandle
 from dcore.core.hashing import stable_hash
 from dcore.core.interfaces import Dispatch, Execute, NextFn, StageRef
@@ -58,6 +59,7 @@ __all__ = [
     "Environment",
     "ErrorRecord",
     "Execute",
+    "Fence",
     "JobHandle",
     "JobMessage",
     "JobState",
@@ -78,6 +80,7 @@ __all__ = [
     "SystemClock",
     "core_function",
     "current_environment",
+    "current_fence",
     "current_registry",
     "default_registry",
     "define_interface",

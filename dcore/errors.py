@@ -16,7 +16,9 @@ also subclasses it, so ``except TypeError`` and friends keep working::
     ├── MessageError (ValueError)              a JobMessage that cannot be run (→ DLQ)
     ├── StorageError
     │   ├── InvalidKeyError (ValueError)       a key escaping the storage root
-    │   └── ObjectNotFoundError (KeyError)
+    │   ├── ObjectNotFoundError (KeyError)
+    │   └── StaleFenceError                    a fenced write refused: a newer fence wrote
+    │                                          the key (its writer's lock was taken over)
     ├── JobStateError
     │   ├── IllegalTransitionError (ValueError)
     │   ├── LeaseLostError                     a delivery's move after another took over
@@ -62,6 +64,7 @@ __all__ = [
     "PluginOptionsError",
     "PoolExhausted",
     "ServiceUnavailableError",
+    "StaleFenceError",
     "StorageError",
 ]
 
@@ -151,6 +154,33 @@ class ObjectNotFoundError(StorageError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "object not found"
+
+
+class StaleFenceError(StorageError):
+    """A fenced write (``put_fenced``) refused because a newer fence already wrote the key:
+    the writer's lock expired and another holder took it. Nothing was written; ``key``,
+    ``fence`` (the refused one) and ``latest`` (the one recorded for the key) say which."""
+
+    def __init__(self, key: str, fence: tuple[str, int], latest: tuple[str, int]) -> None:
+        self.key = key
+        self.fence = fence
+        self.latest = latest
+        (lock, number), (latest_lock, latest_number) = fence, latest
+        if lock == latest_lock:
+            why = (
+                f"fence {latest_number} of that lock already wrote it: this writer's lock "
+                "expired and another holder took it. Do not retry the write; the job may "
+                "run again under a new acquisition of the lock"
+            )
+        else:
+            why = (
+                f"the key was last written under lock {latest_lock!r} (fence "
+                f"{latest_number}), and fences of different locks cannot be ordered; write "
+                "each key under one lock name"
+            )
+        super().__init__(
+            f"write to {key!r} with fence {number} of lock {lock!r} refused: {why}"
+        )
 
 
 class JobStateError(DcoreError):

@@ -29,7 +29,8 @@ __all__ = [
 MAX_KEY_BYTES = 1024
 #: A filesystem's limit on one path component (NAME_MAX).
 MAX_SEGMENT_BYTES = 255
-#: Segments starting with this are the local backend's temporary files; no key may use it.
+#: Segments starting with this are the backends' own files (the local backend's temporary
+#: files, every backend's fence records); no key may use it.
 RESERVED_PREFIX = ".dcore-tmp-"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

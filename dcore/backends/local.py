@@ -9,6 +9,15 @@ a failed write leaves nothing behind.
 
 Unlike S3, a filesystem cannot hold both ``a`` and ``a/b``; such a put is a
 ``StorageError`` naming the conflict.
+
+Fenced writes (``put_fenced``) hold across the processes and threads of **one host**:
+each key's check, fence record and object write run under an exclusive ``flock`` on the
+file ``<root>/.dcore-tmp-fences/<sha256 of key>.lock``, which the kernel releases when
+its holder dies, so a crashed writer never blocks the key. The record (beside the lock
+file) is written and made durable before the object, so a crash between the two leaves
+the newer fence recorded over the older object, never the reverse (with ``fsync=False``
+that order survives a process crash but not a power cut). A network filesystem may not
+honour ``flock`` between hosts: there, use the S3 backend.
 """
 
 from __future__ import annotations
@@ -17,10 +26,11 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from dcore.backends._fences import decode_record, encode_record, must_record, record_key
 from dcore.backends._keys import (
     RESERVED_PREFIX,
     as_bytes,
@@ -28,6 +38,7 @@ from dcore.backends._keys import (
     validate_key,
     validate_prefix,
 )
+from dcore.core.fencing import Fence, check_fence
 from dcore.core.plugins import default_registry, register_plugin
 from dcore.errors import InvalidKeyError, ObjectNotFoundError, StorageError
 from dcore.services.storage import ObjectInfo, StorageInterface
@@ -122,6 +133,52 @@ class LocalFileStorage(StorageInterface):
             "cannot both exist; delete one or choose another key"
         )
 
+    # -- fenced writes --------------------------------------------------------------
+    def put_fenced(self, key: str, data: bytes, fence: Fence | None) -> ObjectInfo:
+        path = self._path(key)
+        fence = check_fence(fence, f"put_fenced({key!r})")
+        blob = as_bytes(data, "put_fenced() data")
+        record, where = self._record(key)
+        with self._locked(record):
+            if must_record(key, fence, self._read_record(key, record)):
+                self._write(where, record, iter((encode_record(key, fence),)))
+            return self._write(key, path, iter((blob,)))
+
+    def fence_of(self, key: str) -> Fence | None:
+        self._path(key)  # the key rules, before any I/O
+        return self._read_record(key, self._record(key)[0])
+
+    def _record(self, key: str) -> tuple[Path, str]:
+        where = record_key(key)
+        path = self._root.joinpath(*where.split("/"))
+        self._check_inside(where, path)
+        return path, where
+
+    def _read_record(self, key: str, record: Path) -> Fence | None:
+        try:
+            return decode_record(key, record.read_bytes(), str(record))
+        except FileNotFoundError:
+            return None
+
+    @contextmanager
+    def _locked(self, record: Path) -> Iterator[None]:
+        """The key's exclusive flock, for the block: one fenced writer at a time on this
+        host (threads included: each open() is its own lock owner)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - POSIX only
+            raise NotImplementedError(
+                "fenced writes to local storage need POSIX flock (fcntl), missing on this "
+                "platform; use the s3/minio storage"
+            ) from None
+        record.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{record}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
     # -- reading --------------------------------------------------------------------
     def get(self, key: str) -> bytes:
         path = self._path(key)
@@ -195,6 +252,8 @@ class LocalFileStorage(StorageInterface):
         # order ("a-b" < "a/x" < "a0"), which is S3's order, without collecting them all.
         for sort_name, entry, is_dir in sorted(ordered, key=lambda t: t[0]):
             key = base + sort_name
+            if is_dir and entry.name.startswith(RESERVED_PREFIX):
+                continue  # the fence records: no key lives below a reserved name
             if is_dir:
                 if key.startswith(prefix) or prefix.startswith(key):
                     yield from self._walk(Path(entry.path), key, prefix)

@@ -11,7 +11,9 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
+from dcore.backends._fences import must_record
 from dcore.backends._keys import as_bytes, iter_source, validate_key, validate_prefix
+from dcore.core.fencing import Fence, check_fence
 from dcore.core.plugins import default_registry, register_plugin
 from dcore.errors import ObjectNotFoundError
 from dcore.services.storage import ObjectInfo, StorageInterface
@@ -21,12 +23,14 @@ __all__ = ["MemoryStorage"]
 
 @register_plugin("memory", registry=default_registry())
 class MemoryStorage(StorageInterface):
-    """Objects in a dict behind a lock; every operation is atomic."""
+    """Objects in a dict behind a lock; every operation is atomic, a fenced write too
+    (its check, its fence record and its object in one step), within the process."""
 
     process_local = True
 
     def __init__(self) -> None:
         self._objects: dict[str, tuple[bytes, str]] = {}
+        self._fences: dict[str, Fence] = {}
         self._lock = threading.Lock()
 
     def put(self, key: str, data: bytes) -> ObjectInfo:
@@ -36,6 +40,22 @@ class MemoryStorage(StorageInterface):
         with self._lock:
             self._objects[key] = (blob, digest)
         return ObjectInfo(key=key, size=len(blob), sha256=digest)
+
+    def put_fenced(self, key: str, data: bytes, fence: Fence | None) -> ObjectInfo:
+        key = validate_key(key)
+        fence = check_fence(fence, f"put_fenced({key!r})")
+        blob = as_bytes(data, "put_fenced() data")
+        digest = hashlib.sha256(blob).hexdigest()
+        with self._lock:
+            if must_record(key, fence, self._fences.get(key)):
+                self._fences[key] = fence
+            self._objects[key] = (blob, digest)
+        return ObjectInfo(key=key, size=len(blob), sha256=digest)
+
+    def fence_of(self, key: str) -> Fence | None:
+        key = validate_key(key)
+        with self._lock:
+            return self._fences.get(key)
 
     def put_stream(self, key: str, chunks: Iterable[bytes] | BinaryIO) -> ObjectInfo:
         key = validate_key(key)

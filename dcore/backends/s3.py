@@ -13,6 +13,10 @@ reads the response body in chunks. Every object carries its sha256 in the
 local pass, so the upload carries its sha256 from the start; a one-pass stream only
 knows its hash at the end, so it is set by an in-place server-side copy after completion.
 
+Fenced writes (``put_fenced``) hold across processes and hosts through S3's conditional
+writes (``If-Match`` / ``If-None-Match``); the protocol and its guarantee are in
+:mod:`dcore.backends._s3_fences`.
+
 Errors are translated at this boundary: a missing key is ``ObjectNotFoundError``; a
 missing bucket, rejected credentials and an unreachable endpoint get messages naming
 the bucket and endpoint (never the secret key) and the fix.
@@ -32,6 +36,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeGuard
 from pydantic import SecretStr
 
 from dcore.backends._keys import as_bytes, iter_source, validate_key, validate_prefix
+from dcore.backends._s3_fences import FencedWrites
 from dcore.backends._s3_parts import (
     read_exactly,
     read_parts,
@@ -39,6 +44,7 @@ from dcore.backends._s3_parts import (
     send_parts,
     split_parts,
 )
+from dcore.core.fencing import Fence, check_fence
 from dcore.core.plugins import default_registry, register_plugin
 from dcore.errors import ObjectNotFoundError, ServiceUnavailableError, StorageError
 from dcore.services.storage import ObjectInfo, StorageInterface
@@ -158,6 +164,7 @@ class S3Storage(StorageInterface):
         self._endpoint = str(client.meta.endpoint_url)
         self._bucket_checked = False
         self._bucket_lock = threading.Lock()
+        self._fences = FencedWrites(self._client, bucket, self._endpoint, self._translate)
 
     @classmethod
     def from_environment(cls, env: Environment, **options: Any) -> S3Storage:
@@ -388,6 +395,22 @@ class S3Storage(StorageInterface):
             with suppress(Exception):
                 self._client.delete_object(Bucket=self._bucket, Key=key)
             raise
+
+    # -- fenced writes --------------------------------------------------------------
+    def put_fenced(self, key: str, data: bytes, fence: Fence | None) -> ObjectInfo:
+        """Conditional writes; see :mod:`dcore.backends._s3_fences`."""
+        key = validate_key(key)
+        fence = check_fence(fence, f"put_fenced({key!r})")
+        blob = as_bytes(data, "put_fenced() data")
+        self._ensure_bucket()
+        digest = hashlib.sha256(blob).hexdigest()
+        self._fences.put(key, blob, {_SHA256_META: digest}, fence)
+        return ObjectInfo(key=key, size=len(blob), sha256=digest)
+
+    def fence_of(self, key: str) -> Fence | None:
+        key = validate_key(key)
+        self._ensure_bucket()
+        return self._fences.fence_of(key)
 
     # -- reading --------------------------------------------------------------------
     def get(self, key: str) -> bytes:

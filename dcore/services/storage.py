@@ -1,4 +1,5 @@
-"""Object storage: bytes under string keys, with streaming for large objects."""
+"""Object storage: bytes under string keys, with streaming for large objects, and fenced
+writes that refuse a lock holder whose lock was taken over (see :meth:`put_fenced`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import BinaryIO, ClassVar
 
 from pydantic import BaseModel
 
+from dcore.core.fencing import Fence
 from dcore.core.plugins import define_interface
 from dcore.services.base import ServiceInterface
 
@@ -60,3 +62,35 @@ class StorageInterface(ServiceInterface):
     @abstractmethod
     def get_stream(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         """Read an object in chunks of at most ``chunk_size`` bytes."""
+
+    def put_fenced(self, key: str, data: bytes, fence: Fence | None) -> ObjectInfo:
+        """Store ``data`` under ``key`` as the holder of ``fence`` (a lock's name and
+        number: :func:`dcore.current_fence` after a ``lock`` stage, or ``Fence.of(lock)``);
+        atomic like :meth:`put`. ``None`` (no lock held) is a TypeError naming the fix,
+        never an unfenced write, so ``put_fenced(key, data, current_fence())`` is safe.
+
+        Refused with ``StaleFenceError``, writing nothing, when a newer fence of the same
+        lock has written the key (or when the key was fenced under another lock, whose
+        numbers cannot be compared). An equal fence is the same holder writing again and
+        is allowed. The guarantee, across processes on the backends that say so: fenced
+        writes land in fence order, so a write that starts after a newer fence's write
+        returned is refused, and one in flight while a newer fence writes either lands
+        before it or is refused.
+
+        The key's fence is recorded beside it and outlives the object: :meth:`put` (an
+        unfenced write, not checked) and :meth:`delete` leave it, so a late holder cannot
+        recreate a key the newer holder deleted. A backend without fenced writes raises
+        NotImplementedError."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement fenced writes (put_fenced); use the "
+            "memory, local or s3/minio storage, or implement put_fenced and fence_of"
+        )
+
+    def fence_of(self, key: str) -> Fence | None:
+        """The newest fence recorded for ``key`` by :meth:`put_fenced`; None if no fenced
+        write ever reached it. A recorded fence may be newer than the object when its
+        writer stopped between recording it and writing (the object is then older)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement fenced writes (fence_of); use the "
+            "memory, local or s3/minio storage, or implement put_fenced and fence_of"
+        )

@@ -7,6 +7,11 @@ never run the rest of the pipeline at the same time, on any worker (with
 
 - Not acquired within ``timeout`` seconds (or at once, with ``blocking=False``):
   ``LockNotAcquired`` naming the key — a ``TimeoutError``, so a job policy can retry it.
+- The stages after it read the lock's fencing token with ``dcore.current_fence()`` (a
+  ``Fence(lock, number)``; see :mod:`dcore.core.fencing`) and pass it to
+  ``storage.put_fenced``, which refuses the write if the lock was taken over meanwhile
+  (``storage_write`` does so with ``fenced=True``). The fence is visible only while this
+  stage runs the rest of this delivery; nested lock stages stack.
 - The TTL ran out before the release (the work took longer than ``ttl``; another holder
   may have run concurrently): ``LockLostError`` is raised after a successful run, so
   the job is not silently counted as exclusive. If the run itself failed, its own error
@@ -19,6 +24,7 @@ import logging
 import string
 from typing import Any
 
+from dcore.core.fencing import Fence, holding_fence
 from dcore.core.interfaces import Execute, NextFn
 from dcore.core.plugins import default_registry, register_plugin
 from dcore.errors import LockLostError, LockNotAcquired, PluginOptionsError
@@ -99,7 +105,11 @@ class LockStage(Execute[Any]):
                 "another holder has it (raise the stage's timeout, or retry the job)"
             )
         try:
-            result = next_fn(context)
+            if lock.fence is None:  # a lock backend that issues no fences
+                result = next_fn(context)
+            else:
+                with holding_fence(Fence(name, lock.fence)):
+                    result = next_fn(context)
         except BaseException as exc:
             try:
                 lock.release()

@@ -18,6 +18,7 @@ from dcore import (
     Dispatch,
     Environment,
     Execute,
+    Fence,
     JobState,
     NextFn,
     PipelineContext,
@@ -49,6 +50,7 @@ from dcore.errors import (
     PluginOptionsError,
     PoolExhausted,
     ServiceUnavailableError,
+    StaleFenceError,
     StorageError,
 )
 from dcore_testing import ManualClock
@@ -117,6 +119,11 @@ def lease_lost(env: Environment) -> None:
     env.jobs.end_attempt("report-job", JobState.SUCCEEDED, owner="first")
 
 
+def stale_fence(env: Environment) -> None:
+    env.storage.put_fenced("reports/q3.pdf", b"newer holder", Fence("report:q3", 2))
+    env.storage.put_fenced("reports/q3.pdf", b"late holder", Fence("report:q3", 1))
+
+
 def lock_busy(env: Environment) -> None:
     env.locks.lock("reports", ttl=5).acquire()
     with env.locks.lock("reports", ttl=5, timeout=0):
@@ -163,6 +170,8 @@ TRIGGERS: list[tuple[type[DcoreError], Callable[[Environment], Any], list[str]]]
     (InvalidKeyError, lambda env: env.storage.put("uploads/../../etc/passwd", b""),
      ["'uploads/../../etc/passwd'", ".."]),
     (ObjectNotFoundError, lambda env: env.storage.get("missing/key"), ["'missing/key'"]),
+    (StaleFenceError, stale_fence, ["'reports/q3.pdf'", "fence 1 of lock 'report:q3'",
+                                    "fence 2 of that lock already wrote it"]),
     (IllegalTransitionError, lambda env: (env.jobs.create("j9"),
                                           env.jobs.transition("j9", "SUCCEEDED")),
      ["job j9", "PENDING", "SUCCEEDED", "it can go to"]),
