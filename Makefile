@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check pytest bench clean
+.PHONY: demo test check docs pytest bench clean
 
 # constraints.txt pins the versions the suite was last verified with (refresh it with
 # `$(BIN)/pip freeze --exclude-editable > constraints.txt` after an upgrade)
@@ -20,8 +20,12 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.upload_app.demo
 
 check: $(STAMP)
-	$(BIN)/ruff check dcore dcore_testing
+	$(BIN)/ruff check .
 	$(BIN)/mypy
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -32,4 +36,4 @@ bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .dcore dcore-traces .mypy_cache .ruff_cache
+	rm -rf $(VENV) .dcore dcore-traces .mypy_cache .ruff_cache site

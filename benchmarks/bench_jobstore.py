@@ -73,7 +73,8 @@ def run(client: Any, seconds: float) -> list[tuple[str, float]]:
                                        {"job_id": job_id, "attempt": 1},
                                        expect=[JobState.PENDING])  # fmt: skip
             store.transition_announced(job_id, JobState.SUCCEEDED, bus, "job.succeeded",
-                                       {"job_id": job_id, "attempt": 1}, result={"i": i})  # fmt: skip
+                                       {"job_id": job_id, "attempt": 1},
+                                       result={"i": i})  # fmt: skip
 
         created = rate(create, seconds)
         jobs = rate(lifecycle, seconds)

@@ -21,7 +21,8 @@ from dcore.core.fencing import Fence, current_fence
 from dcore.core.handle import JobHandle
 from dcore.core.hashing import stable_hash
 from dcore.core.interfaces import Dispatch, Execute, NextFn, StageRef
-from dcore.core.message import JobMessage, StageSpec
+from dcore.core.lifecycle import CurrentJob, current_job, give_up
+from dcore.core.message import JobMessage, StageSpec, set_trace_propagator
 from dcore.core.pipeline import Continuation, Pipeline
 from dcore.core.plugins import (
     PluginRegistry,
@@ -34,6 +35,8 @@ from dcore.core.plugins import (
 )
 from dcore.core.pool import PluginPool
 from dcore.core.retry import RetryPolicy
+from dcore.core.runner import origin_of
+from dcore.core.saga import DEFAULT_COMPENSATION_RETRY, CompensationFailed
 from dcore.core.settings import DcoreSettings
 from dcore.errors import (
     ContextSerializationError,
@@ -49,10 +52,13 @@ from dcore.services import JobState
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_COMPENSATION_RETRY",
     "SHARD_COUNT",
     "Clock",
+    "CompensationFailed",
     "ContextSerializationError",
     "Continuation",
+    "CurrentJob",
     "DcoreError",
     "DcoreSettings",
     "Dispatch",
@@ -81,13 +87,17 @@ __all__ = [
     "core_function",
     "current_environment",
     "current_fence",
+    "current_job",
     "current_registry",
     "default_registry",
     "define_interface",
+    "give_up",
     "migration",
+    "origin_of",
     "register_plugin",
     "reset_default_environment",
     "run_message",
+    "set_trace_propagator",
     "stable_hash",
     "use_environment",
     "use_registry",

@@ -97,7 +97,7 @@ def broker_from_redis_url(url: str) -> tuple[str, dict[str, Any]]:
     """``DCORE_REDIS_URL`` made fit for kombu: the broker URL and transport options.
 
     redis-py reads connection options from the URL's query (``?socket_timeout=2``, as the
-    README documents); kombu passes every query argument to its ``Connection``, which
+    settings reference documents); kombu passes every query argument to its ``Connection``, which
     accepts none of these and fails each dispatch. So the options kombu's Redis transport
     has an equivalent for move to transport options (parsed as redis-py parses them),
     ``db`` moves into the path and ``username``/``password`` into the user info (where

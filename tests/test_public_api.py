@@ -51,3 +51,15 @@ def test_dcore_testing_all_is_exactly_the_exported_members() -> None:
         pytest.skip("dcore_testing has no curated __init__ with __all__ yet")
     assert len(set(exported)) == len(exported)
     assert sorted(exported) == public_members(testing)  # resolves every lazy name too
+
+
+@pytest.mark.parametrize("package", ["dcore.backends", "dcore.dispatchers"])
+def test_lazy_subpackages_export_each_name_from_where_it_lives(package: str) -> None:
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        value = getattr(module, name)
+        assert isinstance(value, type), name
+        assert value.__name__ == name
+        assert value.__module__.startswith(f"{package}.")
+    with pytest.raises(AttributeError, match=f"module '{package}' has no attribute 'Nope'"):
+        module.Nope  # noqa: B018

@@ -253,7 +253,7 @@ def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
         named.append(f"{name} (did you mean {close}?)" if close else name)
     warnings.warn(
         f"unknown DCORE_* variable(s), ignored: {', '.join(named)}. "
-        "Fix the name, or unset it; the README's Configuration section lists them all.",
+        "Fix the name, or unset it; docs/reference/settings.md lists them all.",
         ConfigurationWarning,
         stacklevel=3,
     )

@@ -1,6 +1,6 @@
 """A report published under a lock, with the lock's fence: a job whose lock ran out (a
 long pause, a partition) cannot overwrite the report of the job that took the lock over.
-The README's fencing guide shows this code; ``test_fencing_guide.py`` runs it.
+The fencing guide (docs/how-to/fencing.md) shows this code; ``test_fencing_guide.py`` runs it.
 
 Run it: ``python -m examples.fencing.reports``
 """
@@ -73,7 +73,7 @@ def late_holder(env: Environment, ttl: float = 60.0) -> str:
 
 if __name__ == "__main__":
     # memory storage: memory locks number their fences from 1 in every process, so their
-    # fences must not meet records a previous run left in local files (see the README)
+    # fences must not meet records a previous run left in local files (see docs/how-to/fencing.md)
     with Environment(DcoreSettings(storage="memory")) as env, use_environment(env):
         print(report_pipeline(Report(name="daily", body=b"day,total\n1,42\n")).run())
         print(env.storage.fence_of("reports/daily.csv"))

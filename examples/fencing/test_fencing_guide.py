@@ -1,4 +1,4 @@
-"""The README's fencing guide, run by the suite so it stays true."""
+"""The fencing guide (docs/how-to/fencing.md), run by the suite so it stays true."""
 
 from __future__ import annotations
 

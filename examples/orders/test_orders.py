@@ -22,12 +22,14 @@ from dcore_testing.strategies import fault_plans
 from examples.orders.pipeline import Order, order_pipeline
 from examples.orders.scenarios import orders, unkeyed_refunds
 
+# --8<-- [start:plans]
 STAGES = ("reserve_stock", "charge_order", "store_receipt", "notify_customer")
 OPS = ("events.append", "jobs.compensate", "jobs.mark_compensated", "jobs.end_attempt",
        "jobs.bury")
 #: crashes at stages and calls, duplicate and late deliveries, against both orders
 PLANS = fault_plans(kinds=("crash", "crash_op", "duplicate", "delay"), stages=STAGES,
                     ops=OPS, jobs=2, max_faults=3)
+# --8<-- [end:plans]
 
 
 def rejected(sim: SimEnvironment) -> None:
@@ -97,6 +99,7 @@ def test_an_undo_failing_for_good_dead_letters_with_both_errors() -> None:
     assert "refund" not in effects(outcome.trace.events)  # the rest left alone
 
 
+# --8<-- [start:property]
 @settings(max_examples=1000, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(plan=PLANS, seed=st.integers(0, 2**16))
@@ -104,6 +107,7 @@ def test_every_order_is_all_or_nothing_under_1000_fault_plans(plan: FaultPlan,
                                                                seed: int) -> None:
     outcome = run_scenario(orders, seed, faults=plan)
     assert not outcome.failed, f"{plan!r}: {outcome.error}"
+# --8<-- [end:property]
 
 
 def test_a_compensation_without_an_idempotency_key_is_found_shrunk_and_replayed(

@@ -1,4 +1,4 @@
-"""The README's schema-change guide, run by the suite so it stays true: a renamed field
+"""The schema-change guide (docs/how-to/contexts.md), run by the suite so it stays true: a renamed field
 with a version bump and a migration runs the messages queued before it, an unknown key is
 dead-lettered, and golden messages of every version still load."""
 
@@ -21,11 +21,13 @@ def golden(version: str) -> dict[str, Any]:
     return json.loads((GOLDEN / f"{version}.json").read_text())  # type: ignore[no-any-return]
 
 
+# --8<-- [start:golden]
 def test_golden_messages_of_every_version_still_load(
         dcore_golden_messages: GoldenMessages) -> None:
     ctx = reports.ReportContext(job_id="report-2", name="q3", pages=12)
     checked = dcore_golden_messages.check(reports.report_pipeline(ctx))
     assert [p.name for p in checked] == ["1.0.json", "2.0.json"]
+# --8<-- [end:golden]
 
 
 def test_a_message_queued_before_the_rename_runs_after_it(dcore_env: Environment) -> None:

@@ -1,6 +1,6 @@
 """Every fault kind finds its planted bug: by seeds, by Hypothesis (shrunk to the
 smallest fault plan that still fails), replayed exactly from its trace, and the fixed
-twin passes 1,000 seeds. The README's simulator guide shows each one."""
+twin passes 1,000 seeds. The simulator guide (docs/how-to/simulator.md) shows each one."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from examples.sim import accounts, ledger, reports, reservations, signup
 Scenario = Callable[[SimEnvironment], Any]
 
 
+# --8<-- [start:helpers]
 def fails(scenario: Scenario, plan: FaultPlan, seed: int = 0) -> bool:
     return run_scenario(scenario, seed, faults=plan).failed
 
@@ -52,9 +53,11 @@ def replays_exactly(scenario: Scenario, plan: FaultPlan, tmp_path: Path) -> None
 def passes_1000_seeds(scenario: Scenario, **options: Any) -> None:
     failures = explore(scenario, range(1000), **options)
     assert failures == [], f"seed {failures[0].seed}: {failures[0].error}"
+# --8<-- [end:helpers]
 
 
 # -- a crash right after a call ------------------------------------------------------------
+# --8<-- [start:crash_op]
 def test_a_crash_after_the_write_is_found_shrunk_replayed_and_fixed(tmp_path: Path) -> None:
     drawn = FaultPlan(crash_op=0.2)
     assert explore(ledger.buggy, range(200), faults=drawn), "no seed found the bug"
@@ -62,9 +65,11 @@ def test_a_crash_after_the_write_is_found_shrunk_replayed_and_fixed(tmp_path: Pa
     assert plan == FaultPlan(Crash(op="storage.put", when="after"))
     replays_exactly(ledger.buggy, plan, tmp_path)
     passes_1000_seeds(ledger.fixed, faults=drawn)
+# --8<-- [end:crash_op]
 
 
 # -- an ambiguous failure -------------------------------------------------------------------
+# --8<-- [start:ambiguous]
 def test_an_ambiguous_failure_is_found_shrunk_replayed_and_fixed(tmp_path: Path) -> None:
     drawn = FaultPlan(ambiguous=0.3, scope=Scope(services=("events",)))
     assert explore(reservations.buggy, range(200), faults=drawn)
@@ -73,9 +78,11 @@ def test_an_ambiguous_failure_is_found_shrunk_replayed_and_fixed(tmp_path: Path)
     assert plan == FaultPlan(ServiceError(op="events.append", applied=True))
     replays_exactly(reservations.buggy, plan, tmp_path)
     passes_1000_seeds(reservations.fixed, faults=drawn)
+# --8<-- [end:ambiguous]
 
 
 # -- the web process dying --------------------------------------------------------------------
+# --8<-- [start:web_crash]
 @pytest.mark.parametrize("when", ["after_response", "after_record"])
 def test_a_web_crash_is_found_shrunk_replayed_and_fixed(when: str, tmp_path: Path) -> None:
     crash = FaultPlan(WebCrash(when=when))  # type: ignore[arg-type]
@@ -84,9 +91,11 @@ def test_a_web_crash_is_found_shrunk_replayed_and_fixed(when: str, tmp_path: Pat
     assert plan == FaultPlan(WebCrash(when="after_response"))
     replays_exactly(signup.buggy, crash, tmp_path)
     passes_1000_seeds(signup.fixed, faults=crash)
+# --8<-- [end:web_crash]
 
 
 # -- a partition ------------------------------------------------------------------------------
+# --8<-- [start:partition]
 def test_a_partition_longer_than_the_lease_is_found_shrunk_replayed_and_fixed(
     tmp_path: Path,
 ) -> None:
@@ -97,9 +106,11 @@ def test_a_partition_longer_than_the_lease_is_found_shrunk_replayed_and_fixed(
     assert plan.faults[0].seconds > 15.0  # longer than the lease: that is the bug
     replays_exactly(reports.buggy, cut, tmp_path)
     passes_1000_seeds(reports.fixed, faults=cut)
+# --8<-- [end:partition]
 
 
 # -- scoping and routing: per-key order -------------------------------------------------------
+# --8<-- [start:routing]
 def test_updates_spread_over_queues_break_per_key_order_and_sharding_by_key_keeps_it(
     tmp_path: Path,
 ) -> None:
@@ -113,3 +124,4 @@ def test_updates_spread_over_queues_break_per_key_order_and_sharding_by_key_keep
     plan = FaultPlan(Crash(stage="apply_update", worker=2))
     run = run_scenario(accounts.fixed, 1, faults=plan)
     assert [e["lane"] for e in run.trace.of("crash")] in ([], ["w2"])
+# --8<-- [end:routing]

@@ -1,4 +1,4 @@
-"""The worked examples of the README's testing guide, run by the suite so they stay true."""
+"""The worked examples of the simulator guide (docs/how-to/simulator.md), run by the suite so they stay true."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from examples.sim import payments, race
 
 
 # 1. A first simulated test ----------------------------------------------------------------
+# --8<-- [start:first]
 def test_two_uploads_with_a_lock_keep_both_files(sim: SimEnvironment) -> None:
     for name in ("a.txt", "b.txt"):
         ctx = race.UploadContext(file_path=name, file_content=b"hello")
@@ -23,18 +24,22 @@ def test_two_uploads_with_a_lock_keep_both_files(sim: SimEnvironment) -> None:
     sim.run_until_idle()                               # workers run, in virtual time
     assert sorted(json.loads(sim.storage.get("index.json"))) == ["a.txt", "b.txt"]
     invariants.check_all(sim)
+# --8<-- [end:first]
 
 
 # 2. Faults: a crash redelivers, a non-idempotent stage charges twice -----------------------
+# --8<-- [start:crash]
 @pytest.mark.sim(faults=FaultPlan(Crash(stage="send_receipt", job=1)))
 def test_a_crash_after_the_charge_charges_twice(sim: SimEnvironment) -> None:
     payments.pay(sim, orders=1)
     invariants.no_job_lost(sim)                        # at-least-once: nothing lost ...
     with pytest.raises(InvariantViolation, match="performed 'charge' 2 times"):
         invariants.exactly_once(sim, "charge")         # ... but the effect doubled
+# --8<-- [end:crash]
 
 
 # 3. Time: an hour of backoff in milliseconds --------------------------------------------
+# --8<-- [start:time]
 @pytest.mark.sim(job_attempts=4, job_initial_delay=600.0, job_backoff=2.0, job_max_delay=3600.0)
 def test_retries_back_off_on_the_virtual_clock(sim: SimEnvironment) -> None:
     ctx = payments.PaymentContext(order_id="o-1", amount_cents=100)
@@ -46,9 +51,11 @@ def test_retries_back_off_on_the_virtual_clock(sim: SimEnvironment) -> None:
     assert [(e["t"], e["attempt"]) for e in sim.trace.of("deliver")] == [
         (0.0, 1), (600.0, 2), (1800.0, 3)]
     assert str(sim.jobs.get(ctx.job_id).state) == "SUCCEEDED"
+# --8<-- [end:time]
 
 
 # 4. Shrinking a race ---------------------------------------------------------------------
+# --8<-- [start:shrink]
 @settings(max_examples=200, deadline=None, database=None)
 @given(st.data())
 def _uploads_never_lose_a_file(data: st.DataObject) -> None:
@@ -61,3 +68,4 @@ def _uploads_never_lose_a_file(data: st.DataObject) -> None:
 def test_hypothesis_finds_and_shrinks_the_lost_update() -> None:
     with pytest.raises(InvariantViolation, match="lost update"):
         _uploads_never_lose_a_file()
+# --8<-- [end:shrink]

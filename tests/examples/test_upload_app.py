@@ -75,6 +75,7 @@ def test_upload_returns_job_id_then_stores_file_in_background(
     assert record.result == {"stored_path": "uploads/report.csv", "ok": True}
 
 
+# --8<-- [start:upload_test]
 def test_job_status_endpoint_reports_final_state(client: TestClient) -> None:
     job_id = client.post("/upload", files={"file": ("a.txt", b"x")}).json()["job_id"]
 
@@ -83,6 +84,7 @@ def test_job_status_endpoint_reports_final_state(client: TestClient) -> None:
     assert status["state"] == "SUCCEEDED"
     assert status["attempts"] == 1
     assert client.get("/jobs/nope").status_code == 404
+# --8<-- [end:upload_test]
 
 
 @pytest.mark.parametrize("filename", ["../../etc/passwd", "../escape.txt", "a/../../b.txt"])

@@ -8,7 +8,7 @@ how many dead letters it got, and how often its stage and core function ran.
 
 Both sides run with a 2 s lease (``DCORE_LEASE_TTL``) and the worker sweeps for lost
 jobs every second (``DCORE_RECOVERY_INTERVAL``), so a case takes seconds, not a lease of
-15. The README's "What a simulated run promises about Celery" shows this table.
+15. ``docs/explanation/simulator-and-celery.md`` shows this table.
 """
 
 from __future__ import annotations
@@ -277,9 +277,9 @@ def test_the_simulator_predicts_what_celery_does(
     assert simulated == observed, f"{case.name}: simulated {simulated}, Celery {observed}"
 
 
-def test_the_table_covers_the_cases_the_readme_names() -> None:
-    readme = (HERE.parent.parent / "README.md").read_text()
-    section = readme.split("## What a simulated run promises about Celery", 1)[1]
+def test_the_table_covers_the_cases_the_docs_name() -> None:
+    page = HERE.parent.parent / "docs" / "explanation" / "simulator-and-celery.md"
+    section = page.read_text().split("# What a simulated run promises about Celery", 1)[1]
     for case in CASES:
         assert f"| {case.name} |" in section, case.name
 
