@@ -1,7 +1,11 @@
-"""The ``dcore`` command: ``graph``, ``dlq``, ``jobs``, ``replay``, ``explore``, ``doctor``.
+"""The ``dcore`` command: ``graph``, ``dlq``, ``jobs``, ``doctor``, and the commands other
+packages plug in (``dcore_testing`` adds ``replay`` and ``explore``).
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; a module
-whose optional dependencies are missing simply does not appear.
+whose optional dependencies are missing simply does not appear. Another package adds a
+command with an entry point in the ``dcore.commands`` group naming such a module; it
+can use :func:`fail`, :func:`load_object`, :func:`call_signature_error` and
+:func:`positive_int` from here, so its errors read like the built-in commands'.
 
 Exit codes: 0 done, 1 the command failed (a message on stderr says why), 2 usage
 error: a bad argument, or no command at all (bare ``dcore`` and ``dcore dlq`` print the
@@ -16,24 +20,47 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import io
 import os
 import sys
 from collections.abc import Sequence
 
 from dcore import __version__
-from dcore.cli.common import describe_failure, fail, print_help
+from dcore.cli.common import (
+    call_signature_error,
+    describe_failure,
+    fail,
+    load_object,
+    positive_int,
+    print_help,
+)
 
-__all__ = ["main"]
+__all__ = [
+    "COMMANDS_GROUP",
+    "build_parser",
+    "call_signature_error",
+    "fail",
+    "load_object",
+    "main",
+    "positive_int",
+]
 
 SUBCOMMAND_MODULES = [
     "dcore.cli.graph",
     "dcore.cli.dlq",
     "dcore.cli.jobs",
-    "dcore.cli.replay",
-    "dcore.cli.explore",
     "dcore.cli.doctor",
 ]
+#: the entry-point group through which other packages add subcommands
+COMMANDS_GROUP = "dcore.commands"
+
+
+def command_modules() -> list[str]:
+    """The built-in subcommand modules, then those other packages plug in."""
+    plugged = sorted(importlib.metadata.entry_points(group=COMMANDS_GROUP),
+                     key=lambda ep: ep.name)
+    return [*SUBCOMMAND_MODULES, *(ep.value for ep in plugged)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,13 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the Python traceback of an unexpected error")
     parser.set_defaults(handler=print_help(parser))
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
+    for name in command_modules():
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
+        except Exception as exc:
+            gone = isinstance(exc, ModuleNotFoundError) and exc.name is not None and (
+                name == exc.name or name.startswith(f"{exc.name}."))
+            if gone:  # the module itself is not installed (a stale entry point)
                 continue
-            raise
+            if name in SUBCOMMAND_MODULES:
+                raise
+            # another package's command must not take the built-in ones down with it
+            print(f"dcore: warning: the command module {name} ({COMMANDS_GROUP} entry "
+                  f"point) failed to load and is left out: {describe_failure(exc)}",
+                  file=sys.stderr)
+            continue
         module.register(subparsers)
     return parser
 

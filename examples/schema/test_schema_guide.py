@@ -1,6 +1,6 @@
-"""The schema-change guide (docs/how-to/contexts.md), run by the suite so it stays true: a renamed field
-with a version bump and a migration runs the messages queued before it, an unknown key is
-dead-lettered, and golden messages of every version still load."""
+"""The schema-change guide (docs/how-to/contexts.md), run by the suite so it stays true:
+a renamed field with a version bump and a migration runs the messages queued before it,
+an unknown key is dead-lettered, and golden messages of every version still load."""
 
 from __future__ import annotations
 

@@ -1,1 +1,2 @@
-"""Simulator scenarios used by the simulator guide (docs/how-to/simulator.md), the tests and ``dcore explore``."""
+"""Simulator scenarios used by the simulator guide (docs/how-to/simulator.md), the tests
+and ``dcore explore``."""

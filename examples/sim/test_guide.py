@@ -1,4 +1,5 @@
-"""The worked examples of the simulator guide (docs/how-to/simulator.md), run by the suite so they stay true."""
+"""The worked examples of the simulator guide (docs/how-to/simulator.md), run by the
+suite so they stay true."""
 
 from __future__ import annotations
 

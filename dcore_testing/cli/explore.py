@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from dcore.cli.common import call_signature_error, fail, load_object, positive_int
+from dcore.cli import call_signature_error, fail, load_object, positive_int
 
 __all__ = ["register", "run", "scenario_problem"]
 
@@ -52,7 +52,7 @@ def _bar(done: int, total: int, failures: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dcore.cli.replay import testing_missing
+    from dcore_testing.cli.replay import testing_missing
 
     missing = testing_missing()
     if missing:

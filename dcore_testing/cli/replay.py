@@ -4,7 +4,7 @@ Prints the timeline (one column per worker, virtual time, faults marked); ``--ht
 also writes a self-contained HTML page; ``--check`` re-runs what the trace names and
 reports whether it still takes the same path: a scenario function (``dcore explore``:
 ``pkg.mod:fn`` or ``file.py:fn``) is replayed here; a pytest test id (the pytest plugin)
-runs under pytest, see :mod:`dcore.cli.pytest_check`. A trace that cannot be read, or was
+runs under pytest, see :mod:`dcore_testing.cli.pytest_check`. A trace that cannot be read, or was
 cut short, fails with ``file:line: ...``. The simulator lives in ``dcore_testing`` and is
 imported only when the command runs.
 """
@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dcore.cli.common import fail
+from dcore.cli import fail
 
 __all__ = ["register", "run", "testing_missing"]
 
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(trace: Any, path: str) -> int:
-    from dcore.cli.common import load_object
-    from dcore.cli.explore import scenario_problem
+    from dcore.cli import load_object
+    from dcore_testing.cli.explore import scenario_problem
     from dcore_testing.sim.errors import ReplayDivergence
     from dcore_testing.sim.explore import replay
 
@@ -77,7 +77,7 @@ def _check(trace: Any, path: str) -> int:
         return fail("the trace names no scenario (MODULE:FUNCTION) or test to re-run; only "
                     "traces written by `dcore explore` or the pytest plugin can be checked")
     if "::" in name:  # a pytest node id: the test runs under pytest, with its fixtures
-        from dcore.cli.pytest_check import check_pytest_trace
+        from dcore_testing.cli.pytest_check import check_pytest_trace
 
         return check_pytest_trace(name, path)
     scenario = load_object(name)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from dcore.cli.common import fail
+from dcore.cli import fail
 from dcore_testing.fixtures.sim import simulation_of
 from dcore_testing.sim.errors import ReplayDivergence
 
