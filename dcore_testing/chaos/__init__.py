@@ -17,7 +17,7 @@ from .errors import (
     ToxiproxyError,
 )
 from .http import HttpLimits
-from .plan import ChaosPlan, LogEntry, ManualClock, PlanRun, Step
+from .plan import ChaosPlan, LogEntry, ManualPlanClock, PlanRun, Step
 from .server import ToxiproxyServer
 from .toxics import Decision
 
@@ -28,7 +28,7 @@ __all__ = [
     "Decision",
     "HttpLimits",
     "LogEntry",
-    "ManualClock",
+    "ManualPlanClock",
     "NotFoundError",
     "PlanRun",
     "Proxy",

@@ -12,7 +12,7 @@
 
 Time comes from an injected ``clock`` and ``wait(timeout) -> stop_requested``
 (defaults ``time.monotonic`` and a ``threading.Event.wait``), so tests drive a
-plan with :class:`ManualClock` and no wall-clock sleeps. ``ChaosPlan.random``
+plan with :class:`ManualPlanClock` and no wall-clock sleeps. ``ChaosPlan.random``
 draws a plan from ``random.Random(seed)`` only: same seed, same plan.
 """
 
@@ -77,8 +77,10 @@ class LogEntry(NamedTuple):
     error: str | None = None
 
 
-class ManualClock:
-    """A clock for tests: ``wait`` jumps time forward instead of sleeping."""
+class ManualPlanClock:
+    """A clock for tests of a :class:`ChaosPlan` run (callable for the time, ``wait`` for
+    the pause between steps): ``wait`` jumps time forward instead of sleeping. Not a
+    :class:`dcore.Clock`; for those, see :class:`dcore_testing.ManualClock`."""
 
     def __init__(self, start: float = 0.0) -> None:
         self.now = start

@@ -13,7 +13,7 @@ def test_exported_names() -> None:
         "Decision",
         "HttpLimits",
         "LogEntry",
-        "ManualClock",
+        "ManualPlanClock",
         "NotFoundError",
         "PlanRun",
         "Proxy",

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from dcore_testing.chaos import ChaosPlan, ManualClock, Proxy, ToxiproxyClient
+from dcore_testing.chaos import ChaosPlan, ManualPlanClock, Proxy, ToxiproxyClient
 
 
 @pytest.fixture
@@ -15,9 +15,9 @@ def proxies(toxiproxy: ToxiproxyClient) -> list[Proxy]:
 
 
 class Observer:
-    """A wait() for ManualClock that snapshots server state before each time jump."""
+    """A wait() for ManualPlanClock that snapshots server state before each time jump."""
 
-    def __init__(self, clock: ManualClock, toxiproxy: ToxiproxyClient) -> None:
+    def __init__(self, clock: ManualPlanClock, toxiproxy: ToxiproxyClient) -> None:
         self.clock = clock
         self.toxiproxy = toxiproxy
         self.snapshots: list[tuple[float, dict[str, tuple[bool, list[str]]]]] = []
@@ -67,7 +67,7 @@ def test_plan_applies_and_reverts_in_time_order(
     plan.at(2.0).partition(a, for_=5.0)
     plan.at(1.0).latency(b, 100, for_=3.0)
     plan.at(3.0).bandwidth(a, 50, for_=1.0)
-    clock = ManualClock()
+    clock = ManualPlanClock()
     observer = Observer(clock, toxiproxy)
     log = plan.run(clock=clock, wait=observer.wait)
 
@@ -94,7 +94,7 @@ def test_overlapping_partitions_keep_the_proxy_down_until_the_last_ends(
 ) -> None:
     a = proxies[0]
     plan = ChaosPlan().at(0.0).partition(a, for_=2.0).at(1.0).partition(a, for_=3.0)
-    clock = ManualClock()
+    clock = ManualPlanClock()
     observer = Observer(clock, toxiproxy)
     plan.run(clock=clock, wait=observer.wait)
     states = {t: s["a"][0] for t, s in observer.snapshots}
@@ -104,7 +104,7 @@ def test_overlapping_partitions_keep_the_proxy_down_until_the_last_ends(
 
 def test_background_run_with_fake_clock_logs_everything(proxies: list[Proxy]) -> None:
     plan = ChaosPlan.random(proxies, duration=10, seed=3)
-    clock = ManualClock()
+    clock = ManualPlanClock()
     run = plan.run_in_background(clock=clock, wait=clock.wait)
     run.join(timeout=30)
     assert run.done
@@ -151,7 +151,7 @@ def test_a_failing_step_is_logged_and_the_plan_goes_on(proxies: list[Proxy]) -> 
     a, b, _ = proxies
     plan = ChaosPlan().at(1.0).latency(a, 10, for_=1.0).at(2.0).latency(b, 10, for_=1.0)
     a.delete()
-    clock = ManualClock()
+    clock = ManualPlanClock()
     log = plan.run(clock=clock, wait=clock.wait)
     assert [(e.proxy, e.event, e.error is None) for e in log] == [
         ("a", "apply", False),
