@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
+from dcore_testing.invariants import all_or_nothing
 from dcore_testing.sim import (
     Crash,
     FaultPlan,
@@ -19,7 +21,7 @@ from dcore_testing.sim import (
     run_scenario,
 )
 from dcore_testing.strategies import fault_plans
-from examples.orders.pipeline import Order, order_pipeline
+from examples.orders.pipeline import COMPENSATIONS, EFFECTS, Order, order_pipeline
 from examples.orders.scenarios import orders, unkeyed_refunds
 
 STAGES = ("reserve_stock", "charge_order", "store_receipt", "notify_customer")
@@ -95,6 +97,25 @@ def test_an_undo_failing_for_good_dead_letters_with_both_errors() -> None:
     assert "rejected order o-1; and compensation of stage store_receipt#3 failed" in str(
         letter["error"])
     assert "refund" not in effects(outcome.trace.events)  # the rest left alone
+
+
+def rejected_at_its_only_try(sim: SimEnvironment) -> None:
+    order_pipeline(Order(order_id="o-1", amount_cents=500, reject_at="notify"),
+                   attempts=1).run()
+    sim.run_until_idle()
+    all_or_nothing(sim, effects=EFFECTS, compensations=COMPENSATIONS)
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3])
+def test_a_step_whose_completion_the_job_store_failed_to_record_is_undone(nth: int) -> None:
+    # the job store is unreachable as the nth step's completion is recorded, on the
+    # job's only attempt: the error ends the job there, and the step, which did its
+    # work, is undone with the ones before it
+    plan = FaultPlan(ServiceError(op="jobs.mark_completed", nth=nth))
+    outcome = run_scenario(rejected_at_its_only_try, 0, faults=plan)
+    assert not outcome.failed, outcome.error
+    assert undone(effects(outcome.trace.events)) == [
+        "delete_receipt", "refund", "release"][3 - nth:]
 
 
 @settings(max_examples=1000, deadline=None, database=None,
