@@ -73,9 +73,12 @@ def completed(index: int) -> None:
     """Stage ``index`` completed its work in the run in progress (if one is tracked)."""
     tracker = _COMPLETED.get()
     if tracker is not None and index not in tracker.done:
-        if tracker.record is not None:
-            tracker.record(index)  # durably first: a run that dies later still knows
+        # in this run's list first: if recording it fails (the job store unreachable),
+        # the error ends the attempt, and this run's own failure handling must still
+        # know the stage did its work (the record of the failure carries the list)
         tracker.done.append(index)
+        if tracker.record is not None:
+            tracker.record(index)  # then durably: a run that dies later still knows
 
 
 @contextlib.contextmanager

@@ -1,15 +1,18 @@
 """The order example in the simulator: undone in reverse order once each, resumed after
-a crash while undoing, dead-lettered with both errors when an undo fails for good;
-``all_or_nothing`` holds under 1,000 fault plans, and Hypothesis finds and shrinks the
-planted non-idempotent compensation."""
+a crash while undoing, dead-lettered with both errors when an undo fails for good, a
+step undone whose completion the job store failed to record; ``all_or_nothing`` holds
+under 1,000 fault plans and under 500 plans of job-store faults, and Hypothesis finds
+and shrinks the planted non-idempotent compensation."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
+from dcore_testing.invariants import all_or_nothing
 from dcore_testing.sim import (
     Crash,
     FaultPlan,
@@ -19,7 +22,7 @@ from dcore_testing.sim import (
     run_scenario,
 )
 from dcore_testing.strategies import fault_plans
-from examples.orders.pipeline import Order, order_pipeline
+from examples.orders.pipeline import COMPENSATIONS, EFFECTS, Order, order_pipeline
 from examples.orders.scenarios import orders, unkeyed_refunds
 
 # --8<-- [start:plans]
@@ -30,6 +33,12 @@ OPS = ("events.append", "jobs.compensate", "jobs.mark_compensated", "jobs.end_at
 PLANS = fault_plans(kinds=("crash", "crash_op", "duplicate", "delay"), stages=STAGES,
                     ops=OPS, jobs=2, max_faults=3)
 # --8<-- [end:plans]
+#: the job store failing at any of its calls: the worker dying around it, the store
+#: unreachable, or the call applied and its reply lost
+STORE_OPS = ("jobs.claim", "jobs.mark_completed", "jobs.end_attempt", "jobs.compensate",
+             "jobs.mark_compensated", "jobs.bury")
+STORE_FAULTS = fault_plans(kinds=("crash_op", "service_error", "ambiguous", "duplicate"),
+                           ops=STORE_OPS, jobs=2, max_faults=3)
 
 
 def rejected(sim: SimEnvironment) -> None:
@@ -99,6 +108,25 @@ def test_an_undo_failing_for_good_dead_letters_with_both_errors() -> None:
     assert "refund" not in effects(outcome.trace.events)  # the rest left alone
 
 
+def rejected_at_its_only_try(sim: SimEnvironment) -> None:
+    order_pipeline(Order(order_id="o-1", amount_cents=500, reject_at="notify"),
+                   attempts=1).run()
+    sim.run_until_idle()
+    all_or_nothing(sim, effects=EFFECTS, compensations=COMPENSATIONS)
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3])
+def test_a_step_whose_completion_the_job_store_failed_to_record_is_undone(nth: int) -> None:
+    # the job store is unreachable as the nth step's completion is recorded, on the
+    # job's only attempt: the error ends the job there, and the step, which did its
+    # work, is undone with the ones before it
+    plan = FaultPlan(ServiceError(op="jobs.mark_completed", nth=nth))
+    outcome = run_scenario(rejected_at_its_only_try, 0, faults=plan)
+    assert not outcome.failed, outcome.error
+    assert undone(effects(outcome.trace.events)) == [
+        "delete_receipt", "refund", "release"][3 - nth:]
+
+
 # --8<-- [start:property]
 @settings(max_examples=1000, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
@@ -108,6 +136,15 @@ def test_every_order_is_all_or_nothing_under_1000_fault_plans(plan: FaultPlan,
     outcome = run_scenario(orders, seed, faults=plan)
     assert not outcome.failed, f"{plan!r}: {outcome.error}"
 # --8<-- [end:property]
+
+
+@settings(max_examples=500, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(plan=STORE_FAULTS, seed=st.integers(0, 2**16))
+def test_every_order_is_all_or_nothing_whatever_the_job_store_does(plan: FaultPlan,
+                                                                   seed: int) -> None:
+    outcome = run_scenario(orders, seed, faults=plan)
+    assert not outcome.failed, f"{plan!r}: {outcome.error}"
 
 
 def test_a_compensation_without_an_idempotency_key_is_found_shrunk_and_replayed(

@@ -20,10 +20,12 @@ from dcore import (
     NextFn,
     PipelineContext,
     PluginRegistry,
+    RetryPolicy,
     Runtime,
     core_function,
 )
 from dcore.dispatchers.thread import ThreadDispatcher
+from dcore.errors import ServiceUnavailableError
 
 JOURNAL: list[str] = []
 
@@ -91,32 +93,33 @@ def _plugins(dcore_registry: PluginRegistry) -> None:
     dcore_registry.register("undoable", Step, replace=True)
     dcore_registry.register("final_step", NoUndo, replace=True)
     # compensations retry quickly here (their default waits 1 s, then 2 s)
-    from dcore import RetryPolicy
     Step.compensation_retry = RetryPolicy(attempts=3, initial=0.0)  # type: ignore[attr-defined]
 
 
-def pipeline(ctx: Order, dispatcher: str) -> Any:
+def pipeline(ctx: Order, dispatcher: str, retry: RetryPolicy | None = None) -> Any:
     p = ctx.create_pipeline(order_core)
     p.chain(Execute("undoable", n=0))  # before the hand-off: it completed too
-    p.chain(Dispatch(dispatcher))
+    p.chain(Dispatch(dispatcher, retry=retry))
     for n in (1, 2, 3):
         p.chain(Execute("undoable", n=n))
     p.chain(Execute("final_step", n=4))
     return p
 
 
-def run_on(engine: str, ctx: Order) -> None:
-    """Run the order pipeline's job on ``engine`` to its end."""
+def run_on(engine: str, ctx: Order, retry: RetryPolicy | None = None,
+           raises: type[Exception] = RuntimeError) -> None:
+    """Run the order pipeline's job on ``engine`` to its end (the inline engine raises
+    the job's error, ``raises``, in the caller)."""
     if engine == "fastapi":
         ctx.tasks = BackgroundTasks()
-        pipeline(ctx, "fastapi").run()
+        pipeline(ctx, "fastapi", retry).run()
         asyncio.run(ctx.tasks())
     elif engine == "thread":
-        pipeline(ctx, "thread").run()
+        pipeline(ctx, "thread", retry).run()
         ThreadDispatcher.drain(10)
     else:
-        with pytest.raises(RuntimeError, match="stage 4 fails"):
-            pipeline(ctx, "inline").run()
+        with pytest.raises(raises):
+            pipeline(ctx, "inline", retry).run()
 
 
 ENGINES = ["inline", "thread", "fastapi"]
@@ -163,6 +166,33 @@ def test_a_compensation_that_fails_for_good_dead_letters_with_both_errors(
     assert "compensation of stage undoable#3 failed: ConnectionError: undo 2" in (
         letter["error"])
     assert letter["compensation_error"].startswith("compensation of stage undoable#3")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_completion_the_job_store_failed_to_record_is_still_undone(
+    dcore_env: Environment, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the job store is unreachable as stage 2's completion is recorded, on the job's
+    # only attempt: the attempt fails there, and its compensation must undo stage 2 too
+    # (it charged the card) along with 1 and 0
+    record = dcore_env.jobs.mark_completed
+    failed: list[int] = []
+
+    def unreachable_once(job_id: str, *, owner: str, index: int) -> None:
+        if index == 3 and not failed:
+            failed.append(index)
+            raise ServiceUnavailableError("the job store is unreachable")
+        record(job_id, owner=owner, index=index)
+
+    monkeypatch.setattr(dcore_env.jobs, "mark_completed", unreachable_once)
+    ctx = Order()
+    run_on(engine, ctx, RetryPolicy(attempts=1), raises=ServiceUnavailableError)
+
+    assert failed == [3]
+    assert JOURNAL == ["do 0", "do 1", "do 2", "undo 2 (RuntimeError)",
+                       "undo 1 (RuntimeError)", "undo 0 (RuntimeError)"]
+    job = dcore_env.jobs.get(ctx.job_id)
+    assert (job.state, job.completed, job.compensated) == (JobState.DEAD, [0, 2, 3], [0, 2, 3])
 
 
 def test_a_compensation_retried_after_a_blip_undoes_everything(manual_env: Environment) -> None:

@@ -8,8 +8,12 @@ worker reaches its job store through (the embedded Toxiproxy), a message publish
 twice, a bus on a server that is down. Each fault fires once per job (a marker in
 Redis), as a FaultPlan fault fires ``times=1``.
 
-Effects are counted per job: in the simulator as trace effects, on the worker in a
-Redis hash, so the table compares how often each step ran.
+Effects are kept per job in the order they happened: in the simulator as trace effects,
+on the worker in a Redis list, so the table compares how often each step ran and in
+which order the compensations ran.
+
+The compensation cases chain ``conf_step`` stages (which can be undone) before
+``conf_work``; the others leave them out, so their jobs have nothing to compensate.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dcore import (
     Execute,
     NextFn,
     PipelineContext,
+    RetryPolicy,
     core_function,
     current_environment,
     register_plugin,
@@ -53,6 +58,8 @@ class CaseContext(PipelineContext):
     kill: str = ""
     #: the stage stores a marker mid-way (a service call the simulator can crash after)
     midway: bool = False
+    #: the ``conf_step`` whose compensation fails every time ("": none)
+    undo_fails: str = ""
 
 
 def in_sim() -> bool:
@@ -82,19 +89,19 @@ def record(job_id: str, name: str) -> None:
         return
     client = _redis()
     try:
-        client.hincrby(_key("effects", job_id), name, 1)
+        client.rpush(_key("effects", job_id), name)
     finally:
         client.close()
 
 
-def effects(job_id: str) -> dict[str, int]:
-    """How often each step ran for ``job_id`` on the real worker."""
+def effects(job_id: str) -> list[str]:
+    """The steps that ran for ``job_id`` on the real worker, in order."""
     client = _redis()
     try:
-        counts = client.hgetall(_key("effects", job_id))
+        names = client.lrange(_key("effects", job_id), 0, -1)
     finally:
         client.close()
-    return {k.decode(): int(v) for k, v in counts.items()}
+    return [name.decode() for name in names]
 
 
 def kill_self() -> None:
@@ -125,6 +132,27 @@ class Work(Execute[CaseContext]):
         return result
 
 
+@register_plugin("conf_step", registry=default_registry(), replace=True)
+class Step(Execute[CaseContext]):
+    """A step that can be undone: runs as ``name``, compensates as ``undo <name>``
+    (failing every time if the case says so)."""
+
+    #: a failing undo is tried twice, 0.2 s apart (the default waits seconds)
+    compensation_retry = RetryPolicy(attempts=2, initial=0.2)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def execute(self, next_fn: NextFn[CaseContext], context: CaseContext) -> Any:
+        record(context.job_id, self.name)
+        return next_fn(context)
+
+    def compensate(self, context: CaseContext, error: BaseException) -> None:
+        record(context.job_id, f"undo {self.name}")
+        if context.undo_fails == self.name:
+            raise ConnectionError(f"undo {self.name} fails in case {context.case}")
+
+
 @core_function
 def finish(context: CaseContext) -> str:
     record(context.job_id, "core")
@@ -134,10 +162,20 @@ def finish(context: CaseContext) -> str:
 # -- the real worker's job store: the same Redis store, with a hook at each step --------
 def set_plan(settings_prefix: str, job_id: str, plan: str) -> None:
     """What the worker's job store does around one of its calls for ``job_id``:
-    ``"kill-after:bury"`` or ``"cut-before:end_attempt:1.0"`` (cut the proxy for 1 s)."""
+    ``"kill-after:bury"``, ``"kill-before:mark_compensated"`` or
+    ``"cut-before:end_attempt:1.0"`` (cut the proxy for 1 s)."""
     client = _redis()
     try:
         client.set(f"{settings_prefix}:conf:plan:{job_id}", plan)
+    finally:
+        client.close()
+
+
+def fired(settings_prefix: str, job_id: str, plan: str) -> bool:
+    """Whether the worker carried out ``plan`` for ``job_id`` (it fires once per job)."""
+    client = _redis()
+    try:
+        return bool(client.exists(f"{settings_prefix}:conf:once:{job_id}:{plan}"))
     finally:
         client.close()
 
@@ -168,14 +206,17 @@ def cut_proxy(seconds: float) -> None:
 
 @register_plugin("conf_redis", registry=default_registry(), replace=True)
 class HookedRedisJobStore(RedisJobStore):
-    """The Redis job store, firing the job's plan around ``claim``, ``end_attempt`` and
-    ``bury``: a real SIGKILL right after a call returned, or a real cut of the network
-    path to Redis right before a call."""
+    """The Redis job store, firing the job's plan around ``claim``, ``end_attempt``,
+    ``bury``, ``compensate`` and ``mark_compensated``: a real SIGKILL right before a call
+    or right after it returned, or a real cut of the network path to Redis right before
+    a call."""
 
     def _around(self, op: str, job_id: str, call: Any) -> Any:
         plan = _plan(job_id)
         if plan and plan.startswith(f"cut-before:{op}:") and once(job_id, plan):
             cut_proxy(float(plan.rsplit(":", 1)[1]))
+        if plan == f"kill-before:{op}" and once(job_id, plan):
+            kill_self()
         result = call()
         if plan == f"kill-after:{op}" and once(job_id, plan):
             kill_self()
@@ -192,6 +233,14 @@ class HookedRedisJobStore(RedisJobStore):
     def bury(self, job_id: str, **kwargs: Any) -> Any:
         return self._around("bury", job_id, lambda: super(HookedRedisJobStore, self).bury(
             job_id, **kwargs))
+
+    def compensate(self, job_id: str, **kwargs: Any) -> Any:
+        return self._around("compensate", job_id, lambda: super(HookedRedisJobStore, self)
+                            .compensate(job_id, **kwargs))
+
+    def mark_compensated(self, job_id: str, **kwargs: Any) -> None:
+        self._around("mark_compensated", job_id, lambda: super(HookedRedisJobStore, self)
+                     .mark_compensated(job_id, **kwargs))
 
 
 @register_plugin("conf_down_bus", registry=default_registry(), replace=True)

@@ -6,6 +6,10 @@ a cut of the network path to Redis through the chaos proxy, a message published 
 a bus on a server that is down). Both must agree on the job's final state, its attempt,
 how many dead letters it got, and how often its stage and core function ran.
 
+The compensation cases put two stages that can be undone (``conf_step`` a and b) before
+the failing one; there both must also agree on the order the undos ran in, which stages
+the job record has compensated and whether the dead letter says the job was.
+
 Both sides run with a 2 s lease (``DCORE_LEASE_TTL``) and the worker sweeps for lost
 jobs every second (``DCORE_RECOVERY_INTERVAL``), so a case takes seconds, not a lease of
 15. ``docs/explanation/simulator-and-celery.md`` shows this table.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +68,14 @@ class Case:
     #: the same fault on the real worker: "" (none), "plan:<store plan>",
     #: "publish-twice", "publish-again", "malformed", "bus-down", "kill-worker"
     real: str = ""
+    #: the ``conf_step`` stages (which compensate) chained before ``conf_work``
+    steps: tuple[str, ...] = ()
+
+
+def undoing(name: str, sim: FaultPlan | None = None, real: str = "") -> Case:
+    """A case whose job fails for good (twice) after two steps that can be undone."""
+    return Case(name, {"fail": "runtime"}, {"attempts": 2, "initial": 0.2},
+                sim=sim or FaultPlan(), real=real, steps=("a", "b"))
 
 
 CASES = [
@@ -94,6 +107,21 @@ CASES = [
     Case("malformed message", real="malformed"),
     Case("worker SIGKILL mid-stage", {"midway": True, "work_seconds": 2.0},
          sim=FaultPlan(Crash(op="storage.put", when="after")), real="kill-worker"),
+    undoing("failing for good, undone"),
+    Case("undo failing for good", {"fail": "runtime", "undo_fails": "b"}, {"attempts": 1},
+         steps=("a", "b")),
+    undoing("crash before the compensation starts",
+            FaultPlan(Crash(op="jobs.compensate", when="before")),
+            "plan:kill-before:compensate"),
+    undoing("crash while compensating, undo not recorded",
+            FaultPlan(Crash(op="jobs.mark_compensated", when="before")),
+            "plan:kill-before:mark_compensated"),
+    undoing("crash while compensating, undo recorded",
+            FaultPlan(Crash(op="jobs.mark_compensated", when="after")),
+            "plan:kill-after:mark_compensated"),
+    undoing("job store unreachable while compensating",
+            FaultPlan(ServiceError(op="jobs.mark_compensated")),
+            "plan:cut-before:mark_compensated:1.0"),
 ]
 
 
@@ -103,12 +131,20 @@ class Result:
     attempt: int
     dead_letters: int
     runs: dict[str, int]
+    #: the compensations in the order they ran (each try of one that failed counts)
+    undos: tuple[str, ...] = ()
+    #: the stages the job record has compensated (pipeline indexes)
+    compensated: tuple[int, ...] = ()
+    #: the dead letter's ``compensated`` (None: no dead letter, or no stage to undo)
+    letter_compensated: bool | None = None
 
 
 def _pipeline(ctx: conf.CaseContext, case: Case) -> Any:
     policy = RetryPolicy.model_validate(case.retry) if case.retry else None
     pipeline = ctx.create_pipeline(core_fn=conf.finish)
     pipeline.chain(Dispatch, plugin="celery", retry=policy)
+    for step in case.steps:
+        pipeline.chain(Execute, plugin="conf_step", name=step)
     pipeline.chain(Execute, plugin="conf_work")
     return pipeline
 
@@ -117,10 +153,14 @@ def _malformed(job_id: str) -> str:
     return json.dumps({"dcore": 1, "job_id": job_id, "spec": "not a list", "core_fn": 7})
 
 
-def _result(record: Any, letters: int, runs: dict[str, int]) -> Result:
+def _result(record: Any, letters: list[dict[str, Any]], effects: list[str]) -> Result:
+    runs = dict(Counter(effects))
+    undos = tuple(name for name in effects if name.startswith("undo "))
+    flag = letters[-1].get("compensated") if letters else None
     if record is None:
-        return Result(None, 0, letters, runs)
-    return Result(str(record.state), record.attempt, letters, runs)
+        return Result(None, 0, len(letters), runs, undos, (), flag)
+    return Result(str(record.state), record.attempt, len(letters), runs, undos,
+                  tuple(record.compensated), flag)  # fmt: skip
 
 
 # -- the simulator ------------------------------------------------------------------------
@@ -153,15 +193,13 @@ def run_in_simulator(case: Case) -> Result:
         if case.real == "publish-again":
             sim.broker.inject(sim.jobs.inner.get(ctx.job_id).message)  # type: ignore[attr-defined]
             sim.run_until_idle()
+    assert not case.sim.faults or sim.trace.of("fault"), f"{case.name}: no fault struck"
     try:
         record = sim.jobs.inner.get(ctx.job_id)  # type: ignore[attr-defined]
     except JobNotFoundError:
         record = None
-    letters = sum(1 for p in sim.dlq_entries() if p.get("job_id") == ctx.job_id)
-    runs: dict[str, int] = {}
-    for e in sim.trace.of("effect"):
-        runs[e["name"]] = runs.get(e["name"], 0) + 1
-    return _result(record, letters, runs)
+    letters = [p for p in sim.dlq_entries() if p.get("job_id") == ctx.job_id]
+    return _result(record, letters, [str(e["name"]) for e in sim.trace.of("effect")])
 
 
 # -- the real worker ----------------------------------------------------------------------
@@ -221,7 +259,7 @@ class RealSide:
             if case.real == "publish-twice":
                 worker.client.send_task(TASK_NAME, args=[message], queue=queue)
             if case.real == "kill-worker":
-                self._wait(lambda: conf.effects(ctx.job_id).get("work") == 1, worker)
+                self._wait(lambda: "work" in conf.effects(ctx.job_id), worker)
                 worker.restart()
             record = self._wait_terminal(env, ctx.job_id, worker)
             if case.real == "publish-again":
@@ -229,10 +267,13 @@ class RealSide:
             if case.real != "kill-worker":  # a killed worker's message returns much later
                 self._wait(lambda: _quiet(self.direct, queue), worker)
             record = env.jobs.get(ctx.job_id)
-            letters = sum(1 for e in env.events.entries(sender.dlq_topic)
-                          if e.payload.get("job_id") == ctx.job_id)
-            runs = conf.effects(ctx.job_id)
-        return _result(record, letters, runs)
+            letters = [e.payload for e in env.events.entries(sender.dlq_topic)
+                       if e.payload.get("job_id") == ctx.job_id]
+            effects = conf.effects(ctx.job_id)
+        if case.real.startswith("plan:"):
+            assert conf.fired(sender.key_prefix, ctx.job_id, case.real[5:]), (
+                f"{case.name}: the plan never fired; worker log:\n{worker.log_tail()}")
+        return _result(record, letters, effects)
 
     @staticmethod
     def _message(env: Environment, job_id: str, case: Case) -> str | None:
