@@ -80,8 +80,9 @@ class DocsEvaluator:
 
 def page_registry() -> Any:
     """A registry for one page's plugins, over the default registry: what the page
-    registers stays on the page, and what the modules it imports register into the
-    default registry (``examples.sim.payments``) is found too."""
+    registers stays on the page (and may shadow a name registered elsewhere), and the
+    built-ins and what the modules it imports register into the default registry
+    (``examples.sim.payments``) are found too."""
     from dcore import PluginNotFoundError, PluginRegistry, default_registry
 
     class PageRegistry(PluginRegistry):
@@ -94,9 +95,7 @@ def page_registry() -> Any:
         def __contains__(self, item: tuple[type, str]) -> bool:
             return super().__contains__(item) or item in default_registry()
 
-    registry = PageRegistry()
-    registry._plugins = default_registry().copy()._plugins
-    return registry
+    return PageRegistry()  # empty: the page's plugins may reuse names the suite took
 
 
 def setup(namespace: dict[str, Any]) -> None:
