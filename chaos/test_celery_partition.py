@@ -135,16 +135,16 @@ def held_by_broker(direct: Any, job_id: str) -> bool:
 
 
 def test_no_job_lost_when_redis_is_partitioned_for_3s_in_the_middle_of_500_celery_jobs(
-    chaos_redis: ChaosRedis, celery_worker: Any, record_property: Any
+    dcore_chaos_redis: ChaosRedis, dcore_celery_worker: Any, record_property: Any
 ) -> None:
     """Invariant: every acknowledged enqueue ends SUCCEEDED or DEAD after the heal; every
     failed enqueue surfaced as a DcoreError to the producer, whose retry then got each of
     the 500 work items acknowledged; a job is re-sent from its record only when its
     message is gone from the broker while its record is PENDING with the message kept;
     no failed enqueue left a job running or failed."""
-    worker = celery_worker(
+    worker = dcore_celery_worker(
         ["chaos_jobs"], pool="prefork", concurrency=2, pythonpath=[str(HERE)],
-        redis_url=chaos_redis.url, celery_broker_url=chaos_redis.url,
+        redis_url=dcore_chaos_redis.url, celery_broker_url=dcore_chaos_redis.url,
         celery_visibility_timeout=VISIBILITY_TIMEOUT,
     )  # fmt: skip
     supervisor = Supervisor(worker)
@@ -153,7 +153,7 @@ def test_no_job_lost_when_redis_is_partitioned_for_3s_in_the_middle_of_500_celer
     refused: list[str] = []  # job ids whose enqueue raised
     errors: list[BaseException] = []
     plan = ChaosPlan(seed=3)
-    plan.at(0).partition(chaos_redis.proxy, for_=PARTITION_SECONDS)
+    plan.at(0).partition(dcore_chaos_redis.proxy, for_=PARTITION_SECONDS)
     run = None
 
     def enqueue(n: int) -> str:
@@ -164,7 +164,8 @@ def test_no_job_lost_when_redis_is_partitioned_for_3s_in_the_middle_of_500_celer
             refused.append(ctx.job_id)
             raise
 
-    checker = Environment(worker.settings.model_copy(update={"redis_url": chaos_redis.direct_url}))
+    direct = dcore_chaos_redis.direct_url
+    checker = Environment(worker.settings.model_copy(update={"redis_url": direct}))
     try:
         with use_environment(producer):
             for n in range(JOBS):
@@ -184,7 +185,7 @@ def test_no_job_lost_when_redis_is_partitioned_for_3s_in_the_middle_of_500_celer
         deadline = time.monotonic() + SETTLE_DEADLINE
         seen = wait_quiet(checker, job_ids, supervisor, deadline)
         unfinished = [j for j, state in seen.items() if state not in TERMINAL]
-        dropped = [j for j in unfinished if not held_by_broker(chaos_redis.direct, j)]
+        dropped = [j for j in unfinished if not held_by_broker(dcore_chaos_redis.direct, j)]
         records = {j: checker.jobs.get(j) for j in dropped}
         app = celery_app(checker)
         for job_id, record in records.items():

@@ -11,9 +11,9 @@ import redis
 
 # --8<-- [start:partition]
 @pytest.mark.chaos
-def test_cache_survives_a_partition(chaos_redis: Any) -> None:
-    chaos_redis.client.set("k", "v")
-    with chaos_redis.proxy.partition(), pytest.raises(redis.ConnectionError):
-        chaos_redis.client.get("k")
-    assert chaos_redis.client.get("k") == b"v"          # healed
+def test_cache_survives_a_partition(dcore_chaos_redis: Any) -> None:
+    dcore_chaos_redis.client.set("k", "v")
+    with dcore_chaos_redis.proxy.partition(), pytest.raises(redis.ConnectionError):
+        dcore_chaos_redis.client.get("k")
+    assert dcore_chaos_redis.client.get("k") == b"v"          # healed
 # --8<-- [end:partition]

@@ -77,12 +77,13 @@ class Holder:
 
 @pytest.fixture
 def holder(
-    chaos_redis: ChaosRedis, s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_chaos_redis: ChaosRedis, dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> Iterator[Holder]:
     process = Holder({
-        "redis_url": chaos_redis.url, "prefix": chaos_redis.prefix, "ttl": TTL,
-        "s3_endpoint": s3_endpoint.url, "bucket": s3_bucket, "region": s3_endpoint.region,
-        "access_key": s3_endpoint.access_key, "secret_key": s3_endpoint.secret_key,
+        "redis_url": dcore_chaos_redis.url, "prefix": dcore_chaos_redis.prefix, "ttl": TTL,
+        "s3_endpoint": dcore_s3_endpoint.url, "bucket": dcore_s3_bucket,
+        "region": dcore_s3_endpoint.region,
+        "access_key": dcore_s3_endpoint.access_key, "secret_key": dcore_s3_endpoint.secret_key,
     })
     try:
         yield process
@@ -98,30 +99,30 @@ def _cut_off(chaos_redis: ChaosRedis, how: str) -> AbstractContextManager[Any]:
 
 @pytest.mark.parametrize("how", ["partition", "one_way_partition"])
 def test_a_holder_in_another_process_partitioned_past_its_ttl_has_its_write_refused(
-    chaos_redis: ChaosRedis, s3_storage: S3Storage, holder: Holder, how: str
+    dcore_chaos_redis: ChaosRedis, dcore_s3_storage: S3Storage, holder: Holder, how: str
 ) -> None:
     """Invariant: after A's TTL ran out while A was partitioned, B holds the lock with a
     strictly greater fence; A's fenced write, made later from its own process, raises
     StaleFenceError and changes nothing; the object and its recorded fence are B's; A's
     release reports the lost lock and leaves B's lock held."""
     fence_a = Fence(*holder.read()["holding"])
-    assert s3_storage.get(KEY) == b"A: first draft"
+    assert dcore_s3_storage.get(KEY) == b"A: first draft"
     assert holder.ask("probe") == {"probe": None}
 
-    lock_b = RedisLocks(chaos_redis.direct, prefix=chaos_redis.prefix).lock(
+    lock_b = RedisLocks(dcore_chaos_redis.direct, prefix=dcore_chaos_redis.prefix).lock(
         fence_a.lock, ttl=30.0)
-    with _cut_off(chaos_redis, how):
+    with _cut_off(dcore_chaos_redis, how):
         assert holder.ask("probe") == {"probe": "ServiceUnavailableError"}, "A is cut off"
         assert lock_b.acquire(timeout=ACQUIRE_WAIT), "B never got the lock after A's TTL"
         fence_b = Fence.of(lock_b)
         assert fence_b.number > fence_a.number
-        s3_storage.put_fenced(KEY, b"B: final", fence_b)
+        dcore_s3_storage.put_fenced(KEY, b"B: final", fence_b)
 
     ended = holder.ask("go")  # A, healed, goes on to its fenced write
     assert ended["error"] == "StaleFenceError", ended
     assert (Fence(*ended["fence"]), Fence(*ended["latest"])) == (fence_a, fence_b)
     assert any("was lost before release" in note for note in ended["notes"]), ended
-    assert s3_storage.get(KEY) == b"B: final"
-    assert s3_storage.fence_of(KEY) == fence_b
+    assert dcore_s3_storage.get(KEY) == b"B: final"
+    assert dcore_s3_storage.fence_of(KEY) == fence_b
     assert lock_b.owned(), "A's release must not have released B's lock"
     lock_b.release()

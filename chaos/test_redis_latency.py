@@ -88,14 +88,14 @@ class Collector:
 
 
 def test_jobs_complete_with_100ms_redis_latency_on_event_bus_and_job_store(
-    chaos_redis: ChaosRedis,
+    dcore_chaos_redis: ChaosRedis,
 ) -> None:
     """Invariant: with every Redis reply 100 ms late, all N jobs run through the thread
     dispatcher end SUCCEEDED, each wrote its entry to the durable topic, and each one's
     ``job.succeeded`` event reached a subscriber — latency delays, never drops."""
-    env = Environment(redis_settings(chaos_redis))
+    env = Environment(redis_settings(dcore_chaos_redis))
     try:
-        with use_environment(env), chaos_redis.proxy.latency(LATENCY_MS):
+        with use_environment(env), dcore_chaos_redis.proxy.latency(LATENCY_MS):
             collector = Collector(set())
             with env.events.subscribe(JOB_SUCCEEDED, collector):
                 handles = []
@@ -140,22 +140,22 @@ def _call_bounded(fn: Any) -> BaseException | None:
 
 @pytest.mark.parametrize("fault", ["latency", "one_way_partition"])
 def test_a_50ms_socket_timeout_is_honoured_through_dcore_redis_settings(
-    chaos_redis: ChaosRedis, fault: str
+    dcore_chaos_redis: ChaosRedis, fault: str
 ) -> None:
     """Invariant: a job store configured (``DCORE_REDIS_URL=...?socket_timeout=0.05``)
     with a 50 ms socket timeout fails with ``ServiceUnavailableError`` caused by redis'
     ``TimeoutError`` when replies are 100 ms late or never come — it neither waits for
     the late reply nor hangs — and works again once the fault is gone."""
-    url = f"{chaos_redis.url}?socket_timeout=0.05"
-    env = Environment(redis_settings(chaos_redis, redis_url=url))
+    url = f"{dcore_chaos_redis.url}?socket_timeout=0.05"
+    env = Environment(redis_settings(dcore_chaos_redis, redis_url=url))
     try:
         jobs = env.jobs
         with pytest.raises(JobNotFoundError):  # reachable before the fault
             jobs.get("no-such-job")
         if fault == "latency":
-            context = chaos_redis.proxy.latency(LATENCY_MS)
+            context = dcore_chaos_redis.proxy.latency(LATENCY_MS)
         else:
-            context = chaos_redis.proxy.one_way_partition("downstream")
+            context = dcore_chaos_redis.proxy.one_way_partition("downstream")
         with context:
             error = _call_bounded(lambda: jobs.get("no-such-job"))
         assert isinstance(error, ServiceUnavailableError), repr(error)
@@ -168,17 +168,17 @@ def test_a_50ms_socket_timeout_is_honoured_through_dcore_redis_settings(
 
 
 def test_the_socket_timeout_setting_alone_stops_a_partition_from_hanging_the_job_store(
-    chaos_redis: ChaosRedis,
+    dcore_chaos_redis: ChaosRedis,
 ) -> None:
     """Invariant: with nothing in the URL, ``DCORE_REDIS_SOCKET_TIMEOUT`` bounds every
     job-store call: a one-way partition (requests swallowed, connection kept open) makes
     the call fail with ``ServiceUnavailableError`` instead of waiting for ever."""
-    env = Environment(redis_settings(chaos_redis, redis_socket_timeout=0.3))
+    env = Environment(redis_settings(dcore_chaos_redis, redis_socket_timeout=0.3))
     try:
         jobs = env.jobs
         with pytest.raises(JobNotFoundError):  # reachable before the fault
             jobs.get("no-such-job")
-        with chaos_redis.proxy.one_way_partition("downstream"):
+        with dcore_chaos_redis.proxy.one_way_partition("downstream"):
             error = _call_bounded(lambda: jobs.get("no-such-job"))
         assert isinstance(error, ServiceUnavailableError), repr(error)
         assert isinstance(error.__cause__, RedisTimeoutError), repr(error.__cause__)
@@ -187,14 +187,15 @@ def test_the_socket_timeout_setting_alone_stops_a_partition_from_hanging_the_job
 
 
 def test_an_injected_client_with_a_50ms_timeout_raises_redis_timeout_not_a_late_reply(
-    chaos_redis: ChaosRedis,
+    dcore_chaos_redis: ChaosRedis,
 ) -> None:
     """Invariant: a job store on a ready client with a 50 ms socket timeout, behind
     100 ms of latency, raises (ServiceUnavailableError from redis' TimeoutError) rather
     than returning the late reply; the same store without latency answers."""
-    store = RedisJobStore(chaos_redis.connect(socket_timeout=0.05), prefix=chaos_redis.prefix)
+    store = RedisJobStore(dcore_chaos_redis.connect(socket_timeout=0.05),
+                          prefix=dcore_chaos_redis.prefix)
     store.create("job-1")
-    with chaos_redis.proxy.latency(LATENCY_MS):
+    with dcore_chaos_redis.proxy.latency(LATENCY_MS):
         error = _call_bounded(lambda: store.get("job-1"))
     assert isinstance(error, ServiceUnavailableError), repr(error)
     assert isinstance(error.__cause__, RedisTimeoutError)

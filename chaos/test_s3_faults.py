@@ -125,19 +125,19 @@ def assert_complete_or_absent(chaos_s3: ChaosS3, key: str, data: bytes) -> bool:
 
 @CONCURRENCY
 def test_reset_during_multipart_upload_is_retried_by_botocore_and_the_object_is_whole(
-    chaos_s3: ChaosS3, concurrency: int
+    dcore_chaos_s3: ChaosS3, concurrency: int
 ) -> None:
     """Invariant: a connection reset during part 2 of a multipart ``put_stream`` is
     retried by botocore (standard mode, 3 attempts); the object ends complete with a
     matching sha256 and no multipart upload is left open. With parts in flight the
     reset may hit any of them (not always part 2); each one hit is retried once."""
-    storage = chaos_s3.make_storage(
+    storage = dcore_chaos_s3.make_storage(
         multipart_threshold=PART,
         multipart_chunk_size=PART,
         max_attempts=3,
         max_concurrency=concurrency,
     )
-    fault = ResetDuringPart(storage, chaos_s3.proxy, RESET_AT_PART)
+    fault = ResetDuringPart(storage, dcore_chaos_s3.proxy, RESET_AT_PART)
     data = payload(SIZE)
 
     info = storage.put_stream("big/blob.bin", chunks(data))
@@ -154,7 +154,7 @@ def test_reset_during_multipart_upload_is_retried_by_botocore_and_the_object_is_
         assert all(1 <= attempts <= 2 for attempts in fault.part_attempts.values())
     assert fault.uploads_started == 1
     assert info.sha256 == hashlib.sha256(data).hexdigest()
-    assert assert_complete_or_absent(chaos_s3, "big/blob.bin", data)
+    assert assert_complete_or_absent(dcore_chaos_s3, "big/blob.bin", data)
 
 
 class StreamUpload(PipelineContext):
@@ -187,7 +187,7 @@ def stream_write_stage(dcore_registry: PluginRegistry) -> str:
 @CONCURRENCY
 @pytest.mark.parametrize("retry", [True, False], ids=["stage_retry", "no_retry"])
 def test_reset_during_multipart_upload_leaves_the_object_whole_or_absent_never_partial(
-    chaos_s3: ChaosS3,
+    dcore_chaos_s3: ChaosS3,
     stream_write_stage: str,
     dcore_registry: PluginRegistry,
     tmp_path: Path,
@@ -199,13 +199,13 @@ def test_reset_during_multipart_upload_leaves_the_object_whole_or_absent_never_p
     stage's ``RetryPolicy`` the stage runs again and the object ends complete (sha256
     matches); without one the error reaches the caller and the object is absent. Either
     way: never partial, no upload left open."""
-    storage = chaos_s3.make_storage(
+    storage = dcore_chaos_s3.make_storage(
         multipart_threshold=PART,
         multipart_chunk_size=PART,
         max_attempts=1,
         max_concurrency=concurrency,
     )
-    fault = ResetDuringPart(storage, chaos_s3.proxy, RESET_AT_PART)
+    fault = ResetDuringPart(storage, dcore_chaos_s3.proxy, RESET_AT_PART)
     data = payload(SIZE, seed=7)
     source = tmp_path / "upload.bin"
     source.write_bytes(data)
@@ -229,7 +229,7 @@ def test_reset_during_multipart_upload_leaves_the_object_whole_or_absent_never_p
     else:
         assert 1 <= fault.failures <= 3
     assert fault.uploads_started == (2 if retry else 1)
-    present = assert_complete_or_absent(chaos_s3, "big/stage.bin", data)
+    present = assert_complete_or_absent(dcore_chaos_s3, "big/stage.bin", data)
     assert present is retry
 
 
@@ -240,19 +240,19 @@ TIMER_SLACK = 0.98
 
 
 def test_upload_through_a_500_kbps_pipe_is_intact_and_no_faster_than_the_rate(
-    chaos_s3: ChaosS3,
+    dcore_chaos_s3: ChaosS3,
 ) -> None:
     """Invariant: a ``put`` through a 500 KB/s bandwidth toxic (client → server) stores
     exactly the bytes sent, with their sha256, and takes at least size / rate: the toxic
     really throttles our client's traffic, and throttling corrupts nothing."""
     data = payload(UPLOAD_BYTES, seed=8)
-    chaos_s3.storage.put("warm/up.txt", b"connection and bucket check before timing")
-    with chaos_s3.proxy.bandwidth(BANDWIDTH_KBPS, stream="upstream"):
+    dcore_chaos_s3.storage.put("warm/up.txt", b"connection and bucket check before timing")
+    with dcore_chaos_s3.proxy.bandwidth(BANDWIDTH_KBPS, stream="upstream"):
         start = time.monotonic()
-        info = chaos_s3.storage.put("slow/upload.bin", data)
+        info = dcore_chaos_s3.storage.put("slow/upload.bin", data)
         elapsed = time.monotonic() - start
 
     floor = UPLOAD_BYTES / (BANDWIDTH_KBPS * 1000)
     assert elapsed >= floor * TIMER_SLACK, f"{elapsed:.2f}s < {floor:.2f}s at {BANDWIDTH_KBPS} KB/s"
     assert info.sha256 == hashlib.sha256(data).hexdigest()
-    assert assert_complete_or_absent(chaos_s3, "slow/upload.bin", data)
+    assert assert_complete_or_absent(dcore_chaos_s3, "slow/upload.bin", data)

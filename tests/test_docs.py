@@ -82,3 +82,23 @@ def test_a_snippet_must_come_from_a_test_module_and_a_section_it_has() -> None:
         check('--8<-- "examples/sim/test_guide.py:nowhere"')
     with pytest.raises(AssertionError, match="does not exist"):
         check('--8<-- "examples/sim/test_gone.py"')
+
+
+def test_every_fixture_is_dcore_prefixed_and_in_the_fixtures_reference(
+    pytestconfig: pytest.Config,
+) -> None:
+    manager = pytestconfig.pluginmanager
+    ours = set()
+    for _, plugin in manager.list_name_plugin():
+        module = getattr(plugin, "__name__", "")
+        if not module.startswith("dcore_testing"):
+            continue
+        for attr in vars(plugin).values():
+            marker = getattr(attr, "_fixture_function_marker", None) or getattr(
+                attr, "_pytestfixturefunction", None)
+            if marker is not None:
+                ours.add(marker.name or attr.__name__)
+    assert len(ours) >= 15, ours
+    assert not [name for name in ours if not name.startswith("dcore_")]
+    text = page("reference/fixtures.md")
+    assert not [name for name in sorted(ours) if f"| `{name}` |" not in text]

@@ -1,16 +1,17 @@
 """pytest fixtures for chaos tests; imports nothing heavy until a fixture runs.
 
-``toxiproxy`` yields a :class:`ToxiproxyClient`. With ``TOXIPROXY_URL`` set it
+``dcore_toxiproxy`` yields a :class:`ToxiproxyClient`. With ``TOXIPROXY_URL`` set it
 talks to that (real) server; otherwise one embedded server is started lazily
 for the whole session and stopped when pytest finishes. After each test the
 server is ``reset()`` (proxies enabled, toxics removed) and the proxies the test
 created are deleted, so names and ports never leak into the next test; proxies
 that existed before the test (e.g. from a docker-compose config) are kept.
 
-``chaos_redis`` puts a proxy in front of the ``redis_url`` server and yields a
+``dcore_chaos_redis`` puts a proxy in front of the ``dcore_redis_url`` server and yields a
 :class:`~dcore_testing.chaos.services.ChaosRedis` (``.client``, ``.url`` through the
 proxy, ``.proxy``, ``.direct_url``); the database is flushed before and after.
-``chaos_s3`` does the same for the ``s3_endpoint`` server and a fresh ``s3_bucket``:
+``dcore_chaos_s3`` does the same for the ``dcore_s3_endpoint`` server and a fresh
+``dcore_s3_bucket``:
 a :class:`~dcore_testing.chaos.services.ChaosS3` (``.endpoint``, ``.storage`` through
 the proxy, ``.direct`` beside it). Against a real Toxiproxy, set
 ``DCORE_CHAOS_UPSTREAM_HOST`` when the proxy reaches the services under another host
@@ -57,7 +58,7 @@ def _server_url(config: pytest.Config) -> str:
 
 
 @pytest.fixture
-def toxiproxy(request: pytest.FixtureRequest) -> Iterator[ToxiproxyClient]:
+def dcore_toxiproxy(request: pytest.FixtureRequest) -> Iterator[ToxiproxyClient]:
     """A client for the real (``TOXIPROXY_URL``) or embedded Toxiproxy, clean per test."""
     from .client import ToxiproxyClient
     from .errors import NotFoundError
@@ -77,13 +78,14 @@ def toxiproxy(request: pytest.FixtureRequest) -> Iterator[ToxiproxyClient]:
 
 
 @pytest.fixture
-def chaos_redis(toxiproxy: ToxiproxyClient, redis_url: str) -> Iterator[ChaosRedis]:
+def dcore_chaos_redis(dcore_toxiproxy: ToxiproxyClient,
+                      dcore_redis_url: str) -> Iterator[ChaosRedis]:
     """The test Redis behind a fresh proxy; flushed before and after the test."""
     from .services import ChaosRedis, create_service_proxy, service_address
 
-    host, port = service_address(redis_url, 6379)
-    proxy = create_service_proxy(toxiproxy, "redis", host, port)
-    chaos = ChaosRedis(proxy, redis_url)
+    host, port = service_address(dcore_redis_url, 6379)
+    proxy = create_service_proxy(dcore_toxiproxy, "redis", host, port)
+    chaos = ChaosRedis(proxy, dcore_redis_url)
     try:
         chaos.direct.flushdb()
         yield chaos
@@ -95,16 +97,16 @@ def chaos_redis(toxiproxy: ToxiproxyClient, redis_url: str) -> Iterator[ChaosRed
 
 
 @pytest.fixture
-def chaos_s3(
-    toxiproxy: ToxiproxyClient, s3_endpoint: S3Endpoint, s3_bucket: str
+def dcore_chaos_s3(
+    dcore_toxiproxy: ToxiproxyClient, dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> Iterator[ChaosS3]:
     """The test S3 endpoint behind a fresh proxy, on this test's fresh bucket."""
     from .services import ChaosS3, create_service_proxy, service_address
 
-    default_port = 443 if s3_endpoint.url.startswith("https:") else 80
-    host, port = service_address(s3_endpoint.url, default_port)
-    proxy = create_service_proxy(toxiproxy, "s3", host, port)
-    chaos = ChaosS3(proxy, s3_endpoint, s3_bucket)
+    default_port = 443 if dcore_s3_endpoint.url.startswith("https:") else 80
+    host, port = service_address(dcore_s3_endpoint.url, default_port)
+    proxy = create_service_proxy(dcore_toxiproxy, "s3", host, port)
+    chaos = ChaosS3(proxy, dcore_s3_endpoint, dcore_s3_bucket)
     try:
         yield chaos
     finally:

@@ -1,4 +1,4 @@
-"""Real services behind a chaos proxy: the objects the ``chaos_redis`` / ``chaos_s3``
+"""Real services behind a chaos proxy: the objects the ``dcore_chaos_redis`` / ``dcore_chaos_s3``
 fixtures yield, and where their proxies listen and point.
 
 Everything a test sends to Redis or S3 through :class:`ChaosRedis` / :class:`ChaosS3`

@@ -80,7 +80,7 @@ def check_pytest_trace(nodeid: str, trace_path: str) -> int:
         return fail(f"pytest found no test {nodeid} (pytest exit code {int(code)}); "
                     "was it renamed or removed?")
     if not watcher.uses_sim:
-        return fail(f"{nodeid} no longer uses the sim fixture, so it cannot replay the trace")
+        return fail(f"{nodeid} no longer uses the dcore_sim fixture, so it cannot replay the trace")
     if watcher.divergence is not None:
         print(f"replay diverged: {watcher.divergence}")
         return 1

@@ -5,7 +5,7 @@ scheduler.
 freezegun is started with ``real_asyncio=True`` (a frozen monotonic clock hangs asyncio)
 and leaves Hypothesis and pytest on real time. Starting it scans every loaded module
 (~10 ms); a nested start costs microseconds, so :func:`virtual_time_session` holds one
-open across many runs (the ``sim`` fixture and ``dcore explore`` do). ``time.sleep`` is
+open across many runs (the ``dcore_sim`` fixture and ``dcore explore`` do). ``time.sleep`` is
 replaced on the ``time`` module only: code that did ``from time import sleep`` keeps
 the real one.
 """

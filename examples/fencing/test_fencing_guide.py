@@ -12,18 +12,18 @@ from examples.fencing.reports import Report, late_holder, report_pipeline
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_each_run_publishes_with_a_newer_fence(manual_env: Environment) -> None:
+def test_each_run_publishes_with_a_newer_fence(dcore_manual_env: Environment) -> None:
     assert report_pipeline(Report(name="daily", body=b"v1")).run() == "reports/daily.csv"
     assert report_pipeline(Report(name="daily", body=b"v2")).run() == "reports/daily.csv"
-    assert manual_env.storage.get("reports/daily.csv") == b"v2"
-    assert manual_env.storage.fence_of("reports/daily.csv") == Fence("report:daily", 2)
+    assert dcore_manual_env.storage.get("reports/daily.csv") == b"v2"
+    assert dcore_manual_env.storage.fence_of("reports/daily.csv") == Fence("report:daily", 2)
 
 
-def test_a_holder_paused_past_its_ttl_is_refused(manual_env: Environment) -> None:
-    refusal = late_holder(manual_env)
+def test_a_holder_paused_past_its_ttl_is_refused(dcore_manual_env: Environment) -> None:
+    refusal = late_holder(dcore_manual_env)
     assert refusal.startswith(
         "write to 'reports/daily.csv' with fence 1 of lock 'report:daily' refused: fence 2")
-    assert manual_env.storage.get("reports/daily.csv") == b"fresh"
+    assert dcore_manual_env.storage.get("reports/daily.csv") == b"fresh"
 
 
 def test_the_module_runs_as_a_demo() -> None:

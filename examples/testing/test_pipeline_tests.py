@@ -43,11 +43,11 @@ def test_background_part_runs_after_the_sync_part(dcore_registry: PluginRegistry
 
 
 # --8<-- [start:manual_clock]
-def test_a_lock_ttl_runs_out_without_waiting(manual_env: Environment,
-                                             manual_clock: ManualClock) -> None:
-    lock = manual_env.locks.lock("report", ttl=30)
+def test_a_lock_ttl_runs_out_without_waiting(dcore_manual_env: Environment,
+                                             dcore_manual_clock: ManualClock) -> None:
+    lock = dcore_manual_env.locks.lock("report", ttl=30)
     lock.acquire()
-    manual_clock.sleep(31)                       # returns at once
+    dcore_manual_clock.sleep(31)                       # returns at once
     assert not lock.owned()
-    assert manual_clock.sleeps == [31]
+    assert dcore_manual_clock.sleeps == [31]
 # --8<-- [end:manual_clock]

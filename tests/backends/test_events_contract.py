@@ -53,7 +53,7 @@ def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
         client = None
     else:
         client = request.getfixturevalue(
-            "fake_redis" if request.param == "fakeredis" else "redis_client"
+            "dcore_fake_redis" if request.param == "fakeredis" else "dcore_redis_client"
         )
         bus = RedisEventBus(client)
     yield Harness(bus, client, clock)
@@ -303,8 +303,8 @@ def _listeners() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("dcore-redis-subscriber")]
 
 
-def test_redis_listener_threads_start_on_subscribe_and_stop_on_close(fake_redis: Any) -> None:
-    bus = RedisEventBus(fake_redis)
+def test_redis_listener_threads_start_on_subscribe_and_stop_on_close(dcore_fake_redis: Any) -> None:
+    bus = RedisEventBus(dcore_fake_redis)
     assert _listeners() == []  # the constructor starts nothing
     sub = bus.subscribe("a", lambda e: None)
     bus.subscribe("b", lambda e: None)
@@ -315,11 +315,12 @@ def test_redis_listener_threads_start_on_subscribe_and_stop_on_close(fake_redis:
     assert _listeners() == []
 
 
-def test_redis_bus_from_environment_prefixes_keys(redis_url: str, redis_client: Any) -> None:
-    with Environment(DcoreSettings(redis_url=redis_url, key_prefix="t2")) as env:
+def test_redis_bus_from_environment_prefixes_keys(dcore_redis_url: str,
+                                                  dcore_redis_client: Any) -> None:
+    with Environment(DcoreSettings(redis_url=dcore_redis_url, key_prefix="t2")) as env:
         bus = RedisEventBus.from_environment(env)
         bus.append("dlq", {"n": 1})
-        assert redis_client.keys("*") == [b"t2:events:dlq"]
+        assert dcore_redis_client.keys("*") == [b"t2:events:dlq"]
         bus.close()
 
 

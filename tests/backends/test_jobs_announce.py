@@ -78,35 +78,36 @@ class ChannelLog:
 
 @pytest.fixture
 def redis_env(
-    redis_url: str, redis_client: Any, tmp_path: Path, dcore_registry: PluginRegistry
+    dcore_redis_url: str, dcore_redis_client: Any, tmp_path: Path, dcore_registry: PluginRegistry
 ) -> Iterator[Environment]:
     """Job store and event bus on one Redis server, current for the test."""
-    settings = DcoreSettings(redis_url=redis_url, job_store="redis", event_bus="redis",
+    settings = DcoreSettings(redis_url=dcore_redis_url, job_store="redis", event_bus="redis",
                              storage_root=tmp_path)  # fmt: skip
     with Environment(settings, registry=dcore_registry) as env, use_environment(env):
         yield env
 
 
 @pytest.fixture
-def channels(redis_client: Any) -> Iterator[ChannelLog]:
-    log = ChannelLog(redis_client)
+def channels(dcore_redis_client: Any) -> Iterator[ChannelLog]:
+    log = ChannelLog(dcore_redis_client)
     yield log
     log.pubsub.close()
 
 
 def test_a_redis_store_announces_only_on_a_redis_bus_of_its_own_server(
-    redis_url: str, redis_client: Any, fake_redis: Any
+    dcore_redis_url: str, dcore_redis_client: Any, dcore_fake_redis: Any
 ) -> None:
-    store = RedisJobStore(url=redis_url)
-    same = RedisEventBus(url=redis_url, prefix="elsewhere")  # another prefix: still one server
-    other_db = RedisEventBus(url=redis_url.rsplit("/", 1)[0] + "/1")
-    injected = RedisEventBus(redis_client)  # the same server, but only known by identity
+    store = RedisJobStore(url=dcore_redis_url)
+    same = RedisEventBus(url=dcore_redis_url,
+                         prefix="elsewhere")  # another prefix: still one server
+    other_db = RedisEventBus(url=dcore_redis_url.rsplit("/", 1)[0] + "/1")
+    injected = RedisEventBus(dcore_redis_client)  # the same server, but only known by identity
     try:
         assert store.announces_on(same)
         assert not store.announces_on(other_db)
         assert not store.announces_on(injected)
         assert not store.announces_on(MemoryEventBus())
-        assert RedisJobStore(fake_redis).announces_on(RedisEventBus(fake_redis))
+        assert RedisJobStore(dcore_fake_redis).announces_on(RedisEventBus(dcore_fake_redis))
         store.create("j1")
         with pytest.raises(ValueError, match=r"cannot publish on .*same server"):
             store.transition_announced("j1", JobState.RUNNING, other_db, "job.started", {})
@@ -117,11 +118,11 @@ def test_a_redis_store_announces_only_on_a_redis_bus_of_its_own_server(
 
 
 def test_the_event_goes_out_on_the_bus_prefix_with_the_move_and_not_for_a_refused_one(
-    redis_url: str, redis_client: Any
+    dcore_redis_url: str, dcore_redis_client: Any
 ) -> None:
-    store = RedisJobStore(url=redis_url, prefix="jobs1")
-    bus = RedisEventBus(url=redis_url, prefix="bus1")
-    log = ChannelLog(redis_client, prefix="bus1")
+    store = RedisJobStore(url=dcore_redis_url, prefix="jobs1")
+    bus = RedisEventBus(url=dcore_redis_url, prefix="bus1")
+    log = ChannelLog(dcore_redis_client, prefix="bus1")
     try:
         store.create_announced("j1", bus, "job.scheduled", {"job_id": "j1"}, message="{}")
         store.transition_announced("j1", JobState.RUNNING, bus, "job.started",
@@ -146,7 +147,7 @@ def test_the_event_goes_out_on_the_bus_prefix_with_the_move_and_not_for_a_refuse
         assert record.result == {"rows": 2}
         assert [t.state for t in record.history] == ["PENDING", "RUNNING", "SUCCEEDED"]
         assert record.history[1].note == "attempt 1"
-        assert 0 < redis_client.pttl("jobs1:job:j1") <= store.ttl * 1000
+        assert 0 < dcore_redis_client.pttl("jobs1:job:j1") <= store.ttl * 1000
     finally:
         log.pubsub.close()
         store.close()
@@ -154,7 +155,7 @@ def test_the_event_goes_out_on_the_bus_prefix_with_the_move_and_not_for_a_refuse
 
 
 def test_a_job_through_redis_publishes_its_state_events_inside_its_transitions(
-    redis_env: Environment, redis_client: Any, channels: ChannelLog,
+    redis_env: Environment, dcore_redis_client: Any, channels: ChannelLog,
     dcore_registry: PluginRegistry,
 ) -> None:
     failures = {"left": 1}
@@ -214,15 +215,15 @@ def test_a_duplicate_delivery_of_a_finished_job_announces_nothing(
 
 
 def test_a_store_on_another_server_still_gets_its_events_published_by_the_bus(
-    redis_url: str, redis_client: Any, tmp_path: Path
+    dcore_redis_url: str, dcore_redis_client: Any, tmp_path: Path
 ) -> None:
     # the bus on db 1 is another keyspace: the store cannot publish for it, lifecycle does
-    other = redis_url.rsplit("/", 1)[0] + "/1"
-    settings = DcoreSettings(redis_url=redis_url, job_store="redis", storage_root=tmp_path)
+    other = dcore_redis_url.rsplit("/", 1)[0] + "/1"
+    settings = DcoreSettings(redis_url=dcore_redis_url, job_store="redis", storage_root=tmp_path)
     with Environment(settings, events=RedisEventBus(url=other)) as env:
         assert isinstance(env.jobs, RedisJobStore)
         assert not env.jobs.announces_on(env.events)
-        log = ChannelLog(redis_client)  # pub/sub is server-wide: db 1's events arrive too
+        log = ChannelLog(dcore_redis_client)  # pub/sub is server-wide: db 1's events arrive too
         try:
             schedule(env, "j1")
             run_job(env, "j1", lambda: None)

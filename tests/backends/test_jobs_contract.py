@@ -40,13 +40,15 @@ def client(request: pytest.FixtureRequest) -> Any:
     """None for the memory store, else the Redis client the store runs on."""
     if request.param == "memory":
         return None
-    return request.getfixturevalue("fake_redis" if request.param == "fakeredis" else "redis_client")
+    name = "dcore_fake_redis" if request.param == "fakeredis" else "dcore_redis_client"
+    return request.getfixturevalue(name)
 
 
 @pytest.fixture(params=["fakeredis", "redis"])
 def redis_only(request: pytest.FixtureRequest) -> Any:
     """A Redis client, for what only the Redis store has (keys, index pruning)."""
-    return request.getfixturevalue("fake_redis" if request.param == "fakeredis" else "redis_client")
+    name = "dcore_fake_redis" if request.param == "fakeredis" else "dcore_redis_client"
+    return request.getfixturevalue(name)
 
 
 @pytest.fixture
@@ -306,14 +308,14 @@ def test_list_skips_and_prunes_records_that_expired(redis_only: Any, clock: Manu
 
 
 def test_redis_store_from_environment_uses_url_prefix_ttl_and_clock(
-    redis_url: str, redis_client: Any, clock: ManualClock
+    dcore_redis_url: str, dcore_redis_client: Any, clock: ManualClock
 ) -> None:
-    settings = DcoreSettings(redis_url=redis_url, key_prefix="t1", job_ttl=60)
+    settings = DcoreSettings(redis_url=dcore_redis_url, key_prefix="t1", job_ttl=60)
     with Environment(settings, clock=clock) as env:
         store = RedisJobStore.from_environment(env)
         at_state(store, "j", S)
         assert store.get("j").created_at == T0
-        assert 0 < redis_client.pttl("t1:job:j") <= 60_000
+        assert 0 < dcore_redis_client.pttl("t1:job:j") <= 60_000
         store.close()
 
 

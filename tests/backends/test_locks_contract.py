@@ -58,7 +58,7 @@ def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
         client = None
     else:
         client = request.getfixturevalue(
-            "fake_redis" if request.param == "fakeredis" else "redis_client"
+            "dcore_fake_redis" if request.param == "fakeredis" else "dcore_redis_client"
         )
         locks = RedisLocks(client, poll_interval=0.002)
     yield Harness(locks, client, clock)
@@ -244,11 +244,12 @@ def test_context_manager_holds_then_releases(h: Harness) -> None:
     assert h.locks.lock("x").acquire(blocking=False)
 
 
-def test_redis_locks_from_environment_prefix_their_keys(redis_url: str, redis_client: Any) -> None:
-    with Environment(DcoreSettings(redis_url=redis_url, key_prefix="t3")) as env:
+def test_redis_locks_from_environment_prefix_their_keys(dcore_redis_url: str,
+                                                        dcore_redis_client: Any) -> None:
+    with Environment(DcoreSettings(redis_url=dcore_redis_url, key_prefix="t3")) as env:
         locks = RedisLocks.from_environment(env)
         with locks.lock("job-1"):
-            assert sorted(redis_client.keys("*")) == [b"t3:lock:job-1", b"t3:lockfence:job-1"]
+            assert sorted(dcore_redis_client.keys("*")) == [b"t3:lock:job-1", b"t3:lockfence:job-1"]
         locks.close()
 
 

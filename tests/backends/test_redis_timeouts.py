@@ -32,9 +32,9 @@ def test_the_setting_is_added_to_the_url_unless_the_url_sets_it(
 
 
 def test_backends_built_from_settings_carry_the_reply_timeout(
-    redis_url: str, tmp_path: Any
+    dcore_redis_url: str, tmp_path: Any
 ) -> None:
-    settings = DcoreSettings(redis_url=redis_url, redis_socket_timeout=2.5, event_bus="redis",
+    settings = DcoreSettings(redis_url=dcore_redis_url, redis_socket_timeout=2.5, event_bus="redis",
                              job_store="redis", locks="redis", storage_root=tmp_path)
     with Environment(settings) as env:
         clients = [env.events.client, env.jobs.client, env.locks.client]  # type: ignore[attr-defined]
@@ -44,9 +44,9 @@ def test_backends_built_from_settings_carry_the_reply_timeout(
 
 @pytest.mark.integration
 def test_a_blocking_read_longer_than_the_reply_timeout_waits_and_then_delivers(
-    redis_url: str, tmp_path: Any
+    dcore_redis_url: str, tmp_path: Any
 ) -> None:
-    settings = DcoreSettings(redis_url=redis_url, redis_socket_timeout=0.4, event_bus="redis",
+    settings = DcoreSettings(redis_url=dcore_redis_url, redis_socket_timeout=0.4, event_bus="redis",
                              key_prefix="timeouts", storage_root=tmp_path)
     with Environment(settings) as env:
         bus = env.events

@@ -20,7 +20,6 @@ from dcore.backends.memory_storage import MemoryStorage
 from dcore.backends.s3 import S3Storage
 from dcore.errors import InvalidKeyError, ObjectNotFoundError
 from dcore.services.storage import ObjectInfo, StorageInterface
-from dcore_testing.fixtures.s3 import s3_bucket, s3_endpoint, s3_storage  # noqa: F401
 
 Storage = LocalFileStorage | MemoryStorage | S3Storage
 
@@ -31,7 +30,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
         return LocalFileStorage(root=tmp_path / "store")
     if request.param == "memory":
         return MemoryStorage()
-    s3: S3Storage = request.getfixturevalue("s3_storage")
+    s3: S3Storage = request.getfixturevalue("dcore_s3_storage")
     # a tiny page, so every listing of more than three objects crosses pages
     return S3Storage(bucket=s3.bucket, client=s3.client, page_size=3)
 

@@ -57,7 +57,7 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
         return LocalFileStorage(root=tmp_path / "store")
     if request.param == "memory":
         return MemoryStorage()
-    s3: S3Storage = request.getfixturevalue("s3_storage")
+    s3: S3Storage = request.getfixturevalue("dcore_s3_storage")
     return s3
 
 
@@ -206,7 +206,7 @@ def persistent(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Storage,
     """Two storage objects on the same objects (a second process would build its own)."""
     if request.param == "local":
         return LocalFileStorage(tmp_path), LocalFileStorage(tmp_path)
-    s3: S3Storage = request.getfixturevalue("s3_storage")
+    s3: S3Storage = request.getfixturevalue("dcore_s3_storage")
     return s3, S3Storage(bucket=s3.bucket, client=s3.client)
 
 
@@ -391,10 +391,10 @@ def serialized_moto_server() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def atomic_s3_url(s3_endpoint: S3Endpoint) -> Iterator[str]:
+def atomic_s3_url(dcore_s3_endpoint: S3Endpoint) -> Iterator[str]:
     """Where conditional writes are atomic: the real server, or a serialized moto."""
-    if not s3_endpoint.in_process:
-        yield s3_endpoint.url
+    if not dcore_s3_endpoint.in_process:
+        yield dcore_s3_endpoint.url
         return
     with serialized_moto_server() as url:
         yield url
@@ -408,11 +408,11 @@ def shared(
     if request.param == "local":
         yield LocalFileStorage(tmp_path), {"kind": "local", "root": str(tmp_path)}
         return
-    endpoint: S3Endpoint = request.getfixturevalue("s3_endpoint")
+    endpoint: S3Endpoint = request.getfixturevalue("dcore_s3_endpoint")
     spec = {
         "kind": "s3",
         "endpoint_url": request.getfixturevalue("atomic_s3_url"),
-        "bucket": request.getfixturevalue("s3_bucket"),
+        "bucket": request.getfixturevalue("dcore_s3_bucket"),
         "region": endpoint.region,
         "access_key": endpoint.access_key,
         "secret_key": endpoint.secret_key,

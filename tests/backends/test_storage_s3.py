@@ -28,19 +28,12 @@ from dcore.core.plugins import default_registry
 from dcore.core.settings import DcoreSettings
 from dcore.errors import InvalidKeyError, ServiceUnavailableError, StorageError
 from dcore.services.storage import StorageInterface
-from dcore_testing.fixtures import s3 as s3_fixtures
 from dcore_testing.fixtures.s3 import (
     S3Endpoint,
     empty_and_delete_bucket,
     endpoint_client,
     mock_s3_storage,
 )
-
-# the fixtures, until the dcore pytest plugin registers them globally
-s3_endpoint = s3_fixtures.s3_endpoint
-s3_bucket = s3_fixtures.s3_bucket
-s3_storage = s3_fixtures.s3_storage
-fake_s3 = s3_fixtures.fake_s3
 
 MiB = 1024 * 1024
 SECRET = "do-not-print-this-secret-0123456789"
@@ -125,27 +118,27 @@ def test_the_module_imports_and_registers_without_boto3() -> None:
     assert "pip install 'distributed-core[s3]'" in result.stdout
 
 
-def test_from_environment_reads_the_s3_settings(s3_endpoint: S3Endpoint) -> None:
+def test_from_environment_reads_the_s3_settings(dcore_s3_endpoint: S3Endpoint) -> None:
     bucket = f"dcore-env-{uuid.uuid4().hex[:12]}"
     settings = DcoreSettings(
         storage="minio",
-        s3_endpoint=s3_endpoint.url,
+        s3_endpoint=dcore_s3_endpoint.url,
         s3_bucket=bucket,
-        s3_region=s3_endpoint.region,
-        s3_access_key=s3_endpoint.access_key,
-        s3_secret_key=s3_endpoint.secret_key,  # type: ignore[arg-type]
+        s3_region=dcore_s3_endpoint.region,
+        s3_access_key=dcore_s3_endpoint.access_key,
+        s3_secret_key=dcore_s3_endpoint.secret_key,  # type: ignore[arg-type]
         s3_create_bucket=True,
     )
     try:
         with Environment(settings) as env:
             storage = env.storage
             assert isinstance(storage, S3Storage)
-            assert (storage.endpoint, storage.bucket) == (s3_endpoint.url, bucket)
+            assert (storage.endpoint, storage.bucket) == (dcore_s3_endpoint.url, bucket)
             storage.put("k", b"v")  # creates the bucket on first use
-            client = endpoint_client(s3_endpoint)
+            client = endpoint_client(dcore_s3_endpoint)
             assert client.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
     finally:
-        drop_bucket(s3_endpoint, bucket)
+        drop_bucket(dcore_s3_endpoint, bucket)
 
 
 def drop_bucket(endpoint: S3Endpoint, bucket: str) -> None:
@@ -185,52 +178,52 @@ def test_options_outside_s3_limits_are_refused(options: dict[str, Any]) -> None:
 
 
 def test_a_missing_bucket_names_bucket_endpoint_and_the_fix(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    storage = make(s3_endpoint, "dcore-no-such-bucket")
+    storage = make(dcore_s3_endpoint, "dcore-no-such-bucket")
     with pytest.raises(StorageError) as caught:
         storage.put("k", b"v")
     message = str(caught.value)
     assert "'dcore-no-such-bucket'" in message
-    assert s3_endpoint.url in message
+    assert dcore_s3_endpoint.url in message
     assert "DCORE_S3_CREATE_BUCKET=true" in message
-    buckets = [b["Name"] for b in endpoint_client(s3_endpoint).list_buckets()["Buckets"]]
+    buckets = [b["Name"] for b in endpoint_client(dcore_s3_endpoint).list_buckets()["Buckets"]]
     assert "dcore-no-such-bucket" not in buckets
 
 
-def test_create_bucket_makes_the_missing_bucket_on_first_use(s3_endpoint: S3Endpoint) -> None:
+def test_create_bucket_makes_the_missing_bucket_on_first_use(dcore_s3_endpoint: S3Endpoint) -> None:
     bucket = f"dcore-on-use-{uuid.uuid4().hex[:12]}"
-    storage = make(s3_endpoint, bucket, create_bucket=True)
+    storage = make(dcore_s3_endpoint, bucket, create_bucket=True)
     try:
         storage.put("k", b"v")
-        assert make(s3_endpoint, bucket).get("k") == b"v"
+        assert make(dcore_s3_endpoint, bucket).get("k") == b"v"
     finally:
-        drop_bucket(s3_endpoint, bucket)
+        drop_bucket(dcore_s3_endpoint, bucket)
 
 
 def test_a_bucket_deleted_after_first_use_is_reported_with_the_fix(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    storage = make(s3_endpoint, s3_bucket)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket)
     storage.put("k", b"v")
-    drop_bucket(s3_endpoint, s3_bucket)
+    drop_bucket(dcore_s3_endpoint, dcore_s3_bucket)
     for call in (lambda: storage.put("k", b"v"), lambda: list(storage.list())):
         with pytest.raises(StorageError, match="DCORE_S3_CREATE_BUCKET=true") as caught:
             call()
-        assert f"{s3_bucket!r} does not exist at {s3_endpoint.url}" in str(caught.value)
+        assert f"{dcore_s3_bucket!r} does not exist at {dcore_s3_endpoint.url}" in str(caught.value)
 
 
 @pytest.fixture
-def enforced_auth(s3_endpoint: S3Endpoint) -> Iterator[None]:
+def enforced_auth(dcore_s3_endpoint: S3Endpoint) -> Iterator[None]:
     """moto accepts any credentials unless told to check them (its /moto-api/reset-auth);
     a real MinIO always checks."""
-    if not s3_endpoint.in_process:
+    if not dcore_s3_endpoint.in_process:
         yield
         return
 
     def set_auth(count: str) -> None:
         request = urllib.request.Request(
-            f"{s3_endpoint.url}/moto-api/reset-auth",
+            f"{dcore_s3_endpoint.url}/moto-api/reset-auth",
             data=count.encode(),
             method="POST",
             headers={"Content-Type": "text/plain"},  # a form type would hide the body
@@ -255,15 +248,15 @@ def assert_secret_hidden(exc: BaseException) -> None:
 
 @pytest.mark.usefixtures("enforced_auth")
 def test_bad_credentials_name_the_endpoint_and_the_fix_not_the_secret(
-    s3_endpoint: S3Endpoint,
+    dcore_s3_endpoint: S3Endpoint,
 ) -> None:
     storage = make(
-        s3_endpoint, "dcore-any-bucket", access_key="AKIAWRONGWRONGWRONG", secret_key=SECRET
+        dcore_s3_endpoint, "dcore-any-bucket", access_key="AKIAWRONGWRONGWRONG", secret_key=SECRET
     )
     with pytest.raises(ServiceUnavailableError) as caught:
         storage.put("k", b"v")
     message = str(caught.value)
-    assert s3_endpoint.url in message
+    assert dcore_s3_endpoint.url in message
     assert "AKIAWRONGWRONGWRONG" in message
     assert "DCORE_S3_SECRET_KEY" in message
     assert_secret_hidden(caught.value)
@@ -295,16 +288,16 @@ def test_an_unreachable_endpoint_names_the_endpoint_not_the_secret(op: str) -> N
     assert SECRET not in repr(storage)
 
 
-def test_bad_keys_are_rejected_before_any_request(s3_storage: S3Storage) -> None:
-    calls = count_calls(s3_storage)
+def test_bad_keys_are_rejected_before_any_request(dcore_s3_storage: S3Storage) -> None:
+    calls = count_calls(dcore_s3_storage)
     for key in ["../x", "/abs", "a\x00b", ""]:
         with pytest.raises(InvalidKeyError):
-            s3_storage.put(key, b"v")
+            dcore_s3_storage.put(key, b"v")
     assert calls == Counter()
 
 
-def test_the_bucket_is_checked_once(s3_endpoint: S3Endpoint, s3_bucket: str) -> None:
-    storage = make(s3_endpoint, s3_bucket)
+def test_the_bucket_is_checked_once(dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str) -> None:
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket)
     calls = count_calls(storage)
     storage.put("a", b"1")
     storage.put("b", b"2")
@@ -318,23 +311,23 @@ SMALL_PARTS: dict[str, Any] = {"multipart_threshold": 5 * MiB, "multipart_chunk_
 
 
 def test_a_stream_below_the_threshold_is_one_put_with_its_checksum(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, **SMALL_PARTS)
     calls = count_calls(storage)
     info = storage.put_stream("small", chunks_of(3 * MiB))
     assert info.sha256 == sha_of(3 * MiB)
     assert calls["PutObject"] == 1
     assert calls["CreateMultipartUpload"] == 0
-    head = endpoint_client(s3_endpoint).head_object(Bucket=s3_bucket, Key="small")
+    head = endpoint_client(dcore_s3_endpoint).head_object(Bucket=dcore_s3_bucket, Key="small")
     assert head["Metadata"] == {"sha256": info.sha256}
 
 
 def test_a_stream_above_the_threshold_is_a_multipart_upload_with_its_checksum(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
     size = 11 * MiB + 3
-    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, **SMALL_PARTS)
     calls = count_calls(storage)
     info = storage.put_stream("big", chunks_of(size))
     assert (info.size, info.sha256) == (size, sha_of(size))
@@ -342,7 +335,7 @@ def test_a_stream_above_the_threshold_is_a_multipart_upload_with_its_checksum(
     assert calls["UploadPart"] == 3  # 5 MiB + 5 MiB + the rest
     assert calls["CompleteMultipartUpload"] == 1
     assert calls["PutObject"] == 0
-    head = endpoint_client(s3_endpoint).head_object(Bucket=s3_bucket, Key="big")
+    head = endpoint_client(dcore_s3_endpoint).head_object(Bucket=dcore_s3_bucket, Key="big")
     assert head["Metadata"] == {"sha256": info.sha256}
     assert head["ContentLength"] == size
     assert storage.info("big") == info
@@ -351,28 +344,28 @@ def test_a_stream_above_the_threshold_is_a_multipart_upload_with_its_checksum(
         assert len(chunk) <= MiB
         digest.update(chunk)
     assert digest.hexdigest() == info.sha256
-    assert pending_uploads(s3_endpoint, s3_bucket) == []
+    assert pending_uploads(dcore_s3_endpoint, dcore_s3_bucket) == []
 
 
 def test_objects_too_big_for_one_copy_get_their_checksum_by_multipart_copy(
-    s3_endpoint: S3Endpoint, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(s3_module, "_SINGLE_COPY_LIMIT", 5 * MiB)
     size = 11 * MiB
-    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, **SMALL_PARTS)
     calls = count_calls(storage)
     info = storage.put_stream("huge", chunks_of(size))
     assert calls["CopyObject"] == 0
     assert calls["UploadPartCopy"] >= 2
-    head = endpoint_client(s3_endpoint).head_object(Bucket=s3_bucket, Key="huge")
+    head = endpoint_client(dcore_s3_endpoint).head_object(Bucket=dcore_s3_bucket, Key="huge")
     assert head["Metadata"] == {"sha256": sha_of(size)} == {"sha256": info.sha256}
     assert storage.get("huge") == b"".join(chunks_of(size))
 
 
 def test_a_failing_stream_aborts_the_multipart_upload_and_leaves_nothing(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, **SMALL_PARTS)
     calls = count_calls(storage)
 
     def failing() -> Iterator[bytes]:
@@ -385,11 +378,12 @@ def test_a_failing_stream_aborts_the_multipart_upload_and_leaves_nothing(
     assert calls["AbortMultipartUpload"] == 1
     assert not storage.exists("partial")
     assert list(storage.list()) == []
-    assert pending_uploads(s3_endpoint, s3_bucket) == []
+    assert pending_uploads(dcore_s3_endpoint, dcore_s3_bucket) == []
 
 
-def test_a_failing_part_upload_aborts_too(s3_endpoint: S3Endpoint, s3_bucket: str) -> None:
-    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+def test_a_failing_part_upload_aborts_too(dcore_s3_endpoint: S3Endpoint,
+                                          dcore_s3_bucket: str) -> None:
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, **SMALL_PARTS)
     calls = count_calls(storage)
 
     def fail_second_part(params: dict[str, Any], **_: Any) -> None:
@@ -401,13 +395,13 @@ def test_a_failing_part_upload_aborts_too(s3_endpoint: S3Endpoint, s3_bucket: st
         storage.put_stream("partial", chunks_of(12 * MiB))
     assert calls["AbortMultipartUpload"] == 1
     assert not storage.exists("partial")
-    assert pending_uploads(s3_endpoint, s3_bucket) == []
+    assert pending_uploads(dcore_s3_endpoint, dcore_s3_bucket) == []
 
 
 def test_if_the_checksum_cannot_be_attached_the_object_is_removed(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, **SMALL_PARTS)
 
     def fail_copy(**_: Any) -> None:
         raise OSError("copy failed")
@@ -416,7 +410,7 @@ def test_if_the_checksum_cannot_be_attached_the_object_is_removed(
     with pytest.raises(OSError, match="copy failed"):
         storage.put_stream("big", chunks_of(6 * MiB))
     assert not storage.exists("big")
-    assert pending_uploads(s3_endpoint, s3_bucket) == []
+    assert pending_uploads(dcore_s3_endpoint, dcore_s3_bucket) == []
 
 
 # -- parts in flight ------------------------------------------------------------------------
@@ -452,9 +446,9 @@ class PartTracker:
 
 
 def test_parts_are_sent_concurrently_but_never_more_than_max_concurrency(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    storage = make(s3_endpoint, s3_bucket, max_concurrency=2, **SMALL_PARTS)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, max_concurrency=2, **SMALL_PARTS)
     tracker = PartTracker(storage)
     together = threading.Barrier(2, timeout=10)  # the first two parts must overlap
 
@@ -470,9 +464,9 @@ def test_parts_are_sent_concurrently_but_never_more_than_max_concurrency(
 
 
 def test_a_failing_part_among_concurrent_ones_aborts_once_the_others_have_ended(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    storage = make(s3_endpoint, s3_bucket, max_concurrency=4, **SMALL_PARTS)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, max_concurrency=4, **SMALL_PARTS)
     tracker = PartTracker(storage)
     calls = count_calls(storage)
     part_three_failed = threading.Event()
@@ -491,15 +485,15 @@ def test_a_failing_part_among_concurrent_ones_aborts_once_the_others_have_ended(
     assert calls["CompleteMultipartUpload"] == 0
     assert tracker.in_flight_at_abort == 0
     assert not storage.exists("partial")
-    assert pending_uploads(s3_endpoint, s3_bucket) == []
+    assert pending_uploads(dcore_s3_endpoint, dcore_s3_bucket) == []
 
 
 def test_a_stream_is_read_only_as_fast_as_parts_are_sent(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
     """Bounded memory: the source is asked for a part only when fewer than
     ``max_concurrency`` are unfinished."""
-    storage = make(s3_endpoint, s3_bucket, max_concurrency=2, **SMALL_PARTS)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, max_concurrency=2, **SMALL_PARTS)
     tracker = PartTracker(storage)
     finished = Counter[str]()
     storage.client.meta.events.register(
@@ -540,17 +534,18 @@ print(json.dumps({"size": info.size, "peak": tracemalloc.get_traced_memory()[1]}
 
 
 def test_streaming_holds_a_few_parts_in_memory_not_the_object(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
     """Measured in a client process of its own: an in-process moto server keeps the
     object in this one."""
     credentials = {
-        "PROBE_ACCESS_KEY": s3_endpoint.access_key,
-        "PROBE_SECRET_KEY": s3_endpoint.secret_key,  # not on a command line
+        "PROBE_ACCESS_KEY": dcore_s3_endpoint.access_key,
+        "PROBE_SECRET_KEY": dcore_s3_endpoint.secret_key,  # not on a command line
     }
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
-        [sys.executable, "-c", MEMORY_PROBE, s3_endpoint.url, s3_endpoint.region, s3_bucket],
+        [sys.executable, "-c", MEMORY_PROBE, dcore_s3_endpoint.url, dcore_s3_endpoint.region,
+         dcore_s3_bucket],
         env={**os.environ, **credentials},
         cwd=root,
         capture_output=True,
@@ -586,12 +581,12 @@ def capture_part_params(storage: S3Storage) -> list[dict[str, Any]]:
 
 
 def test_a_seekable_file_is_uploaded_with_its_checksum_and_no_copy(
-    s3_endpoint: S3Endpoint, s3_bucket: str, tmp_path: Path
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str, tmp_path: Path
 ) -> None:
     size = 11 * MiB + 5
     path = tmp_path / "upload.bin"
     path.write_bytes(b"".join(chunks_of(size)))
-    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, **SMALL_PARTS)
     calls = count_calls(storage)
     parts = capture_part_params(storage)
     with path.open("rb") as source:
@@ -600,31 +595,31 @@ def test_a_seekable_file_is_uploaded_with_its_checksum_and_no_copy(
     assert calls["CreateMultipartUpload"] == 1
     assert calls["UploadPart"] == 3
     assert calls["CopyObject"] == calls["UploadPartCopy"] == 0
-    head = endpoint_client(s3_endpoint).head_object(Bucket=s3_bucket, Key="from/file")
+    head = endpoint_client(dcore_s3_endpoint).head_object(Bucket=dcore_s3_bucket, Key="from/file")
     assert head["Metadata"] == {"sha256": info.sha256}
     assert storage.get("from/file") == path.read_bytes()
     assert {p["ChecksumCRC32"] for p in parts} == {crc_header(p["Body"]) for p in parts}
-    assert pending_uploads(s3_endpoint, s3_bucket) == []
+    assert pending_uploads(dcore_s3_endpoint, dcore_s3_bucket) == []
 
 
 def test_a_seekable_file_is_read_from_where_it_stands(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
     data = b"".join(chunks_of(12 * MiB))
     source = io.BytesIO(data)
     source.seek(MiB)
-    info = make(s3_endpoint, s3_bucket, **SMALL_PARTS).put_stream("tail", source)
+    info = make(dcore_s3_endpoint, dcore_s3_bucket, **SMALL_PARTS).put_stream("tail", source)
     assert info.sha256 == hashlib.sha256(data[MiB:]).hexdigest()
-    assert make(s3_endpoint, s3_bucket).get("tail") == data[MiB:]
+    assert make(dcore_s3_endpoint, dcore_s3_bucket).get("tail") == data[MiB:]
 
 
 def test_a_file_changed_between_hashing_and_sending_is_not_stored(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
     """The first pass hashed other bytes than the second would send: the stored sha256
     would be wrong, so the upload is aborted."""
     source = io.BytesIO(b"".join(chunks_of(12 * MiB)))
-    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, **SMALL_PARTS)
     calls = count_calls(storage)
 
     def writer_changes_the_file(**_: Any) -> None:
@@ -638,15 +633,15 @@ def test_a_file_changed_between_hashing_and_sending_is_not_stored(
         storage.put_stream("changing", source)
     assert calls["AbortMultipartUpload"] == 1
     assert not storage.exists("changing")
-    assert pending_uploads(s3_endpoint, s3_bucket) == []
+    assert pending_uploads(dcore_s3_endpoint, dcore_s3_bucket) == []
 
 
 def test_a_file_truncated_between_hashing_and_sending_is_not_stored(
-    s3_endpoint: S3Endpoint, s3_bucket: str, tmp_path: Path
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str, tmp_path: Path
 ) -> None:
     path = tmp_path / "shrinking.bin"
     path.write_bytes(b"".join(chunks_of(12 * MiB)))
-    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, **SMALL_PARTS)
 
     def writer_truncates_the_file(**_: Any) -> None:
         with path.open("r+b") as f:
@@ -658,27 +653,27 @@ def test_a_file_truncated_between_hashing_and_sending_is_not_stored(
     with path.open("rb") as source, pytest.raises(StorageError, match=r"part 2 differs"):
         storage.put_stream("shrinking", source)
     assert not storage.exists("shrinking")
-    assert pending_uploads(s3_endpoint, s3_bucket) == []
+    assert pending_uploads(dcore_s3_endpoint, dcore_s3_bucket) == []
 
 
 def test_a_stream_needing_more_than_max_parts_is_refused_and_aborted(
-    s3_endpoint: S3Endpoint, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(s3_module, "MAX_PARTS", 2)
-    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, **SMALL_PARTS)
     calls = count_calls(storage)
     with pytest.raises(StorageError, match=r"more than 2 parts of 5242880 bytes.*chunk_size"):
         storage.put_stream("huge", chunks_of(12 * MiB))
     assert calls["UploadPart"] == 2
     assert calls["AbortMultipartUpload"] == 1
-    assert pending_uploads(s3_endpoint, s3_bucket) == []
+    assert pending_uploads(dcore_s3_endpoint, dcore_s3_bucket) == []
 
 
 def test_a_file_needing_more_than_max_parts_is_refused_before_any_upload(
-    s3_endpoint: S3Endpoint, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(s3_module, "MAX_PARTS", 2)
-    storage = make(s3_endpoint, s3_bucket, **SMALL_PARTS)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, **SMALL_PARTS)
     calls = count_calls(storage)
     with pytest.raises(StorageError, match="more than 2 parts"):
         storage.put_stream("huge", io.BytesIO(b"".join(chunks_of(12 * MiB))))
@@ -687,9 +682,9 @@ def test_a_file_needing_more_than_max_parts_is_refused_before_any_upload(
 
 @pytest.mark.parametrize("source_kind", ["stream", "file"])
 def test_part_checksums_can_be_turned_off_for_servers_that_reject_them(
-    s3_endpoint: S3Endpoint, s3_bucket: str, source_kind: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str, source_kind: str
 ) -> None:
-    storage = make(s3_endpoint, s3_bucket, part_checksums=False, **SMALL_PARTS)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, part_checksums=False, **SMALL_PARTS)
     created: list[dict[str, Any]] = []
     storage.client.meta.events.register(
         "before-parameter-build.s3.CreateMultipartUpload",
@@ -706,8 +701,8 @@ def test_part_checksums_can_be_turned_off_for_servers_that_reject_them(
     assert storage.get("plain") == data
 
 
-def test_list_fetches_page_by_page(s3_endpoint: S3Endpoint, s3_bucket: str) -> None:
-    storage = make(s3_endpoint, s3_bucket, page_size=2)
+def test_list_fetches_page_by_page(dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str) -> None:
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket, page_size=2)
     for i in range(5):
         storage.put(f"k{i}", b"v")
     calls = count_calls(storage)
@@ -720,40 +715,40 @@ def test_list_fetches_page_by_page(s3_endpoint: S3Endpoint, s3_bucket: str) -> N
 
 
 def test_list_skips_objects_with_keys_dcore_would_reject(
-    s3_endpoint: S3Endpoint, s3_bucket: str, s3_storage: S3Storage
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str, dcore_s3_storage: S3Storage
 ) -> None:
-    client = endpoint_client(s3_endpoint)
-    client.put_object(Bucket=s3_bucket, Key="a//b", Body=b"written by another tool")
-    s3_storage.put("ok", b"v")
-    assert [i.key for i in s3_storage.list()] == ["ok"]
+    client = endpoint_client(dcore_s3_endpoint)
+    client.put_object(Bucket=dcore_s3_bucket, Key="a//b", Body=b"written by another tool")
+    dcore_s3_storage.put("ok", b"v")
+    assert [i.key for i in dcore_s3_storage.list()] == ["ok"]
 
 
 # -- fake_s3 ----------------------------------------------------------------------------------
 
 
 def test_fake_s3_is_isolated_from_and_does_not_wipe_the_moto_server(
-    s3_storage: S3Storage, fake_s3: S3Storage
+    dcore_s3_storage: S3Storage, dcore_fake_s3: S3Storage
 ) -> None:
-    s3_storage.put("server-object", b"on the server")
-    fake_s3.put("fake-object", b"in the mock")
-    assert fake_s3.endpoint.startswith("https://s3.")  # no endpoint: moto intercepts boto3
-    assert [i.key for i in fake_s3.list()] == ["fake-object"]
-    assert [i.key for i in s3_storage.list()] == ["server-object"]
-    assert s3_storage.get("server-object") == b"on the server"
+    dcore_s3_storage.put("server-object", b"on the server")
+    dcore_fake_s3.put("fake-object", b"in the mock")
+    assert dcore_fake_s3.endpoint.startswith("https://s3.")  # no endpoint: moto intercepts boto3
+    assert [i.key for i in dcore_fake_s3.list()] == ["fake-object"]
+    assert [i.key for i in dcore_s3_storage.list()] == ["server-object"]
+    assert dcore_s3_storage.get("server-object") == b"on the server"
 
 
 def test_fake_s3_deletes_its_buckets_afterwards(
-    s3_endpoint: S3Endpoint, s3_storage: S3Storage
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_storage: S3Storage
 ) -> None:
-    if not s3_endpoint.in_process:
+    if not dcore_s3_endpoint.in_process:
         pytest.skip("only an in-process moto server shares the mock's backends")
-    s3_storage.put("survivor", b"v")
+    dcore_s3_storage.put("survivor", b"v")
     with mock_s3_storage() as fake:
         fake.put("k", b"v")
         fake.client.create_bucket(Bucket="dcore-made-in-test")
         bucket = fake.bucket
     # moto's backends are process-wide, so the server shows what the mock left behind
-    names = {b["Name"] for b in s3_storage.client.list_buckets()["Buckets"]}
+    names = {b["Name"] for b in dcore_s3_storage.client.list_buckets()["Buckets"]}
     assert bucket not in names
     assert "dcore-made-in-test" not in names
-    assert s3_storage.get("survivor") == b"v"
+    assert dcore_s3_storage.get("survivor") == b"v"

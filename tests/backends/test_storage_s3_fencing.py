@@ -64,9 +64,9 @@ def before(storage: S3Storage, op: str, key: str, action: Callable[[], object],
 
 
 def test_a_first_fenced_write_records_its_fence_then_creates_the_object(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    storage = make(s3_endpoint, s3_bucket)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket)
     calls = record_calls(storage)
     storage.put_fenced(KEY, b"v1", fence(1))
     assert calls == [
@@ -85,7 +85,7 @@ def test_a_first_fenced_write_records_its_fence_then_creates_the_object(
         ("HeadObject", KEY, ""), ("GetObject", RECORD, ""), ("PutObject", RECORD, "If-Match"),
         ("PutObject", KEY, "If-Match"),
     ]
-    head = endpoint_client(s3_endpoint).head_object(Bucket=s3_bucket, Key=KEY)
+    head = endpoint_client(dcore_s3_endpoint).head_object(Bucket=dcore_s3_bucket, Key=KEY)
     assert head["Metadata"] == {"sha256": storage.info(KEY).sha256}
     assert storage.get(KEY) == b"v3"
 
@@ -106,10 +106,11 @@ BETWEEN_STEPS = {
 
 @pytest.mark.parametrize("case", list(BETWEEN_STEPS))
 def test_a_newer_fence_landing_between_any_two_steps_refuses_the_stale_write(
-    s3_endpoint: S3Endpoint, s3_bucket: str, case: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str, case: str
 ) -> None:
     late, op, step, winner = BETWEEN_STEPS[case]
-    stale, newer = make(s3_endpoint, s3_bucket), make(s3_endpoint, s3_bucket)
+    stale, newer = make(dcore_s3_endpoint, dcore_s3_bucket), make(dcore_s3_endpoint,
+                                                                  dcore_s3_bucket)
     newer.put_fenced(KEY, b"original", fence(1))
     stale.fence_of(KEY)  # its bucket check, out of the way
     landed = []
@@ -123,9 +124,10 @@ def test_a_newer_fence_landing_between_any_two_steps_refuses_the_stale_write(
 
 
 def test_an_unfenced_write_in_between_makes_the_fenced_one_start_again_and_land(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    writer, other = make(s3_endpoint, s3_bucket), make(s3_endpoint, s3_bucket)
+    writer, other = make(dcore_s3_endpoint, dcore_s3_bucket), make(dcore_s3_endpoint,
+                                                                   dcore_s3_bucket)
     writer.put_fenced(KEY, b"v1", fence(1))
     before(writer, "PutObject", KEY, lambda: other.put(KEY, b"unfenced"))
     writer.put_fenced(KEY, b"v2", fence(1))
@@ -133,9 +135,10 @@ def test_an_unfenced_write_in_between_makes_the_fenced_one_start_again_and_land(
 
 
 def test_a_fenced_write_that_always_loses_gives_up_naming_the_key(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    writer, other = make(s3_endpoint, s3_bucket), make(s3_endpoint, s3_bucket)
+    writer, other = make(dcore_s3_endpoint, dcore_s3_bucket), make(dcore_s3_endpoint,
+                                                                   dcore_s3_bucket)
     writer.put_fenced(KEY, b"v1", fence(1))
     count = iter(range(1000))
     before(writer, "PutObject", KEY, lambda: other.put(KEY, f"unfenced {next(count)}".encode()),
@@ -150,9 +153,10 @@ def test_a_fenced_write_that_always_loses_gives_up_naming_the_key(
 
 
 def test_a_deleted_object_in_between_makes_the_fenced_one_start_again(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    writer, other = make(s3_endpoint, s3_bucket), make(s3_endpoint, s3_bucket)
+    writer, other = make(dcore_s3_endpoint, dcore_s3_bucket), make(dcore_s3_endpoint,
+                                                                   dcore_s3_bucket)
     writer.put_fenced(KEY, b"v1", fence(1))
     before(writer, "PutObject", KEY, lambda: other.delete(KEY))  # If-Match now gets 404
     writer.put_fenced(KEY, b"v2", fence(1))
@@ -160,9 +164,9 @@ def test_a_deleted_object_in_between_makes_the_fenced_one_start_again(
 
 
 def test_a_server_that_ignores_conditional_writes_is_refused(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    storage = make(s3_endpoint, s3_bucket)
+    storage = make(dcore_s3_endpoint, dcore_s3_bucket)
 
     def drop_conditions(params: dict[str, Any], **_: Any) -> None:
         params["headers"].pop("If-Match", None)
@@ -171,19 +175,20 @@ def test_a_server_that_ignores_conditional_writes_is_refused(
     storage.client.meta.events.register("before-call.s3.PutObject", drop_conditions)
     with pytest.raises(StorageError, match="ignores conditional writes") as refused:
         storage.put_fenced(KEY, b"v1", fence(1))
-    assert s3_bucket in str(refused.value)
+    assert dcore_s3_bucket in str(refused.value)
     assert "MinIO release from 2024" in str(refused.value)
-    listed = endpoint_client(s3_endpoint).list_objects_v2(Bucket=s3_bucket)
+    listed = endpoint_client(dcore_s3_endpoint).list_objects_v2(Bucket=dcore_s3_bucket)
     assert listed.get("KeyCount") == 0, "the probe is deleted and nothing else written"
 
 
 def test_the_etag_gap_identical_bytes_put_back_let_a_stale_write_land(
-    s3_endpoint: S3Endpoint, s3_bucket: str
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
     """The limit dcore.backends._s3_fences documents, kept true by this test: an ETag is the MD5
     of the bytes, so newer writes that put back exactly the bytes a stale writer read
     leave its condition holding."""
-    stale, newer = make(s3_endpoint, s3_bucket), make(s3_endpoint, s3_bucket)
+    stale, newer = make(dcore_s3_endpoint, dcore_s3_bucket), make(dcore_s3_endpoint,
+                                                                  dcore_s3_bucket)
     stale.put_fenced(KEY, b"original", fence(1))
 
     def newer_changes_it_and_puts_it_back() -> None:

@@ -39,12 +39,12 @@ def finish(ctx: UploadCtx) -> str:
 
 @pytest.fixture
 def redis_settings(
-    redis_client: Any, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dcore_redis_client: Any, dcore_redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, str]]:
     values = {
         "DCORE_EVENT_BUS": "redis",
         "DCORE_JOB_STORE": "redis",
-        "DCORE_REDIS_URL": redis_url,
+        "DCORE_REDIS_URL": dcore_redis_url,
         "DCORE_KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}",
         "DCORE_STORAGE_ROOT": str(tmp_path),
     }

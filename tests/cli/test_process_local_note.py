@@ -57,10 +57,10 @@ def test_the_note_follows_the_service_not_the_setting(
 
 
 @pytest.fixture
-def on_redis(redis_client: Any, redis_url: str, tmp_path: Path,
+def on_redis(dcore_redis_client: Any, dcore_redis_url: str, tmp_path: Path,
              monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for key, value in {"DCORE_EVENT_BUS": "redis", "DCORE_JOB_STORE": "redis",
-                       "DCORE_REDIS_URL": redis_url,
+                       "DCORE_REDIS_URL": dcore_redis_url,
                        "DCORE_KEY_PREFIX": f"t{uuid.uuid4().hex[:8]}",
                        "DCORE_STORAGE_ROOT": str(tmp_path)}.items():
         monkeypatch.setenv(key, value)

@@ -195,39 +195,41 @@ def test_a_completion_the_job_store_failed_to_record_is_still_undone(
     assert (job.state, job.completed, job.compensated) == (JobState.DEAD, [0, 2, 3], [0, 2, 3])
 
 
-def test_a_compensation_retried_after_a_blip_undoes_everything(manual_env: Environment) -> None:
+def test_a_compensation_retried_after_a_blip_undoes_everything(
+    dcore_manual_env: Environment,
+) -> None:
     ctx = Order(undo_fails_at=2, undo_failures=2)
     run_on("inline", ctx)
     assert [j for j in JOURNAL if j.startswith("undo")] == [
         "undo 3 (RuntimeError)", "undo 2 (RuntimeError)", "undo 1 (RuntimeError)",
         "undo 0 (RuntimeError)"]
-    assert manual_env.jobs.get(ctx.job_id).compensated == [0, 2, 3, 4]
+    assert dcore_manual_env.jobs.get(ctx.job_id).compensated == [0, 2, 3, 4]
 
 
 def test_a_delivery_that_died_while_undoing_is_resumed_by_the_next(
-    manual_env: Environment,
+    dcore_manual_env: Environment,
 ) -> None:
     ctx = Order(undo_dies_at=1)
     p = pipeline(ctx, "inline")
     with pytest.raises(Died):
         p.run()
-    record = manual_env.jobs.get(ctx.job_id)
+    record = dcore_manual_env.jobs.get(ctx.job_id)
     assert record.state is JobState.COMPENSATING
     assert record.compensated == [3, 4]  # 3 and 2 were undone before the worker died
 
     continuation = p._freeze().continuation(2)  # the rest after the Dispatch
     busy = continuation.deliver(ctx, attempt=1)  # its lease is still live
     assert busy.outcome.action == "defer"
-    manual_env.clock.sleep(manual_env.settings.lease_ttl + 1)
+    dcore_manual_env.clock.sleep(dcore_manual_env.settings.lease_ttl + 1)
     resumed = continuation.deliver(ctx, attempt=1)
 
     assert resumed.outcome.action == "dead"
     assert [j for j in JOURNAL if j.startswith("undo")] == [
         "undo 3 (RuntimeError)", "undo 2 (RuntimeError)", "undo 1 (RuntimeError)",
         "undo 0 (RuntimeError)"]  # each once: 3 and 2 were not undone again
-    record = manual_env.jobs.get(ctx.job_id)
+    record = dcore_manual_env.jobs.get(ctx.job_id)
     assert (record.state, record.compensated) == (JobState.DEAD, [0, 2, 3, 4])
-    assert len(manual_env.events.entries(manual_env.settings.dlq_topic)) == 1
+    assert len(dcore_manual_env.events.entries(dcore_manual_env.settings.dlq_topic)) == 1
 
 
 def test_a_failing_synchronous_part_undoes_its_completed_stages(dcore_env: Environment) -> None:
@@ -260,7 +262,7 @@ def test_the_mermaid_picture_marks_the_stages_that_compensate(dcore_env: Environ
 
 
 def test_a_job_whose_compensation_never_started_is_found_by_the_recovery_sweep(
-    manual_env: Environment,
+    dcore_manual_env: Environment,
 ) -> None:
     from dcore.core.message import JobMessage
     from dcore.core.recovery import lost_jobs
@@ -268,16 +270,16 @@ def test_a_job_whose_compensation_never_started_is_found_by_the_recovery_sweep(
     ctx = Order()
     p = pipeline(ctx, "inline")
     message = p._freeze().continuation(2).to_message(ctx).to_json()
-    jobs = manual_env.jobs
+    jobs = dcore_manual_env.jobs
     jobs.create("j", message=message)
     jobs.claim("j", attempt=1, owner="w", lease=15.0)
     jobs.mark_completed("j", owner="w", index=2)
     # the worker recorded the failure, then died before starting to undo stage 2
     jobs.end_attempt("j", JobState.FAILED, owner="w", error="boom")
     assert jobs.get("j").plan == "compensate"
-    grace = manual_env.settings.lease_ttl
-    assert lost_jobs(manual_env, pending_after=60, grace=grace) == []
-    manual_env.clock.sleep(grace + 1)
-    [lost] = lost_jobs(manual_env, pending_after=60, grace=grace)
+    grace = dcore_manual_env.settings.lease_ttl
+    assert lost_jobs(dcore_manual_env, pending_after=60, grace=grace) == []
+    dcore_manual_env.clock.sleep(grace + 1)
+    [lost] = lost_jobs(dcore_manual_env, pending_after=60, grace=grace)
     assert (lost.job_id, lost.reason) == ("j", "its compensation never started")
     assert JobMessage.parse(lost.message).attempt == 1  # the same attempt, to undo it

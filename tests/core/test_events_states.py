@@ -36,8 +36,8 @@ def core(ctx: Ctx) -> str:
 
 
 @pytest.fixture
-def env(manual_env: Environment) -> Environment:
-    return manual_env
+def env(dcore_manual_env: Environment) -> Environment:
+    return dcore_manual_env
 
 
 @pytest.fixture

@@ -53,8 +53,8 @@ def failing(registry: PluginRegistry, failures: int, calls: list[Any]) -> None:
 
 
 @pytest.fixture
-def env(manual_env: Environment) -> Environment:
-    return manual_env
+def env(dcore_manual_env: Environment) -> Environment:
+    return dcore_manual_env
 
 
 def dlq_of(env: Environment, job_id: str) -> list[Any]:
@@ -110,7 +110,7 @@ def test_thread_jobs_are_redelivered_with_backoff_and_dead_lettered_once_when_ex
 
 
 def test_give_up_dead_letters_at_once_whatever_attempts_are_left(
-    env: Environment, dcore_registry: PluginRegistry, manual_clock: ManualClock
+    env: Environment, dcore_registry: PluginRegistry, dcore_manual_clock: ManualClock
 ) -> None:
     calls: list[Any] = []
 
@@ -126,7 +126,7 @@ def test_give_up_dead_letters_at_once_whatever_attempts_are_left(
     pipeline.run()
     ThreadDispatcher.drain(10)
     assert calls == [1]
-    assert manual_clock.sleeps == []
+    assert dcore_manual_clock.sleeps == []
     assert env.jobs.get(ctx.job_id).state is JobState.DEAD
     assert len(dlq_of(env, ctx.job_id)) == 1
 

@@ -87,9 +87,9 @@ def test_a_memory_store_passed_in_is_named_as_passed_in(
 
 
 def test_a_shared_job_store_hands_off(
-    dcore_registry: PluginRegistry, fake_redis: Any, tmp_path: Any
+    dcore_registry: PluginRegistry, dcore_fake_redis: Any, tmp_path: Any
 ) -> None:
-    jobs = RedisJobStore(client=fake_redis)
+    jobs = RedisJobStore(client=dcore_fake_redis)
     env = Environment(DcoreSettings(storage_root=tmp_path), registry=dcore_registry, jobs=jobs)
     ctx = rt.RoundTripContext(name="x")
 

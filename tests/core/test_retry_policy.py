@@ -44,8 +44,8 @@ def core(ctx: Ctx) -> str:
 
 
 @pytest.fixture
-def env(manual_env: Environment) -> Environment:
-    return manual_env
+def env(dcore_manual_env: Environment) -> Environment:
+    return dcore_manual_env
 
 
 def flaky_stage(registry: PluginRegistry, name: str, failures: int, calls: dict[str, int]) -> None:
@@ -114,7 +114,7 @@ def test_each_stage_body_runs_min_failures_plus_one_or_attempts_and_sleeps_follo
 
 
 def test_five_attempts_with_an_hour_of_backoff_run_on_the_fake_clock(
-    manual_clock: ManualClock,
+    dcore_manual_clock: ManualClock,
 ) -> None:
     policy = RetryPolicy(attempts=5, initial=600.0, backoff=10.0, max_delay=3600.0)
     attempts = 0
@@ -125,14 +125,14 @@ def test_five_attempts_with_an_hour_of_backoff_run_on_the_fake_clock(
         raise TimeoutError("still down")
 
     with pytest.raises(TimeoutError, match="still down"):
-        call_with_retry(always, policy, manual_clock)
+        call_with_retry(always, policy, dcore_manual_clock)
     assert attempts == 5
     # 4 waits totalling ~3 h of virtual time; none of it was real sleeping
-    assert manual_clock.sleeps == [600.0, 3600.0, 3600.0, 3600.0]
+    assert dcore_manual_clock.sleeps == [600.0, 3600.0, 3600.0, 3600.0]
 
 
 def test_a_stage_retry_does_not_rerun_a_later_stage_that_failed(
-    env: Environment, dcore_registry: PluginRegistry, manual_clock: ManualClock
+    env: Environment, dcore_registry: PluginRegistry, dcore_manual_clock: ManualClock
 ) -> None:
     calls: dict[str, int] = {}
     flaky_stage(dcore_registry, "outer", 0, calls)
@@ -144,11 +144,11 @@ def test_a_stage_retry_does_not_rerun_a_later_stage_that_failed(
         pipeline.run()
     assert calls == {"outer": 1, "inner": 1}
     assert origin_of(info.value) == "inner#1"
-    assert manual_clock.sleeps == []
+    assert dcore_manual_clock.sleeps == []
 
 
 def test_a_stage_that_wraps_a_later_failure_in_its_own_error_is_not_retried(
-    env: Environment, dcore_registry: PluginRegistry, manual_clock: ManualClock
+    env: Environment, dcore_registry: PluginRegistry, dcore_manual_clock: ManualClock
 ) -> None:
     calls: dict[str, int] = {}
     flaky_stage(dcore_registry, "inner", 99, calls)
@@ -170,7 +170,7 @@ def test_a_stage_that_wraps_a_later_failure_in_its_own_error_is_not_retried(
 
 
 def test_retry_keeps_the_exception_type_and_only_retries_retry_on(
-    env: Environment, dcore_registry: PluginRegistry, manual_clock: ManualClock
+    env: Environment, dcore_registry: PluginRegistry, dcore_manual_clock: ManualClock
 ) -> None:
     calls: dict[str, int] = {}
     flaky_stage(dcore_registry, "s", 99, calls)

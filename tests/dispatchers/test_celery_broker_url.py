@@ -155,14 +155,14 @@ def test_the_untranslated_url_is_what_kombu_refuses() -> None:
 
 
 @pytest.fixture
-def queue(redis_client: Any) -> str:
+def queue(dcore_redis_client: Any) -> str:
     return f"broker-url-{uuid.uuid4().hex[:8]}"
 
 
 def test_a_task_sent_with_socket_timeout_in_the_redis_url_reaches_its_queue(
-    redis_url: str, redis_client: Any, queue: str
+    dcore_redis_url: str, dcore_redis_client: Any, queue: str
 ) -> None:
-    settings = DcoreSettings(redis_url=f"{redis_url}?socket_timeout=2", celery_queue=queue)
+    settings = DcoreSettings(redis_url=f"{dcore_redis_url}?socket_timeout=2", celery_queue=queue)
     app = make_celery_app(settings)
     try:
         app.send_task(TASK_NAME, args=['{"probe": 1}'], queue=f"{queue}.0", task_id="probe-1")
@@ -171,22 +171,22 @@ def test_a_task_sent_with_socket_timeout_in_the_redis_url_reaches_its_queue(
             assert pool.connection_kwargs["socket_timeout"] == 2.0  # kombu applied it
     finally:
         app.close()
-    [raw] = redis_client.lrange(f"{queue}.0", 0, -1)
+    [raw] = dcore_redis_client.lrange(f"{queue}.0", 0, -1)
     message = json.loads(raw)
     assert message["headers"]["task"] == TASK_NAME
     assert message["headers"]["id"] == "probe-1"
 
 
 def test_celery_dispatch_works_with_options_in_the_redis_url(
-    redis_url: str, redis_client: Any, queue: str, tmp_path: Any
+    dcore_redis_url: str, dcore_redis_client: Any, queue: str, tmp_path: Any
 ) -> None:
-    settings = DcoreSettings(redis_url=f"{redis_url}?socket_timeout=2&socket_connect_timeout=1",
-                             celery_queue=queue, storage_root=tmp_path)
+    url = f"{dcore_redis_url}?socket_timeout=2&socket_connect_timeout=1"
+    settings = DcoreSettings(redis_url=url, celery_queue=queue, storage_root=tmp_path)
     with Environment(settings) as env, use_environment(env):
         env.memory_services_shared = True  # the job is only sent: no worker records it
         ctx = BrokerContext(n=7)
         handle = ctx.create_pipeline(broker_core).chain(Dispatch("celery")).run()
     assert handle.status == "scheduled"
-    [raw] = redis_client.lrange(f"{queue}.0", 0, -1)
+    [raw] = dcore_redis_client.lrange(f"{queue}.0", 0, -1)
     message = json.loads(raw)
     assert message["headers"]["id"] == ctx.job_id

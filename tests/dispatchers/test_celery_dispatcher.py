@@ -273,36 +273,36 @@ def test_a_second_delivery_of_a_finished_job_is_skipped(dcore_env: Environment) 
     assert execute(raw, environment=dcore_env).action is Action.SKIP
 
 
-def test_a_job_lost_with_its_worker_too_often_goes_dead(manual_env: Environment) -> None:
+def test_a_job_lost_with_its_worker_too_often_goes_dead(dcore_manual_env: Environment) -> None:
     ctx = ShipContext(n=1)
     message = _message(ctx)
-    manual_env.jobs.create(ctx.job_id)
-    lease = manual_env.settings.lease_ttl
+    dcore_manual_env.jobs.create(ctx.job_id)
+    lease = dcore_manual_env.settings.lease_ttl
     for n in range(MAX_LOST_DELIVERIES):  # started, then the worker died each time
-        manual_env.jobs.claim(ctx.job_id, attempt=1, owner=f"dead-{n}", lease=lease)
-        manual_env.clock.sleep(lease + 1)
+        dcore_manual_env.jobs.claim(ctx.job_id, attempt=1, owner=f"dead-{n}", lease=lease)
+        dcore_manual_env.clock.sleep(lease + 1)
 
-    outcome = execute(message.to_json(), environment=manual_env)
+    outcome = execute(message.to_json(), environment=dcore_manual_env)
 
     assert outcome.action is Action.DEAD
     assert "WorkerLost" in (outcome.reason or "")
-    assert manual_env.jobs.get(ctx.job_id).state is JobState.DEAD
+    assert dcore_manual_env.jobs.get(ctx.job_id).state is JobState.DEAD
 
 
-def test_a_delivery_lost_once_is_taken_over_after_its_lease(manual_env: Environment) -> None:
+def test_a_delivery_lost_once_is_taken_over_after_its_lease(dcore_manual_env: Environment) -> None:
     ctx = ShipContext(n=1)
     message = _message(ctx)
-    manual_env.jobs.create(ctx.job_id)
-    lease = manual_env.settings.lease_ttl
-    manual_env.jobs.claim(ctx.job_id, attempt=1, owner="dead", lease=lease)
+    dcore_manual_env.jobs.create(ctx.job_id)
+    lease = dcore_manual_env.settings.lease_ttl
+    dcore_manual_env.jobs.claim(ctx.job_id, attempt=1, owner="dead", lease=lease)
 
-    outcome = execute(message.to_json(), environment=manual_env)
+    outcome = execute(message.to_json(), environment=dcore_manual_env)
     assert (outcome.action, outcome.delay) == (Action.DEFER, lease)  # its lease is live
 
-    manual_env.clock.sleep(lease)
-    outcome = execute(message.to_json(), environment=manual_env)
+    dcore_manual_env.clock.sleep(lease)
+    outcome = execute(message.to_json(), environment=dcore_manual_env)
     assert outcome.action is Action.ACK
-    record = manual_env.jobs.get(ctx.job_id)
+    record = dcore_manual_env.jobs.get(ctx.job_id)
     assert (record.attempts, record.attempt, record.lost) == (2, 1, 1)
 
 

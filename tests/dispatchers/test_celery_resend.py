@@ -165,16 +165,16 @@ def test_cli_resend_stale_reports_what_it_sent(
 
 @pytest.mark.integration
 def test_a_lost_message_is_back_on_the_real_broker_queue(
-    redis_url: str, dcore_registry: Any, tmp_path: Any
+    dcore_redis_url: str, dcore_registry: Any, tmp_path: Any
 ) -> None:
     import redis
 
     queue = "lost.0"
-    settings = DcoreSettings(storage_root=tmp_path, celery_broker_url=redis_url,
-                             celery_queue="lost", job_store="redis", redis_url=redis_url,
+    settings = DcoreSettings(storage_root=tmp_path, celery_broker_url=dcore_redis_url,
+                             celery_queue="lost", job_store="redis", redis_url=dcore_redis_url,
                              key_prefix="resend-test")
     environment = Environment(settings, registry=dcore_registry)
-    client = redis.Redis.from_url(redis_url)
+    client = redis.Redis.from_url(dcore_redis_url)
     try:
         with use_environment(environment):
             job = _dispatch(7)

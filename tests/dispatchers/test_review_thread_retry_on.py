@@ -43,26 +43,26 @@ def _run(env: Environment, error: str) -> str:
 
 
 def test_failure_outside_retry_on_is_dead_lettered_after_one_attempt(
-    manual_env: Environment,
+    dcore_manual_env: Environment,
 ) -> None:
-    job_id = _run(manual_env, "value")
+    job_id = _run(dcore_manual_env, "value")
 
-    record = manual_env.jobs.get(job_id)
+    record = dcore_manual_env.jobs.get(job_id)
     assert Boom.calls == 1
     assert record.state is JobState.DEAD
     assert record.attempts == 1
-    dlq = manual_env.events.entries(manual_env.settings.dlq_topic)
+    dlq = dcore_manual_env.events.entries(dcore_manual_env.settings.dlq_topic)
     assert [e.payload["job_id"] for e in dlq] == [job_id]
     assert "ValueError" in dlq[0].payload["error"]
 
 
 def test_failure_named_in_retry_on_is_still_redelivered_up_to_the_attempts(
-    manual_env: Environment,
+    dcore_manual_env: Environment,
 ) -> None:
-    job_id = _run(manual_env, "connection")
+    job_id = _run(dcore_manual_env, "connection")
 
-    record = manual_env.jobs.get(job_id)
+    record = dcore_manual_env.jobs.get(job_id)
     assert Boom.calls == 3
     assert record.state is JobState.DEAD
     assert record.attempts == 3
-    assert len(manual_env.events.entries(manual_env.settings.dlq_topic)) == 1
+    assert len(dcore_manual_env.events.entries(dcore_manual_env.settings.dlq_topic)) == 1

@@ -84,10 +84,10 @@ class Seen:
 
 
 @pytest.fixture
-def shop(celery_worker: Any) -> Iterator[tuple[Any, Environment, Seen]]:
+def shop(dcore_celery_worker: Any) -> Iterator[tuple[Any, Environment, Seen]]:
     """A worker running the orders example against the rigged services, the sending
     side's environment on the same Redis, and the state events it sees."""
-    worker = celery_worker(["examples.orders.pipeline", "dcore_it_orders"],
+    worker = dcore_celery_worker(["examples.orders.pipeline", "dcore_it_orders"],
                            pythonpath=[str(HERE)], event_bus="it_orders_bus",
                            lease_ttl=LEASE, recovery_interval=1.0)  # fmt: skip
     sender = DcoreSettings(**{**worker.settings.model_dump(), "event_bus": "redis"})

@@ -21,11 +21,11 @@ TIMEOUT = 60.0
 
 
 @pytest.fixture
-def pair(celery_worker):
+def pair(dcore_celery_worker):
     """Two worker processes (two pool children each) on one queue."""
-    first = celery_worker(["dcore_it_jobs"], pool="prefork", concurrency=2,
+    first = dcore_celery_worker(["dcore_it_jobs"], pool="prefork", concurrency=2,
                           pythonpath=[str(HERE)], lease_ttl=3.0)
-    second = celery_worker(["dcore_it_jobs"], pool="prefork", concurrency=2,
+    second = dcore_celery_worker(["dcore_it_jobs"], pool="prefork", concurrency=2,
                            pythonpath=[str(HERE)], **_same_as(first))
     return first, second
 

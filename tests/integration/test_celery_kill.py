@@ -43,9 +43,9 @@ def _succeeded(env: Environment) -> int:
 
 
 def test_500_jobs_survive_10_whole_worker_kills_on_default_settings(
-    celery_worker, record_property
+    dcore_celery_worker, record_property
 ):
-    worker = celery_worker(["dcore_it_jobs"], pool="prefork", concurrency=2,
+    worker = dcore_celery_worker(["dcore_it_jobs"], pool="prefork", concurrency=2,
                            pythonpath=[str(HERE)])
     defaults = worker.settings
     assert (defaults.lease_ttl, defaults.recovery_interval,

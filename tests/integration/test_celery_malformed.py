@@ -18,8 +18,8 @@ TIMEOUT = 30.0
 
 
 @pytest.fixture
-def worker(celery_worker):
-    return celery_worker(["dcore_it_jobs"], pool="solo", pythonpath=[str(HERE)])
+def worker(dcore_celery_worker):
+    return dcore_celery_worker(["dcore_it_jobs"], pool="solo", pythonpath=[str(HERE)])
 
 
 @pytest.fixture
@@ -90,9 +90,9 @@ SMUGGLED = [
 
 
 def test_messages_naming_unregistered_callables_are_refused_and_the_worker_serves_on(
-    celery_worker,
+    dcore_celery_worker,
 ):
-    worker = celery_worker(["dcore_it_jobs"], pool="solo", pythonpath=[str(HERE)],
+    worker = dcore_celery_worker(["dcore_it_jobs"], pool="solo", pythonpath=[str(HERE)],
                            env={"IT_SECRET": SECRET})
     environment = Environment(worker.settings)
     with use_environment(environment):

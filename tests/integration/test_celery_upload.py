@@ -16,18 +16,18 @@ TIMEOUT = 30.0
 
 
 def test_upload_example_through_celery_stores_the_file_in_s3_and_succeeds(
-    celery_worker, s3_endpoint, s3_bucket, monkeypatch
+    dcore_celery_worker, dcore_s3_endpoint, dcore_s3_bucket, monkeypatch
 ):
     monkeypatch.syspath_prepend(str(REPO))
     from fastapi.testclient import TestClient
 
     from examples.upload_app.main import app
 
-    worker = celery_worker(
+    worker = dcore_celery_worker(
         ["examples.upload_app.main"], pool="solo", pythonpath=[str(REPO)],
-        dispatcher="celery", storage="s3", s3_endpoint=s3_endpoint.url,
-        s3_bucket=s3_bucket, s3_region=s3_endpoint.region,
-        s3_access_key=s3_endpoint.access_key, s3_secret_key=s3_endpoint.secret_key,
+        dispatcher="celery", storage="s3", s3_endpoint=dcore_s3_endpoint.url,
+        s3_bucket=dcore_s3_bucket, s3_region=dcore_s3_endpoint.region,
+        s3_access_key=dcore_s3_endpoint.access_key, s3_secret_key=dcore_s3_endpoint.secret_key,
     )
     env = Environment(worker.settings)
     content = b"hello through celery\n" * 100

@@ -14,8 +14,8 @@ TIMEOUT = 30.0
 
 
 @pytest.fixture
-def worker(celery_worker):
-    return celery_worker(["dcore_it_jobs"], pool="solo", pythonpath=[str(HERE)],
+def worker(dcore_celery_worker):
+    return dcore_celery_worker(["dcore_it_jobs"], pool="solo", pythonpath=[str(HERE)],
                          celery_queues=2)
 
 

@@ -12,9 +12,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_worker_on_a_redis_without_persistence_says_so_as_it_starts(
-    celery_worker, redis_url
+    dcore_celery_worker, dcore_redis_url
 ):
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis.Redis.from_url(dcore_redis_url, decode_responses=True)
     try:
         persisted = client.config_get("appendonly")["appendonly"] == "yes" or bool(
             client.config_get("save")["save"])
@@ -23,7 +23,7 @@ def test_a_worker_on_a_redis_without_persistence_says_so_as_it_starts(
     if persisted:
         pytest.skip("the session's Redis persists; this test needs one that does not")
 
-    worker = celery_worker(["dcore_it_jobs"], pool="solo", pythonpath=[str(HERE)],
+    worker = dcore_celery_worker(["dcore_it_jobs"], pool="solo", pythonpath=[str(HERE)],
                            recovery_interval=0)
 
     log = worker.log_tail(100_000)

@@ -305,11 +305,11 @@ class RealSide:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_the_simulator_predicts_what_celery_does(
-    case: Case, celery_worker: Any, chaos_redis: Any, toxiproxy: Any,
+    case: Case, dcore_celery_worker: Any, dcore_chaos_redis: Any, dcore_toxiproxy: Any,
     monkeypatch: pytest.MonkeyPatch, record_property: Any,
 ) -> None:
     simulated = run_in_simulator(case)
-    real = RealSide(celery_worker, chaos_redis, toxiproxy, monkeypatch)
+    real = RealSide(dcore_celery_worker, dcore_chaos_redis, dcore_toxiproxy, monkeypatch)
     try:
         observed = real.run(case)
     finally:

@@ -37,8 +37,8 @@ def core(ctx: Ctx) -> str:
 
 
 @pytest.fixture
-def env(manual_env: Environment) -> Environment:
-    return manual_env
+def env(dcore_manual_env: Environment) -> Environment:
+    return dcore_manual_env
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_error_handler_names_an_unknown_exception_class(env: Environment) -> Non
 
 # -- retry stage -------------------------------------------------------------------------
 def test_retry_stage_reruns_the_whole_suffix_on_a_later_failure(
-    env: Environment, calls: dict[str, int], manual_clock: ManualClock
+    env: Environment, calls: dict[str, int], dcore_manual_clock: ManualClock
 ) -> None:
     calls["fail_first"] = 2
     pipeline = Ctx().create_pipeline(core)
@@ -133,11 +133,11 @@ def test_retry_stage_reruns_the_whole_suffix_on_a_later_failure(
     pipeline.chain(Execute("counter")).chain(Execute("flaky"))
     assert pipeline.run() == "core"
     assert (calls["counter"], calls["flaky"]) == (3, 3)
-    assert manual_clock.sleeps == [1.0, 2.0]
+    assert dcore_manual_clock.sleeps == [1.0, 2.0]
 
 
 def test_retry_stage_gives_up_after_attempts_with_the_original_error(
-    env: Environment, calls: dict[str, int], manual_clock: ManualClock
+    env: Environment, calls: dict[str, int], dcore_manual_clock: ManualClock
 ) -> None:
     calls["fail_first"] = 99
     pipeline = Ctx().create_pipeline(core)
@@ -148,7 +148,7 @@ def test_retry_stage_gives_up_after_attempts_with_the_original_error(
 
 
 def test_retry_stage_only_retries_retry_on(
-    env: Environment, calls: dict[str, int], manual_clock: ManualClock
+    env: Environment, calls: dict[str, int], dcore_manual_clock: ManualClock
 ) -> None:
     calls["fail_first"] = 99
     pipeline = Ctx().create_pipeline(core)
@@ -177,7 +177,7 @@ def dlq(env: Environment) -> list[Event]:
 
 
 def test_dead_letter_in_a_job_sends_it_to_the_dlq_at_once_instead_of_retrying(
-    env: Environment, calls: dict[str, int], manual_clock: ManualClock
+    env: Environment, calls: dict[str, int], dcore_manual_clock: ManualClock
 ) -> None:
     calls["fail_first"] = 99
     ctx = Ctx()

@@ -36,8 +36,8 @@ def core(ctx: FileCtx) -> str:
 
 
 @pytest.fixture
-def env(manual_env: Environment) -> Environment:
-    return manual_env
+def env(dcore_manual_env: Environment) -> Environment:
+    return dcore_manual_env
 
 
 def probe(registry: PluginRegistry, body: Any, name: str = "probe") -> None:
@@ -154,7 +154,7 @@ def test_storage_write_fenced_without_a_lock_refuses_to_write(env: Environment) 
 
 
 def test_a_job_whose_lock_was_taken_over_has_its_late_write_refused(
-    env: Environment, dcore_registry: PluginRegistry, manual_clock: ManualClock
+    env: Environment, dcore_registry: PluginRegistry, dcore_manual_clock: ManualClock
 ) -> None:
     """Job A stalls past its lock's TTL; job B (another worker thread) takes the lock and
     writes; A's write then raises StaleFenceError and B's file stays, and A's lost lock
@@ -163,7 +163,7 @@ def test_a_job_whose_lock_was_taken_over_has_its_late_write_refused(
     def stall_while_b_runs(ctx: FileCtx) -> None:
         if ctx.file_content != b"A":
             return
-        manual_clock.sleep(120)  # A's 60 s TTL runs out
+        dcore_manual_clock.sleep(120)  # A's 60 s TTL runs out
         b = threading.Thread(target=fenced_upload(
             FileCtx(file_path="report.csv", file_content=b"B"), Execute("stall")).run)
         b.start()

@@ -29,8 +29,8 @@ def core(ctx: FileCtx) -> str:
 
 
 @pytest.fixture
-def env(manual_env: Environment) -> Environment:
-    return manual_env
+def env(dcore_manual_env: Environment) -> Environment:
+    return dcore_manual_env
 
 
 def probe(registry: PluginRegistry, body: Any) -> None:
@@ -113,9 +113,9 @@ def test_two_jobs_on_one_key_never_overlap(
 
 
 def test_a_lock_that_expired_during_the_run_surfaces_lock_lost(
-    env: Environment, dcore_registry: PluginRegistry, manual_clock: ManualClock
+    env: Environment, dcore_registry: PluginRegistry, dcore_manual_clock: ManualClock
 ) -> None:
-    probe(dcore_registry, lambda ctx: manual_clock.sleep(120))
+    probe(dcore_registry, lambda ctx: dcore_manual_clock.sleep(120))
     ctx = FileCtx(file_path="slow")
     with pytest.raises(LockLostError, match=f"'file:slow' \\(ttl 60.0s\\) expired while job "
                                             f"{ctx.job_id} held it"):
@@ -123,10 +123,10 @@ def test_a_lock_that_expired_during_the_run_surfaces_lock_lost(
 
 
 def test_a_failing_run_keeps_its_error_and_notes_the_lost_lock(
-    env: Environment, dcore_registry: PluginRegistry, manual_clock: ManualClock
+    env: Environment, dcore_registry: PluginRegistry, dcore_manual_clock: ManualClock
 ) -> None:
     def slow_then_fail(ctx: Any) -> None:
-        manual_clock.sleep(120)
+        dcore_manual_clock.sleep(120)
         raise ValueError("bad file")
 
     probe(dcore_registry, slow_then_fail)

@@ -1,5 +1,6 @@
-"""``ManualClock`` and the ``manual_clock`` / ``manual_env`` fixtures: time moves only when
-the test (or a sleep) moves it, sleeps are recorded, and it never goes backwards."""
+"""``ManualClock`` and the ``dcore_manual_clock`` / ``dcore_manual_env`` fixtures: time
+moves only when the test (or a sleep) moves it, sleeps are recorded, and it never goes
+backwards."""
 
 from __future__ import annotations
 
@@ -90,16 +91,16 @@ def test_sleeps_from_many_threads_are_all_counted() -> None:
     assert len(clock.sleeps) == 2000
 
 
-def test_the_fixture_gives_a_fresh_clock(manual_clock: ManualClock) -> None:
-    assert isinstance(manual_clock, ManualClock)
-    assert (manual_clock.monotonic(), manual_clock.sleeps) == (0.0, [])
+def test_the_fixture_gives_a_fresh_clock(dcore_manual_clock: ManualClock) -> None:
+    assert isinstance(dcore_manual_clock, ManualClock)
+    assert (dcore_manual_clock.monotonic(), dcore_manual_clock.sleeps) == (0.0, [])
 
 
 def test_manual_env_is_current_and_its_retries_sleep_on_the_manual_clock(
-    manual_env: Environment, manual_clock: ManualClock
+    dcore_manual_env: Environment, dcore_manual_clock: ManualClock
 ) -> None:
-    assert current_environment() is manual_env
-    assert manual_env.clock is manual_clock
+    assert current_environment() is dcore_manual_env
+    assert dcore_manual_env.clock is dcore_manual_clock
     failures = iter([RuntimeError("first"), RuntimeError("second")])
 
     def flaky() -> str:
@@ -109,5 +110,5 @@ def test_manual_env_is_current_and_its_retries_sleep_on_the_manual_clock(
         return "ok"
 
     policy = RetryPolicy(attempts=3, initial=60.0, backoff=2.0, max_delay=3600.0)
-    assert call_with_retry(flaky, policy, manual_env.clock) == "ok"
-    assert manual_clock.sleeps == [policy.delay(1), policy.delay(2)]
+    assert call_with_retry(flaky, policy, dcore_manual_env.clock) == "ok"
+    assert dcore_manual_clock.sleeps == [policy.delay(1), policy.delay(2)]

@@ -16,22 +16,22 @@ import pytest
 from examples.sim import race
 
 @pytest.mark.sim(workers=2)
-def test_uploads(sim):
-    race.unlocked_uploads(sim)
+def test_uploads(dcore_sim):
+    race.unlocked_uploads(dcore_sim)
 '''
 
 PASSING = '''
 from examples.sim import race
 
-def test_locked(sim):
-    race.locked_uploads(sim)
+def test_locked(dcore_sim):
+    race.locked_uploads(dcore_sim)
 
-def test_frozen(frozen_time):
+def test_frozen(dcore_frozen_time):
     import time
     start = time.time()
-    frozen_time.tick(90)
+    dcore_frozen_time.tick(90)
     assert time.time() - start == 90
-    assert frozen_time.now().year == 2024
+    assert dcore_frozen_time.now().year == 2024
 
 def test_services(dcore_services):
     assert dcore_services.kind == "fake"
@@ -80,8 +80,8 @@ def test_replaying_against_changed_code_fails_with_the_divergence(
     seed = _failing_seed(child)
     child.runpytest(f"--dcore-seed={seed}", "--dcore-trace-dir=traces")
     trace = next(Path(child.path, "traces").glob("*.jsonl"))
-    child.makepyfile(test_race=FAILING.replace("race.unlocked_uploads(sim)",
-                                               "race.locked_uploads(sim)"))
+    child.makepyfile(test_race=FAILING.replace("race.unlocked_uploads(dcore_sim)",
+                                               "race.locked_uploads(dcore_sim)"))
     result = child.runpytest("test_race.py::test_uploads", f"--dcore-replay={trace}")
     result.assert_outcomes(failed=1)
     assert "ReplayDivergence" in result.stdout.str()
@@ -103,9 +103,9 @@ from examples.sim import race
 
 RUNS = []
 
-def test_uploads_depend_on_global_state(sim):
+def test_uploads_depend_on_global_state(dcore_sim):
     RUNS.append(1)
-    race.upload(sim, len(RUNS))
+    race.upload(dcore_sim, len(RUNS))
 ''')
     result = child.runpytest("--dcore-check-determinism")
     result.assert_outcomes(failed=1)
@@ -114,14 +114,14 @@ def test_uploads_depend_on_global_state(sim):
 
 def test_the_seed_defaults_to_one_derived_from_the_test_id(child: pytest.Pytester) -> None:
     child.makepyfile(test_seed='''
-def test_seed(sim):
+def test_seed(dcore_sim):
     import zlib
-    assert sim.seed == zlib.crc32(b"test_seed.py::test_seed")
+    assert dcore_sim.seed == zlib.crc32(b"test_seed.py::test_seed")
 
 import pytest
 
 @pytest.mark.sim(seed=42, workers=3)
-def test_marked(sim):
-    assert (sim.seed, sim.workers) == (42, 3)
+def test_marked(dcore_sim):
+    assert (dcore_sim.seed, dcore_sim.workers) == (42, 3)
 ''')
     child.runpytest().assert_outcomes(passed=2)

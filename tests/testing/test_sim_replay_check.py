@@ -27,13 +27,13 @@ import pytest
 from examples.sim import race
 
 @pytest.mark.sim(workers=2)
-def test_uploads(sim):
-    race.unlocked_uploads(sim)
+def test_uploads(dcore_sim):
+    race.unlocked_uploads(dcore_sim)
 
 @pytest.mark.parametrize("label", ["a b", "c"])
-def test_uploads_with_fixtures(sim, tmp_path, label):
+def test_uploads_with_fixtures(dcore_sim, tmp_path, label):
     (tmp_path / "label").write_text(label)
-    race.unlocked_uploads(sim)
+    race.unlocked_uploads(dcore_sim)
 '''
 
 
@@ -92,8 +92,8 @@ def test_check_of_a_pytest_trace_elsewhere_says_where_to_run_it(
 def test_check_of_a_pytest_trace_reports_a_changed_path(
         pytester: pytest.Pytester, saved: dict[str, Path]) -> None:
     test_file = Path(pytester.path, "tests", "test_orders.py")
-    test_file.write_text(test_file.read_text().replace("race.unlocked_uploads(sim)",
-                                                       "race.locked_uploads(sim)"))
+    test_file.write_text(test_file.read_text().replace("race.unlocked_uploads(dcore_sim)",
+                                                       "race.locked_uploads(dcore_sim)"))
     result = _dcore(pytester.path, "replay", "--check", "--no-calls",
                     str(saved["tests/test_orders.py::test_uploads"]))
     assert result.returncode == 1
@@ -106,8 +106,8 @@ def scenario_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     folder = tmp_path / "sims"
     folder.mkdir()
     path = folder / "lost_update.py"
-    path.write_text("from examples.sim import race\n\n\ndef lost(sim):\n"
-                    "    race.unlocked_uploads(sim)\n")
+    path.write_text("from examples.sim import race\n\n\ndef lost(dcore_sim):\n"
+                    "    race.unlocked_uploads(dcore_sim)\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     yield path

@@ -79,11 +79,11 @@ def exporter(provider: TracerProvider) -> InMemorySpanExporter:
 
 
 @pytest.fixture
-def settings(redis_url: str, tmp_path: Path) -> DcoreSettings:
+def settings(dcore_redis_url: str, tmp_path: Path) -> DcoreSettings:
     """Redis job store and broker; a queue and key prefix of this test's own."""
     token = uuid.uuid4().hex[:8]
     return DcoreSettings(
-        redis_url=redis_url, celery_broker_url=redis_url, job_store="redis",
+        redis_url=dcore_redis_url, celery_broker_url=dcore_redis_url, job_store="redis",
         event_bus="redis", key_prefix=f"dcore-{token}", celery_queue=f"dcore-{token}",
         storage_root=tmp_path / "storage",
     )  # fmt: skip

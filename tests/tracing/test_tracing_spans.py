@@ -56,9 +56,9 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 
 
 @pytest.fixture
-def env(manual_env: Environment) -> Environment:
-    manual_env.memory_services_shared = True  # its worker is this process
-    return manual_env
+def env(dcore_manual_env: Environment) -> Environment:
+    dcore_manual_env.memory_services_shared = True  # its worker is this process
+    return dcore_manual_env
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from dcore_testing.chaos import Proxy, ToxiproxyClient
-from dcore_testing.chaos.fixtures import toxiproxy  # noqa: F401
 
 Handler = Callable[[socket.socket], None]
 
@@ -88,14 +87,14 @@ def echo_port(upstreams: Upstreams) -> int:
 
 
 @pytest.fixture
-def echo_proxy(toxiproxy: ToxiproxyClient, echo_port: int) -> Proxy:  # noqa: F811
-    return toxiproxy.create_proxy("echo", "127.0.0.1:0", f"127.0.0.1:{echo_port}")
+def echo_proxy(dcore_toxiproxy: ToxiproxyClient, echo_port: int) -> Proxy:
+    return dcore_toxiproxy.create_proxy("echo", "127.0.0.1:0", f"127.0.0.1:{echo_port}")
 
 
 @pytest.fixture
-def api(toxiproxy: ToxiproxyClient) -> Iterator[httpx.Client]:  # noqa: F811
+def api(dcore_toxiproxy: ToxiproxyClient) -> Iterator[httpx.Client]:
     """Raw HTTP access to the same server, for status/body/header checks."""
-    with httpx.Client(base_url=toxiproxy.url, timeout=5) as client:
+    with httpx.Client(base_url=dcore_toxiproxy.url, timeout=5) as client:
         yield client
 
 

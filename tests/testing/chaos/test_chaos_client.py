@@ -32,30 +32,32 @@ def test_url_comes_from_the_environment_or_must_be_given(monkeypatch: pytest.Mon
         ToxiproxyClient()
 
 
-def test_version_and_proxy_lookups(toxiproxy: ToxiproxyClient, echo_port: int) -> None:
-    assert re.fullmatch(r"2\.\d+\.\d+|git", toxiproxy.version())
-    proxy = toxiproxy.create_proxy("lookup", "127.0.0.1:0", f"127.0.0.1:{echo_port}")
+def test_version_and_proxy_lookups(dcore_toxiproxy: ToxiproxyClient, echo_port: int) -> None:
+    assert re.fullmatch(r"2\.\d+\.\d+|git", dcore_toxiproxy.version())
+    proxy = dcore_toxiproxy.create_proxy("lookup", "127.0.0.1:0", f"127.0.0.1:{echo_port}")
     assert proxy.listen_host == "127.0.0.1"
     assert proxy.listen_port > 0
     assert proxy.address == ("127.0.0.1", proxy.listen_port)
-    assert toxiproxy.get_proxy("lookup").listen == proxy.listen
-    assert list(toxiproxy.proxies()) == ["lookup"]
-    assert toxiproxy.proxies()["lookup"].upstream == f"127.0.0.1:{echo_port}"
-    disabled = toxiproxy.create_proxy("off", "127.0.0.1:0", "127.0.0.1:1", enabled=False)
+    assert dcore_toxiproxy.get_proxy("lookup").listen == proxy.listen
+    assert list(dcore_toxiproxy.proxies()) == ["lookup"]
+    assert dcore_toxiproxy.proxies()["lookup"].upstream == f"127.0.0.1:{echo_port}"
+    disabled = dcore_toxiproxy.create_proxy("off", "127.0.0.1:0", "127.0.0.1:1", enabled=False)
     assert disabled.enabled is False
 
 
-def test_api_errors_are_typed_with_status_and_server_message(toxiproxy: ToxiproxyClient) -> None:
+def test_api_errors_are_typed_with_status_and_server_message(
+    dcore_toxiproxy: ToxiproxyClient,
+) -> None:
     with pytest.raises(NotFoundError) as missing:
-        toxiproxy.get_proxy("nope")
+        dcore_toxiproxy.get_proxy("nope")
     assert isinstance(missing.value, LookupError)
     assert isinstance(missing.value, ToxiproxyError)
     assert (missing.value.status, missing.value.message) == (404, "proxy not found")
     assert "GET /proxies/nope" in str(missing.value)
 
-    proxy = toxiproxy.create_proxy("errs", "127.0.0.1:0", "127.0.0.1:1")
+    proxy = dcore_toxiproxy.create_proxy("errs", "127.0.0.1:0", "127.0.0.1:1")
     with pytest.raises(ConflictError) as dup:
-        toxiproxy.create_proxy("errs", "127.0.0.1:0", "127.0.0.1:1")
+        dcore_toxiproxy.create_proxy("errs", "127.0.0.1:0", "127.0.0.1:1")
     assert (dup.value.status, dup.value.message) == (409, "proxy already exists")
 
     with pytest.raises(BadRequestError) as bad:
@@ -64,7 +66,7 @@ def test_api_errors_are_typed_with_status_and_server_message(toxiproxy: Toxiprox
     assert (bad.value.status, bad.value.message) == (400, "invalid toxic type")
 
     with pytest.raises(ServerError) as used:
-        toxiproxy.create_proxy("clash", proxy.listen, "127.0.0.1:1")
+        dcore_toxiproxy.create_proxy("clash", proxy.listen, "127.0.0.1:1")
     assert used.value.status == 500
     assert used.value.message.endswith("bind: address already in use")
 
@@ -148,27 +150,27 @@ def test_toxic_context_managers_add_then_remove_even_on_error(
 
 
 def test_context_manager_exit_tolerates_a_reset_inside(
-    toxiproxy: ToxiproxyClient, echo_proxy: Proxy
+    dcore_toxiproxy: ToxiproxyClient, echo_proxy: Proxy
 ) -> None:
     with echo_proxy.latency(10):
-        toxiproxy.reset()
+        dcore_toxiproxy.reset()
     assert echo_proxy.toxics() == []
 
 
 def test_partition_disables_and_re_enables_even_on_error(
-    toxiproxy: ToxiproxyClient, echo_proxy: Proxy
+    dcore_toxiproxy: ToxiproxyClient, echo_proxy: Proxy
 ) -> None:
     inside = []
 
     def fail_inside() -> None:
         with echo_proxy.partition():
-            inside.append(toxiproxy.get_proxy("echo").enabled)
+            inside.append(dcore_toxiproxy.get_proxy("echo").enabled)
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         fail_inside()
     assert inside == [False]
-    assert toxiproxy.get_proxy("echo").enabled is True
+    assert dcore_toxiproxy.get_proxy("echo").enabled is True
 
 
 @pytest.mark.usefixtures("embedded_only")
@@ -206,8 +208,8 @@ def test_one_way_partition_falls_back_to_timeout_zero_on_the_real_server() -> No
 
 
 @pytest.mark.usefixtures("embedded_only")
-def test_populate_with_typed_configs(toxiproxy: ToxiproxyClient) -> None:
-    proxies = toxiproxy.populate(
+def test_populate_with_typed_configs(dcore_toxiproxy: ToxiproxyClient) -> None:
+    proxies = dcore_toxiproxy.populate(
         [
             ProxyConfig(
                 "a",
@@ -219,8 +221,8 @@ def test_populate_with_typed_configs(toxiproxy: ToxiproxyClient) -> None:
         ]
     )
     assert [(p.name, p.enabled) for p in proxies] == [("a", True), ("b", False)]
-    assert [t.type for t in toxiproxy.get_proxy("a").toxics()] == ["latency"]
-    assert toxiproxy.populate([]) == []
+    assert [t.type for t in dcore_toxiproxy.get_proxy("a").toxics()] == ["latency"]
+    assert dcore_toxiproxy.populate([]) == []
 
 
 def test_update_changes_upstream(echo_proxy: Proxy) -> None:
@@ -229,11 +231,11 @@ def test_update_changes_upstream(echo_proxy: Proxy) -> None:
     assert echo_proxy.enabled is True
 
 
-def test_fixture_cleans_proxies_between_tests_part_1(toxiproxy: ToxiproxyClient) -> None:
+def test_fixture_cleans_proxies_between_tests_part_1(dcore_toxiproxy: ToxiproxyClient) -> None:
     # leaves a proxy with a toxic behind; part 2 (next in file order) proves it is gone
-    toxiproxy.create_proxy("leaky", "127.0.0.1:0", "127.0.0.1:1").add_toxic("noop")
-    assert [t.name for t in toxiproxy.get_proxy("leaky").toxics()] == ["noop_downstream"]
+    dcore_toxiproxy.create_proxy("leaky", "127.0.0.1:0", "127.0.0.1:1").add_toxic("noop")
+    assert [t.name for t in dcore_toxiproxy.get_proxy("leaky").toxics()] == ["noop_downstream"]
 
 
-def test_fixture_cleans_proxies_between_tests_part_2(toxiproxy: ToxiproxyClient) -> None:
-    assert "leaky" not in toxiproxy.proxies()
+def test_fixture_cleans_proxies_between_tests_part_2(dcore_toxiproxy: ToxiproxyClient) -> None:
+    assert "leaky" not in dcore_toxiproxy.proxies()

@@ -15,11 +15,11 @@ PATTERN = bytes(range(251))  # a prime length: any reordering or loss shows
 
 
 def test_bytes_keep_their_order_while_toxics_come_and_go(
-    toxiproxy: ToxiproxyClient, upstreams, net
+    dcore_toxiproxy: ToxiproxyClient, upstreams, net
 ) -> None:
     payload = PATTERN * ((16 << 20) // len(PATTERN))  # ~16 MiB
     port = upstreams.start(net.greeter(payload))
-    proxy = toxiproxy.create_proxy("order", "127.0.0.1:0", f"127.0.0.1:{port}")
+    proxy = dcore_toxiproxy.create_proxy("order", "127.0.0.1:0", f"127.0.0.1:{port}")
     toxics = [
         ("latency", {"latency": 300}),  # holds what arrives meanwhile; removal flushes it
         ("noop", {}),
@@ -44,7 +44,7 @@ def test_bytes_keep_their_order_while_toxics_come_and_go(
 
 
 def test_a_client_that_stops_reading_stops_the_upstream_writer(
-    toxiproxy: ToxiproxyClient, upstreams, net
+    dcore_toxiproxy: ToxiproxyClient, upstreams, net
 ) -> None:
     total = 64 << 20
     sent = 0
@@ -61,7 +61,7 @@ def test_a_client_that_stops_reading_stops_the_upstream_writer(
             stalled.set()
 
     port = upstreams.start(writer)
-    proxy = toxiproxy.create_proxy("pressure", "127.0.0.1:0", f"127.0.0.1:{port}")
+    proxy = dcore_toxiproxy.create_proxy("pressure", "127.0.0.1:0", f"127.0.0.1:{port}")
     with net.connect(proxy, timeout=30) as sock:
         assert stalled.wait(30), f"the upstream wrote all {total} bytes into the proxy"
         assert sent < total // 2  # socket buffers plus about one read held by the proxy

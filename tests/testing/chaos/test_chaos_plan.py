@@ -10,8 +10,8 @@ from dcore_testing.chaos import ChaosPlan, ManualPlanClock, Proxy, ToxiproxyClie
 
 
 @pytest.fixture
-def proxies(toxiproxy: ToxiproxyClient) -> list[Proxy]:
-    return [toxiproxy.create_proxy(n, "127.0.0.1:0", "127.0.0.1:1") for n in ("a", "b", "c")]
+def proxies(dcore_toxiproxy: ToxiproxyClient) -> list[Proxy]:
+    return [dcore_toxiproxy.create_proxy(n, "127.0.0.1:0", "127.0.0.1:1") for n in ("a", "b", "c")]
 
 
 class Observer:
@@ -60,7 +60,7 @@ def test_random_plan_respects_chosen_actions(proxies: list[Proxy]) -> None:
 
 
 def test_plan_applies_and_reverts_in_time_order(
-    toxiproxy: ToxiproxyClient, proxies: list[Proxy]
+    dcore_toxiproxy: ToxiproxyClient, proxies: list[Proxy]
 ) -> None:
     a, b, _ = proxies
     plan = ChaosPlan(seed=1)
@@ -68,7 +68,7 @@ def test_plan_applies_and_reverts_in_time_order(
     plan.at(1.0).latency(b, 100, for_=3.0)
     plan.at(3.0).bandwidth(a, 50, for_=1.0)
     clock = ManualPlanClock()
-    observer = Observer(clock, toxiproxy)
+    observer = Observer(clock, dcore_toxiproxy)
     log = plan.run(clock=clock, wait=observer.wait)
 
     assert [(e.at, e.event, e.action, e.proxy) for e in log] == [
@@ -90,16 +90,16 @@ def test_plan_applies_and_reverts_in_time_order(
 
 
 def test_overlapping_partitions_keep_the_proxy_down_until_the_last_ends(
-    toxiproxy: ToxiproxyClient, proxies: list[Proxy]
+    dcore_toxiproxy: ToxiproxyClient, proxies: list[Proxy]
 ) -> None:
     a = proxies[0]
     plan = ChaosPlan().at(0.0).partition(a, for_=2.0).at(1.0).partition(a, for_=3.0)
     clock = ManualPlanClock()
-    observer = Observer(clock, toxiproxy)
+    observer = Observer(clock, dcore_toxiproxy)
     plan.run(clock=clock, wait=observer.wait)
     states = {t: s["a"][0] for t, s in observer.snapshots}
     assert states == {0.0: False, 1.0: False, 2.0: False}
-    assert toxiproxy.get_proxy("a").enabled is True
+    assert dcore_toxiproxy.get_proxy("a").enabled is True
 
 
 def test_background_run_with_fake_clock_logs_everything(proxies: list[Proxy]) -> None:
@@ -114,7 +114,8 @@ def test_background_run_with_fake_clock_logs_everything(proxies: list[Proxy]) ->
     assert all(e.error is None for e in run.log)
 
 
-def test_stop_reverts_what_is_applied(toxiproxy: ToxiproxyClient, proxies: list[Proxy]) -> None:
+def test_stop_reverts_what_is_applied(dcore_toxiproxy: ToxiproxyClient,
+                                      proxies: list[Proxy]) -> None:
     a = proxies[0]
     plan = ChaosPlan().at(0.0).latency(a, 10).at(0.0).partition(a).at(50.0).bandwidth(a, 1)
     waiting = threading.Event()
@@ -126,7 +127,7 @@ def test_stop_reverts_what_is_applied(toxiproxy: ToxiproxyClient, proxies: list[
 
     run = plan.run_in_background(wait=wait)
     assert waiting.wait(10)
-    assert toxiproxy.get_proxy("a").enabled is False
+    assert dcore_toxiproxy.get_proxy("a").enabled is False
     assert [t.type for t in a.toxics()] == ["latency"]
     release.set()
     run.stop()
@@ -136,7 +137,7 @@ def test_stop_reverts_what_is_applied(toxiproxy: ToxiproxyClient, proxies: list[
         ("revert", "partition"),
         ("revert", "latency"),
     ]
-    assert toxiproxy.get_proxy("a").enabled is True
+    assert dcore_toxiproxy.get_proxy("a").enabled is True
     assert a.toxics() == []
 
 

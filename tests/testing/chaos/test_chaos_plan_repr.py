@@ -11,8 +11,8 @@ from dcore_testing.chaos import ChaosPlan, Proxy, ToxiproxyClient
 
 
 @pytest.fixture
-def proxies(toxiproxy: ToxiproxyClient) -> list[Proxy]:
-    return [toxiproxy.create_proxy(n, "127.0.0.1:0", "127.0.0.1:1") for n in ("redis", "s3")]
+def proxies(dcore_toxiproxy: ToxiproxyClient) -> list[Proxy]:
+    return [dcore_toxiproxy.create_proxy(n, "127.0.0.1:0", "127.0.0.1:1") for n in ("redis", "s3")]
 
 
 def test_a_built_plan_reads_like_its_steps(proxies: list[Proxy]) -> None:

@@ -46,10 +46,10 @@ def test_latency_is_pipelined_not_cumulative(echo_proxy: Proxy, net) -> None:
     assert 0.29 <= elapsed < 0.3 * 4  # cumulative would be 5 x 300 ms
 
 
-def test_bandwidth_throttles(toxiproxy: ToxiproxyClient, upstreams, net) -> None:
+def test_bandwidth_throttles(dcore_toxiproxy: ToxiproxyClient, upstreams, net) -> None:
     payload = bytes(range(256)) * 240  # 61,440 bytes
     port = upstreams.start(net.greeter(payload))
-    proxy = toxiproxy.create_proxy("bw", "127.0.0.1:0", f"127.0.0.1:{port}")
+    proxy = dcore_toxiproxy.create_proxy("bw", "127.0.0.1:0", f"127.0.0.1:{port}")
     with net.connect(proxy) as sock:
         start = time.perf_counter()
         assert net.recv_until_eof(sock) == payload
@@ -83,10 +83,10 @@ def test_timeout_zero_holds_until_removed_and_removal_closes(echo_proxy: Proxy, 
 
 
 def test_reset_peer_resets_the_client_connection(
-    toxiproxy: ToxiproxyClient, upstreams, net
+    dcore_toxiproxy: ToxiproxyClient, upstreams, net
 ) -> None:
     port = upstreams.start(net.greeter(b"hello", close=False))
-    proxy = toxiproxy.create_proxy("rst", "127.0.0.1:0", f"127.0.0.1:{port}")
+    proxy = dcore_toxiproxy.create_proxy("rst", "127.0.0.1:0", f"127.0.0.1:{port}")
     # The RST can beat connect() returning, so the connect is inside the raises block.
     with proxy.reset_peer(), pytest.raises(ConnectionResetError), net.connect(proxy) as sock:
         net.recv_until_eof(sock)
@@ -106,10 +106,11 @@ def test_reset_peer_added_to_an_open_connection_resets_it(echo_proxy: Proxy, net
                 net.recv_until_eof(sock)
 
 
-def test_slicer_splits_data_into_several_reads(toxiproxy: ToxiproxyClient, upstreams, net) -> None:
+def test_slicer_splits_data_into_several_reads(dcore_toxiproxy: ToxiproxyClient, upstreams,
+                                               net) -> None:
     payload = b"s" * 2000
     port = upstreams.start(net.greeter(payload))
-    proxy = toxiproxy.create_proxy("slice", "127.0.0.1:0", f"127.0.0.1:{port}")
+    proxy = dcore_toxiproxy.create_proxy("slice", "127.0.0.1:0", f"127.0.0.1:{port}")
     with proxy.slicer(100, 20, delay_us=5000), net.connect(proxy) as sock:
         reads = []
         while chunk := sock.recv(65536):
@@ -120,12 +121,12 @@ def test_slicer_splits_data_into_several_reads(toxiproxy: ToxiproxyClient, upstr
 
 
 def test_slicer_with_variation_equal_to_average_size_delivers_everything(
-    toxiproxy: ToxiproxyClient, upstreams, net
+    dcore_toxiproxy: ToxiproxyClient, upstreams, net
 ) -> None:
     # 1000/1000 is valid on the real server (a peer client's own suite uses it)
     payload = bytes(range(256)) * 4096  # 1 MiB
     port = upstreams.start(net.greeter(payload))
-    proxy = toxiproxy.create_proxy("slice_eq", "127.0.0.1:0", f"127.0.0.1:{port}")
+    proxy = dcore_toxiproxy.create_proxy("slice_eq", "127.0.0.1:0", f"127.0.0.1:{port}")
     with proxy.slicer(1000, 1000) as toxic, net.connect(proxy, timeout=30) as sock:
         assert toxic.attributes == {"average_size": 1000, "size_variation": 1000, "delay": 0}
         assert net.recv_until_eof(sock) == payload
@@ -159,15 +160,15 @@ def test_slicer_cuts_stay_inside_the_chunk_whenever_variation_is_at_most_average
     assert max(sizes) <= average + variation
 
 
-def test_limit_data_closes_after_n_bytes(toxiproxy: ToxiproxyClient, upstreams, net) -> None:
+def test_limit_data_closes_after_n_bytes(dcore_toxiproxy: ToxiproxyClient, upstreams, net) -> None:
     port = upstreams.start(net.greeter(b"0123456789abcdefghij", close=False))
-    proxy = toxiproxy.create_proxy("limit", "127.0.0.1:0", f"127.0.0.1:{port}")
+    proxy = dcore_toxiproxy.create_proxy("limit", "127.0.0.1:0", f"127.0.0.1:{port}")
     with proxy.limit_data(10), net.connect(proxy) as sock:
         assert net.recv_until_eof(sock) == b"0123456789"
 
 
 def test_limit_data_counts_upstream_bytes_across_writes(
-    toxiproxy: ToxiproxyClient, upstreams, net
+    dcore_toxiproxy: ToxiproxyClient, upstreams, net
 ) -> None:
     received = bytearray()
     closed = threading.Event()
@@ -181,7 +182,7 @@ def test_limit_data_counts_upstream_bytes_across_writes(
             closed.set()
 
     port = upstreams.start(recorder)
-    proxy = toxiproxy.create_proxy("uplimit", "127.0.0.1:0", f"127.0.0.1:{port}")
+    proxy = dcore_toxiproxy.create_proxy("uplimit", "127.0.0.1:0", f"127.0.0.1:{port}")
     with proxy.limit_data(6, stream="upstream"), net.connect(proxy) as sock:
         sock.sendall(b"abcd")
         assert net.recv_exactly(sock, 1) == b"k"
@@ -190,9 +191,9 @@ def test_limit_data_counts_upstream_bytes_across_writes(
     assert bytes(received) == b"abcdef"
 
 
-def test_slow_close_delays_the_close(toxiproxy: ToxiproxyClient, upstreams, net) -> None:
+def test_slow_close_delays_the_close(dcore_toxiproxy: ToxiproxyClient, upstreams, net) -> None:
     port = upstreams.start(net.greeter(b"bye"))
-    proxy = toxiproxy.create_proxy("slowclose", "127.0.0.1:0", f"127.0.0.1:{port}")
+    proxy = dcore_toxiproxy.create_proxy("slowclose", "127.0.0.1:0", f"127.0.0.1:{port}")
     with net.connect(proxy) as sock:
         start = time.perf_counter()
         assert net.recv_until_eof(sock) == b"bye"
@@ -269,7 +270,7 @@ def test_one_way_blackhole_upstream_swallows_requests_but_keeps_the_connection(
 
 @pytest.mark.usefixtures("embedded_only")
 def test_one_way_blackhole_downstream_delivers_requests_only(
-    toxiproxy: ToxiproxyClient, upstreams, net
+    dcore_toxiproxy: ToxiproxyClient, upstreams, net
 ) -> None:
     received: list[bytes] = []
     got = threading.Event()
@@ -281,7 +282,7 @@ def test_one_way_blackhole_downstream_delivers_requests_only(
             conn.sendall(data)
 
     port = upstreams.start(recorder)
-    proxy = toxiproxy.create_proxy("rec", "127.0.0.1:0", f"127.0.0.1:{port}")
+    proxy = dcore_toxiproxy.create_proxy("rec", "127.0.0.1:0", f"127.0.0.1:{port}")
     with proxy.one_way_partition("downstream"), net.connect(proxy) as sock:
         sock.sendall(b"req")
         assert got.wait(5)
@@ -291,11 +292,11 @@ def test_one_way_blackhole_downstream_delivers_requests_only(
     assert received == [b"req"]
 
 
-def test_unreachable_upstream_accepts_then_closes(toxiproxy: ToxiproxyClient, net) -> None:
+def test_unreachable_upstream_accepts_then_closes(dcore_toxiproxy: ToxiproxyClient, net) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]
-    proxy = toxiproxy.create_proxy("dead", "127.0.0.1:0", f"127.0.0.1:{dead_port}")
+    proxy = dcore_toxiproxy.create_proxy("dead", "127.0.0.1:0", f"127.0.0.1:{dead_port}")
     with net.connect(proxy) as sock:
         assert sock.recv(10) == b""
 

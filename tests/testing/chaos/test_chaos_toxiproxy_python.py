@@ -13,10 +13,10 @@ from dcore_testing.chaos import ToxiproxyClient
 
 
 @pytest.fixture
-def legacy(toxiproxy: ToxiproxyClient) -> Iterator[Toxiproxy]:
+def legacy(dcore_toxiproxy: ToxiproxyClient) -> Iterator[Toxiproxy]:
     """toxiproxy-python keeps host/port in class globals; point them here, then restore."""
     saved = APIConsumer.host, APIConsumer.port
-    url = toxiproxy.url.removeprefix("http://")
+    url = dcore_toxiproxy.url.removeprefix("http://")
     host, port = url.rsplit(":", 1)
     server = Toxiproxy()
     server.update_api_consumer(host, int(port))
