@@ -60,7 +60,7 @@ from dcore import (  # after the path set-up, so the checkout's dcore is the one
     use_environment,
     use_registry,
 )
-from dcore.core.plugins import default_registry
+from dcore._plugins.registry import default_registry
 
 STAGES = 10
 Request = Callable[[], Any]

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _instructions
 
 from dcore import Execute, NextFn, PipelineContext, register_plugin
-from dcore.core.plugins import default_registry
+from dcore._plugins.registry import default_registry
 from dcore.services.storage import StorageInterface
 
 

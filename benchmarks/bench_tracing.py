@@ -32,7 +32,7 @@ from dcore import (
     use_environment,
     use_registry,
 )
-from dcore.core.plugins import default_registry
+from dcore._plugins.registry import default_registry
 from dcore.stages.tracing import use_tracer_provider
 
 STAGES = 10

@@ -41,8 +41,8 @@ import chaos_jobs
 import pytest
 
 from dcore import DcoreError, Environment, JobMessage, JobState, RetryPolicy, use_environment
+from dcore._core.retry import call_with_retry
 from dcore.celery import TASK_NAME, queue_for
-from dcore.core.retry import call_with_retry
 from dcore.dispatchers.celery import celery_app
 from dcore.errors import JobNotFoundError
 from dcore.services.jobs import TERMINAL

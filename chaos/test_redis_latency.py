@@ -26,8 +26,8 @@ from dcore import (
     current_environment,
     use_environment,
 )
+from dcore._core.events import JOB_SUCCEEDED
 from dcore.backends.redis_jobs import RedisJobStore
-from dcore.core.events import JOB_SUCCEEDED
 from dcore.dispatchers.thread import ThreadDispatcher
 from dcore.errors import JobNotFoundError, ServiceUnavailableError
 from dcore.services.events import Event

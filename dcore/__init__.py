@@ -8,23 +8,27 @@
     handle = pipeline.run()
 """
 
-from dcore.core.clock import Clock, SystemClock
-from dcore.core.context import SHARD_COUNT, ErrorRecord, PipelineContext, Runtime, migration
-from dcore.core.environment import (
+from dcore._core.clock import Clock, SystemClock
+from dcore._core.context import SHARD_COUNT, ErrorRecord, PipelineContext, Runtime, migration
+from dcore._core.environment import (
     Environment,
     current_environment,
     reset_default_environment,
     use_environment,
 )
-from dcore.core.factory import PluginFactory
-from dcore.core.fencing import Fence, current_fence
-from dcore.core.handle import JobHandle
-from dcore.core.hashing import stable_hash
-from dcore.core.interfaces import Dispatch, Execute, NextFn, StageRef
-from dcore.core.lifecycle import CurrentJob, current_job, give_up
-from dcore.core.message import JobMessage, StageSpec, set_trace_propagator
-from dcore.core.pipeline import Continuation, Pipeline
-from dcore.core.plugins import (
+from dcore._core.factory import PluginFactory
+from dcore._core.handle import JobHandle
+from dcore._core.hashing import stable_hash
+from dcore._core.lifecycle import CurrentJob, current_job, give_up
+from dcore._core.message import JobMessage, StageSpec, set_trace_propagator
+from dcore._core.pipeline import Continuation, Pipeline
+from dcore._core.pool import PluginPool
+from dcore._core.retry import RetryPolicy
+from dcore._core.runner import origin_of
+from dcore._core.saga import DEFAULT_COMPENSATION_RETRY, CompensationFailed
+from dcore._core.settings import DcoreSettings
+from dcore._plugins.interfaces import Dispatch, Execute, NextFn, StageRef
+from dcore._plugins.registry import (
     PluginRegistry,
     core_function,
     current_registry,
@@ -33,11 +37,7 @@ from dcore.core.plugins import (
     register_plugin,
     use_registry,
 )
-from dcore.core.pool import PluginPool
-from dcore.core.retry import RetryPolicy
-from dcore.core.runner import origin_of
-from dcore.core.saga import DEFAULT_COMPENSATION_RETRY, CompensationFailed
-from dcore.core.settings import DcoreSettings
+from dcore._runtime import run_message
 from dcore.errors import (
     ContextSerializationError,
     DcoreError,
@@ -46,8 +46,8 @@ from dcore.errors import (
     PluginNotFoundError,
     PluginOptionsError,
 )
-from dcore.runtime import run_message
 from dcore.services import JobState
+from dcore.services.fencing import Fence, current_fence
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from dcore.core.plugins import default_registry
+from dcore._plugins.registry import default_registry
 
 BUILTIN_MODULES = [
     "dcore.dispatchers.inline",

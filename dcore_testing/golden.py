@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from dcore import Environment, JobMessage, MessageError, Pipeline, PipelineContext
-from dcore.core.context import context_type, context_type_name
-from dcore.runtime import load_message
+from dcore.engine import context_type, context_type_name, load_message
 
 __all__ = ["Example", "GoldenMessageError", "GoldenMessages", "type_directory"]
 

@@ -19,9 +19,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from dcore.core.context import PipelineContext
-from dcore.core.interfaces import Dispatch, Execute, StageRef
-from dcore.core.pipeline import Pipeline
+from dcore import Dispatch, Execute, Pipeline, PipelineContext, StageRef
 from dcore_testing.sim.chooser import ScheduleChooser, preemption_points
 from dcore_testing.sim.faults import (
     Crash,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-import dcore.core.settings as settings_module
+import dcore._core.settings as settings_module
 from dcore_testing.fixtures.redis import start_redis_server
 from dcore_testing.fixtures.require import unavailable
 

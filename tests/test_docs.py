@@ -34,7 +34,7 @@ def test_every_setting_is_in_the_settings_reference() -> None:
 
 
 def test_every_event_topic_is_in_the_events_reference() -> None:
-    from dcore.core import events
+    from dcore._core import events
 
     topics = [value for name, value in vars(events).items()
               if name.isupper() and isinstance(value, str) and re.fullmatch(r"[a-z.]+", value)]

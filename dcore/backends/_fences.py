@@ -13,8 +13,8 @@ import hashlib
 import json
 
 from dcore.backends._keys import RESERVED_PREFIX
-from dcore.core.fencing import Fence
 from dcore.errors import StaleFenceError, StorageError
+from dcore.services.fencing import Fence
 
 __all__ = ["RECORD_DIR", "decode_record", "encode_record", "must_record", "record_key"]
 

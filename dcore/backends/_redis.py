@@ -18,11 +18,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from dcore.core.redact import redact_url
+from dcore._core.redact import redact_url
 from dcore.errors import ServiceUnavailableError
 
 if TYPE_CHECKING:
-    from dcore.core.settings import DcoreSettings
+    from dcore._core.settings import DcoreSettings
 
     # redis-py annotates every command as returning ``Awaitable[Any] | Any`` (one set of
     # signatures for its sync and async clients), which strict typing cannot use; the

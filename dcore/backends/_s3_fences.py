@@ -48,8 +48,8 @@ from dcore.backends._fences import (
     must_record,
     record_key,
 )
-from dcore.core.fencing import Fence
 from dcore.errors import ObjectNotFoundError, StorageError
+from dcore.services.fencing import Fence
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client

@@ -30,6 +30,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from dcore._plugins.registry import default_registry, register_plugin
 from dcore.backends._fences import decode_record, encode_record, must_record, record_key
 from dcore.backends._keys import (
     RESERVED_PREFIX,
@@ -38,13 +39,12 @@ from dcore.backends._keys import (
     validate_key,
     validate_prefix,
 )
-from dcore.core.fencing import Fence, check_fence
-from dcore.core.plugins import default_registry, register_plugin
 from dcore.errors import InvalidKeyError, ObjectNotFoundError, StorageError
+from dcore.services.fencing import Fence, check_fence
 from dcore.services.storage import ObjectInfo, StorageInterface
 
 if TYPE_CHECKING:
-    from dcore.core.environment import Environment
+    from dcore._core.environment import Environment
 
 __all__ = ["LocalFileStorage"]
 

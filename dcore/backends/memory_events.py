@@ -11,18 +11,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
+from dcore._core.clock import Clock, SystemClock
+from dcore._plugins.registry import register_plugin
 from dcore.backends._shared import (
     at_least,
     decode_payload,
     encode_payload,
     parse_entry_id,
 )
-from dcore.core.clock import Clock, SystemClock
-from dcore.core.plugins import register_plugin
 from dcore.services.events import Event, EventBusInterface, EventHandler, Subscription
 
 if TYPE_CHECKING:
-    from dcore.core.environment import Environment
+    from dcore._core.environment import Environment
 
 __all__ = ['MemoryEventBus']
 

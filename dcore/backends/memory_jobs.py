@@ -16,6 +16,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
+from dcore._core.clock import Clock, SystemClock
+from dcore._plugins.registry import register_plugin
 from dcore.backends._shared import (
     DEFAULT_JOB_TTL,
     check_end,
@@ -30,8 +32,6 @@ from dcore.backends._shared import (
     states,
 )
 from dcore.backends.memory_events import MemoryEventBus
-from dcore.core.clock import Clock, SystemClock
-from dcore.core.plugins import register_plugin
 from dcore.errors import IllegalTransitionError, LeaseLostError
 from dcore.services.jobs import (
     LEASED,
@@ -49,7 +49,7 @@ from dcore.services.jobs import (
 )
 
 if TYPE_CHECKING:
-    from dcore.core.environment import Environment
+    from dcore._core.environment import Environment
     from dcore.services.events import EventBusInterface
 
 __all__ = ["MemoryJobStore"]

@@ -11,17 +11,17 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
+from dcore._core.clock import Clock, SystemClock
+from dcore._plugins.registry import register_plugin
 from dcore.backends._shared import (
     at_least,
     positive,
 )
-from dcore.core.clock import Clock, SystemClock
-from dcore.core.plugins import register_plugin
 from dcore.errors import LockLostError
 from dcore.services.locks import Lock, LockInterface
 
 if TYPE_CHECKING:
-    from dcore.core.environment import Environment
+    from dcore._core.environment import Environment
 
 __all__ = ['MemoryLock', 'MemoryLocks']
 

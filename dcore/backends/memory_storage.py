@@ -11,11 +11,11 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
+from dcore._plugins.registry import default_registry, register_plugin
 from dcore.backends._fences import must_record
 from dcore.backends._keys import as_bytes, iter_source, validate_key, validate_prefix
-from dcore.core.fencing import Fence, check_fence
-from dcore.core.plugins import default_registry, register_plugin
 from dcore.errors import ObjectNotFoundError
+from dcore.services.fencing import Fence, check_fence
 from dcore.services.storage import ObjectInfo, StorageInterface
 
 __all__ = ["MemoryStorage"]

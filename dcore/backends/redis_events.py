@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
+from dcore._plugins.registry import register_plugin
 from dcore.backends._redis import (
     RedisBackend,
     settings_url,
@@ -33,15 +34,14 @@ from dcore.backends._redis import (
     translate_errors,
 )
 from dcore.backends._shared import at_least, decode_payload, encode_payload, parse_entry_id
-from dcore.core.plugins import register_plugin
 from dcore.errors import ServiceUnavailableError
 from dcore.services.events import Event, EventBusInterface, EventHandler, Subscription
 
 if TYPE_CHECKING:
     from redis.client import PubSub
 
+    from dcore._core.environment import Environment
     from dcore.backends._redis import RedisClient
-    from dcore.core.environment import Environment
 
 __all__ = ["RedisEventBus"]
 

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any, Self, cast
 
 from pydantic import TypeAdapter
 
+from dcore._core.clock import Clock, SystemClock
+from dcore._plugins.registry import register_plugin
 from dcore.backends._redis import (
     RedisBackend,
     same_server,
@@ -58,8 +60,6 @@ from dcore.backends._shared import (
     states,
 )
 from dcore.backends.redis_events import KEYED_APPEND_LUA, RedisEventBus
-from dcore.core.clock import Clock, SystemClock
-from dcore.core.plugins import register_plugin
 from dcore.errors import IllegalTransitionError, LeaseLostError
 from dcore.services.jobs import (
     ALLOWED,
@@ -78,8 +78,8 @@ from dcore.services.jobs import (
 )
 
 if TYPE_CHECKING:
+    from dcore._core.environment import Environment
     from dcore.backends._redis import RedisClient
-    from dcore.core.environment import Environment
     from dcore.services.events import EventBusInterface
 
 __all__ = ["RedisJobStore"]

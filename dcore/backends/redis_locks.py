@@ -20,9 +20,9 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from dcore._plugins.registry import register_plugin
 from dcore.backends._redis import RedisBackend, require_redis, settings_url
 from dcore.backends._shared import at_least
-from dcore.core.plugins import register_plugin
 from dcore.errors import LockLostError
 from dcore.services.locks import Lock, LockInterface
 
@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from redis.commands.core import Script
     from redis.exceptions import LockError
 
+    from dcore._core.environment import Environment
     from dcore.backends._redis import RedisClient
-    from dcore.core.environment import Environment
 
 __all__ = ["RedisLock", "RedisLocks"]
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeGuard
 
 from pydantic import SecretStr
 
+from dcore._plugins.registry import default_registry, register_plugin
 from dcore.backends._keys import as_bytes, iter_source, validate_key, validate_prefix
 from dcore.backends._s3_fences import FencedWrites
 from dcore.backends._s3_parts import (
@@ -44,16 +45,15 @@ from dcore.backends._s3_parts import (
     send_parts,
     split_parts,
 )
-from dcore.core.fencing import Fence, check_fence
-from dcore.core.plugins import default_registry, register_plugin
 from dcore.errors import ObjectNotFoundError, ServiceUnavailableError, StorageError
+from dcore.services.fencing import Fence, check_fence
 from dcore.services.storage import ObjectInfo, StorageInterface
 
 if TYPE_CHECKING:
     from boto3.session import Session
     from mypy_boto3_s3.client import S3Client
 
-    from dcore.core.environment import Environment
+    from dcore._core.environment import Environment
 
 __all__ = ["S3Storage"]
 

@@ -7,7 +7,7 @@ workers: ``DCORE_EVENT_BUS=redis DCORE_JOB_STORE=redis DCORE_REDIS_URL=redis://.
 plugins a replay needs (the current directory is importable).
 
 Replay keeps the job id and runs the message's remainder again in this process as a new
-attempt (``dcore.runtime.run_message``): the job record goes ``DEAD → PENDING → RUNNING``.
+attempt (``dcore.run_message``): the job record goes ``DEAD → PENDING → RUNNING``.
 On success the entry is removed. On failure the job is dead-lettered again (a fresh entry
 with the new error and full history) and only then is the old entry removed, so the job
 is on the queue exactly once and nothing is ever dropped.
@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
 
 def _env(*services: str) -> Any:
     """The configured environment; a note on stderr if ``services`` are process-local."""
-    from dcore.core.environment import current_environment
+    from dcore._core.environment import current_environment
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -131,10 +131,10 @@ def run_show(args: argparse.Namespace) -> int:
 def replay_entry(env: Any, event: Any) -> tuple[bool, str]:
     """Replay one DLQ entry in-process; ``(succeeded, what happened)``. Never drops it:
     the entry goes only after success, or once the job is back on the queue."""
-    from dcore.core.lifecycle import schedule
-    from dcore.core.message import JobMessage
+    from dcore._core.lifecycle import schedule
+    from dcore._core.message import JobMessage
+    from dcore._runtime import run_message
     from dcore.errors import IllegalTransitionError, JobNotFoundError, MessageError
-    from dcore.runtime import run_message
     from dcore.services.jobs import JobState
 
     topic = env.settings.dlq_topic

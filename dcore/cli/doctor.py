@@ -1,6 +1,6 @@
 """``dcore doctor [--celery] [--json] [--timeout S]``: check a deployment before it loses jobs.
 
-Runs every check of :mod:`dcore.doctor` against the current ``DCORE_*`` variables (run
+Runs every check of :mod:`dcore._doctor` against the current ``DCORE_*`` variables (run
 it with the workers' environment) and prints one line per finding: its level (``ok``,
 ``warning``, ``error``), the check, and what it found with the fix. Exit code 1 when any
 finding is an error, else 0 (warnings included). ``--json`` prints one JSON object:
@@ -38,7 +38,7 @@ def positive_float(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dcore.doctor import DEFAULT_TIMEOUT, Level, run_checks
+    from dcore._doctor import DEFAULT_TIMEOUT, Level, run_checks
 
     findings = run_checks(celery=True if args.celery else None,
                           timeout=args.timeout or DEFAULT_TIMEOUT)  # fmt: skip

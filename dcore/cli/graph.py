@@ -26,7 +26,7 @@ def _a(kind: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dcore.core.pipeline import Pipeline
+    from dcore._core.pipeline import Pipeline
 
     target = args.target
     obj = load_object(target)

@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
 
 def _env() -> Any:
     """The configured environment; a note on stderr if its job store is process-local."""
-    from dcore.core.environment import current_environment
+    from dcore._core.environment import current_environment
 
     env = current_environment()
     note_process_local(env, "jobs")

@@ -1,7 +1,7 @@
 """``celery``: ship the background part to Celery workers as a ``JobMessage``.
 
 The message (JSON) is the task's only argument; the worker runs it with
-``dcore.runtime.run_message`` (see :mod:`dcore.celery`). A context's ``shard_key`` picks
+``dcore.run_message`` (see :mod:`dcore.celery`). A context's ``shard_key`` picks
 one of ``DCORE_CELERY_QUEUES`` queues named ``<DCORE_CELERY_QUEUE>.<n>``, so one shard's
 jobs always share a queue. The Celery app is made once per Environment, on the first
 dispatch, and closed with it.
@@ -16,11 +16,11 @@ import functools
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from dcore.core.environment import Environment
-from dcore.core.handle import JobHandle
-from dcore.core.interfaces import Dispatch
-from dcore.core.pipeline import Continuation
-from dcore.core.plugins import default_registry, register_plugin
+from dcore._core.environment import Environment
+from dcore._core.handle import JobHandle
+from dcore._core.pipeline import Continuation
+from dcore._plugins.interfaces import Dispatch
+from dcore._plugins.registry import default_registry, register_plugin
 from dcore.errors import DispatchError
 
 if TYPE_CHECKING:
@@ -38,9 +38,9 @@ def _celery_installed() -> bool:
 
 def celery_app(env: Environment) -> Celery:
     """The environment's Celery app (made on first use from its settings)."""
-    from dcore.celery import make_celery_app
+    from dcore.celery import celery_app as engine_app
 
-    return env.resource("dcore.celery_app", lambda: make_celery_app(env.settings))
+    return engine_app(env)
 
 
 def _redact(url: str) -> str:
@@ -69,12 +69,12 @@ class CeleryDispatcher(Dispatch[Any]):
         self.queue = queue
 
     def queue_for(self, shard: int | None) -> str:
-        from dcore.celery import queue_for
+        from dcore._celery_config import queue_for
 
         return self.queue or queue_for(shard, self.env.settings)
 
     def dispatch(self, next_fn: Continuation[Any], context: Any) -> JobHandle:
-        from dcore.celery import TASK_NAME
+        from dcore._celery_config import TASK_NAME
 
         message = next_fn.to_message(context)
         queue = self.queue_for(message.shard)

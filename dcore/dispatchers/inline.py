@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcore.core.handle import JobHandle
-from dcore.core.interfaces import Dispatch
-from dcore.core.pipeline import Continuation
-from dcore.core.plugins import default_registry, register_plugin
+from dcore._core.handle import JobHandle
+from dcore._core.pipeline import Continuation
+from dcore._plugins.interfaces import Dispatch
+from dcore._plugins.registry import default_registry, register_plugin
 
 __all__ = ["InlineDispatcher"]
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcore.core.environment import Environment
-from dcore.core.factory import PluginFactory
-from dcore.core.interfaces import Dispatch
-from dcore.core.pipeline import Continuation
-from dcore.core.plugins import default_registry, register_plugin
+from dcore._core.environment import Environment
+from dcore._core.factory import PluginFactory
+from dcore._core.pipeline import Continuation
+from dcore._plugins.interfaces import Dispatch
+from dcore._plugins.registry import default_registry, register_plugin
 from dcore.dispatchers.fastapi import find_background_tasks
 from dcore.errors import BackendNotFoundError, PluginNotFoundError
 

@@ -3,7 +3,7 @@
 The pool belongs to the Environment (one per environment, made on first dispatch, not
 at import). ``shutdown(timeout)`` stops taking work, drains what is queued and raises
 ``DispatcherShutdownTimeout`` if that takes longer than ``timeout``. Each delivery goes
-through :func:`dcore.core.lifecycle.deliver`; this engine only carries out its outcome: a
+through :func:`dcore._core.lifecycle.deliver`; this engine only carries out its outcome: a
 retry (after the job policy's backoff), a deferred or requeued delivery is submitted
 again after its delay, on a timer on the environment's clock. The wait happens on its
 own timer thread, never on a worker, so failing jobs cannot starve the pool; a delivery
@@ -17,18 +17,18 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from dcore.core.delivery import Action
-from dcore.core.environment import Environment, current_environment
-from dcore.core.handle import JobHandle
-from dcore.core.interfaces import Dispatch
-from dcore.core.pipeline import Continuation
-from dcore.core.plugins import default_registry, register_plugin
+from dcore._core.delivery import Action
+from dcore._core.environment import Environment, current_environment
+from dcore._core.handle import JobHandle
+from dcore._core.pipeline import Continuation
+from dcore._plugins.interfaces import Dispatch
+from dcore._plugins.registry import default_registry, register_plugin
 from dcore.errors import DispatchError, DispatcherShutdownTimeout
 
 __all__ = ["ThreadDispatcher", "WorkerPool"]
 
 _log = logging.getLogger("dcore.dispatch.thread")
-#: outcomes (see dcore.core.delivery) after which this engine delivers the job again
+#: outcomes (see dcore._core.delivery) after which this engine delivers the job again
 _DELIVER_AGAIN = frozenset({Action.RETRY, Action.DEFER, Action.REQUEUE})
 
 

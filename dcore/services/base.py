@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from dcore.core.interfaces import PluginInterface
+from dcore._plugins.interfaces import PluginInterface
 
 if TYPE_CHECKING:
-    from dcore.core.environment import Environment
+    from dcore._core.environment import Environment
 
 __all__ = ["ServiceInterface"]
 

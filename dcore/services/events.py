@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from dcore.core.plugins import define_interface
+from dcore._plugins.registry import define_interface
 from dcore.services.base import ServiceInterface
 
 __all__ = ["Event", "EventBusInterface", "EventHandler", "Subscription"]

@@ -20,7 +20,7 @@ the lease while it runs (:meth:`~JobStorageInterface.renew`) and ends the attemp
 lease (another took over after it expired) can no longer move the record. A claim of an
 attempt that already ended, or is older than the record's, is refused, so a duplicate
 delivery never adds an attempt; a claim while another delivery's lease is live is refused
-as busy. Which of these outcomes leads to what is decided in :mod:`dcore.core.delivery`.
+as busy. Which of these outcomes leads to what is decided in :mod:`dcore._core.delivery`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from dcore.core.plugins import define_interface
+from dcore._plugins.registry import define_interface
 from dcore.errors import IllegalTransitionError
 from dcore.services.base import ServiceInterface
 
@@ -110,7 +110,7 @@ class JobRecord(BaseModel):
     plan: str | None = None
     retry_at: float | None = None
     #: stages (by index) that completed in some attempt and can compensate, and those
-    #: whose compensation has run (see dcore.core.saga)
+    #: whose compensation has run (see dcore._core.saga)
     completed: list[int] = Field(default_factory=list)
     compensated: list[int] = Field(default_factory=list)
 
@@ -282,7 +282,7 @@ class AnnouncingJobStore(ABC):
     Where the store and the event bus live on one server (the Redis store and bus), the
     event goes out exactly when the move is made (never for a refused move, never lost
     between the two), and the pair costs one round trip instead of two: on a short job
-    that is a large part of what a worker spends per job. :mod:`dcore.core.lifecycle`
+    that is a large part of what a worker spends per job. :mod:`dcore._core.lifecycle`
     uses it when :meth:`announces_on` says so, else it moves, then publishes.
 
     These methods return nothing: the record is not read back."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from dcore.core.plugins import define_interface
+from dcore._plugins.registry import define_interface
 from dcore.errors import LockNotAcquired
 from dcore.services.base import ServiceInterface
 

@@ -9,9 +9,9 @@ from typing import BinaryIO, ClassVar
 
 from pydantic import BaseModel
 
-from dcore.core.fencing import Fence
-from dcore.core.plugins import define_interface
+from dcore._plugins.registry import define_interface
 from dcore.services.base import ServiceInterface
+from dcore.services.fencing import Fence
 
 __all__ = ["ObjectInfo", "StorageInterface"]
 

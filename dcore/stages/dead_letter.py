@@ -5,7 +5,7 @@ with errors reported on the context (an ``error_handler`` further down that swal
 them: ``context.failed``). Then:
 
 - **in a background job**: the failure is marked as not worth another delivery
-  (:func:`dcore.core.lifecycle.give_up`) and raised, so the job goes ``DEAD`` and its
+  (:func:`dcore.give_up`) and raised, so the job goes ``DEAD`` and its
   message, error and history land on the DLQ exactly once, ready for ``dcore dlq
   replay`` — whatever attempts the job policy had left. A context that only reported
   errors fails as :class:`FailedContextError`, naming them.
@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcore.core.environment import Environment
-from dcore.core.interfaces import Execute, NextFn
-from dcore.core.lifecycle import current_job, describe_error, give_up
-from dcore.core.pipeline import origin_of
-from dcore.core.plugins import default_registry, register_plugin
+from dcore._core.environment import Environment
+from dcore._core.lifecycle import current_job, describe_error, give_up
+from dcore._core.pipeline import origin_of
+from dcore._plugins.interfaces import Execute, NextFn
+from dcore._plugins.registry import default_registry, register_plugin
 from dcore.errors import DcoreError
 
 __all__ = ["DeadLetterStage", "FailedContextError"]

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcore.core.environment import Environment
-from dcore.core.errorbus import ErrorBus
-from dcore.core.interfaces import Execute, NextFn
-from dcore.core.plugins import default_registry, register_plugin
+from dcore._core.environment import Environment
+from dcore._core.errorbus import ErrorBus
+from dcore._plugins.interfaces import Execute, NextFn
+from dcore._plugins.registry import default_registry, register_plugin
 from dcore.stages.retry import exception_class
 
 __all__ = ["ErrorHandler"]

@@ -8,7 +8,7 @@ never run the rest of the pipeline at the same time, on any worker (with
 - Not acquired within ``timeout`` seconds (or at once, with ``blocking=False``):
   ``LockNotAcquired`` naming the key — a ``TimeoutError``, so a job policy can retry it.
 - The stages after it read the lock's fencing token with ``dcore.current_fence()`` (a
-  ``Fence(lock, number)``; see :mod:`dcore.core.fencing`) and pass it to
+  ``Fence(lock, number)``; see :mod:`dcore.services.fencing`) and pass it to
   ``storage.put_fenced``, which refuses the write if the lock was taken over meanwhile
   (``storage_write`` does so with ``fenced=True``). The fence is visible only while this
   stage runs the rest of this delivery; nested lock stages stack.
@@ -24,10 +24,10 @@ import logging
 import string
 from typing import Any
 
-from dcore.core.fencing import Fence, holding_fence
-from dcore.core.interfaces import Execute, NextFn
-from dcore.core.plugins import default_registry, register_plugin
+from dcore._plugins.interfaces import Execute, NextFn
+from dcore._plugins.registry import default_registry, register_plugin
 from dcore.errors import LockLostError, LockNotAcquired, PluginOptionsError
+from dcore.services.fencing import Fence, holding_fence
 from dcore.services.locks import LockInterface
 
 __all__ = ["LockStage"]

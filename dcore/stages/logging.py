@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from dcore.core.environment import Environment
-from dcore.core.interfaces import Execute, NextFn
-from dcore.core.plugins import default_registry, register_plugin
+from dcore._core.environment import Environment
+from dcore._plugins.interfaces import Execute, NextFn
+from dcore._plugins.registry import default_registry, register_plugin
 
 __all__ = ["LoggingStage"]
 

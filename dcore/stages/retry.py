@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcore.core.environment import Environment
-from dcore.core.interfaces import Execute, NextFn
-from dcore.core.plugins import default_registry, register_plugin
-from dcore.core.resolve import exception_class as resolve_exception_class
-from dcore.core.retry import RetryPolicy, call_with_retry
+from dcore._core.environment import Environment
+from dcore._core.resolve import exception_class as resolve_exception_class
+from dcore._core.retry import RetryPolicy, call_with_retry
+from dcore._plugins.interfaces import Execute, NextFn
+from dcore._plugins.registry import default_registry, register_plugin
 from dcore.errors import PluginOptionsError
 
 __all__ = ["RetryStage", "exception_class"]
@@ -34,7 +34,7 @@ __all__ = ["RetryStage", "exception_class"]
 
 def exception_class(name: str, where: str = "retry: retry_on") -> type[BaseException]:
     """An exception class from a builtin name or ``pkg.mod:Class`` of an imported module
-    (see :mod:`dcore.core.resolve`); PluginOptionsError naming ``where`` otherwise."""
+    (see :mod:`dcore._core.resolve`); PluginOptionsError naming ``where`` otherwise."""
     try:
         return resolve_exception_class(name)
     except ValueError as exc:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcore.core.fencing import current_fence
-from dcore.core.interfaces import Execute, NextFn
-from dcore.core.plugins import default_registry, register_plugin
+from dcore._plugins.interfaces import Execute, NextFn
+from dcore._plugins.registry import default_registry, register_plugin
 from dcore.errors import PipelineDefinitionError, PluginOptionsError
+from dcore.services.fencing import current_fence
 from dcore.services.storage import StorageInterface
 
 __all__ = ["StorageWrite"]

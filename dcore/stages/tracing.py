@@ -8,7 +8,7 @@ span gets ``ERROR`` status and the exception event; the spans it fails through g
 ``ERROR`` status too.
 
 The trace continues across the Dispatch: the stage installs an OpenTelemetry
-:class:`~dcore.core.message.TracePropagator` (the globally configured text-map
+:class:`~dcore._core.message.TracePropagator` (the globally configured text-map
 propagator, W3C ``traceparent`` by default), so the ``JobMessage`` carries the trace
 context of the hand-off and a worker's spans (Celery, or any ``run_message`` caller) are
 children of the request's span. An in-process dispatcher (thread, FastAPI) runs the
@@ -26,15 +26,15 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from dcore.core.interfaces import Execute, NextFn
-from dcore.core.lifecycle import current_job, describe_error
-from dcore.core.message import TracePropagator, set_trace_propagator, trace_propagator
-from dcore.core.pipeline import origin_of
-from dcore.core.plugins import default_registry, register_plugin
+from dcore._core.lifecycle import current_job, describe_error
+from dcore._core.message import TracePropagator, set_trace_propagator, trace_propagator
+from dcore._core.pipeline import origin_of
+from dcore._plugins.interfaces import Execute, NextFn
+from dcore._plugins.registry import default_registry, register_plugin
 from dcore.errors import PluginOptionsError
 
 if TYPE_CHECKING:
-    from dcore.core.pipeline import Stage
+    from dcore._core.pipeline import Stage
 
 __all__ = ["OTelPropagator", "TracingStage", "use_tracer_provider"]
 
@@ -119,7 +119,7 @@ class TracingStage(Execute[Any]):
     def execute(self, next_fn: NextFn[Any], context: Any) -> Any:
         return next_fn(context)
 
-    # -- observer (see dcore.core.observe) ----------------------------------------------
+    # -- observer (see dcore._core.observe) ----------------------------------------------
     def stage_enter(self, stage: Stage, context: Any) -> None:
         provider, tracer = self._tracers
         if provider is not _provider or tracer is None:

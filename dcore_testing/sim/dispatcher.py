@@ -4,13 +4,13 @@ Every Dispatch a pipeline builds in a :class:`SimEnvironment` is wrapped by
 :class:`SimDispatcher`, which keeps the wrapped one's ``is_remote()``:
 
 - remote (Celery): the remainder travels as ``JobMessage`` JSON and a worker runs it
-  with ``dcore.runtime.run_message`` — serialization bugs show up here;
+  with ``dcore.run_message`` — serialization bugs show up here;
 - in-process (thread, FastAPI): the ``Continuation`` and the context object are kept
   and delivered with ``continuation.deliver(ctx, attempt=n)``, so closures simulate.
 
 The broker hands messages to ``workers`` simulated worker processes, one job each at a
 time. Each delivery goes through production's own path, so the one delivery decision
-(:mod:`dcore.core.delivery`) says what follows and the broker only carries it out: a
+(:mod:`dcore._core.delivery`) says what follows and the broker only carries it out: a
 retry after the job policy's backoff, a deferral while another delivery holds the job's
 lease, a requeue when the job store was unreachable (all on virtual time). A worker
 crash leaves the job RUNNING with a lease nobody renews; an at-least-once broker (every
@@ -30,18 +30,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from dcore.core.delivery import Action
-from dcore.core.handle import JobHandle
-from dcore.core.interfaces import Dispatch
-from dcore.core.lifecycle import Delivered, describe_error
-from dcore.core.message import JobMessage
-from dcore.core.retry import RetryPolicy, job_policy
-from dcore.runtime import deliver_message
+from dcore import Dispatch, JobHandle, JobMessage, RetryPolicy
+from dcore.engine import Action, Delivered, deliver_message, describe_error, job_policy
 from dcore_testing.sim.errors import SimulationError, WorkerCrash
 
 if TYPE_CHECKING:
-    from dcore.core.environment import Environment
-    from dcore.core.pipeline import Continuation, Stage
+    from dcore import Continuation, Environment
+    from dcore.engine import Stage
     from dcore_testing.sim.environment import SimEnvironment
     from dcore_testing.sim.scheduler import Task, TimerHandle
 
@@ -288,7 +283,7 @@ class Broker:
             self._sweep_timer = self.sim.scheduler.call_later(interval, self._sweep)
 
     def _sweep(self) -> None:
-        from dcore.core.recovery import lost_jobs
+        from dcore.engine import lost_jobs
 
         self._sweep_timer = None
         sim = self.sim
@@ -396,7 +391,7 @@ def _digest(text: str) -> str:
 
 @functools.cache
 def _schema_digest(type_name: str) -> str:
-    from dcore.core.context import registered_context_types
+    from dcore.engine import registered_context_types
 
     cls = registered_context_types().get(type_name)
     if cls is None:

@@ -26,11 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from dcore.core.environment import Environment, use_environment
-from dcore.core.ids import use_id_source
-from dcore.core.leases import Heartbeat
-from dcore.core.plugins import PluginRegistry
-from dcore.core.settings import DcoreSettings
+from dcore import DcoreSettings, Environment, PluginRegistry, use_environment
+from dcore.engine import Heartbeat, use_id_source
 from dcore.services.jobs import JobState
 from dcore_testing.sim.chooser import Chooser, RandomChooser, ReplayChooser
 from dcore_testing.sim.clock import VirtualClock
@@ -315,7 +312,7 @@ class SimEnvironment(Environment):
     # -- user-facing hooks -------------------------------------------------------------------
     def effect(self, name: str, /, **data: Any) -> None:
         """Record a side effect (a charge, an email) for the exactly-once invariants."""
-        from dcore.core.lifecycle import current_job
+        from dcore import current_job
 
         current = current_job()
         task = self.scheduler.current
@@ -579,7 +576,7 @@ def _check_services(services: Mapping[str, Any]) -> None:
 def effect(name: str, /, **data: Any) -> None:
     """Record a side effect in the current simulation (a no-op outside one), so a fake
     gateway or mailer can feed the exactly-once invariants."""
-    from dcore.core.environment import current_environment
+    from dcore import current_environment
 
     env = current_environment()
     if isinstance(env, SimEnvironment):

@@ -19,10 +19,10 @@ from dcore import (
     PipelineContext,
     core_function,
     current_fence,
+    default_registry,
     register_plugin,
     use_environment,
 )
-from dcore.core.plugins import default_registry
 from dcore.errors import StaleFenceError
 from dcore.services.storage import StorageInterface
 

@@ -28,9 +28,9 @@ from dcore import (
     RetryPolicy,
     core_function,
     current_environment,
+    default_registry,
     register_plugin,
 )
-from dcore.core.plugins import default_registry
 from dcore_testing.sim import effect
 
 #: the durable topic standing for the services the steps call (a test on a real worker

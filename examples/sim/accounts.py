@@ -20,10 +20,10 @@ from dcore import (
     NextFn,
     PipelineContext,
     core_function,
+    default_registry,
     register_plugin,
     stable_hash,
 )
-from dcore.core.plugins import default_registry
 from dcore_testing import invariants
 from dcore_testing.sim import SimEnvironment, effect
 

@@ -14,8 +14,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dcore import Dispatch, Execute, NextFn, PipelineContext, core_function, register_plugin
-from dcore.core.plugins import default_registry
+from dcore import (
+    Dispatch,
+    Execute,
+    NextFn,
+    PipelineContext,
+    core_function,
+    default_registry,
+    register_plugin,
+)
 from dcore.services.storage import StorageInterface
 from dcore_testing.invariants import InvariantViolation
 from dcore_testing.sim import SimEnvironment

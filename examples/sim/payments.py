@@ -21,9 +21,9 @@ from dcore import (
     Pipeline,
     PipelineContext,
     core_function,
+    default_registry,
     register_plugin,
 )
-from dcore.core.plugins import default_registry
 from dcore.services.storage import StorageInterface
 from dcore_testing import invariants
 from dcore_testing.sim import Crash, FaultPlan, SimEnvironment, effect

@@ -21,9 +21,9 @@ from dcore import (
     Pipeline,
     PipelineContext,
     core_function,
+    default_registry,
     register_plugin,
 )
-from dcore.core.plugins import default_registry
 from dcore.errors import ObjectNotFoundError
 from dcore.services.storage import StorageInterface
 from dcore_testing.invariants import InvariantViolation

@@ -22,9 +22,9 @@ from dcore import (
     PipelineContext,
     core_function,
     current_environment,
+    default_registry,
     register_plugin,
 )
-from dcore.core.plugins import default_registry
 from dcore_testing import invariants
 from dcore_testing.sim import SimEnvironment
 

@@ -19,9 +19,9 @@ from dcore import (
     PipelineContext,
     RetryPolicy,
     core_function,
+    default_registry,
     register_plugin,
 )
-from dcore.core.plugins import default_registry
 from dcore.errors import ServiceUnavailableError
 from dcore.services.events import EventBusInterface
 from dcore_testing.invariants import InvariantViolation

@@ -15,8 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from dcore import Dispatch, Execute, NextFn, PipelineContext, core_function, register_plugin
-from dcore.core.plugins import default_registry
+from dcore import (
+    Dispatch,
+    Execute,
+    NextFn,
+    PipelineContext,
+    core_function,
+    default_registry,
+    register_plugin,
+)
 from dcore_testing import invariants
 from dcore_testing.sim import SimEnvironment, effect
 

@@ -13,8 +13,7 @@ from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI, HTTPException, UploadFile
 
-from dcore import core_function
-from dcore.core.interfaces import Dispatch, Execute
+from dcore import Dispatch, Execute, core_function
 
 from .app.contexts import FileJobContext
 

@@ -17,8 +17,8 @@ import sys
 import time
 from typing import Any
 
-from dcore.core.fencing import Fence
 from dcore.errors import StaleFenceError
+from dcore.services.fencing import Fence
 from dcore.services.storage import StorageInterface
 
 

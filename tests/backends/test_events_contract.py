@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from dcore._core.environment import Environment
+from dcore._core.settings import DcoreSettings
 from dcore.backends.memory import MemoryEventBus
 from dcore.backends.redis_events import RedisEventBus
-from dcore.core.environment import Environment
-from dcore.core.settings import DcoreSettings
 from dcore.services.events import Event, EventBusInterface
 from dcore_testing import ManualClock
 

@@ -26,12 +26,12 @@ from dcore import (
     core_function,
     use_environment,
 )
+from dcore._core.lifecycle import SkippedDuplicate, deliver, schedule
+from dcore._core.retry import NO_RETRY
+from dcore._core.settings import DcoreSettings
 from dcore.backends.memory import MemoryEventBus
 from dcore.backends.redis_events import RedisEventBus
 from dcore.backends.redis_jobs import RedisJobStore
-from dcore.core.lifecycle import SkippedDuplicate, deliver, schedule
-from dcore.core.retry import NO_RETRY
-from dcore.core.settings import DcoreSettings
 from dcore.dispatchers.thread import ThreadDispatcher
 from dcore.errors import IllegalTransitionError, JobNotFoundError
 from dcore.services.jobs import JobState

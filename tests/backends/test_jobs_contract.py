@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from dcore._core.environment import Environment
+from dcore._core.settings import DcoreSettings
 from dcore.backends.memory import MemoryJobStore
 from dcore.backends.redis_jobs import RedisJobStore
-from dcore.core.environment import Environment
-from dcore.core.settings import DcoreSettings
 from dcore.errors import IllegalTransitionError, JobNotFoundError, ServiceUnavailableError
 from dcore.services.jobs import ALLOWED, JobState, JobStorageInterface, check
 from dcore_testing import ManualClock

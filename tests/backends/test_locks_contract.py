@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from dcore._core.environment import Environment
+from dcore._core.settings import DcoreSettings
 from dcore.backends.memory import MemoryLocks
 from dcore.backends.redis_locks import RedisLocks
-from dcore.core.environment import Environment
-from dcore.core.settings import DcoreSettings
 from dcore.errors import LockLostError, LockNotAcquired, ServiceUnavailableError
 from dcore.services.locks import LockInterface
 from dcore_testing import ManualClock

@@ -35,8 +35,8 @@ from dcore.backends._fences import record_key
 from dcore.backends.local import LocalFileStorage
 from dcore.backends.memory_storage import MemoryStorage
 from dcore.backends.s3 import S3Storage
-from dcore.core.fencing import Fence
 from dcore.errors import InvalidKeyError, StaleFenceError, StorageError
+from dcore.services.fencing import Fence
 from dcore.services.storage import StorageInterface
 from dcore_testing.fixtures.s3 import S3Endpoint
 

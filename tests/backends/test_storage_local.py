@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from dcore._core.environment import Environment
+from dcore._core.settings import DcoreSettings
+from dcore._plugins.registry import default_registry
 from dcore.backends._keys import RESERVED_PREFIX
 from dcore.backends.local import LocalFileStorage
-from dcore.core.environment import Environment
-from dcore.core.plugins import default_registry
-from dcore.core.settings import DcoreSettings
 from dcore.errors import InvalidKeyError, StorageError
 from dcore.services.storage import StorageInterface
 

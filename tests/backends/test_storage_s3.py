@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 import dcore.backends.s3 as s3_module
+from dcore._core.environment import Environment
+from dcore._core.settings import DcoreSettings
+from dcore._plugins.registry import default_registry
 from dcore.backends.s3 import S3Storage
-from dcore.core.environment import Environment
-from dcore.core.plugins import default_registry
-from dcore.core.settings import DcoreSettings
 from dcore.errors import InvalidKeyError, ServiceUnavailableError, StorageError
 from dcore.services.storage import StorageInterface
 from dcore_testing.fixtures.s3 import (
@@ -103,7 +103,7 @@ def test_the_module_imports_and_registers_without_boto3() -> None:
     code = (
         "import sys; sys.modules['boto3'] = sys.modules['botocore'] = None\n"
         "from dcore.backends.s3 import S3Storage\n"
-        "from dcore.core.plugins import default_registry\n"
+        "from dcore._plugins.registry import default_registry\n"
         "from dcore.services.storage import StorageInterface\n"
         "assert default_registry().get(StorageInterface, 'minio') is S3Storage\n"
         "try:\n"

@@ -16,8 +16,8 @@ import pytest
 import dcore.backends._s3_fences as s3_fences
 from dcore.backends._fences import record_key
 from dcore.backends.s3 import S3Storage
-from dcore.core.fencing import Fence
 from dcore.errors import StaleFenceError, StorageError
+from dcore.services.fencing import Fence
 from dcore_testing.fixtures.s3 import S3Endpoint, endpoint_client
 
 KEY = "reports/daily.csv"

@@ -16,8 +16,8 @@ from dcore import (
     migration,
     register_plugin,
 )
-from dcore.core.pipeline import Continuation
-from dcore.core.plugins import default_registry
+from dcore._core.pipeline import Continuation
+from dcore._plugins.registry import default_registry
 
 
 class RoundTripContext(PipelineContext):

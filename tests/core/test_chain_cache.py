@@ -28,9 +28,9 @@ from dcore import (
     RetryPolicy,
     run_message,
 )
-from dcore.core.pipeline import Pipeline
-from dcore.core.plugins import register_core_function
-from dcore.core.retry import declared_policy
+from dcore._core.pipeline import Pipeline
+from dcore._core.retry import declared_policy
+from dcore._plugins.registry import register_core_function
 from dcore.services.storage import StorageInterface
 from tests.core.dcore_roundtrip_support import rt  # registers its plugins by default
 

@@ -264,8 +264,8 @@ def test_the_mermaid_picture_marks_the_stages_that_compensate(dcore_env: Environ
 def test_a_job_whose_compensation_never_started_is_found_by_the_recovery_sweep(
     dcore_manual_env: Environment,
 ) -> None:
-    from dcore.core.message import JobMessage
-    from dcore.core.recovery import lost_jobs
+    from dcore._core.message import JobMessage
+    from dcore._core.recovery import lost_jobs
 
     ctx = Order()
     p = pipeline(ctx, "inline")

@@ -28,7 +28,7 @@ from dcore import (
     migration,
     stable_hash,
 )
-from dcore.core.context import context_type, context_type_name, registered_context_types
+from dcore._core.context import context_type, context_type_name, registered_context_types
 
 
 class Session:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import AliasChoices, ConfigDict, Field, computed_field
 
 from dcore import MessageError, PipelineContext, Runtime, migration
-from dcore.core.context import context_type_name
+from dcore._core.context import context_type_name
 
 
 class Article(PipelineContext):

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from dcore import core_function
-from dcore.core.plugins import (
+from dcore._plugins.registry import (
     core_function_name,
     register_core_function,
     registered_core_function,

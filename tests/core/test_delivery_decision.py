@@ -1,4 +1,4 @@
-"""The one delivery decision (dcore.core.delivery): what follows a claim and an attempt.
+"""The one delivery decision (dcore._core.delivery): what follows a claim and an attempt.
 
 Table-driven for the named cases, property-based for the rules that must hold for every
 policy and attempt, and a check that no engine decides on its own."""
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import dcore
 from dcore import RetryPolicy
-from dcore.core.delivery import (
+from dcore._core.delivery import (
     MAX_LOST_DELIVERIES,
     REQUEUE_DELAY,
     Action,
@@ -135,6 +135,6 @@ DECIDING = re.compile(r"\b(should_retry|is_given_up|dead_letter|MAX_LOST_DELIVER
 def test_no_engine_decides_on_its_own(path: str) -> None:
     root = Path(dcore.__file__).resolve().parent.parent
     source = (root / path).read_text()
-    assert "dcore.core.delivery" in source or "deliver" in source
+    assert "dcore._core.delivery" in source or "deliver" in source
     found = DECIDING.findall(source)
     assert found == [], f"{path} decides what follows a delivery itself: {found}"

@@ -18,7 +18,7 @@ from dcore import (
     RetryPolicy,
     core_function,
 )
-from dcore.core import events
+from dcore._core import events
 from dcore.dispatchers.thread import ThreadDispatcher
 from dcore.services.events import Event
 

@@ -12,7 +12,7 @@ import pytest
 
 import dcore
 from dcore import Fence, current_fence
-from dcore.core.fencing import check_fence, holding_fence
+from dcore.services.fencing import check_fence, holding_fence
 
 
 def test_no_fence_outside_a_lock() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from dcore import DcoreSettings, Dispatch, RetryPolicy
-from dcore.core.retry import declared_policy, job_policy
+from dcore._core.retry import declared_policy, job_policy
 
 SETTINGS = DcoreSettings(job_attempts=4, job_backoff=3.0, job_initial_delay=2.0)
 

@@ -23,7 +23,7 @@ from dcore import (
     core_function,
     use_environment,
 )
-from dcore.core.lifecycle import current_job, give_up
+from dcore._core.lifecycle import current_job, give_up
 from dcore.dispatchers.thread import ThreadDispatcher
 from dcore_testing import ManualClock
 

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dcore import DcoreSettings, Environment, JobState, PipelineContext, core_function
+from dcore._core.delivery import Action
 from dcore.celery import execute
-from dcore.core.delivery import Action
 from dcore.errors import JobNotFoundError
 
 CALLED: list[str] = []
@@ -59,7 +59,7 @@ json_values = st.recursive(
 )
 callables = st.sampled_from([
     f"{__name__}:canary", "os:system", "builtins:eval", "eval", "os:environ.copy",
-    f"{__name__}:fuzz_core.__globals__", "dcore.core.message:set_trace_propagator",
+    f"{__name__}:fuzz_core.__globals__", "dcore._core.message:set_trace_propagator",
     "subprocess:Popen", "shutil:rmtree", f"{__name__}:FuzzContext", "sys:exit",
 ]) | st.text(max_size=40)
 PATHS = [("job_id",), ("attempt",), ("spec",), ("spec", 0), ("spec", 1, "plugin"),

@@ -11,14 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dcore import DcoreSettings, Environment, JobMessage, JobState, MessageError, run_message
-from dcore.core.message import DEFAULT_MAX_DEPTH, nesting
+from dcore._core.message import DEFAULT_MAX_DEPTH, nesting
 
 
 def _message(data: Any, job_id: str = "j-limits") -> dict[str, Any]:
     return {
         "dcore": 1, "job_id": job_id, "attempt": 1, "spec": [], "resume_at": 0,
         "core_fn": "nowhere:fn",
-        "context": {"type": "dcore.core.context:PipelineContext", "version": "1.0",
+        "context": {"type": "dcore._core.context:PipelineContext", "version": "1.0",
                     "data": {"job_id": job_id, "extra": data}},
     }
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from dcore import Dispatch, Environment, JobHandle, PipelineContext, core_function
-from dcore.core.continuation import Continuation
+from dcore._core.continuation import Continuation
 
 
 class BigContext(PipelineContext):

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dcore import Dispatch, Environment, Execute, JobState, MessageError, run_message
-from dcore.core import message as message_module
+from dcore._core import message as message_module
 from tests.core.dcore_roundtrip_support import rt
 
 CALLED: list[str] = []
@@ -53,7 +53,7 @@ SMUGGLED = {
     "a bound method of a module object": f"{__name__}:holder.method",
     "a static method": f"{__name__}:Holder.static",
     "an unregistered function in an imported module": f"{__name__}:canary",
-    "a process-wide setter": "dcore.core.message:set_trace_propagator",
+    "a process-wide setter": "dcore._core.message:set_trace_propagator",
     "an attribute path off a registered function": (
         "dcore_roundtrip_pipeline:summarize.__globals__"),
     "a registered name with a suffix": "dcore_roundtrip_pipeline:summarize.x",

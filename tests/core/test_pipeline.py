@@ -22,7 +22,7 @@ from dcore import (
     RetryPolicy,
     StageRef,
 )
-from dcore.core.pipeline import Pipeline
+from dcore._core.pipeline import Pipeline
 from dcore.services import StorageInterface
 
 

@@ -34,7 +34,7 @@ from dcore import (
     Runtime,
     use_environment,
 )
-from dcore.core.pipeline import origin_of
+from dcore._core.pipeline import origin_of
 from dcore.dispatchers.thread import ThreadDispatcher, worker_pool
 
 

@@ -22,8 +22,13 @@ from dcore import (
     register_plugin,
     use_registry,
 )
-from dcore.core.interfaces import PluginInterface
-from dcore.core.plugins import ENTRY_POINT_GROUP, interface_by_name, interfaces_of, is_interface
+from dcore._plugins.interfaces import PluginInterface
+from dcore._plugins.registry import (
+    ENTRY_POINT_GROUP,
+    interface_by_name,
+    interfaces_of,
+    is_interface,
+)
 from dcore.errors import DuplicatePluginError, PluginError
 
 

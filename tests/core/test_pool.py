@@ -20,7 +20,7 @@ from dcore import (
     PluginPool,
     PluginRegistry,
 )
-from dcore.core.pool import InstancePool
+from dcore._core.pool import InstancePool
 from dcore.errors import PoolExhausted
 
 

@@ -25,8 +25,8 @@ from dcore import (
     register_plugin,
     use_environment,
 )
-from dcore.core.pipeline import origin_of
-from dcore.core.retry import NO_RETRY, call_with_retry, resolve_policy
+from dcore._core.pipeline import origin_of
+from dcore._core.retry import NO_RETRY, call_with_retry, resolve_policy
 from dcore_testing import ManualClock
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dcore import Dispatch, Environment, Execute, JobState, MessageError, run_message
-from dcore.runtime import load_message
+from dcore._runtime import load_message
 from tests.core.dcore_roundtrip_support import rt
 
 
@@ -168,7 +168,7 @@ def test_load_message_resolves_without_running(
 def test_worker_reuses_the_pipeline_built_for_a_spec(
     dcore_env: Environment, message: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dcore.core.pipeline import Pipeline
+    from dcore._core.pipeline import Pipeline
 
     builds: list[int] = []
     original = Pipeline.from_spec.__func__  # type: ignore[attr-defined]

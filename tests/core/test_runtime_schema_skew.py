@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from dcore import Environment, JobState, MessageError, PipelineContext, core_function, migration
-from dcore.core.context import context_type_name
-from dcore.core.message import JobMessage, core_function_name
-from dcore.runtime import run_message
+from dcore._core.context import context_type_name
+from dcore._core.message import JobMessage, core_function_name
+from dcore._runtime import run_message
 
 
 class ReportV2(PipelineContext):

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 import dcore
-import dcore.core.settings as settings_module
+import dcore._core.settings as settings_module
 import dcore_testing
 from dcore import DcoreSettings, Environment
-from dcore.core.settings import OTHER_VARIABLES, known_variables, unknown_variables, variable
+from dcore._core.settings import OTHER_VARIABLES, known_variables, unknown_variables, variable
 from dcore.errors import ConfigurationWarning
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from dcore import DcoreError, DcoreSettings
-from dcore.core.settings import accepted_form, variable
+from dcore._core.settings import accepted_form, variable
 from dcore.errors import ConfigurationError
 
 

@@ -25,6 +25,7 @@ from dcore import (
     RetryPolicy,
     core_function,
 )
+from dcore._core.delivery import MAX_LOST_DELIVERIES, Action
 from dcore.celery import (
     TASK_NAME,
     celery_config,
@@ -34,7 +35,6 @@ from dcore.celery import (
     queue_for,
     queue_names,
 )
-from dcore.core.delivery import MAX_LOST_DELIVERIES, Action
 from dcore.dispatchers import celery as celery_dispatcher
 from dcore.errors import DispatchError, ServiceUnavailableError
 

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dcore import DcoreSettings, RetryPolicy
-from dcore.doctor import Finding, Level, run_checks
-from dcore.doctor.config import (
+from dcore._doctor import Finding, Level, run_checks
+from dcore._doctor.config import (
     check_dispatch,
     check_recovery,
     check_settings,

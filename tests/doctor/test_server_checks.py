@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dcore import DcoreSettings
-from dcore.doctor import Finding, Level, run_checks
-from dcore.doctor.servers import (
+from dcore._doctor import Finding, Level, run_checks
+from dcore._doctor.servers import (
     RedisServer,
     check_broker,
     check_eviction,

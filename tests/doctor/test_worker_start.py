@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import dcore.doctor
+import dcore._doctor
 from dcore import DcoreSettings, Environment
 from dcore.celery import _recovery_step, check_at_start
 
@@ -48,7 +48,7 @@ def test_a_check_that_breaks_is_one_warning_and_the_worker_goes_on(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("probe exploded")
 
-    monkeypatch.setattr(dcore.doctor, "run_checks", broken)
+    monkeypatch.setattr(dcore._doctor, "run_checks", broken)
     log = FakeLog()
 
     check_at_start(worker_env(tmp_path), log)

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dcore import Environment
-from dcore.core.pipeline import Stage
+from dcore._core.pipeline import Stage
 from examples.upload_app.main import app
 
 
@@ -119,7 +119,7 @@ def test_v2_endpoint_uses_module_level_core(client: TestClient, dcore_env: Envir
     # an in-process hand-off (BackgroundTasks) keeps no message on the record; the core
     # function is registered, so the same pipeline can cross a process (Celery) as it is
     assert record.message is None
-    from dcore.core.plugins import core_function_name
+    from dcore._plugins.registry import core_function_name
     from examples.upload_app.main import finalize_upload
 
     assert core_function_name(finalize_upload) == "examples.upload_app.main:finalize_upload"

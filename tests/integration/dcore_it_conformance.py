@@ -34,10 +34,10 @@ from dcore import (
     current_environment,
     register_plugin,
 )
+from dcore._core.lifecycle import give_up
+from dcore._plugins.registry import default_registry
 from dcore.backends.redis_events import RedisEventBus
 from dcore.backends.redis_jobs import RedisJobStore
-from dcore.core.lifecycle import give_up
-from dcore.core.plugins import default_registry
 from dcore.services.storage import StorageInterface
 from dcore_testing.sim import SimEnvironment, effect
 

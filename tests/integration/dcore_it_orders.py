@@ -25,8 +25,8 @@ from typing import Any
 import redis
 
 from dcore import Environment, register_plugin
+from dcore._plugins.registry import default_registry
 from dcore.backends.redis_events import RedisEventBus
-from dcore.core.plugins import default_registry
 from examples.orders.pipeline import LEDGER
 
 #: how long a hanging call waits to be killed before it gives up and returns (a bound,

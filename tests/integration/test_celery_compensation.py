@@ -45,7 +45,7 @@ from dcore import (
     RetryPolicy,
     use_environment,
 )
-from dcore.core import events
+from dcore._core import events
 from dcore.services.events import Event
 from dcore.services.jobs import JobRecord
 from examples.orders.pipeline import Order, order_pipeline, placed

@@ -82,7 +82,7 @@ SECRET = "s3cr3t-value-the-worker-must-never-hand-out"
 SMUGGLED = [
     "os:getenv",                                   # read the worker's environment
     "os:environ.copy",                             # the same through an attribute path
-    "dcore.core.message:set_trace_propagator",     # a process-wide setter
+    "dcore._core.message:set_trace_propagator",     # a process-wide setter
     "subprocess:Popen",
     "builtins:eval",
     "dcore_it_jobs:do_work.__globals__",          # walking off a registered function

@@ -140,7 +140,7 @@ def test_a_context_that_ignores_unknown_keys_accepts_the_old_message(
 
 WHOLE_MESSAGE = '''
 from dcore import Dispatch, Execute, PipelineContext, core_function, register_plugin
-from dcore.core.plugins import default_registry
+from dcore._plugins.registry import default_registry
 
 
 class Order(PipelineContext):

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dcore import Clock, Environment, RetryPolicy, current_environment
-from dcore.core.retry import call_with_retry
+from dcore._core.retry import call_with_retry
 from dcore_testing import ManualClock
 from dcore_testing.clock import EPOCH
 

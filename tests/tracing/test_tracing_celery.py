@@ -33,7 +33,7 @@ from dcore import (
     core_function,
     use_environment,
 )
-from dcore.core.message import (
+from dcore._core.message import (
     JobMessage,
     TracePropagator,
     set_trace_propagator,

@@ -24,7 +24,7 @@ from dcore import (
     core_function,
     run_message,
 )
-from dcore.core.message import (
+from dcore._core.message import (
     JobMessage,
     TracePropagator,
     set_trace_propagator,

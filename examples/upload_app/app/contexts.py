@@ -1,7 +1,7 @@
 # app/contexts.py
 from fastapi import BackgroundTasks
 
-from dcore.core.context import PipelineContext
+from dcore import PipelineContext
 
 
 class FileJobContext(PipelineContext):

@@ -17,7 +17,7 @@ from dcore import (
     core_function,
     register_plugin,
 )
-from dcore.core.plugins import default_registry
+from dcore._plugins.registry import default_registry
 from dcore.errors import ContextSerializationError
 from dcore_testing import invariants
 from dcore_testing.invariants import InvariantViolation

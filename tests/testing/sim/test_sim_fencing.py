@@ -16,7 +16,7 @@ from dcore import (
     current_environment,
     current_fence,
 )
-from dcore.core.plugins import default_registry, register_plugin
+from dcore._plugins.registry import default_registry, register_plugin
 from dcore_testing.sim import SimEnvironment, virtual_time_session
 
 KEY = "reports/daily.csv"

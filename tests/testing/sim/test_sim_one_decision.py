@@ -20,9 +20,9 @@ from dcore import (
     current_environment,
     register_plugin,
 )
+from dcore._plugins.registry import default_registry
 from dcore.backends.memory import MemoryEventBus, MemoryJobStore, MemoryLocks
 from dcore.backends.memory_storage import MemoryStorage
-from dcore.core.plugins import default_registry
 from dcore_testing import invariants
 from dcore_testing.invariants import InvariantViolation
 from dcore_testing.sim import (

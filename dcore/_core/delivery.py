@@ -35,7 +35,7 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
-from dcore.core.retry import RetryPolicy
+from dcore._core.retry import RetryPolicy
 from dcore.services.jobs import Claim, ClaimStatus
 
 __all__ = [
@@ -90,7 +90,7 @@ class Succeeded:
 @dataclass(frozen=True)
 class Raised:
     """The attempt raised ``error`` (described as ``reason``); ``given_up`` if it was
-    marked with :func:`~dcore.core.lifecycle.give_up`."""
+    marked with :func:`~dcore.give_up`."""
 
     error: BaseException
     reason: str

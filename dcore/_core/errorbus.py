@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import traceback
 from typing import TYPE_CHECKING
 
-from dcore.core import events
-from dcore.core.context import ErrorRecord
+from pydantic import BaseModel
+
+from dcore._core import events
 
 if TYPE_CHECKING:
-    from dcore.core.context import PipelineContext
-    from dcore.core.environment import Environment
+    from dcore._core.context import PipelineContext
+    from dcore._core.environment import Environment
 
-__all__ = ["ErrorBus"]
+__all__ = ["ErrorBus", "ErrorRecord"]
+
+
+class ErrorRecord(BaseModel):
+    """An error reported on a context: what, where, and when (clock time)."""
+
+    type: str
+    message: str
+    stage: str | None = None
+    at: float | None = None
+    traceback: str | None = None
+
+    @classmethod
+    def from_exception(
+        cls, exc: BaseException, *, stage: str | None = None, at: float | None = None
+    ) -> ErrorRecord:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(
+            type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+            message=str(exc),
+            stage=stage,
+            at=at,
+            traceback=tb[-4000:],
+        )
 
 
 class ErrorBus:
@@ -23,8 +48,8 @@ class ErrorBus:
 
     def report(self, exc: BaseException, *, stage: str | None = None) -> ErrorRecord:
         """Append the error to ``context.errors`` (so ``failed`` turns True) and publish it."""
-        from dcore.core.environment import current_environment
-        from dcore.core.pipeline import origin_of
+        from dcore._core.environment import current_environment
+        from dcore._core.runner import origin_of
 
         env = self._environment or current_environment()
         record = ErrorRecord.from_exception(exc, stage=stage or origin_of(exc), at=env.clock.time())

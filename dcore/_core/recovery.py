@@ -17,7 +17,7 @@ sweep reads it:
   nowhere (a job waiting behind a backlog is left alone).
 
 Sending twice is harmless: a duplicate delivery is deferred while the lease is live and
-skipped once the attempt ended (:mod:`dcore.core.delivery`). Jobs recorded without a
+skipped once the attempt ended (:mod:`dcore._core.delivery`). Jobs recorded without a
 message (in-process dispatchers carrying closures) cannot be sent and are left alone.
 """
 
@@ -28,13 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dcore.core.lifecycle import dead_letter
-from dcore.core.message import JobMessage
+from dcore._core.lifecycle import dead_letter
+from dcore._core.message import JobMessage
 from dcore.errors import DcoreError, JobStateError, MessageError
 from dcore.services.jobs import JobRecord, JobState
 
 if TYPE_CHECKING:
-    from dcore.core.environment import Environment
+    from dcore._core.environment import Environment
 
 __all__ = ["Lost", "lost_jobs", "recover"]
 

@@ -1,6 +1,6 @@
 """``Continuation``: the rest of a pipeline after its Dispatch, callable or shippable.
 
-It holds the pipeline's :class:`~dcore.core.chain.BoundChain` (the frozen chain with the
+It holds the pipeline's :class:`~dcore._core.chain.BoundChain` (the frozen chain with the
 pipeline's plugin instances and core function) and the stage to resume at, never the
 Pipeline object itself."""
 
@@ -10,20 +10,20 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic
 
-from dcore.core.delivery import Action
-from dcore.core.environment import Environment
-from dcore.core.interfaces import ContextT
-from dcore.core.lifecycle import Delivered, deliver
-from dcore.core.message import (
+from dcore._core.delivery import Action
+from dcore._core.environment import Environment
+from dcore._core.lifecycle import Delivered, deliver
+from dcore._core.message import (
     ContextEnvelope,
     JobMessage,
     core_function_name,
     trace_propagator,
 )
-from dcore.core.retry import RetryPolicy, job_policy
+from dcore._core.retry import RetryPolicy, job_policy
+from dcore._plugins.interfaces import ContextT
 
 if TYPE_CHECKING:
-    from dcore.core.chain import BoundChain
+    from dcore._core.chain import BoundChain
 
 __all__ = ["Continuation"]
 
@@ -80,7 +80,7 @@ class Continuation(Generic[ContextT]):
         message: str | Callable[[], str | None] | None = None,
     ) -> Delivered:
         """One delivery of the remainder as attempt ``attempt`` (see
-        :func:`dcore.core.lifecycle.deliver`): claimed, run, recorded; the report says
+        :func:`dcore._core.lifecycle.deliver`): claimed, run, recorded; the report says
         what the engine does next. ``final``: no delivery will follow a failure, so it
         is dead-lettered whatever the job policy says. ``message`` is the job's message
         JSON (or a function making it) when the caller has it (a worker); else it is

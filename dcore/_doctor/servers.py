@@ -19,13 +19,14 @@ Each server is connected with a short timeout; nothing is written to it.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from dcore.core.settings import DcoreSettings
-from dcore.doctor.findings import Finding, error, ok, warning
+from dcore._core.settings import DcoreSettings
+from dcore._doctor.findings import Finding, error, ok, warning
 
 __all__ = [
     "RedisServer",
@@ -244,11 +245,10 @@ def check_eviction(client: Any, server: RedisServer) -> Finding:
 def check_broker(settings: DcoreSettings, *, timeout: float) -> tuple[list[Finding], list[str]]:
     """Check the Celery broker URL(s) and reach a broker that is not Redis; returns the
     findings and the Redis broker URLs (redis-py form) for :func:`redis_servers`."""
-    try:
-        from dcore.celery import broker_from_redis_url
-    except ImportError as exc:
-        return [error("broker", f"Celery is not installed ({exc}). Fix: pip install "
+    if importlib.util.find_spec("celery") is None:
+        return [error("broker", "Celery is not installed. Fix: pip install "
                                 "'distributed-core[celery]'")], []
+    from dcore._celery_config import broker_from_redis_url
     from dcore.errors import ConfigurationError
 
     if not settings.celery_broker_url:

@@ -7,7 +7,7 @@ renewals stop: the first delivery's worker is then presumed dead. A renewal that
 the lease gone (another delivery took over) is logged; that delivery's later moves are
 refused by the job store (fencing), so it can no longer change the record.
 
-One daemon thread per :class:`~dcore.core.environment.Environment` renews every lease
+One daemon thread per :class:`~dcore._core.environment.Environment` renews every lease
 of the process; it is started by the first delivery and stopped when the environment
 closes. The simulator keeps leases on virtual time instead (its environment overrides
 ``Environment.keep_lease``).
@@ -20,7 +20,7 @@ import threading
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from dcore.core.environment import Environment
+    from dcore._core.environment import Environment
 
 __all__ = ["Heartbeat", "LeaseKeeper"]
 

@@ -20,9 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from dcore.core.environment import Environment, current_environment
-from dcore.core.interfaces import constructor
-from dcore.core.plugins import PluginRegistry
+from dcore._core.environment import Environment, current_environment
+from dcore._plugins.interfaces import constructor
+from dcore._plugins.registry import PluginRegistry
 from dcore.errors import PluginError, PluginOptionsError
 
 __all__ = ["PluginFactory", "immutable_values", "plugin_signature", "rejected"]

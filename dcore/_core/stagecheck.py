@@ -32,11 +32,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dcore.core.factory import immutable_values, plugin_signature
-from dcore.core.interfaces import Dispatch, Execute, StageRef
-from dcore.core.message import summarise
-from dcore.core.plugins import PluginRegistry, is_interface
-from dcore.core.retry import RetryPolicy
+from dcore._core.factory import immutable_values, plugin_signature
+from dcore._core.message import summarise
+from dcore._core.retry import RetryPolicy
+from dcore._plugins.interfaces import Dispatch, Execute, StageRef
+from dcore._plugins.registry import PluginRegistry, is_interface
 from dcore.errors import PipelineDefinitionError
 
 __all__ = [
@@ -72,7 +72,7 @@ class CheckedStage:
         self.cls = cls
         self.options = options
         self.is_dispatch = is_dispatch(ref.interface)
-        #: whether pipelines made of it may share a compiled chain (see dcore.core.chain)
+        #: whether pipelines made of it may share a compiled chain (see dcore._core.chain)
         self.cacheable = cacheable
 
     def __repr__(self) -> str:

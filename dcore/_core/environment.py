@@ -16,15 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from dcore.core.clock import Clock, SystemClock
-from dcore.core.plugins import PluginRegistry, current_registry
-from dcore.core.settings import DcoreSettings
+from dcore._core.clock import Clock, SystemClock
+from dcore._core.settings import DcoreSettings
+from dcore._plugins.registry import PluginRegistry, current_registry
 from dcore.errors import BackendNotFoundError, PluginNotFoundError
 
 if TYPE_CHECKING:
-    from dcore.core.interfaces import Dispatch
-    from dcore.core.leases import Heartbeat
-    from dcore.core.observe import PipelineObserver
+    from dcore._core.leases import Heartbeat
+    from dcore._core.observe import PipelineObserver
+    from dcore._plugins.interfaces import Dispatch
     from dcore.services.events import EventBusInterface
     from dcore.services.jobs import JobStorageInterface
     from dcore.services.locks import LockInterface
@@ -153,8 +153,8 @@ class Environment:
 
     def keep_lease(self, job_id: str, owner: str, lease: float) -> Heartbeat:
         """Renew ``owner``'s lease on ``job_id`` while the delivery runs (see
-        :mod:`dcore.core.leases`); stop the returned heartbeat when it ends."""
-        from dcore.core.leases import LeaseKeeper
+        :mod:`dcore._core.leases`); stop the returned heartbeat when it ends."""
+        from dcore._core.leases import LeaseKeeper
 
         return self.resource("dcore.lease_keeper", lambda: LeaseKeeper(self)).keep(
             job_id, owner, lease

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from dcore.core.clock import Clock, SystemClock
+from dcore._core.clock import Clock, SystemClock
 from dcore.errors import PoolExhausted
 
 __all__ = ["InstancePool", "PluginPool"]
@@ -126,7 +126,7 @@ class PluginPool:
     """Pools keyed by (interface, plugin name, options), built through a PluginFactory."""
 
     def __init__(self, factory: Any = None, *, max_size: int = 8) -> None:
-        from dcore.core.factory import PluginFactory
+        from dcore._core.factory import PluginFactory
 
         self.factory = factory or PluginFactory()
         self.max_size = max_size

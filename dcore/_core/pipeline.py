@@ -1,10 +1,10 @@
 """Assembling a pipeline and running it.
 
 ``chain()`` collects stages and checks each at once (known plugin, valid options, at
-most one Dispatch; :mod:`dcore.core.stagecheck`, whose answers are kept per registry
+most one Dispatch; :mod:`dcore._core.stagecheck`, whose answers are kept per registry
 generation). The first ``run()`` freezes the pipeline: its stages are compiled (or the
 chain compiled before for the same stages is reused), bound to this pipeline's plugin
-instances and core function, and folded into nested calls (:mod:`dcore.core.chain`);
+instances and core function, and folded into nested calls (:mod:`dcore._core.chain`);
 later ``chain()`` calls raise.
 
 Semantics: stage *i* gets ``next_fn`` running stages *i+1..n* and then ``core_fn``; the
@@ -27,21 +27,21 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, Self
+from typing import TYPE_CHECKING, Any, Generic, Self
 
 from pydantic import ValidationError
 
-from dcore.core import stagecheck
-from dcore.core.chain import BoundChain, compiled
-from dcore.core.context import PipelineContext
-from dcore.core.continuation import Continuation
-from dcore.core.environment import Environment, current_environment
-from dcore.core.interfaces import ContextT, StageRef
-from dcore.core.message import StageSpec, core_function_name
-from dcore.core.plugins import interface_by_name
-from dcore.core.retry import RetryPolicy
-from dcore.core.runner import Call, Stage, origin_of
-from dcore.core.saga import CompensationFailed, compensates, tracking, was_compensated
+from dcore._core import stagecheck
+from dcore._core.chain import BoundChain, compiled
+from dcore._core.contextbase import ContextBase
+from dcore._core.continuation import Continuation
+from dcore._core.environment import Environment, current_environment
+from dcore._core.message import StageSpec, core_function_name
+from dcore._core.retry import RetryPolicy
+from dcore._core.runner import Call, Stage, origin_of
+from dcore._core.saga import CompensationFailed, compensates, tracking, was_compensated
+from dcore._plugins.interfaces import ContextT, StageRef
+from dcore._plugins.registry import interface_by_name
 from dcore.errors import (
     ContextSerializationError,
     DispatchError,
@@ -51,6 +51,9 @@ from dcore.errors import (
 )
 
 # Continuation, Stage and origin_of are re-exported: they are part of this module's API
+if TYPE_CHECKING:
+    from dcore._core.context import PipelineContext
+
 __all__ = ["Continuation", "Pipeline", "Stage", "origin_of"]
 
 
@@ -71,7 +74,7 @@ class Pipeline(Generic[ContextT]):
     ) -> None:
         if not callable(core_fn):
             raise PipelineDefinitionError(f"core_fn must be callable, got {core_fn!r}")
-        if context is not None and not isinstance(context, PipelineContext):
+        if context is not None and not isinstance(context, ContextBase):
             raise PipelineDefinitionError(
                 f"a pipeline runs over a PipelineContext, got {type(context).__name__}"
             )
@@ -86,7 +89,7 @@ class Pipeline(Generic[ContextT]):
         self._dispatch_at: int | None = None
         self._bound: BoundChain | None = None
         self._dispatcher: Any = None  # the bound Dispatch instance, if any
-        self._compensable = False  # a bound stage can undo its work (see dcore.core.saga)
+        self._compensable = False  # a bound stage can undo its work (see dcore._core.saga)
         self._entry: Call | None = None
         self._freeze_lock = threading.Lock()
 
@@ -188,12 +191,12 @@ class Pipeline(Generic[ContextT]):
     # -- description --------------------------------------------------------------------
     def describe(self) -> str:
         """``[sync] a → b ⇒ dispatch(x) ┆ async ┆ [background] c → core``."""
-        from dcore.core.describe import describe
+        from dcore._core.describe import describe
 
         return describe(self._refs, self._undoing())
 
     def to_mermaid(self) -> str:
-        from dcore.core.describe import to_mermaid
+        from dcore._core.describe import to_mermaid
 
         return to_mermaid(self._refs, self._undoing())
 
@@ -205,7 +208,7 @@ class Pipeline(Generic[ContextT]):
     def run(self, context: ContextT | None = None) -> Any:
         """Run over ``context`` (default: the one the pipeline was created with)."""
         ctx = context if context is not None else self.context
-        if not isinstance(ctx, PipelineContext):
+        if not isinstance(ctx, ContextBase):
             raise PipelineDefinitionError(
                 f"run() needs a PipelineContext, got {type(ctx).__name__}"
             )

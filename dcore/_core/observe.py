@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from dcore.core.pipeline import Stage
+    from dcore._core.pipeline import Stage
 
 __all__ = ["PipelineObserver"]
 

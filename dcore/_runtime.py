@@ -18,19 +18,19 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from dcore.core.context import PipelineContext
-from dcore.core.delivery import Action, Outcome, StoreUnreachable, after_claim
-from dcore.core.environment import Environment, current_environment
-from dcore.core.lifecycle import Delivered, dead_letter, describe_error, malformed_key
-from dcore.core.message import (
+from dcore._core.context import PipelineContext
+from dcore._core.delivery import Action, Outcome, StoreUnreachable, after_claim
+from dcore._core.environment import Environment, current_environment
+from dcore._core.lifecycle import Delivered, dead_letter, describe_error, malformed_key
+from dcore._core.message import (
     JobMessage,
     StageSpec,
     ensure_imports,
     resolve_core_function,
     trace_propagator,
 )
-from dcore.core.pipeline import Pipeline
-from dcore.core.plugins import core_generation
+from dcore._core.pipeline import Pipeline
+from dcore._plugins.registry import core_generation
 from dcore.errors import LeaseLostError, MessageError, ServiceUnavailableError
 
 __all__ = ["deliver_message", "load_message", "run_message"]
@@ -128,7 +128,7 @@ def deliver_message(
     final: bool = False,
 ) -> Delivered:
     """One delivery of a job message on a worker: load it, then claim, run and record
-    its attempt (:func:`dcore.core.lifecycle.deliver`); the report says what the engine
+    its attempt (:func:`dcore._core.lifecycle.deliver`); the report says what the engine
     does next. A malformed message is dead-lettered here, once for the same bytes, and
     its report is DEAD with the MessageError as its error."""
     env = environment or current_environment()

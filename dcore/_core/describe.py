@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from itertools import pairwise
 
-from dcore.core.interfaces import Dispatch, StageRef
+from dcore._plugins.interfaces import Dispatch, StageRef
 
 __all__ = ["describe", "to_mermaid"]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from dcore.core.retry import job_policy
-from dcore.core.settings import DcoreSettings, suggestion, unknown_variables
-from dcore.doctor.findings import Finding, error, ok, warning
+from dcore._core.retry import job_policy
+from dcore._core.settings import DcoreSettings, suggestion, unknown_variables
+from dcore._doctor.findings import Finding, error, ok, warning
 
 __all__ = ["check_dispatch", "check_recovery", "check_settings", "check_visibility"]
 

@@ -21,9 +21,9 @@ from pydantic import (
     model_validator,
 )
 
-from dcore.core.clock import Clock
-from dcore.core.resolve import exception_class
-from dcore.core.settings import DcoreSettings
+from dcore._core.clock import Clock
+from dcore._core.resolve import exception_class
+from dcore._core.settings import DcoreSettings
 
 __all__ = [
     "NO_RETRY",

@@ -31,10 +31,10 @@ import warnings
 from collections.abc import Mapping
 from typing import Protocol
 
-from dcore.core.settings import DcoreSettings
-from dcore.doctor.config import check_dispatch, check_recovery, check_settings, check_visibility
-from dcore.doctor.findings import Finding, Level, error, ok
-from dcore.doctor.servers import check_broker, check_redis_servers, redis_servers
+from dcore._core.settings import DcoreSettings
+from dcore._doctor.config import check_dispatch, check_recovery, check_settings, check_visibility
+from dcore._doctor.findings import Finding, Level, error, ok
+from dcore._doctor.servers import check_broker, check_redis_servers, redis_servers
 from dcore.errors import ConfigurationError, ConfigurationWarning
 
 __all__ = ["DEFAULT_TIMEOUT", "Finding", "Level", "Log", "log_findings", "run_checks"]

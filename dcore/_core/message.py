@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import re
-import reprlib
 import sys
 from collections.abc import Callable
 from typing import Any, Literal
@@ -28,7 +27,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import from_json
 
-from dcore.core import plugins
+from dcore._plugins import registry as plugins
+from dcore._plugins.reprs import short_repr
 from dcore.errors import ContextSerializationError, MessageError
 
 __all__ = [
@@ -52,39 +52,6 @@ DEFAULT_MAX_DEPTH = 32
 #: Failures of parsing hostile input that are not ValueErrors.
 _PARSE_FAILURES = (ValueError, TypeError, RecursionError, MemoryError)
 _JOB_ID = re.compile(r'"job_id"\s*:\s*"([A-Za-z0-9_.:-]{1,200})"')
-
-
-_ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
-
-
-class _ShortRepr(reprlib.Repr):
-    """reprlib's cut-down repr, minus memory addresses: ``<app.Gateway object at
-    0x7f...>`` is shown as ``<app.Gateway>``, the same in every run."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.maxstring = self.maxother = 40
-        self.maxdict = self.maxlist = self.maxtuple = self.maxset = 6
-        self.maxlevel = 1  # a nested container shows as [...]
-
-    def repr_instance(self, obj: Any, level: int) -> str:
-        text = _ADDRESS.sub("", repr(obj))
-        if len(text) <= self.maxother:
-            return text
-        head = (self.maxother - 3) // 2
-        return text[:head] + "..." + text[len(text) - (self.maxother - 3 - head):]
-
-
-_REPR = _ShortRepr()
-
-
-def short_repr(value: Any) -> str:
-    """A short, deterministic repr for option values in reprs (Hypothesis reports print
-    them): long strings and containers are cut with ``...``; a class or function shows
-    as ``module:qualname``, never ``<function f at 0x...>``."""
-    if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
-        return f"{getattr(value, '__module__', '?')}:{value.__qualname__}"
-    return _REPR.repr(value)
 
 
 class StageSpec(BaseModel):

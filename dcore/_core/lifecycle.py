@@ -2,7 +2,7 @@
 
 Every engine delivers a job through :func:`deliver`: claim the attempt (taking the job's
 lease), run it while the lease is kept alive, then record how it ended; what follows
-(ack, retry, dead-letter, requeue, defer, skip) is decided by :mod:`dcore.core.delivery`
+(ack, retry, dead-letter, requeue, defer, skip) is decided by :mod:`dcore._core.delivery`
 and returned for the engine to carry out. So a job's record, its state events and its
 dead letter look the same whichever engine ran it, and the simulator runs this code too.
 
@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from pydantic_core import to_jsonable_python
 
-from dcore.core import events
-from dcore.core.delivery import (
+from dcore._core import events
+from dcore._core.delivery import (
     MAX_LOST_DELIVERIES,
     Action,
     Ended,
@@ -42,7 +42,7 @@ from dcore.core.delivery import (
     after_attempt,
     after_claim,
 )
-from dcore.core.saga import CompensationFailed, Saga, mark_compensated, tracking
+from dcore._core.saga import CompensationFailed, Saga, mark_compensated, tracking
 from dcore.errors import (
     IllegalTransitionError,
     JobNotFoundError,
@@ -59,8 +59,8 @@ from dcore.services.jobs import (
 )
 
 if TYPE_CHECKING:
-    from dcore.core.environment import Environment
-    from dcore.core.retry import RetryPolicy
+    from dcore._core.environment import Environment
+    from dcore._core.retry import RetryPolicy
     from dcore.services.jobs import AnnouncingJobStore
 
 __all__ = [
@@ -188,7 +188,7 @@ def deliver(
     the record is missing or the job is dead-lettered, so it may be built lazily. A
     ``BaseException`` from ``fn`` (a dying worker) propagates with the record RUNNING.
     With ``saga`` (the pipeline's compensations), a job that ends DEAD first undoes the
-    stages that completed (see :mod:`dcore.core.saga`)."""
+    stages that completed (see :mod:`dcore._core.saga`)."""
     owner = env.new_delivery_id()
     lease = env.settings.lease_ttl
     claim = _claim(env, job_id, attempt, owner, lease, message)

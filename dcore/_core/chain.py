@@ -14,17 +14,17 @@ folding its middleware list once into a stack:
 2. **bind** (:class:`BoundChain`): one pipeline's own plugin instances (fresh unless
    the plugin declares ``shareable = True``; the Dispatch wrapped by
    ``env.dispatch_wrapper``) and its core function. A pipeline keeps its bound chain
-   once it has run, and a :class:`~dcore.core.continuation.Continuation` holds it.
+   once it has run, and a :class:`~dcore._core.continuation.Continuation` holds it.
 3. **fold** (:meth:`BoundChain.call_from`): nested calls from one stage to the core,
    made once per start (the whole chain for ``run()``, the rest after the Dispatch for
-   a continuation) by :func:`dcore.core.runner.fold`.
+   a continuation) by :func:`dcore._core.runner.fold`.
 
 A chain that is not kept (an option holding a list or a dict, a ``retry=`` given as a
 mapping) is compiled for its pipeline alone, as every chain was before.
 
 A new kind of stage needs what it must know at compile on
-:class:`~dcore.core.runner.Stage` (set in :func:`_compile`), and its own call built in
-:func:`dcore.core.runner.fold`.
+:class:`~dcore._core.runner.Stage` (set in :func:`_compile`), and its own call built in
+:func:`dcore._core.runner.fold`.
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dcore.core.continuation import Continuation
-from dcore.core.environment import Environment
-from dcore.core.factory import PluginFactory, immutable_values, plugin_signature, rejected
-from dcore.core.message import StageSpec
-from dcore.core.plugins import PluginRegistry
-from dcore.core.runner import Call, Stage, fold, is_observer, observers_of
-from dcore.core.saga import Saga
-from dcore.core.stagecheck import CheckedStage
+from dcore._core.continuation import Continuation
+from dcore._core.environment import Environment
+from dcore._core.factory import PluginFactory, immutable_values, plugin_signature, rejected
+from dcore._core.message import StageSpec
+from dcore._core.runner import Call, Stage, fold, is_observer, observers_of
+from dcore._core.saga import Saga
+from dcore._core.stagecheck import CheckedStage
+from dcore._plugins.registry import PluginRegistry
 from dcore.errors import MessageError, PluginOptionsError
 
 __all__ = ["BoundChain", "CompiledChain", "compiled"]
@@ -74,7 +74,7 @@ class CompiledChain:
         self.dispatch = next((s for s in self.stages if s.is_dispatch), None)
         #: the stages whose plugin observes the pipeline (the tracing stage)
         self.observing = tuple(s.index for s in self.stages if s.observer)
-        #: some stage can undo its work (see dcore.core.saga)
+        #: some stage can undo its work (see dcore._core.saga)
         self.compensable = any(s.compensates for s in self.stages)
         #: no pipeline has an instance of its own: every plugin is shareable or pooled,
         #: and there is no Dispatch (whose instance the environment may wrap per pipeline)

@@ -1,7 +1,7 @@
 """Resolving the names a message carries, without trusting it.
 
 A message may name only things a worker has on purpose: registered context types,
-registered plugins, registered core functions (see :mod:`dcore.core.plugins`), and
+registered plugins, registered core functions (see :mod:`dcore._plugins.registry`), and
 exception classes for ``retry_on`` / ``catch``. Those are looked up here: a builtin
 exception by name, or ``pkg.mod:Class`` in a module that is **already imported**, walking
 only through module and class namespaces (``vars()``: no ``getattr``, so no property,

@@ -18,21 +18,21 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dcore.core import events
-from dcore.core.environment import Environment
-from dcore.core.factory import PluginFactory
-from dcore.core.interfaces import StageRef
-from dcore.core.lifecycle import dead_letter, describe_error, schedule
-from dcore.core.message import StageSpec, trace_propagator
-from dcore.core.pool import PluginPool
-from dcore.core.retry import NO_RETRY, RetryPolicy, call_with_retry, declared_policy
-from dcore.core.saga import compensates, completed
+from dcore._core import events
+from dcore._core.environment import Environment
+from dcore._core.factory import PluginFactory
+from dcore._core.lifecycle import dead_letter, describe_error, schedule
+from dcore._core.message import StageSpec, trace_propagator
+from dcore._core.pool import PluginPool
+from dcore._core.retry import NO_RETRY, RetryPolicy, call_with_retry, declared_policy
+from dcore._core.saga import compensates, completed
+from dcore._plugins.interfaces import StageRef
 from dcore.errors import JobNotFoundError
 from dcore.services.jobs import JobState
 
 if TYPE_CHECKING:
-    from dcore.core.continuation import Continuation
-    from dcore.core.observe import PipelineObserver
+    from dcore._core.continuation import Continuation
+    from dcore._core.observe import PipelineObserver
 
 __all__ = [
     "Call",
@@ -106,7 +106,7 @@ class Stage:
         self.plain = not self.pooled and self.policy.attempts == 1
         #: whether its instance observes the pipeline's stages (the tracing stage)
         self.observer = not self.pooled and not is_dispatch and is_observer_class(cls)
-        #: whether it can undo its work (see dcore.core.saga)
+        #: whether it can undo its work (see dcore._core.saga)
         self.compensates = not is_dispatch and compensates(cls)
         self.construct: Callable[..., Any] | None = None
         self.kwargs: dict[str, Any] = {}
@@ -204,7 +204,7 @@ def fold(
     shared = env.observers
     for stage in reversed(stages):
         instance = instances[stage.index]
-        if stage.compensates:  # it completed once it handed over (see dcore.core.saga)
+        if stage.compensates:  # it completed once it handed over (see dcore._core.saga)
             call = _handing_over(stage.index, call)
         if stage.is_dispatch:
             call = dispatch_call(stage, instance, rest_after(stage), env)

@@ -33,11 +33,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dcore.core.retry import RetryPolicy, call_with_retry
+from dcore._core.retry import RetryPolicy, call_with_retry
 
 if TYPE_CHECKING:
-    from dcore.core.environment import Environment
-    from dcore.core.runner import Stage
+    from dcore._core.environment import Environment
+    from dcore._core.runner import Stage
 
 __all__ = [
     "DEFAULT_COMPENSATION_RETRY",
@@ -151,7 +151,7 @@ class Saga:
             stage = self.stages[index]
             instance = self.instances[index]
             if instance is None:  # a pooled plugin: built for this compensation
-                from dcore.core.factory import PluginFactory
+                from dcore._core.factory import PluginFactory
 
                 instance = PluginFactory(environment=env).create(
                     stage.ref.interface, stage.ref.plugin, **stage.ref.options)

@@ -1,0 +1,1 @@
+"""The pipeline engine (private): contexts, environment, messages, runner, lifecycle."""
