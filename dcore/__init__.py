@@ -37,7 +37,7 @@ from dcore._plugins.registry import (
     register_plugin,
     use_registry,
 )
-from dcore._runtime import run_message
+from dcore._worker import run_message
 from dcore.errors import (
     ContextSerializationError,
     DcoreError,

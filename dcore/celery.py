@@ -56,7 +56,7 @@ from dcore._celery_config import (
     queue_for,
     queue_names,
 )
-from dcore._runtime import deliver_message
+from dcore._worker import deliver_message
 
 __all__ = [
     "KOMBU_TRANSPORT_EQUIVALENTS",

@@ -16,7 +16,7 @@ from dcore._core.recovery import Lost, lost_jobs
 from dcore._core.redact import redact_url
 from dcore._core.retry import job_policy
 from dcore._core.runner import Stage
-from dcore._runtime import deliver_message, load_message
+from dcore._worker import deliver_message, load_message
 
 __all__ = [
     "Action",

@@ -42,8 +42,8 @@ def documented_sources() -> dict[str, str]:
 
 
 def test_the_check_finds_a_private_import() -> None:
-    source = "import dcore\nfrom dcore._core.lifecycle import deliver\nimport dcore._runtime as r\n"
-    assert private_imports(source) == ["dcore._core.lifecycle", "dcore._runtime"]
+    source = "import dcore\nfrom dcore._core.lifecycle import deliver\nimport dcore._worker as r\n"
+    assert private_imports(source) == ["dcore._core.lifecycle", "dcore._worker"]
     assert private_imports("from dcore.engine import deliver_message\n") == []
 
 

@@ -133,7 +133,7 @@ def replay_entry(env: Any, event: Any) -> tuple[bool, str]:
     the entry goes only after success, or once the job is back on the queue."""
     from dcore._core.lifecycle import schedule
     from dcore._core.message import JobMessage
-    from dcore._runtime import run_message
+    from dcore._worker import run_message
     from dcore.errors import IllegalTransitionError, JobNotFoundError, MessageError
     from dcore.services.jobs import JobState
 

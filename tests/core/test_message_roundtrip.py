@@ -72,7 +72,7 @@ def _run_in_fresh_interpreter(message: str, tmp_path: Path) -> dict[str, Any]:
     code = (
         "import json, sys\n"
         "from dcore import current_environment\n"
-        "from dcore._runtime import run_message\n"
+        "from dcore._worker import run_message\n"
         "raw = sys.stdin.read()\n"
         "result = run_message(raw)\n"
         "record = current_environment().jobs.get(json.loads(raw)['job_id'])\n"

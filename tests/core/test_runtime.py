@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dcore import Dispatch, Environment, Execute, JobState, MessageError, run_message
-from dcore._runtime import load_message
+from dcore._worker import load_message
 from tests.core.dcore_roundtrip_support import rt
 
 

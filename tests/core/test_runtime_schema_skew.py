@@ -11,7 +11,7 @@ import pytest
 from dcore import Environment, JobState, MessageError, PipelineContext, core_function, migration
 from dcore._core.context import context_type_name
 from dcore._core.message import JobMessage, core_function_name
-from dcore._runtime import run_message
+from dcore._worker import run_message
 
 
 class ReportV2(PipelineContext):
