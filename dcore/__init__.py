@@ -8,6 +8,7 @@
     handle = pipeline.run()
 """
 
+from dcore.core.afold import AsyncNextFn
 from dcore.core.clock import Clock, SystemClock
 from dcore.core.context import SHARD_COUNT, ErrorRecord, PipelineContext, Runtime, migration
 from dcore.core.environment import (
@@ -39,6 +40,7 @@ from dcore.core.runner import origin_of
 from dcore.core.saga import DEFAULT_COMPENSATION_RETRY, CompensationFailed
 from dcore.core.settings import DcoreSettings
 from dcore.errors import (
+    AsyncStageError,
     ContextSerializationError,
     DcoreError,
     MessageError,
@@ -54,6 +56,8 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_COMPENSATION_RETRY",
     "SHARD_COUNT",
+    "AsyncNextFn",
+    "AsyncStageError",
     "Clock",
     "CompensationFailed",
     "ContextSerializationError",

@@ -8,6 +8,7 @@ dispatcher runs in the background sees the same services as the request that mad
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import uuid
@@ -144,6 +145,12 @@ class Environment:
                 self._services[name] = instance
                 self._owned.append(instance)
             return self._services[name]
+
+    # -- async stages ----------------------------------------------------------------
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        """A loop for async stages run outside a caller's loop (a background part; each
+        worker thread keeps one): the simulator's runs on its virtual clock."""
+        return asyncio.new_event_loop()
 
     # -- deliveries ----------------------------------------------------------------
     def new_delivery_id(self) -> str:

@@ -24,6 +24,7 @@ one that runs (its options checked again).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -41,8 +42,9 @@ from dcore.core.message import StageSpec, core_function_name
 from dcore.core.plugins import interface_by_name
 from dcore.core.retry import RetryPolicy
 from dcore.core.runner import Call, Stage, origin_of
-from dcore.core.saga import CompensationFailed, compensates, tracking, was_compensated
+from dcore.core.saga import compensates, tracking, undo_failed_run
 from dcore.errors import (
+    AsyncStageError,
     ContextSerializationError,
     DispatchError,
     MessageError,
@@ -204,14 +206,12 @@ class Pipeline(Generic[ContextT]):
     # -- running --------------------------------------------------------------------------
     def run(self, context: ContextT | None = None) -> Any:
         """Run over ``context`` (default: the one the pipeline was created with)."""
-        ctx = context if context is not None else self.context
-        if not isinstance(ctx, PipelineContext):
-            raise PipelineDefinitionError(
-                f"run() needs a PipelineContext, got {type(ctx).__name__}"
-            )
+        ctx = self._context_for(context, "run()")
         entry = self._entry
         if entry is None:
-            entry = self._entry = self._freeze().call_from(0)
+            bound = self._freeze()
+            self._refuse_async(bound)
+            entry = self._entry = bound.call_from(0)
         dispatcher = self._dispatcher
         if dispatcher is not None and dispatcher.is_remote():
             self.check_remote(ctx)
@@ -225,12 +225,51 @@ class Pipeline(Generic[ContextT]):
             except Exception as exc:
                 # the sync part failed: undo what it completed (a job that ended DEAD
                 # was undone by its own delivery already)
-                if done and not was_compensated(exc):
-                    try:
-                        saga.compensate(done, (), exc)
-                    except CompensationFailed as failed:
-                        exc.add_note(f"and {failed}")
+                undo_failed_run(saga, done, exc)
                 raise
+
+    async def arun(self, context: ContextT | None = None) -> Any:
+        """``run()`` for async code: ``await pipeline.arun(ctx)`` runs the part before
+        the hand-off without blocking the event loop (async stages awaited on it, plain
+        ones and the Dispatch's hand-off in a worker thread) and returns what ``run()``
+        would. Stages with ``async def execute`` need it; it runs any pipeline."""
+        ctx = self._context_for(context, "arun()")
+        bound = self._freeze()
+        entry = bound.acall_from(0, offload=True)
+        dispatcher = self._dispatcher
+        if dispatcher is not None and dispatcher.is_remote():
+            self.check_remote(ctx)
+        if not self._compensable:
+            return await entry(ctx)
+        saga = bound.saga(ctx)
+        assert saga is not None
+        with tracking() as done:
+            try:
+                return await entry(ctx)
+            except Exception as exc:  # as run() does, in a thread: undoing may block
+                await asyncio.to_thread(undo_failed_run, saga, done, exc)
+                raise
+
+    def _context_for(self, context: ContextT | None, call: str) -> PipelineContext:
+        ctx = context if context is not None else self.context
+        if not isinstance(ctx, PipelineContext):
+            raise PipelineDefinitionError(
+                f"{call} needs a PipelineContext, got {type(ctx).__name__}"
+            )
+        return ctx
+
+    def _refuse_async(self, bound: BoundChain) -> None:
+        """AsyncStageError when an async stage would run before the hand-off."""
+        end = self._dispatch_at
+        stage = bound.compiled.first_async(0, end)
+        if stage is None:
+            return
+        where = "before the Dispatch" if end is not None else "(there is no Dispatch)"
+        raise AsyncStageError(
+            f"stage {stage.index} ({stage.ref.plugin!r}) has an async execute() and runs "
+            f"in the caller {where}: run() cannot await it. Use `await pipeline.arun()` "
+            "from async code, or asyncio.run(pipeline.arun()) from sync code"
+        )
 
     def _freeze(self) -> BoundChain:
         """This pipeline's bound chain, made at the first run (or continuation)."""

@@ -1,0 +1,262 @@
+"""Async stages: folding a chain that mixes ``async def execute`` with plain stages.
+
+An ``Execute`` stage whose ``execute`` is ``async def`` gets an awaitable ``next_fn``
+(:data:`AsyncNextFn`). :func:`afold` folds a chain into one coroutine function, segment
+by segment from the end: a run of async stages awaits straight through, and a run of
+plain stages is folded by :func:`dcore.core.runner.fold` as ever (retries, observers,
+pooling, compensation marks unchanged), its ``next_fn`` bridged to the async rest.
+
+Where a plain segment runs is the one choice, ``offload``:
+
+- ``offload=True`` (``await pipeline.arun()``, on the caller's event loop): the
+  segment runs in a worker thread (``asyncio.to_thread``), so neither a plain stage nor
+  the Dispatch hand-off (job record, send) blocks the loop; a segment's ``next_fn``
+  hands the async rest back to the caller's loop and waits for it in its thread.
+- ``offload=False`` (a background part, on its worker's own loop): the segment runs on
+  the loop itself (the loop serves that job alone), and a ``next_fn`` with async
+  stages after it runs them on a loop of its own to completion (:func:`run_coroutine`).
+
+A background part with async stages runs through :func:`run_coroutine`, on the event
+loop kept for the worker's thread (``Environment.new_event_loop`` makes it: the
+simulator's runs on virtual time), so a stage may keep a loop-bound client from one
+job to the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable, Coroutine, Sequence
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from dcore.core import events
+from dcore.core.lifecycle import describe_error
+from dcore.core.retry import acall_with_retry
+from dcore.core.runner import (
+    Call,
+    Stage,
+    core_call,
+    fold,
+    plugin_pool,
+    raised_downstream,
+    stage_failed,
+)
+from dcore.core.saga import completed
+
+if TYPE_CHECKING:
+    from dcore.core.continuation import Continuation
+    from dcore.core.environment import Environment
+    from dcore.core.observe import PipelineObserver
+
+__all__ = ["AsyncCall", "AsyncNextFn", "afold", "run_coroutine"]
+
+T = TypeVar("T")
+
+#: What an async stage's ``next_fn`` is: await it with the context, get what the rest
+#: of the pipeline returned.
+AsyncNextFn = Callable[[Any], Coroutine[Any, Any, Any]]
+#: One step of an async-folded chain.
+AsyncCall = Callable[[Any], Coroutine[Any, Any, Any]]
+
+# the caller's loop, for a plain segment's next_fn running in a worker thread
+_CALLER_LOOP: ContextVar[asyncio.AbstractEventLoop | None] = ContextVar(
+    "dcore_caller_loop", default=None)
+
+
+def afold(
+    stages: Sequence[Stage],
+    instances: Sequence[Any],
+    core: Callable[[Any], Any],
+    env: Environment,
+    observers: Sequence[PipelineObserver],
+    rest_after: Callable[[Stage], Continuation[Any]],
+    *,
+    offload: bool,
+) -> AsyncCall:
+    """``stages`` then ``core`` as one coroutine function (see the module docstring)."""
+    sync_call: Call | None = core_call(core)
+    async_call: AsyncCall | None = None
+    for segment in reversed(_segments(stages)):
+        if segment[0].is_async:
+            nxt = _offloaded(sync_call, offload) if sync_call is not None else async_call
+            assert nxt is not None
+            for stage in reversed(segment):
+                nxt = _async_stage_call(stage, instances[stage.index], nxt, env, observers)
+            async_call, sync_call = nxt, None
+        else:
+            tail = sync_call if async_call is None else _bridge(async_call, env, offload)
+            sync_call = fold(segment, instances, core, env, observers, rest_after, tail)
+            async_call = None
+    if sync_call is not None:
+        return _offloaded(sync_call, offload)
+    assert async_call is not None
+    return async_call
+
+
+def _segments(stages: Sequence[Stage]) -> list[list[Stage]]:
+    """``stages`` cut into runs of async and of plain stages, in order."""
+    runs: list[list[Stage]] = []
+    for stage in stages:
+        if runs and runs[-1][0].is_async == stage.is_async:
+            runs[-1].append(stage)
+        else:
+            runs.append([stage])
+    return runs
+
+
+def _offloaded(call: Call, offload: bool) -> AsyncCall:
+    """A plain segment as a coroutine function: in a worker thread, or on the loop."""
+    if not offload:
+
+        async def inline(ctx: Any) -> Any:
+            return call(ctx)
+
+        return inline
+
+    async def in_thread(ctx: Any) -> Any:
+        token = _CALLER_LOOP.set(asyncio.get_running_loop())
+        try:
+            return await asyncio.to_thread(call, ctx)
+        finally:
+            _CALLER_LOOP.reset(token)
+
+    return in_thread
+
+
+def _bridge(rest: AsyncCall, env: Environment, offload: bool) -> Call:
+    """A plain stage's ``next_fn`` when async stages follow it: on the caller's loop
+    (this runs in the worker thread a segment was offloaded to), or to completion on a
+    loop of its own."""
+    if not offload:
+
+        def nested(ctx: Any) -> Any:
+            return run_coroutine(env, rest(ctx))
+
+        return nested
+
+    def on_caller_loop(ctx: Any) -> Any:
+        loop = _CALLER_LOOP.get()
+        assert loop is not None, "an offloaded segment knows its caller's loop"
+        return asyncio.run_coroutine_threadsafe(rest(ctx), loop).result()
+
+    return on_caller_loop
+
+
+def _async_stage_call(
+    stage: Stage,
+    instance: Any,
+    next_call: AsyncCall,
+    env: Environment,
+    observers: Sequence[PipelineObserver],
+) -> AsyncCall:
+    """An async stage: its observers, failure tagging, own retries, pooled instance and
+    compensation marks, as :func:`dcore.core.runner.fold` gives a plain one."""
+    policy = stage.policy
+    pool = plugin_pool(env) if stage.pooled else None
+    ref, origin, index = stage.ref, stage.origin, stage.index
+    if stage.compensates:  # it completed once it handed over (see dcore.core.saga)
+        inner = next_call
+
+        async def hand_over(ctx: Any) -> Any:
+            completed(index)
+            return await inner(ctx)
+
+        next_call = hand_over
+
+    async def body(ctx: Any) -> Any:
+        if pool is None:
+            return await instance.execute(next_call, ctx)
+        with pool.lease(ref.interface, ref.plugin, **ref.options) as leased:
+            return await leased.execute(next_call, ctx)
+
+    async def attempts(ctx: Any) -> Any:
+        if policy.attempts == 1:
+            return await body(ctx)
+        return await acall_with_retry(
+            lambda: body(ctx), policy, rng=env.random,
+            retry_if=lambda exc: not raised_downstream(exc),
+            before_sleep=lambda n, exc, delay: events.emit(
+                env, events.STAGE_FAILED, job_id=ctx.job_id, stage=origin,
+                error=describe_error(exc), attempt=n, retry_in=delay),
+        )
+
+    async def call(ctx: Any) -> Any:
+        seen = tuple(observers)  # the environment's list is live: read it once per call
+        for observer in seen:
+            observer.stage_enter(stage, ctx)
+        try:
+            result = await attempts(ctx)
+        except BaseException as exc:
+            stage_failed(stage, env, ctx, exc)
+            for observer in seen:
+                observer.stage_exit(stage, ctx, exc)
+            raise
+        for observer in seen:
+            observer.stage_exit(stage, ctx, None)
+        if stage.compensates:  # ... or returned
+            completed(index)
+        return result
+
+    return call
+
+
+# -- running a coroutine outside a caller's loop ----------------------------------------------
+class _KeptLoop:
+    """The loop kept for one thread and environment; closed when dropped."""
+
+    __slots__ = ("env", "loop")
+
+    def __init__(self, env: Environment, loop: asyncio.AbstractEventLoop) -> None:
+        self.env = weakref.ref(env)
+        self.loop = loop
+
+    def __del__(self) -> None:
+        loop = self.loop
+        if not loop.is_running() and not loop.is_closed():
+            loop.close()
+
+
+_kept = threading.local()
+
+
+def _thread_loop(env: Environment) -> asyncio.AbstractEventLoop | None:
+    """This thread's loop for ``env``, made on first use; None while it is busy (a
+    nested run, or, in the simulator, another simulated task suspended inside it)."""
+    kept: _KeptLoop | None = getattr(_kept, "loop", None)
+    if kept is None or kept.env() is not env or kept.loop.is_closed():
+        kept = _kept.loop = _KeptLoop(env, env.new_event_loop())
+    return None if kept.loop.is_running() else kept.loop
+
+
+def run_coroutine(env: Environment, coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from synchronous code, on this thread's loop (or a
+    fresh one when that is busy), even inside a running loop's callback (that loop is
+    set aside meanwhile). A ``BaseException`` out of the loop itself (a worker being
+    killed, a simulated crash) closes the coroutine where it waits and drops the loop."""
+    loop = _thread_loop(env)
+    fresh = loop is None
+    if loop is None:
+        loop = env.new_event_loop()
+    outer = asyncio._get_running_loop()
+    if outer is not None:
+        asyncio._set_running_loop(None)
+    task = loop.create_task(coro)
+    try:
+        return loop.run_until_complete(task)
+    except BaseException:
+        if not task.done():  # the loop itself was interrupted: nothing may run on
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
+            with contextlib.suppress(RuntimeError):
+                coro.close()
+            fresh = True
+            if getattr(_kept, "loop", None) is not None and _kept.loop.loop is loop:
+                _kept.loop = None
+        raise
+    finally:
+        if fresh:
+            loop.close()
+        if outer is not None:
+            asyncio._set_running_loop(outer)
