@@ -15,6 +15,7 @@ chooser's decisions: the same seed gives a byte-identical trace.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ from dcore.core.leases import Heartbeat
 from dcore.core.plugins import PluginRegistry
 from dcore.core.settings import DcoreSettings
 from dcore.services.jobs import JobState
+from dcore_testing.sim.aio import VirtualEventLoop
 from dcore_testing.sim.chooser import Chooser, RandomChooser, ReplayChooser
 from dcore_testing.sim.clock import VirtualClock
 from dcore_testing.sim.dispatcher import Broker, SimDispatcher, SimObserver
@@ -165,6 +167,12 @@ class SimEnvironment(Environment):
                 "fresh()/check_determinism() rebuild the run from its seed; this one was "
                 "made with a custom chooser. Use SimEnvironment(seed=...) instead")
         return type(self)(**self._config)
+
+    # -- async stages ----------------------------------------------------------------------
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        """A loop on virtual time: an async stage's ``await asyncio.sleep()`` is a
+        yield point of the simulation, and moves virtual time only."""
+        return VirtualEventLoop(self.clock)
 
     # -- deliveries ------------------------------------------------------------------------
     def new_delivery_id(self) -> str:
