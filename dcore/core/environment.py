@@ -50,6 +50,10 @@ class Environment:
     #: True when every process that runs this environment's jobs shares its in-memory
     #: services (the simulator): a remote hand-off over them is then allowed
     memory_services_shared: bool = False
+    #: Whether ``await pipeline.arun()`` runs plain stages and the hand-off in a worker
+    #: thread (so they never block the caller's loop); the simulator runs them on its
+    #: virtual-time loop instead, where a real thread would escape its scheduling
+    async_offload: bool = True
 
     def __init__(
         self,

@@ -235,7 +235,7 @@ class Pipeline(Generic[ContextT]):
         would. Stages with ``async def execute`` need it; it runs any pipeline."""
         ctx = self._context_for(context, "arun()")
         bound = self._freeze()
-        entry = bound.acall_from(0, offload=True)
+        entry = bound.acall_from(0, offload=bound.env.async_offload)
         dispatcher = self._dispatcher
         if dispatcher is not None and dispatcher.is_remote():
             self.check_remote(ctx)
@@ -247,7 +247,10 @@ class Pipeline(Generic[ContextT]):
             try:
                 return await entry(ctx)
             except Exception as exc:  # as run() does, in a thread: undoing may block
-                await asyncio.to_thread(undo_failed_run, saga, done, exc)
+                if bound.env.async_offload:
+                    await asyncio.to_thread(undo_failed_run, saga, done, exc)
+                else:
+                    undo_failed_run(saga, done, exc)
                 raise
 
     def _context_for(self, context: ContextT | None, call: str) -> PipelineContext:
