@@ -175,8 +175,11 @@ def _async_stage_call(
     async def attempts(ctx: Any) -> Any:
         if policy.attempts == 1:
             return await body(ctx)
+        async def attempt() -> Any:  # a coroutine function: tenacity awaits its result
+            return await body(ctx)
+
         return await acall_with_retry(
-            lambda: body(ctx), policy, rng=env.random,
+            attempt, policy, rng=env.random,
             retry_if=lambda exc: not raised_downstream(exc),
             before_sleep=lambda n, exc, delay: events.emit(
                 env, events.STAGE_FAILED, job_id=ctx.job_id, stage=origin,
