@@ -297,6 +297,9 @@ class Scheduler:
                 "call run_until_idle()/run_for()/step() from the test's own code"
             )
         self._running = True
+        # run from inside a virtual loop's wait (test code awaiting in the main flow):
+        # that loop is the main flow's, not the tasks'
+        outer = _set_aside()
         self._hub = hub = getcurrent()
         self._direct = steps is None
         self._until = _INF if until is None else until
@@ -348,6 +351,7 @@ class Scheduler:
         finally:
             self._running = False
             self._direct, self._until = False, _INF
+            _take_back(outer)
 
     def _fire(self, timers: list[float], due: dict[float, _Bucket], now: float) -> None:
         """Fire every timer due by ``now``, earliest first and in the order set within an
