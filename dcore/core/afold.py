@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
@@ -87,9 +88,12 @@ def afold(
                 nxt = _async_stage_call(stage, instances[stage.index], nxt, env, observers)
             async_call, sync_call = nxt, None
         else:
+            bridged = async_call is not None
             tail = sync_call if async_call is None else _bridge(async_call, env, offload)
             sync_call = fold(segment, instances, core, env, observers, rest_after, tail)
             async_call = None
+            if bridged:  # offloaded on its own: its thread waits for the async rest
+                async_call, sync_call = _offloaded(sync_call, offload, own_thread=True), None
     if sync_call is not None:
         return _offloaded(sync_call, offload)
     assert async_call is not None
@@ -107,8 +111,14 @@ def _segments(stages: Sequence[Stage]) -> list[list[Stage]]:
     return runs
 
 
-def _offloaded(call: Call, offload: bool) -> AsyncCall:
-    """A plain segment as a coroutine function: in a worker thread, or on the loop."""
+def _offloaded(call: Call, offload: bool, *, own_thread: bool = False) -> AsyncCall:
+    """A plain segment as a coroutine function: in a worker thread, or on the loop.
+
+    A segment with async stages after it (``own_thread``) gets a thread of its own, not
+    one of the loop's default executor: its thread waits while the async rest runs,
+    and the rest may need an executor thread itself (a later plain segment, the
+    hand-off), so with as many such requests at once as the executor has threads every
+    one of them would wait for ever."""
     if not offload:
 
         async def inline(ctx: Any) -> Any:
@@ -117,13 +127,41 @@ def _offloaded(call: Call, offload: bool) -> AsyncCall:
         return inline
 
     async def in_thread(ctx: Any) -> Any:
-        token = _CALLER_LOOP.set(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        token = _CALLER_LOOP.set(loop)
         try:
+            if own_thread:
+                return await _in_own_thread(loop, call, ctx)
             return await asyncio.to_thread(call, ctx)
         finally:
             _CALLER_LOOP.reset(token)
 
     return in_thread
+
+
+async def _in_own_thread(loop: asyncio.AbstractEventLoop, call: Call, ctx: Any) -> Any:
+    """``call(ctx)`` in a new thread (with this task's context variables), awaited."""
+    done: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)
+
+    def work() -> None:
+        try:
+            result = context.run(call, ctx)
+        except BaseException as exc:  # handed to the awaiting task, which re-raises it
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=work, name="dcore-arun", daemon=True).start()
+    return await done
 
 
 def _bridge(rest: AsyncCall, env: Environment, offload: bool) -> Call:

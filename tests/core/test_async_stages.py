@@ -347,3 +347,38 @@ def test_an_async_stage_that_fails_once_is_retried_by_the_job_policy(
     record = dcore_env.jobs.get(ctx.job_id)
     assert (record.state, record.attempts, record.result) == (
         JobState.SUCCEEDED, 2, "a+b+c+d+e")
+
+
+def test_more_concurrent_requests_than_executor_threads_do_not_starve(
+    dcore_env: Environment,
+) -> None:
+    """Each request's first plain stage waits in its thread for the async stage after
+    it, which waits until every request has reached it; the hand-off after that needs
+    a thread too. Forty requests outnumber the default executor's threads (at most 32):
+    had the waiting stages taken them, no request could ever finish."""
+    requests = 40
+
+    class Barrier(Execute[Trip]):
+        def __init__(self) -> None:
+            self.reached = 0
+            self.all_in: asyncio.Event | None = None
+
+        async def execute(self, next_fn: AsyncNextFn, context: Trip) -> Any:
+            if self.all_in is None:
+                self.all_in = asyncio.Event()
+            self.reached += 1
+            if self.reached == requests:
+                self.all_in.set()
+            await self.all_in.wait()
+            return await next_fn(context)
+
+    dcore_env.registry.register("barrier", Barrier)
+    p = Trip().create_pipeline(trip_core).chain(Execute("save", name="b"))
+    p.chain(Execute("barrier")).chain(Dispatch("inline")).chain(Execute("save", name="d"))
+
+    async def crowd() -> list[Any]:
+        return await asyncio.wait_for(
+            asyncio.gather(*(p.arun(Trip()) for _ in range(requests))), 30)
+
+    results = asyncio.run(crowd())
+    assert [r.status for r in results] == ["succeeded"] * requests
