@@ -25,6 +25,7 @@ one that runs (its options checked again).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -73,6 +74,12 @@ class Pipeline(Generic[ContextT]):
     ) -> None:
         if not callable(core_fn):
             raise PipelineDefinitionError(f"core_fn must be callable, got {core_fn!r}")
+        if inspect.iscoroutinefunction(core_fn):
+            raise PipelineDefinitionError(
+                f"core_fn {getattr(core_fn, '__qualname__', core_fn)!r} is async; a core "
+                "function is a plain one. Do the awaiting in an async stage (async def "
+                "execute) before it, and run the pipeline with await pipeline.arun()"
+            )
         if context is not None and not isinstance(context, PipelineContext):
             raise PipelineDefinitionError(
                 f"a pipeline runs over a PipelineContext, got {type(context).__name__}"

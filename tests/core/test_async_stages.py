@@ -26,6 +26,7 @@ from dcore import (
     JobState,
     NextFn,
     PipelineContext,
+    PipelineDefinitionError,
     PluginRegistry,
     RetryPolicy,
     Runtime,
@@ -143,6 +144,16 @@ def test_run_refuses_an_async_stage_before_the_hand_off_and_names_arun(
     with pytest.raises(TypeError, match=r"stage 1 \('fetch'\).*before the Dispatch"):
         p.run()
     assert JOURNAL == []  # refused before any stage ran
+
+
+def test_an_async_core_function_is_refused_when_the_pipeline_is_made(
+    dcore_env: Environment,
+) -> None:
+    async def finish(ctx: Trip) -> str:
+        return "done"
+
+    with pytest.raises(PipelineDefinitionError, match=r"core_fn .*finish.* is async.*arun"):
+        Trip().create_pipeline(finish)
 
 
 def test_run_runs_a_pipeline_whose_async_stages_all_follow_the_hand_off(
