@@ -8,7 +8,6 @@
     handle = pipeline.run()
 """
 
-from dcore.core.afold import AsyncNextFn
 from dcore.core.clock import Clock, SystemClock
 from dcore.core.context import SHARD_COUNT, ErrorRecord, PipelineContext, Runtime, migration
 from dcore.core.environment import (
@@ -21,7 +20,7 @@ from dcore.core.factory import PluginFactory
 from dcore.core.fencing import Fence, current_fence
 from dcore.core.handle import JobHandle
 from dcore.core.hashing import stable_hash
-from dcore.core.interfaces import Dispatch, Execute, NextFn, StageRef
+from dcore.core.interfaces import AsyncNextFn, Dispatch, Execute, NextFn, StageRef
 from dcore.core.lifecycle import CurrentJob, current_job, give_up
 from dcore.core.message import JobMessage, StageSpec, set_trace_propagator
 from dcore.core.pipeline import Continuation, Pipeline

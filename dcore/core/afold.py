@@ -1,10 +1,11 @@
 """Async stages: folding a chain that mixes ``async def execute`` with plain stages.
 
 An ``Execute`` stage whose ``execute`` is ``async def`` gets an awaitable ``next_fn``
-(:data:`AsyncNextFn`). :func:`afold` folds a chain into one coroutine function, segment
-by segment from the end: a run of async stages awaits straight through, and a run of
-plain stages is folded by :func:`dcore.core.runner.fold` as ever (retries, observers,
-pooling, compensation marks unchanged), its ``next_fn`` bridged to the async rest.
+(:data:`~dcore.core.interfaces.AsyncNextFn`). :func:`afold` folds a chain into one
+coroutine function, segment by segment from the end: a run of async stages awaits
+straight through, and a run of plain stages is folded by :func:`dcore.core.runner.fold`
+as ever (retries, observers, pooling, compensation marks unchanged), its ``next_fn``
+bridged to the async rest.
 
 Where a plain segment runs is the one choice, ``offload``:
 
@@ -52,13 +53,10 @@ if TYPE_CHECKING:
     from dcore.core.environment import Environment
     from dcore.core.observe import PipelineObserver
 
-__all__ = ["AsyncCall", "AsyncNextFn", "afold", "run_coroutine"]
+__all__ = ["AsyncCall", "afold", "run_coroutine"]
 
 T = TypeVar("T")
 
-#: What an async stage's ``next_fn`` is: await it with the context, get what the rest
-#: of the pipeline returned.
-AsyncNextFn = Callable[[Any], Coroutine[Any, Any, Any]]
 #: One step of an async-folded chain.
 AsyncCall = Callable[[Any], Coroutine[Any, Any, Any]]
 

@@ -55,7 +55,7 @@ PROFILES = ProfileService()
 class LookupProfile(Execute[ReportContext]):
     """Before the hand-off: fills in the user's display name."""
 
-    async def execute(self, next_fn: AsyncNextFn, context: ReportContext) -> Any:
+    async def execute(self, next_fn: AsyncNextFn[ReportContext], context: ReportContext) -> Any:
         profile = await PROFILES.lookup(context.user)
         context.display_name = profile["name"]
         return await next_fn(context)
@@ -69,7 +69,7 @@ class RenderReport(Execute[ReportContext]):
         self.storage = storage
         self.seconds = seconds
 
-    async def execute(self, next_fn: AsyncNextFn, context: ReportContext) -> Any:
+    async def execute(self, next_fn: AsyncNextFn[ReportContext], context: ReportContext) -> Any:
         await asyncio.sleep(self.seconds)  # the renderer at work
         self.storage.put(report_key(context), f"Report for {context.display_name}".encode())
         return await next_fn(context)

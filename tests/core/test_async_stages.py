@@ -63,7 +63,7 @@ class Fetch(Execute[Trip]):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    async def execute(self, next_fn: AsyncNextFn, context: Trip) -> Any:
+    async def execute(self, next_fn: AsyncNextFn[Trip], context: Trip) -> Any:
         await asyncio.sleep(0)
         _fails(context, self.name)
         loop = asyncio.get_running_loop()
@@ -183,7 +183,7 @@ def test_arun_keeps_the_loop_serving_while_stages_wait(dcore_env: Environment) -
         def __init__(self) -> None:
             self.opened = gate()
 
-        async def execute(self, next_fn: AsyncNextFn, context: Trip) -> Any:
+        async def execute(self, next_fn: AsyncNextFn[Trip], context: Trip) -> Any:
             JOURNAL.append("waiting")
             await self.opened.wait()
             return await next_fn(context)
@@ -374,7 +374,7 @@ def test_more_concurrent_requests_than_executor_threads_do_not_starve(
             self.reached = 0
             self.all_in: asyncio.Event | None = None
 
-        async def execute(self, next_fn: AsyncNextFn, context: Trip) -> Any:
+        async def execute(self, next_fn: AsyncNextFn[Trip], context: Trip) -> Any:
             if self.all_in is None:
                 self.all_in = asyncio.Event()
             self.reached += 1

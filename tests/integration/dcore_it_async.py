@@ -26,7 +26,7 @@ class LoopProbe(Execute[AsyncJob]):
     def __init__(self, storage: StorageInterface) -> None:
         self.storage = storage
 
-    async def execute(self, next_fn: AsyncNextFn, context: AsyncJob) -> Any:
+    async def execute(self, next_fn: AsyncNextFn[AsyncJob], context: AsyncJob) -> Any:
         await asyncio.sleep(0.01)
         seen = {"pid": os.getpid(), "loop": id(asyncio.get_running_loop())}
         self.storage.put(f"probes/{context.name}", json.dumps(seen).encode())
@@ -40,7 +40,7 @@ class AsyncUndo(Execute[AsyncJob]):
     def __init__(self, storage: StorageInterface) -> None:
         self.storage = storage
 
-    async def execute(self, next_fn: AsyncNextFn, context: AsyncJob) -> Any:
+    async def execute(self, next_fn: AsyncNextFn[AsyncJob], context: AsyncJob) -> Any:
         await asyncio.sleep(0)
         self.storage.put(f"done/{context.name}", b"1")
         return await next_fn(context)
@@ -52,7 +52,7 @@ class AsyncUndo(Execute[AsyncJob]):
 
 @register_plugin("it_async_fail", registry=default_registry(), replace=True)
 class AsyncFail(Execute[AsyncJob]):
-    async def execute(self, next_fn: AsyncNextFn, context: AsyncJob) -> Any:
+    async def execute(self, next_fn: AsyncNextFn[AsyncJob], context: AsyncJob) -> Any:
         await asyncio.sleep(0.01)
         raise ConnectionError(f"{context.name}: the service refused")
 

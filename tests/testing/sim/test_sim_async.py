@@ -57,7 +57,7 @@ class AsyncIndex(Execute[Doc]):
     def __init__(self, storage: StorageInterface) -> None:
         self.storage = storage
 
-    async def execute(self, next_fn: AsyncNextFn, context: Doc) -> Any:
+    async def execute(self, next_fn: AsyncNextFn[Doc], context: Doc) -> Any:
         try:
             index = json.loads(self.storage.get(INDEX))
         except ObjectNotFoundError:
@@ -71,7 +71,7 @@ class AsyncIndex(Execute[Doc]):
 class AsyncWait(Execute[Doc]):
     """Awaits ``context.wait`` virtual seconds, noting when it started and ended."""
 
-    async def execute(self, next_fn: AsyncNextFn, context: Doc) -> Any:
+    async def execute(self, next_fn: AsyncNextFn[Doc], context: Doc) -> Any:
         effect("waiting", doc=context.name)
         await asyncio.sleep(context.wait)
         effect("waited", doc=context.name)
@@ -183,7 +183,7 @@ def test_an_async_stage_retry_waits_on_virtual_time(dcore_registry: Any) -> None
     failures: list[float] = []
 
     class Flaky(Execute[Doc]):
-        async def execute(self, next_fn: AsyncNextFn, context: Doc) -> Any:
+        async def execute(self, next_fn: AsyncNextFn[Doc], context: Doc) -> Any:
             if len(failures) < 2:
                 failures.append(asyncio.get_running_loop().time())
                 raise ConnectionError("blip")
@@ -206,7 +206,7 @@ def test_an_async_stage_awaiting_what_nothing_finishes_is_a_clear_error(
     dcore_registry: Any,
 ) -> None:
     class Stuck(Execute[Doc]):
-        async def execute(self, next_fn: AsyncNextFn, context: Doc) -> Any:
+        async def execute(self, next_fn: AsyncNextFn[Doc], context: Doc) -> Any:
             await asyncio.get_running_loop().create_future()  # nobody sets it
             return await next_fn(context)
 
