@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from fastapi import BackgroundTasks
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dcore import (
     AsyncNextFn,
@@ -393,3 +395,75 @@ def test_more_concurrent_requests_than_executor_threads_do_not_starve(
 
     results = asyncio.run(crowd())
     assert [r.status for r in results] == ["succeeded"] * requests
+
+
+class Mark(Execute[Trip]):
+    """Appends its name, fails when ``context.fail_at`` names it; plain."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def execute(self, next_fn: NextFn[Trip], context: Trip) -> Any:
+        context.steps.append(self.name)
+        if context.fail_at == self.name:
+            raise ConnectionError(f"{self.name} failed")
+        return next_fn(context)
+
+    def compensate(self, context: Trip, error: BaseException) -> None:
+        context.steps.append(f"undo {self.name}")
+
+
+class AsyncMark(Mark):
+    """The same, async."""
+
+    async def execute(self, next_fn: AsyncNextFn[Trip], context: Trip) -> Any:  # type: ignore[override]
+        await asyncio.sleep(0)
+        context.steps.append(self.name)
+        if context.fail_at == self.name:
+            raise ConnectionError(f"{self.name} failed")
+        return await next_fn(context)
+
+    async def compensate(self, context: Trip, error: BaseException) -> None:  # type: ignore[override]
+        await asyncio.sleep(0)
+        context.steps.append(f"undo {self.name}")
+
+
+@core_function
+def steps_core(ctx: Trip) -> str:
+    return "+".join(ctx.steps)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(st.booleans(), max_size=6), dispatch=st.integers(-1, 6),
+       fail=st.integers(-1, 6))
+def test_arun_over_any_mix_of_async_and_plain_stages_does_what_run_does_over_plain_twins(
+    dcore_env: Environment, kinds: list[bool], dispatch: int, fail: int
+) -> None:
+    """Same stages in the same order, same value back, same failure, same undoing, and
+    the same background part (here inline: it runs before the call returns)."""
+    dcore_env.registry.register("mark", Mark, replace=True)
+    dcore_env.registry.register("amark", AsyncMark, replace=True)
+    Mark.compensation_retry = RetryPolicy(attempts=1)  # type: ignore[attr-defined]
+
+    def build(ctx: Trip, asynchronous: bool) -> Any:
+        p = ctx.create_pipeline(steps_core)
+        for i, is_async in enumerate(kinds):
+            if i == dispatch:
+                p.chain(Dispatch("inline", retry=RetryPolicy(attempts=1)))
+            p.chain(Execute("amark" if asynchronous and is_async else "mark", name=f"s{i}"))
+        return p
+
+    def outcome(ctx: Trip, call: Any) -> tuple[Any, list[str]]:
+        try:
+            value = call()
+        except ConnectionError as exc:
+            value = str(exc)
+        if isinstance(value, JobHandle):
+            value = dcore_env.jobs.get(value.job_id).result
+        return value, list(ctx.steps)
+
+    fail_at = f"s{fail}" if fail >= 0 else ""
+    plain, mixed = Trip(fail_at=fail_at), Trip(fail_at=fail_at)
+    expected = outcome(plain, build(plain, False).run)
+    assert outcome(mixed, lambda: asyncio.run(build(mixed, True).arun())) == expected
