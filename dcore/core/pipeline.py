@@ -213,7 +213,11 @@ class Pipeline(Generic[ContextT]):
     # -- running --------------------------------------------------------------------------
     def run(self, context: ContextT | None = None) -> Any:
         """Run over ``context`` (default: the one the pipeline was created with)."""
-        ctx = self._context_for(context, "run()")
+        ctx = context if context is not None else self.context
+        if not isinstance(ctx, PipelineContext):
+            raise PipelineDefinitionError(
+                f"run() needs a PipelineContext, got {type(ctx).__name__}"
+            )
         entry = self._entry
         if entry is None:
             bound = self._freeze()
