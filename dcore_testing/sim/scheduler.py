@@ -234,24 +234,33 @@ class Scheduler:
                             clock._now = first
                             nxt.token += 1
                             self.current = nxt
-                            loop = _set_aside()
+                            loop = _running_loop()  # (_set_aside, inline: hot path)
+                            if loop is not None:
+                                _set_running_loop(None)
                             nxt.glet.switch()
-                            _take_back(loop)
+                            if loop is not None:
+                                _set_running_loop(loop)
                             return
                         due[first] = bucket  # not a plain wake-up: the loop fires it
             elif len(ready) == 1 and ready[0].glet is not None:
                 if fresh:
                     heappush(timers, when)
                 nxt = self.current = ready.pop()
-                loop = _set_aside()
+                loop = _running_loop()  # (_set_aside, inline: hot path)
+                if loop is not None:
+                    _set_running_loop(None)
                 nxt.glet.switch()  # type: ignore[union-attr]
-                _take_back(loop)
+                if loop is not None:
+                    _set_running_loop(loop)
                 return
         if fresh:
             heappush(timers, when)
-        loop = _set_aside()
+        loop = _running_loop()  # (_set_aside, inline: hot path)
+        if loop is not None:
+            _set_running_loop(None)
         self._hub.switch()  # type: ignore[union-attr]
-        _take_back(loop)
+        if loop is not None:
+            _set_running_loop(loop)
 
     def park(self, key: Hashable, timeout: float | None = None) -> bool:
         """Wait until :meth:`notify` on ``key`` (True) or ``timeout`` passes (False)."""
