@@ -254,8 +254,9 @@ class _KeptLoop:
 
     def __del__(self) -> None:
         loop = self.loop
-        if not loop.is_running() and not loop.is_closed():
-            loop.close()
+        with contextlib.suppress(Exception):  # at interpreter exit, modules may be gone
+            if not loop.is_running() and not loop.is_closed():
+                loop.close()
 
 
 _kept = threading.local()
