@@ -241,3 +241,28 @@ def test_hypothesis_shrinks_an_async_lost_update_to_two_jobs_and_one_preemption(
     count, trace = failures[-1]  # Hypothesis replays the shrunk example last
     assert count == 2
     assert trace.preemptions == 1
+
+
+def test_simulated_web_requests_await_their_async_stages_side_by_side() -> None:
+    """Three requests on web lanes, each awaiting a 30 s lookup before the hand-off:
+    they wait at the same time (the simulated web process serves them concurrently),
+    so all three are answered at t=30, and the same seed runs the same way again."""
+
+    def scenario(sim: SimEnvironment) -> list[float]:
+        answered: list[float] = []
+
+        def handler(i: int) -> Any:
+            p = docs_pipeline(Doc(name=f"doc{i}", wait=30.0))
+            handle = sim.run_async(p.arun())
+            answered.append(sim.clock.monotonic())
+            return handle
+
+        requests = [sim.request(handler, i) for i in range(3)]
+        sim.run_until_idle()
+        assert all(r.answered for r in requests)
+        return answered
+
+    with SimEnvironment(seed=6, workers=2) as sim:
+        assert scenario(sim) == [30.0, 30.0, 30.0]
+        invariants.no_job_lost(sim)
+    SimEnvironment(seed=6, workers=2).check_determinism(scenario)
