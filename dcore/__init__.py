@@ -27,7 +27,7 @@ from dcore._core.retry import RetryPolicy
 from dcore._core.runner import origin_of
 from dcore._core.saga import DEFAULT_COMPENSATION_RETRY, CompensationFailed
 from dcore._core.settings import DcoreSettings
-from dcore._plugins.interfaces import Dispatch, Execute, NextFn, StageRef
+from dcore._plugins.interfaces import AsyncNextFn, Dispatch, Execute, NextFn, StageRef
 from dcore._plugins.registry import (
     PluginRegistry,
     core_function,
@@ -39,6 +39,7 @@ from dcore._plugins.registry import (
 )
 from dcore._worker import run_message
 from dcore.errors import (
+    AsyncStageError,
     ContextSerializationError,
     DcoreError,
     MessageError,
@@ -54,6 +55,8 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_COMPENSATION_RETRY",
     "SHARD_COUNT",
+    "AsyncNextFn",
+    "AsyncStageError",
     "Clock",
     "CompensationFailed",
     "ContextSerializationError",

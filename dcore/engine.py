@@ -12,6 +12,7 @@ from dcore._core.delivery import Action, Outcome
 from dcore._core.ids import use_id_source
 from dcore._core.leases import Heartbeat
 from dcore._core.lifecycle import Delivered, describe_error
+from dcore._core.loops import run_coroutine
 from dcore._core.recovery import Lost, lost_jobs
 from dcore._core.redact import redact_url
 from dcore._core.retry import job_policy
@@ -34,5 +35,6 @@ __all__ = [
     "lost_jobs",
     "redact_url",
     "registered_context_types",
+    "run_coroutine",
     "use_id_source",
 ]

@@ -5,6 +5,7 @@ also subclasses it, so ``except TypeError`` and friends keep working::
 
     DcoreError
     ├── PipelineDefinitionError (ValueError)   bad chain: second Dispatch, chain after run()
+    ├── AsyncStageError (TypeError)            run() over an async stage (await arun())
     ├── PluginError
     │   ├── PluginNotFoundError (LookupError)  unknown plugin name (lists names, suggests one)
     │   │   └── BackendNotFoundError           one a setting chose: names DCORE_STORAGE … too
@@ -41,6 +42,7 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
+    "AsyncStageError",
     "BackendNotFoundError",
     "ConfigurationError",
     "ConfigurationWarning",
@@ -75,6 +77,11 @@ class DcoreError(Exception):
 
 class PipelineDefinitionError(DcoreError, ValueError):
     """The pipeline as chained cannot run (e.g. a second Dispatch)."""
+
+
+class AsyncStageError(DcoreError, TypeError):
+    """``run()`` reached a stage with ``async def execute`` before the hand-off: only
+    ``await pipeline.arun()`` can await it."""
 
 
 class PluginError(DcoreError):

@@ -34,9 +34,11 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dcore._core.afold import AsyncCall, afold
 from dcore._core.continuation import Continuation
 from dcore._core.environment import Environment
 from dcore._core.factory import PluginFactory, immutable_values, plugin_signature, rejected
+from dcore._core.loops import run_coroutine
 from dcore._core.message import StageSpec
 from dcore._core.runner import Call, Stage, fold, is_observer, observers_of
 from dcore._core.saga import Saga
@@ -56,8 +58,8 @@ class CompiledChain:
     by every pipeline with the same stages, so it holds nothing of one request."""
 
     __slots__ = (
-        "_bound", "compensable", "dispatch", "env", "generation", "observing", "registry",
-        "shared", "stages",
+        "_bound", "async_stages", "compensable", "dispatch", "env", "generation", "observing",
+        "registry", "shared", "stages",
     )  # fmt: skip
 
     def __init__(
@@ -76,6 +78,8 @@ class CompiledChain:
         self.observing = tuple(s.index for s in self.stages if s.observer)
         #: some stage can undo its work (see dcore._core.saga)
         self.compensable = any(s.compensates for s in self.stages)
+        #: the indexes of the stages whose ``execute`` is ``async def``
+        self.async_stages = tuple(s.index for s in self.stages if s.is_async)
         #: no pipeline has an instance of its own: every plugin is shareable or pooled,
         #: and there is no Dispatch (whose instance the environment may wrap per pipeline)
         self.shared = self.dispatch is None and all(s.construct is None for s in self.stages)
@@ -96,6 +100,12 @@ class CompiledChain:
                 self._bound.clear()
             bound = self._bound[core_fn] = BoundChain(self, core_fn)
         return bound
+
+    def first_async(self, start: int = 0, end: int | None = None) -> Stage | None:
+        """The first async stage of stages ``start..end-1``, if any."""
+        stop = len(self.stages) if end is None else end
+        index = next((i for i in self.async_stages if start <= i < stop), None)
+        return None if index is None else self.stages[index]
 
     def __repr__(self) -> str:
         return f"CompiledChain({', '.join(map(repr, self.stages))})"
@@ -205,8 +215,8 @@ class BoundChain:
     calls are made on first use, one per start position."""
 
     __slots__ = (
-        "_calls", "compiled", "core_fn", "dispatcher", "env", "env_observers", "instances",
-        "observers",
+        "_acalls", "_calls", "compiled", "core_fn", "dispatcher", "env", "env_observers",
+        "instances", "observers",
     )  # fmt: skip
 
     def __init__(self, compiled: CompiledChain, core_fn: Callable[[Any], Any]) -> None:
@@ -231,6 +241,7 @@ class BoundChain:
         self.env_observers = env.observers  # a live list, read per call (unless replaced)
         self.observers = observers_of(env.observers, own) if own else env.observers
         self._calls: dict[int, Call] = {}
+        self._acalls: dict[tuple[int, bool], AsyncCall] = {}
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -247,16 +258,35 @@ class BoundChain:
         return fold(self.compiled.stages[start:], self.instances, self.core_fn, self.env,
                     self.observers, self._rest_after)
 
+    def acall_from(self, start: int, *, offload: bool) -> AsyncCall:
+        """Stages ``start..`` up to the hand-off (or the core) as one coroutine function
+        (see :mod:`dcore._core.afold`): plain stages in a worker thread when
+        ``offload``, else on the loop. Folded once per start, then reused."""
+        call = self._acalls.get((start, offload))
+        if call is None:
+            stages = self.compiled.stages
+            dispatch = self.compiled.dispatch
+            end = dispatch.index + 1 if dispatch is not None and dispatch.index >= start \
+                else len(stages)
+            call = self._acalls.setdefault((start, offload), afold(
+                stages[start:end], self.instances, self.core_fn, self.env, self.observers,
+                self._rest_after, offload=offload))
+        return call
+
     def _rest_after(self, dispatch: Stage) -> Continuation[Any]:
         return Continuation(self, dispatch.index + 1, dispatch.declared_policy)
 
     def run_from(self, resume_at: int, ctx: Any) -> Any:
-        """Run stages ``resume_at..n`` and the core over ``ctx``."""
+        """Run stages ``resume_at..n`` and the core over ``ctx``: where they include
+        async stages, to completion on this thread's event loop (every engine's
+        background part comes through here)."""
         if resume_at > len(self.compiled.stages):
             raise MessageError(
                 f"resume_at={resume_at} is past the end of a "
                 f"{len(self.compiled.stages)}-stage pipeline"
             )
+        if self.compiled.async_stages and self.compiled.first_async(resume_at) is not None:
+            return run_coroutine(self.env, self.acall_from(resume_at, offload=False)(ctx))
         return self.call_from(resume_at)(ctx)
 
     def continuation(self, resume_at: int) -> Continuation[Any]:

@@ -8,6 +8,7 @@ dispatcher runs in the background sees the same services as the request that mad
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import uuid
@@ -49,6 +50,10 @@ class Environment:
     #: True when every process that runs this environment's jobs shares its in-memory
     #: services (the simulator): a remote hand-off over them is then allowed
     memory_services_shared: bool = False
+    #: Whether ``await pipeline.arun()`` runs plain stages and the hand-off in a worker
+    #: thread (so they never block the caller's loop); the simulator runs them on its
+    #: virtual-time loop instead, where a real thread would escape its scheduling
+    async_offload: bool = True
 
     def __init__(
         self,
@@ -144,6 +149,12 @@ class Environment:
                 self._services[name] = instance
                 self._owned.append(instance)
             return self._services[name]
+
+    # -- async stages ----------------------------------------------------------------
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        """A loop for async stages run outside a caller's loop (a background part; each
+        worker thread keeps one): the simulator's runs on its virtual clock."""
+        return asyncio.new_event_loop()
 
     # -- deliveries ----------------------------------------------------------------
     def new_delivery_id(self) -> str:

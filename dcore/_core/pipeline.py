@@ -24,6 +24,8 @@ one that runs (its options checked again).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -39,10 +41,15 @@ from dcore._core.environment import Environment, current_environment
 from dcore._core.message import StageSpec, core_function_name
 from dcore._core.retry import RetryPolicy
 from dcore._core.runner import Call, Stage, origin_of
-from dcore._core.saga import CompensationFailed, compensates, tracking, was_compensated
+from dcore._core.saga import (
+    compensates,
+    tracking,
+    undo_failed_run,
+)
 from dcore._plugins.interfaces import ContextT, StageRef
 from dcore._plugins.registry import interface_by_name
 from dcore.errors import (
+    AsyncStageError,
     ContextSerializationError,
     DispatchError,
     MessageError,
@@ -74,6 +81,12 @@ class Pipeline(Generic[ContextT]):
     ) -> None:
         if not callable(core_fn):
             raise PipelineDefinitionError(f"core_fn must be callable, got {core_fn!r}")
+        if inspect.iscoroutinefunction(core_fn):
+            raise PipelineDefinitionError(
+                f"core_fn {getattr(core_fn, '__qualname__', core_fn)!r} is async; a core "
+                "function is a plain one. Do the awaiting in an async stage (async def "
+                "execute) before it, and run the pipeline with await pipeline.arun()"
+            )
         if context is not None and not isinstance(context, ContextBase):
             raise PipelineDefinitionError(
                 f"a pipeline runs over a PipelineContext, got {type(context).__name__}"
@@ -214,7 +227,9 @@ class Pipeline(Generic[ContextT]):
             )
         entry = self._entry
         if entry is None:
-            entry = self._entry = self._freeze().call_from(0)
+            bound = self._freeze()
+            self._refuse_async(bound)
+            entry = self._entry = bound.call_from(0)
         dispatcher = self._dispatcher
         if dispatcher is not None and dispatcher.is_remote():
             self.check_remote(ctx)
@@ -228,12 +243,54 @@ class Pipeline(Generic[ContextT]):
             except Exception as exc:
                 # the sync part failed: undo what it completed (a job that ended DEAD
                 # was undone by its own delivery already)
-                if done and not was_compensated(exc):
-                    try:
-                        saga.compensate(done, (), exc)
-                    except CompensationFailed as failed:
-                        exc.add_note(f"and {failed}")
+                undo_failed_run(saga, done, exc)
                 raise
+
+    async def arun(self, context: ContextT | None = None) -> Any:
+        """``run()`` for async code: ``await pipeline.arun(ctx)`` runs the part before
+        the hand-off without blocking the event loop (async stages awaited on it, plain
+        ones and the Dispatch's hand-off in a worker thread) and returns what ``run()``
+        would. Stages with ``async def execute`` need it; it runs any pipeline."""
+        ctx = self._context_for(context, "arun()")
+        bound = self._freeze()
+        entry = bound.acall_from(0, offload=bound.env.async_offload)
+        dispatcher = self._dispatcher
+        if dispatcher is not None and dispatcher.is_remote():
+            self.check_remote(ctx)
+        if not self._compensable:
+            return await entry(ctx)
+        saga = bound.saga(ctx)
+        assert saga is not None
+        with tracking() as done:
+            try:
+                return await entry(ctx)
+            except Exception as exc:  # as run() does, in a thread: undoing may block
+                if bound.env.async_offload:
+                    await asyncio.to_thread(undo_failed_run, saga, done, exc)
+                else:
+                    undo_failed_run(saga, done, exc)
+                raise
+
+    def _context_for(self, context: ContextT | None, call: str) -> PipelineContext:
+        ctx = context if context is not None else self.context
+        if not isinstance(ctx, ContextBase):
+            raise PipelineDefinitionError(
+                f"{call} needs a PipelineContext, got {type(ctx).__name__}"
+            )
+        return ctx
+
+    def _refuse_async(self, bound: BoundChain) -> None:
+        """AsyncStageError when an async stage would run before the hand-off."""
+        end = self._dispatch_at
+        stage = bound.compiled.first_async(0, end)
+        if stage is None:
+            return
+        where = "before the Dispatch" if end is not None else "(there is no Dispatch)"
+        raise AsyncStageError(
+            f"stage {stage.index} ({stage.ref.plugin!r}) has an async execute() and runs "
+            f"in the caller {where}: run() cannot await it. Use `await pipeline.arun()` "
+            "from async code, or asyncio.run(pipeline.arun()) from sync code"
+        )
 
     def _freeze(self) -> BoundChain:
         """This pipeline's bound chain, made at the first run (or continuation)."""

@@ -7,8 +7,9 @@ retrying a non-idempotent stage must be opt-in).
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import tenacity
@@ -28,6 +29,7 @@ from dcore._core.settings import DcoreSettings
 __all__ = [
     "NO_RETRY",
     "RetryPolicy",
+    "acall_with_retry",
     "call_with_retry",
     "declared_policy",
     "job_policy",
@@ -135,6 +137,35 @@ def job_policy(declared: RetryPolicy | None, settings: DcoreSettings) -> RetryPo
     )
 
 
+def _retrying_options(
+    policy: RetryPolicy,
+    retry_if: Callable[[BaseException], bool] | None,
+    before_sleep: Callable[[int, BaseException, float], None] | None,
+    rng: random.Random | None,
+) -> dict[str, Any]:
+    """What tenacity's Retrying and AsyncRetrying both take for ``policy``."""
+
+    def should(exc: BaseException) -> bool:
+        return policy.should_retry(exc) and (retry_if is None or retry_if(exc))
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        return policy.delay(state.attempt_number, rng)
+
+    def notify(state: tenacity.RetryCallState) -> None:
+        if before_sleep is not None and state.outcome is not None and state.next_action:
+            exc = state.outcome.exception()
+            assert exc is not None
+            before_sleep(state.attempt_number, exc, state.next_action.sleep)
+
+    return {
+        "stop": tenacity.stop_after_attempt(policy.attempts),
+        "wait": wait,
+        "retry": tenacity.retry_if_exception(should),
+        "before_sleep": notify,
+        "reraise": True,
+    }
+
+
 def call_with_retry(
     fn: Callable[[], T],
     policy: RetryPolicy,
@@ -149,25 +180,23 @@ def call_with_retry(
     own, not those raised further down the chain)."""
     if policy.attempts == 1:
         return fn()
+    options = _retrying_options(policy, retry_if, before_sleep, rng)
+    return tenacity.Retrying(sleep=clock.sleep, **options)(fn)
 
-    def should(exc: BaseException) -> bool:
-        return policy.should_retry(exc) and (retry_if is None or retry_if(exc))
 
-    def wait(state: tenacity.RetryCallState) -> float:
-        return policy.delay(state.attempt_number, rng)
-
-    def notify(state: tenacity.RetryCallState) -> None:
-        if before_sleep is not None and state.outcome is not None and state.next_action:
-            exc = state.outcome.exception()
-            assert exc is not None
-            before_sleep(state.attempt_number, exc, state.next_action.sleep)
-
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(policy.attempts),
-        wait=wait,
-        retry=tenacity.retry_if_exception(should),
-        sleep=clock.sleep,
-        before_sleep=notify,
-        reraise=True,
-    )
-    return retrying(fn)
+async def acall_with_retry(
+    fn: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    retry_if: Callable[[BaseException], bool] | None = None,
+    before_sleep: Callable[[int, BaseException, float], None] | None = None,
+    rng: random.Random | None = None,
+) -> T:
+    """:func:`call_with_retry` for a coroutine function: the waits are awaited on the
+    running event loop (``asyncio.sleep``), whose time is the clock of async code (the
+    simulator's loop runs on its virtual clock), so a waiting stage never blocks it."""
+    if policy.attempts == 1:
+        return await fn()
+    options = _retrying_options(policy, retry_if, before_sleep, rng)
+    retrying: tenacity.AsyncRetrying = tenacity.AsyncRetrying(sleep=asyncio.sleep, **options)
+    return await retrying(fn)

@@ -15,6 +15,7 @@ raised further down the chain, and retries cannot multiply down a pipeline.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,8 @@ __all__ = [
     "is_observer",
     "observers_of",
     "origin_of",
+    "raised_downstream",
+    "stage_failed",
     "tag",
 ]
 
@@ -56,7 +59,7 @@ def origin_of(exc: BaseException) -> str | None:
     return getattr(exc, _ORIGIN, None)
 
 
-def _raised_downstream(exc: BaseException) -> bool:
+def raised_downstream(exc: BaseException) -> bool:
     """True when ``exc`` or an error it was raised from/while handling came out of a later
     stage: a stage that wraps next_fn's failure in its own error must not retry it."""
     seen: set[int] = set()
@@ -83,9 +86,9 @@ class Stage:
     that compiled to the same chain, so it holds nothing of one request."""
 
     __slots__ = (
-        "cls", "compensates", "construct", "declared_policy", "index", "is_dispatch",
-        "kwargs", "label", "observer", "options", "origin", "plain", "policy", "pooled",
-        "ref", "shared",
+        "cls", "compensates", "construct", "declared_policy", "index", "is_async",
+        "is_dispatch", "kwargs", "label", "observer", "options", "origin", "plain", "policy",
+        "pooled", "ref", "shared",
     )  # fmt: skip
 
     def __init__(
@@ -108,6 +111,9 @@ class Stage:
         self.observer = not self.pooled and not is_dispatch and is_observer_class(cls)
         #: whether it can undo its work (see dcore._core.saga)
         self.compensates = not is_dispatch and compensates(cls)
+        #: whether its ``execute`` is ``async def`` (see dcore._core.afold)
+        self.is_async = not is_dispatch and inspect.iscoroutinefunction(
+            getattr(cls, "execute", None))
         self.construct: Callable[..., Any] | None = None
         self.kwargs: dict[str, Any] = {}
         self.shared: Any = None
@@ -175,10 +181,10 @@ def core_call(core: Callable[[Any], Any]) -> Call:
     return call_core
 
 
-def _failed(stage: Stage, env: Environment, ctx: Any, exc: BaseException) -> None:
+def stage_failed(stage: Stage, env: Environment, ctx: Any, exc: BaseException) -> None:
     """Tag ``exc`` with ``stage``; report it as the stage's failure if its own code
     raised it."""
-    own = not _raised_downstream(exc)
+    own = not raised_downstream(exc)
     tag(exc, stage.origin)
     if own and isinstance(exc, Exception):
         events.emit(env, events.STAGE_FAILED, job_id=ctx.job_id, stage=stage.origin,
@@ -192,15 +198,17 @@ def fold(
     env: Environment,
     observers: Sequence[PipelineObserver],
     rest_after: Callable[[Stage], Continuation[Any]],
+    tail: Call | None = None,
 ) -> Call:
     """``stages`` (run with ``instances``, by stage index) then ``core``, as one call;
-    the Dispatch stage hands ``rest_after(stage)`` to its dispatcher.
+    the Dispatch stage hands ``rest_after(stage)`` to its dispatcher. ``tail``, when
+    given, replaces the core at the end (the rest of a chain folded another way).
 
     A plain stage (one attempt, not pooled) whose pipeline has no observer of its own
     gets the shortest call: a function with what it needs bound as defaults (making ten
     per request costs half what closures do). The environment's observers are a live
     list, checked per call; only a non-empty one takes the observed path."""
-    call = core_call(core)
+    call = core_call(core) if tail is None else tail
     shared = env.observers
     for stage in reversed(stages):
         instance = instances[stage.index]
@@ -223,7 +231,7 @@ def fold(
                 try:
                     return execute(next_call, ctx)
                 except BaseException as exc:
-                    _failed(stage, env, ctx, exc)
+                    stage_failed(stage, env, ctx, exc)
                     raise
 
             call = plain
@@ -264,7 +272,7 @@ def _observed(
     try:
         result = execute(next_call, ctx)
     except BaseException as exc:
-        _failed(stage, env, ctx, exc)
+        stage_failed(stage, env, ctx, exc)
         for observer in observers:
             observer.stage_exit(stage, ctx, exc)
         raise
@@ -288,7 +296,7 @@ def _general_call(
     origin = stage.origin
 
     def own_failure(exc: BaseException) -> bool:
-        return not _raised_downstream(exc)
+        return not raised_downstream(exc)
 
     def body(ctx: Any) -> Any:
         if pool is None:

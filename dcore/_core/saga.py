@@ -28,6 +28,7 @@ compensations pays nothing.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ __all__ = [
     "compensates",
     "completed",
     "tracking",
+    "undo_failed_run",
 ]
 
 #: A compensation is retried unless its stage says otherwise: undoing must not give up
@@ -104,6 +106,17 @@ def was_compensated(exc: BaseException) -> bool:
     return bool(getattr(exc, _COMPENSATED, False))
 
 
+def undo_failed_run(saga: Saga, done: Sequence[int], exc: Exception) -> None:
+    """The synchronous part of a run raised ``exc`` after stages ``done`` completed: undo
+    them (unless the job's delivery already did, for a job that ended DEAD), noting on
+    ``exc`` a compensation that failed for good. The caller re-raises ``exc``."""
+    if done and not was_compensated(exc):
+        try:
+            saga.compensate(done, (), exc)
+        except CompensationFailed as failed:
+            exc.add_note(f"and {failed}")
+
+
 class CompensationFailed(Exception):
     """A stage's compensation failed for good (after its retries)."""
 
@@ -158,15 +171,23 @@ class Saga:
             policy = getattr(stage.cls, "compensation_retry", None) or (
                 DEFAULT_COMPENSATION_RETRY)
             try:
-                call_with_retry(_undo(instance, ctx, reason), policy, env.clock, rng=env.random)
+                call_with_retry(_undo(instance, ctx, reason, env), policy, env.clock,
+                                rng=env.random)
             except Exception as exc:
                 raise CompensationFailed(stage.origin, exc) from exc
             if on_compensated is not None:
                 on_compensated(index)
 
 
-def _undo(instance: Any, ctx: Any, reason: BaseException) -> Callable[[], Any]:
+def _undo(
+    instance: Any, ctx: Any, reason: BaseException, env: Environment
+) -> Callable[[], Any]:
     def undo() -> Any:
-        return instance.compensate(ctx, reason)
+        result = instance.compensate(ctx, reason)
+        if inspect.iscoroutine(result):  # an ``async def compensate``
+            from dcore._core.loops import run_coroutine
+
+            return run_coroutine(env, result)
+        return result
 
     return undo

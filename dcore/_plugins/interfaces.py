@@ -12,7 +12,7 @@ so ``pipeline.chain(Execute("logging", level="DEBUG"))`` reads like the keyword 
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from dcore._core.retry import RetryPolicy
 
 __all__ = [
+    "AsyncNextFn",
     "ContextT",
     "Dispatch",
     "Execute",
@@ -39,6 +40,8 @@ ContextT = TypeVar("ContextT", bound="PipelineContext")
 
 #: What a stage calls to continue: the rest of the pipeline, returning core_fn's value.
 NextFn = Callable[[ContextT], Any]
+#: What an ``async def execute`` stage awaits to continue (see dcore._core.afold).
+AsyncNextFn = Callable[[ContextT], Coroutine[Any, Any, Any]]
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,11 @@ class Execute(PluginInterface, Generic[ContextT]):
 
     @abstractmethod
     def execute(self, next_fn: NextFn[ContextT], context: ContextT) -> Any:
-        """Run this stage. Not calling ``next_fn`` stops the pipeline here."""
+        """Run this stage. Not calling ``next_fn`` stops the pipeline here.
+
+        May be ``async def execute(self, next_fn: AsyncNextFn[C], context)``: then
+        ``next_fn`` is awaited, and the pipeline runs with ``await pipeline.arun()``
+        (``run()`` only when every async stage follows the Dispatch)."""
 
 
 @define_interface

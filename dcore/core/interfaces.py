@@ -5,6 +5,7 @@ paths. ``from dcore import ...`` is the shorter way to the same objects.
 """
 
 from dcore._plugins.interfaces import (
+    AsyncNextFn,
     ContextT,
     Dispatch,
     Execute,
@@ -16,6 +17,7 @@ from dcore._plugins.interfaces import (
 )
 
 __all__ = [
+    "AsyncNextFn",
     "ContextT",
     "Dispatch",
     "Execute",

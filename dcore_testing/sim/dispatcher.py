@@ -10,7 +10,7 @@ Every Dispatch a pipeline builds in a :class:`SimEnvironment` is wrapped by
 
 The broker hands messages to ``workers`` simulated worker processes, one job each at a
 time. Each delivery goes through production's own path, so the one delivery decision
-(:mod:`dcore._core.delivery`) says what follows and the broker only carries it out: a
+(:func:`dcore.engine.deliver_message`) says what follows and the broker only carries it out: a
 retry after the job policy's backoff, a deferral while another delivery holds the job's
 lease, a requeue when the job store was unreachable (all on virtual time). A worker
 crash leaves the job RUNNING with a lease nobody renews; an at-least-once broker (every

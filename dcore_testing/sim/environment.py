@@ -15,20 +15,22 @@ chooser's decisions: the same seed gives a byte-identical trace.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import random
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from dcore import DcoreSettings, Environment, PluginRegistry, use_environment
-from dcore.engine import Heartbeat, use_id_source
+from dcore.engine import Heartbeat, run_coroutine, use_id_source
 from dcore.services.jobs import JobState
+from dcore_testing.sim.aio import VirtualEventLoop
 from dcore_testing.sim.chooser import Chooser, RandomChooser, ReplayChooser
 from dcore_testing.sim.clock import VirtualClock
 from dcore_testing.sim.dispatcher import Broker, SimDispatcher, SimObserver
@@ -43,6 +45,8 @@ __all__ = ["Delivery", "Request", "ServiceFactory", "SimEnvironment", "effect",
 
 Delivery = Literal["auto", "at_least_once", "at_most_once"]
 ServiceFactory = Callable[[VirtualClock, DcoreSettings], Mapping[str, Any]]
+T = TypeVar("T")
+
 _JOB_TOPICS = frozenset({"job.scheduled", "job.started", "job.retrying", "job.succeeded",
                          "job.dead", "job.compensating", "job.compensated",
                          "stage.compensated", "stage.failed", "errors"})
@@ -162,6 +166,21 @@ class SimEnvironment(Environment):
                 "fresh()/check_determinism() rebuild the run from its seed; this one was "
                 "made with a custom chooser. Use SimEnvironment(seed=...) instead")
         return type(self)(**self._config)
+
+    # -- async stages ----------------------------------------------------------------------
+    #: arun() runs plain stages on the virtual loop: a real thread would escape scheduling
+    async_offload = False
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        """A loop on virtual time: an async stage's ``await asyncio.sleep()`` is a
+        yield point of the simulation, and moves virtual time only."""
+        return VirtualEventLoop(self.clock)
+
+    def run_async(self, main: Coroutine[Any, Any, T]) -> T:
+        """Run ``main`` (test code awaiting ``pipeline.arun()``) on a virtual-time loop
+        in the main flow, as ``asyncio.run`` would on a real one: while it waits, the
+        simulation runs (as ``clock.sleep`` outside a task does)."""
+        return run_coroutine(self, main)
 
     # -- deliveries ------------------------------------------------------------------------
     def new_delivery_id(self) -> str:

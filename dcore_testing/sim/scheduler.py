@@ -20,7 +20,10 @@ budget or deadline) goes through the loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+from asyncio import _get_running_loop as _running_loop
+from asyncio import _set_running_loop
 from collections.abc import Callable, Hashable
 from heapq import heappop, heappush, heapreplace
 from typing import Any
@@ -81,6 +84,22 @@ class TimerHandle:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+def _set_aside() -> asyncio.AbstractEventLoop | None:
+    """Before a task switches out: asyncio keeps the running loop per thread, and every
+    task shares the thread, so a task inside an async stage's loop (see
+    :mod:`dcore_testing.sim.aio`) takes it with it; the next task finds none."""
+    loop = _running_loop()
+    if loop is not None:
+        _set_running_loop(None)
+    return loop
+
+
+def _take_back(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Back in the task: its loop (if any) is the running one again."""
+    if loop is not None:
+        _set_running_loop(loop)
 
 
 def _cancelled(bucket: _Bucket) -> bool:
@@ -215,18 +234,33 @@ class Scheduler:
                             clock._now = first
                             nxt.token += 1
                             self.current = nxt
+                            loop = _running_loop()  # (_set_aside, inline: hot path)
+                            if loop is not None:
+                                _set_running_loop(None)
                             nxt.glet.switch()
+                            if loop is not None:
+                                _set_running_loop(loop)
                             return
                         due[first] = bucket  # not a plain wake-up: the loop fires it
             elif len(ready) == 1 and ready[0].glet is not None:
                 if fresh:
                     heappush(timers, when)
                 nxt = self.current = ready.pop()
+                loop = _running_loop()  # (_set_aside, inline: hot path)
+                if loop is not None:
+                    _set_running_loop(None)
                 nxt.glet.switch()  # type: ignore[union-attr]
+                if loop is not None:
+                    _set_running_loop(loop)
                 return
         if fresh:
             heappush(timers, when)
+        loop = _running_loop()  # (_set_aside, inline: hot path)
+        if loop is not None:
+            _set_running_loop(None)
         self._hub.switch()  # type: ignore[union-attr]
+        if loop is not None:
+            _set_running_loop(loop)
 
     def park(self, key: Hashable, timeout: float | None = None) -> bool:
         """Wait until :meth:`notify` on ``key`` (True) or ``timeout`` passes (False)."""
@@ -258,7 +292,9 @@ class Scheduler:
     def _switch_out(self) -> None:
         hub = self._hub
         assert hub is not None
+        loop = _set_aside()
         hub.switch()
+        _take_back(loop)
 
     # -- running ---------------------------------------------------------------------------
     def run(self, until: float | None = None, steps: int | None = None) -> str:
@@ -270,6 +306,9 @@ class Scheduler:
                 "call run_until_idle()/run_for()/step() from the test's own code"
             )
         self._running = True
+        # run from inside a virtual loop's wait (test code awaiting in the main flow):
+        # that loop is the main flow's, not the tasks'
+        outer = _set_aside()
         self._hub = hub = getcurrent()
         self._direct = steps is None
         self._until = _INF if until is None else until
@@ -321,6 +360,7 @@ class Scheduler:
         finally:
             self._running = False
             self._direct, self._until = False, _INF
+            _take_back(outer)
 
     def _fire(self, timers: list[float], due: dict[float, _Bucket], now: float) -> None:
         """Fire every timer due by ``now``, earliest first and in the order set within an

@@ -1,4 +1,5 @@
-"""The seed's ``/upload`` endpoint, verbatim but for the import roots, plus two helpers.
+"""The seed's ``/upload`` endpoint, verbatim but for the import roots and ``await
+pipeline.arun()`` (the hand-off off the event loop), plus two helpers.
 
 ``schedule_job`` is dcore's configurable Dispatch: with the default
 ``DCORE_DISPATCHER=auto`` it hands the rest of the pipeline to the request's
@@ -48,8 +49,9 @@ async def upload_endpoint(background_tasks: BackgroundTasks, file: UploadFile) -
 
     # 4. Run the pipeline
     # The 'schedule_job' dispatcher will intercept the call, schedule the rest
-    # of the chain to run in the background, and return immediately.
-    result = pipeline.run()
+    # of the chain to run in the background, and return immediately. arun() does
+    # the hand-off (job record, send) in a worker thread: the loop keeps serving.
+    result = await pipeline.arun()
     return result
 
 
@@ -85,7 +87,7 @@ async def upload_v2(background_tasks: BackgroundTasks, file: UploadFile) -> Any:
         job_type="v2",
         background_tasks=background_tasks,
     )
-    return build_upload_pipeline(ctx).run()
+    return await build_upload_pipeline(ctx).arun()
 
 
 @app.get("/jobs/{job_id}")

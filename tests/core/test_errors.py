@@ -28,6 +28,7 @@ from dcore import (
     use_environment,
 )
 from dcore.errors import (
+    AsyncStageError,
     BackendNotFoundError,
     ConfigurationError,
     ContextSerializationError,
@@ -68,6 +69,11 @@ class Sized(Execute[Any]):
         return next_fn(context)
 
 
+class Awaiting(Execute[Any]):
+    async def execute(self, next_fn: Any, context: Any) -> Any:
+        return await next_fn(context)
+
+
 class Held(Sized):
     def __enter__(self) -> Held:
         return self
@@ -80,6 +86,7 @@ class Held(Sized):
 def env(tmp_path: Path, dcore_registry: PluginRegistry) -> Iterator[Environment]:
     dcore_registry.register("sized", Sized)
     dcore_registry.register("held", Held)
+    dcore_registry.register("awaiting", Awaiting)
     environment = Environment(
         DcoreSettings(storage_root=tmp_path, redis_url="redis://127.0.0.1:1/0"),
         clock=ManualClock(),
@@ -92,6 +99,11 @@ def env(tmp_path: Path, dcore_registry: PluginRegistry) -> Iterator[Environment]
 
 def second_dispatch(env: Environment) -> None:
     PipelineContext().create_pipeline(print).chain(Dispatch("inline")).chain(Dispatch("thread"))
+
+
+def async_stage_in_run(env: Environment) -> None:
+    pipeline = PipelineContext().create_pipeline(print)
+    pipeline.chain(Execute("sized", size=1)).chain(Execute("awaiting")).run()
 
 
 def duplicate(env: Environment) -> None:
@@ -157,6 +169,8 @@ def shutdown_timeout(env: Environment) -> None:
 
 TRIGGERS: list[tuple[type[DcoreError], Callable[[Environment], Any], list[str]]] = [
     (PipelineDefinitionError, second_dispatch, ["'thread' (stage 1)", "'inline' (stage 0)"]),
+    (AsyncStageError, async_stage_in_run,
+     ["stage 1 ('awaiting')", "async execute()", "await pipeline.arun()"]),
     (PluginNotFoundError, lambda env: env.registry.get(Execute, "sizd"),
      ["'sizd'", "Did you mean 'sized'?"]),
     (PluginOptionsError, lambda env: PluginFactory(environment=env).create(Execute, "sized",
@@ -229,6 +243,7 @@ def test_every_error_is_drawn_in_the_module_docstring_and_exported() -> None:
     ("error", "builtin"),
     [
         (PipelineDefinitionError, ValueError),
+        (AsyncStageError, TypeError),
         (PluginNotFoundError, LookupError),
         (PluginOptionsError, TypeError),
         (DuplicatePluginError, ValueError),

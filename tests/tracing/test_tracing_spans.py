@@ -193,3 +193,30 @@ def test_the_tracing_stage_keeps_a_propagator_the_app_installed(
     set_trace_propagator(custom)
     TracedCtx().create_pipeline(traced_core).chain(Execute("tracing")).run()
     assert trace_propagator() is custom
+
+
+def test_async_stages_get_spans_in_the_same_trace_on_both_sides_of_the_hand_off(
+    env: Environment, exporter: InMemorySpanExporter, steps: dict[str, int]
+) -> None:
+    import asyncio
+
+    from dcore import AsyncNextFn
+
+    class Awaiting(Execute[Any]):
+        async def execute(self, next_fn: AsyncNextFn[Any], context: Any) -> Any:
+            await asyncio.sleep(0)
+            return await next_fn(context)
+
+    env.registry.register("awaiting", Awaiting)
+    ctx = TracedCtx()
+    pipeline = ctx.create_pipeline(traced_core)
+    pipeline.chain(Execute("tracing")).chain(Execute("awaiting")).chain(Dispatch("thread"))
+    pipeline.chain(Execute("awaiting")).chain(Execute("step"))
+    asyncio.run(pipeline.arun())
+    ThreadDispatcher.drain(10)
+    spans = by_stage(exporter.get_finished_spans())
+    assert set(spans) == {"tracing#0", "awaiting#1", "awaiting#3", "step#4"}
+    assert len({s.context.trace_id for s in spans.values()}) == 1
+    assert parent_of(spans["awaiting#1"]) == spans["tracing#0"].context.span_id
+    assert parent_of(spans["awaiting#3"]) == spans["awaiting#1"].context.span_id
+    assert parent_of(spans["step#4"]) == spans["awaiting#3"].context.span_id
