@@ -136,8 +136,11 @@ def after_claim(attempt: int, claim: Claim | StoreUnreachable) -> Outcome:
                        reason="starting the compensation its failed delivery never began")
     if status is ClaimStatus.ENDED and claim.plan == "dead":
         return Outcome(Action.DEAD, attempt, reason="finishing an interrupted dead-lettering")
-    what = f"the job is {claim.state}" if status is ClaimStatus.FINISHED else (
-        f"attempt {attempt} already ended (the job is at attempt {claim.attempt}, {claim.state})")
+    if status is ClaimStatus.FINISHED:
+        what = f"the job is {claim.state}"
+    else:
+        what = (f"attempt {attempt} already ended "
+                f"(the job is at attempt {claim.attempt}, {claim.state})")
     return Outcome(Action.SKIP, attempt, reason=f"duplicate delivery skipped: {what}")
 
 

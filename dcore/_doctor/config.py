@@ -108,7 +108,8 @@ def check_visibility(settings: DcoreSettings, *, celery: bool) -> list[Finding]:
         findings.append(warning("visibility", (
             f"{timeout} is not longer than the longest retry delay of the DCORE_JOB_* "
             f"policy ({longest:g} s, from {settings.as_given('job_attempts')}, "
-            f"{settings.as_given('job_initial_delay')}, {settings.as_given('job_backoff')}, "
+            f"{settings.as_given('job_initial_delay')}, "
+            f"{settings.as_given('job_backoff')}, "
             f"{settings.as_given('job_max_delay')}): the broker delivers a retry's "
             "countdown message a second time while it waits (the lease skips the copy). "
             f"Fix: DCORE_CELERY_VISIBILITY_TIMEOUT above {longest:g}, or a lower "

@@ -114,7 +114,8 @@ def redis_servers(
             options: dict[str, Any] = cast("Callable[[str], dict[str, Any]]", parse)(url)
         except ValueError as exc:
             findings.append(error("redis", (
-                f"{_listing(seen.variables)}={hide_password(url)!r} ({', '.join(seen.roles)}) "
+                f"{_listing(seen.variables)}={hide_password(url)!r} "
+                f"({', '.join(seen.roles)}) "
                 f"cannot be parsed: {str(exc).rstrip('.')}. Fix: write it as "
                 "redis://[:PASSWORD@]HOST:6379/0")))
             continue

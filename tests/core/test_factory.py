@@ -48,8 +48,12 @@ class Flexible(Base):
 
 
 class Scalar(Base):
-    def __init__(self, value: int | bool | str = 0, tags: list[str] | None = None,
-                 names: list[str] = ["a"]) -> None:  # noqa: B006 - tests default copying
+    def __init__(
+        self,
+        value: int | bool | str = 0,
+        tags: list[str] | None = None,
+        names: list[str] = ["a"],  # noqa: B006 - tests default copying
+    ) -> None:
         self.value, self.tags, self.names = value, tags, names
 
 
