@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from dcore import (
@@ -220,8 +220,9 @@ def test_an_async_stage_awaiting_what_nothing_finishes_is_a_clear_error(
 def test_hypothesis_shrinks_an_async_lost_update_to_two_jobs_and_one_preemption() -> None:
     failures: list[tuple[int, Trace]] = []
 
-    @settings(max_examples=300, database=None, deadline=None, derandomize=True,
+    @settings(max_examples=300, database=None, deadline=None, derandomize=False,
               suppress_health_check=list(HealthCheck))
+    @seed(2)  # derandomize would seed from the source text: its layout must not matter
     @given(st.data())
     def the_index_never_loses_a_doc(data: st.DataObject) -> None:
         count = data.draw(st.integers(1, 4), label="docs")

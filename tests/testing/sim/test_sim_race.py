@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from dcore_testing.invariants import InvariantViolation, lock_mutual_exclusion
@@ -28,8 +28,9 @@ def test_the_lost_update_is_found_within_200_seeds() -> None:
 def test_hypothesis_shrinks_the_race_to_two_jobs_and_one_preemption() -> None:
     failures: list[tuple[int, Trace]] = []
 
-    @settings(max_examples=300, database=None, deadline=None, derandomize=True,
+    @settings(max_examples=300, database=None, deadline=None, derandomize=False,
               suppress_health_check=list(HealthCheck))
+    @seed(2)  # derandomize would seed from the source text: its layout must not matter
     @given(st.data())
     def uploads_never_lose_a_file(data: st.DataObject) -> None:
         count = data.draw(st.integers(1, 4), label="uploads")
