@@ -15,6 +15,7 @@ chooser's decisions: the same seed gives a byte-identical trace.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import SecretStr
 
 from dcore.core.environment import Environment, use_environment
 from dcore.core.ids import use_id_source
@@ -50,6 +53,10 @@ _JOB_TOPICS = frozenset({"job.scheduled", "job.started", "job.retrying", "job.su
                          "job.dead", "job.compensating", "job.compensated",
                          "stage.compensated", "stage.failed", "errors"})
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
+#: the calls ``_record_call`` records as something else than a plain ``call`` event
+_EVENT_OPS = frozenset({"events.publish", "events.append"})
+#: what ``enter_call`` returns when no fault plan is active
+_NO_FLAGS = (False, False)
 
 
 class SimEnvironment(Environment):
@@ -231,12 +238,19 @@ class SimEnvironment(Environment):
     def service_call(self, op: str, fn: Callable[..., Any], args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
         task = self.scheduler.current
-        flags = self.enter_call(op, task) if task is not None else (False, False)
+        faulty = self.faults.active
+        if task is None:
+            flags = _NO_FLAGS
+        elif faulty or task.crashed:
+            flags = self.enter_call(op, task)
+        else:  # enter_call without a fault plan: only the yield point
+            self.scheduler.yield_()
+            flags = _NO_FLAGS
         self._record_call(op, args)
         result = fn(*args, **kwargs)
-        if op.startswith("jobs."):
+        if op[:5] == "jobs.":
             self._record_announced(op, args, kwargs, result)
-        if task is not None and self.faults.active:
+        if task is not None and faulty:
             first = args[0] if args else None
             self.faults.after_call(task, self._job_ordinal(task, first), op, *flags)
         return result
@@ -263,6 +277,13 @@ class SimEnvironment(Environment):
     def _record_call(self, op: str, args: tuple[Any, ...]) -> None:
         emit = self.scheduler.emit
         first = args[0] if args else None
+        if op not in _EVENT_OPS:  # the common case: storage, jobs and locks calls
+            if isinstance(first, str):
+                emit("call", op=op, key=self.alias(first) if op[:5] == "jobs." else (
+                    first if len(first) < 32 or not self._aliases else self.scrub(first)))
+            else:
+                emit("call", op=op)
+            return
         if op == "events.publish" and isinstance(first, str) and first in _JOB_TOPICS:
             payload = args[1] if len(args) > 1 and isinstance(args[1], Mapping) else {}
             job_id = payload.get("job_id")
@@ -512,15 +533,27 @@ _SETTINGS_CACHE: dict[str, DcoreSettings] = {}
 
 def _settings(overrides: Mapping[str, Any]) -> DcoreSettings:
     """DcoreSettings with in-memory services; built once per distinct overrides and
-    ``DCORE_*`` variables (building reads the environment: ~5 ms), copied after."""
-    env = sorted((k, v) for k, v in os.environ.items() if k.upper().startswith("DCORE_"))
+    ``DCORE_*`` variables (building reads the environment: ~5 ms), copied after: each
+    simulation gets its own copy, with its own copy of every mutable value (a list),
+    so one that changes its settings changes no other's."""
+    environ = os.environ
+    env = sorted((k, environ[k]) for k in environ if k[:6].upper() == "DCORE_")
     key = json.dumps([env, sorted(overrides.items())], default=repr)
     cached = _SETTINGS_CACHE.get(key)
     if cached is None:
         defaults = {"storage": "memory", "event_bus": "memory", "job_store": "memory",
                     "locks": "memory"}
         cached = _SETTINGS_CACHE[key] = DcoreSettings(**{**defaults, **overrides})
-    return cached.model_copy(deep=True)
+    copied = cached.model_copy()
+    values = copied.__dict__
+    for name, value in values.items():
+        if not isinstance(value, _IMMUTABLE):
+            values[name] = copy.deepcopy(value)
+    return copied
+
+
+#: setting values that a shallow copy may share (anything else is deep-copied)
+_IMMUTABLE = (str, int, float, bool, type(None), Path, SecretStr, frozenset, tuple)
 
 
 def memory_backends(clock: VirtualClock, settings: DcoreSettings) -> dict[str, Any]:

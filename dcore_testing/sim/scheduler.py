@@ -115,11 +115,13 @@ class Scheduler:
         running task's)."""
         if task is None:
             task = self.current
-        event: dict[str, Any] = {"t": self.clock._now, "ev": ev,
-                                 "lane": "main" if task is None else task.lane}
-        if task is not None and task.job is not None:
-            event["job"] = task.job
-        event.update(fields)
+            if task is None:
+                self.trace.record({"t": self.clock._now, "ev": ev, "lane": "main", **fields})
+                return
+        job = task.job
+        # (a "job" among the fields keeps its place after "lane" and takes its value)
+        event = ({"t": self.clock._now, "ev": ev, "lane": task.lane, **fields} if job is None
+                 else {"t": self.clock._now, "ev": ev, "lane": task.lane, "job": job, **fields})
         self.trace.record(event)
 
     # -- creating work ----------------------------------------------------------------------
