@@ -279,8 +279,10 @@ class SimEnvironment(Environment):
         first = args[0] if args else None
         if op not in _EVENT_OPS:  # the common case: storage, jobs and locks calls
             if isinstance(first, str):
-                emit("call", op=op, key=self.alias(first) if op[:5] == "jobs." else (
-                    first if len(first) < 32 or not self._aliases else self.scrub(first)))
+                aliases = self._aliases
+                emit("call", op=op, key=(aliases.get(first) or self.alias(first))
+                     if op[:5] == "jobs." else (first if len(first) < 32 or not aliases
+                                                else self.scrub(first)))
             else:
                 emit("call", op=op)
             return
@@ -289,7 +291,7 @@ class SimEnvironment(Environment):
             job_id = payload.get("job_id")
             fields: dict[str, Any] = {}
             if isinstance(job_id, str):
-                fields["job"] = self.alias(job_id)
+                fields["job"] = self._aliases.get(job_id) or self.alias(job_id)
             for key in ("attempt", "stage"):
                 if key in payload:
                     fields[key] = payload[key]

@@ -115,14 +115,18 @@ class Scheduler:
         running task's)."""
         if task is None:
             task = self.current
-            if task is None:
-                self.trace.record({"t": self.clock._now, "ev": ev, "lane": "main", **fields})
-                return
-        job = task.job
-        # (a "job" among the fields keeps its place after "lane" and takes its value)
-        event = ({"t": self.clock._now, "ev": ev, "lane": task.lane, **fields} if job is None
-                 else {"t": self.clock._now, "ev": ev, "lane": task.lane, "job": job, **fields})
-        self.trace.record(event)
+        if task is None:
+            event = {"t": self.clock._now, "ev": ev, "lane": "main", **fields}
+        elif task.job is None:
+            event = {"t": self.clock._now, "ev": ev, "lane": task.lane, **fields}
+        else:  # (a "job" among the fields keeps its place after "lane", with its value)
+            event = {"t": self.clock._now, "ev": ev, "lane": task.lane, "job": task.job,
+                     **fields}
+        trace = self.trace
+        if trace.expected is None:  # recording: Trace.record's whole work
+            trace.events.append(event)
+        else:
+            trace.record(event)
 
     # -- creating work ----------------------------------------------------------------------
     def spawn(self, fn: Callable[[], Any], *, name: str, lane: str | None = None,
