@@ -191,7 +191,7 @@ class Write(Execute[Any]):
         return next_fn(context)
 
 
-@core_function("bench_sim.two_jobs_done")
+@core_function("bench_sim.two_jobs_done", replace=True)
 def two_jobs_done(context: TwoJobs) -> int:
     return context.order
 
