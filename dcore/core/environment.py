@@ -251,4 +251,9 @@ def use_environment(env: Environment) -> Iterator[Environment]:
         yield env
     finally:
         with _guard:
-            _stack.remove(env)
+            # the innermost entry of env: the same environment may also be current
+            # further out (a simulation running inside its own ``with`` block)
+            for i in range(len(_stack) - 1, -1, -1):
+                if _stack[i] is env:
+                    del _stack[i]
+                    break

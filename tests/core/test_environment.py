@@ -129,6 +129,20 @@ def test_use_environment_scopes_nests_and_restores(dcore_registry: PluginRegistr
     assert current_environment() is outer_default
 
 
+def test_an_environment_scoped_again_inside_another_leaves_that_one_current(
+    dcore_registry: PluginRegistry,
+) -> None:
+    """a, then b, then a again: leaving the innermost a makes b current, not a."""
+    a = Environment(DcoreSettings(), registry=dcore_registry)
+    b = Environment(DcoreSettings(), registry=dcore_registry)
+    with use_environment(a):
+        with use_environment(b):
+            with use_environment(a):
+                assert current_environment() is a
+            assert current_environment() is b
+        assert current_environment() is a
+
+
 def test_scoped_environment_is_visible_to_other_threads(dcore_env: Environment) -> None:
     seen: list[Environment] = []
     worker = threading.Thread(target=lambda: seen.append(current_environment()))
