@@ -136,7 +136,7 @@ class Broker:
         sim = self.sim
         job = sim.alias(context.job_id)
         remote = inner.is_remote()
-        message = next_fn.to_message(context).to_json() if remote else None
+        message = next_fn.to_json(context) if remote else None
         if self.delivery == "auto":
             at_most_once = _at_most_once(inner, context)
         else:

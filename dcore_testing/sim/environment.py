@@ -22,14 +22,14 @@ import os
 import random
 import re
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from dcore.core.environment import Environment, use_environment
+from dcore.core.environment import Environment, current_environment, use_environment
 from dcore.core.ids import use_id_source
 from dcore.core.leases import Heartbeat
 from dcore.core.plugins import PluginRegistry
@@ -55,6 +55,8 @@ _JOB_TOPICS = frozenset({"job.scheduled", "job.started", "job.retrying", "job.su
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
 #: the calls ``_record_call`` records as something else than a plain ``call`` event
 _EVENT_OPS = frozenset({"events.publish", "events.append"})
+#: an event payload: a dict, checked first (a Mapping check alone goes through the ABC)
+_MAPPINGS = (dict, Mapping)
 #: what ``enter_call`` returns when no fault plan is active
 _NO_FLAGS = (False, False)
 
@@ -237,21 +239,31 @@ class SimEnvironment(Environment):
 
     def service_call(self, op: str, fn: Callable[..., Any], args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
-        task = self.scheduler.current
+        scheduler = self.scheduler
+        task = scheduler.current
         faulty = self.faults.active
         if task is None:
             flags = _NO_FLAGS
         elif faulty or task.crashed:
             flags = self.enter_call(op, task)
         else:  # enter_call without a fault plan: only the yield point
-            self.scheduler.yield_()
+            if scheduler.ready or (scheduler.timers and scheduler.timers[0] <= self.clock._now):
+                scheduler.yield_()
             flags = _NO_FLAGS
-        self._record_call(op, args)
+        first = args[0] if args else None
+        if type(first) is str and op not in _EVENT_OPS:  # _record_call's common case
+            aliases = self._aliases
+            if op[:5] == "jobs.":
+                scheduler.emit_call(op, aliases.get(first) or self.alias(first))
+            else:
+                scheduler.emit_call(op, first if len(first) < 32 or not aliases
+                                    else self.scrub(first))
+        else:
+            self._record_call(op, args)
         result = fn(*args, **kwargs)
         if op[:5] == "jobs.":
             self._record_announced(op, args, kwargs, result)
         if task is not None and faulty:
-            first = args[0] if args else None
             self.faults.after_call(task, self._job_ordinal(task, first), op, *flags)
         return result
 
@@ -287,7 +299,7 @@ class SimEnvironment(Environment):
                 emit("call", op=op)
             return
         if op == "events.publish" and isinstance(first, str) and first in _JOB_TOPICS:
-            payload = args[1] if len(args) > 1 and isinstance(args[1], Mapping) else {}
+            payload = args[1] if len(args) > 1 and isinstance(args[1], _MAPPINGS) else {}
             job_id = payload.get("job_id")
             fields: dict[str, Any] = {}
             if isinstance(job_id, str):
@@ -297,7 +309,7 @@ class SimEnvironment(Environment):
                     fields[key] = payload[key]
             emit(first, **fields)
         elif op == "events.append" and first == self.settings.dlq_topic:
-            payload = args[1] if len(args) > 1 and isinstance(args[1], Mapping) else {}
+            payload = args[1] if len(args) > 1 and isinstance(args[1], _MAPPINGS) else {}
             job_id = payload.get("job_id")
             job = self.alias(job_id) if isinstance(job_id, str) else None
             emit("dlq", job=job, error=self.scrub(str(payload.get("error"))))
@@ -386,8 +398,16 @@ class SimEnvironment(Environment):
         return self.scheduler.spawn(lambda: fn(*args, **kwargs), name=label, lane=label)
 
     # -- running -------------------------------------------------------------------------
+    def _running(self) -> AbstractContextManager[None]:
+        """The scope a run needs: this environment current, and time patched when
+        ``patch_time``; nothing to do when it is current already and time is not patched
+        (a run inside ``with sim:``)."""
+        if not self.patch_time and current_environment() is self:
+            return nullcontext()
+        return self._entered()
+
     @contextmanager
-    def _running(self) -> Iterator[None]:
+    def _entered(self) -> Iterator[None]:
         with use_environment(self):
             if self.patch_time:
                 from dcore_testing.sim.timepatch import patched_time
@@ -614,8 +634,6 @@ def _check_services(services: Mapping[str, Any]) -> None:
 def effect(name: str, /, **data: Any) -> None:
     """Record a side effect in the current simulation (a no-op outside one), so a fake
     gateway or mailer can feed the exactly-once invariants."""
-    from dcore.core.environment import current_environment
-
     env = current_environment()
     if isinstance(env, SimEnvironment):
         env.effect(name, **data)

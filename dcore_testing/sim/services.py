@@ -59,6 +59,12 @@ class ServiceProxy:
         sim = self._sim
 
         def call(*args: Any, **kwargs: Any) -> Any:
+            if not kwargs:  # (unwrapped's check, without the call)
+                for value in args:
+                    if isinstance(value, _WRAPPING):
+                        break
+                else:
+                    return sim.service_call(op, attr, args, kwargs)
             return sim.service_call(op, attr, *unwrapped(args, kwargs))
 
         call.__name__ = name
