@@ -30,7 +30,13 @@ if TYPE_CHECKING:
     from dcore.services.locks import LockInterface
     from dcore.services.storage import StorageInterface
 
-__all__ = ["Environment", "current_environment", "reset_default_environment", "use_environment"]
+__all__ = [
+    "Environment",
+    "current_environment",
+    "reset_default_environment",
+    "scoped_environment",
+    "use_environment",
+]
 
 S = TypeVar("S")
 
@@ -206,6 +212,16 @@ class Environment:
 _default: Environment | None = None
 _stack: list[Environment] = []
 _guard = threading.Lock()
+
+
+def scoped_environment() -> Environment | None:
+    """The innermost :func:`use_environment`, or None outside any (the default
+    environment is neither built nor returned)."""
+    stack = _stack
+    try:
+        return stack[-1] if stack else None
+    except IndexError:  # popped since it was read
+        return None
 
 
 def current_environment() -> Environment:

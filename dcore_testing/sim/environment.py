@@ -29,7 +29,12 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from dcore.core.environment import Environment, current_environment, use_environment
+from dcore.core.environment import (
+    Environment,
+    current_environment,
+    scoped_environment,
+    use_environment,
+)
 from dcore.core.ids import use_id_source
 from dcore.core.leases import Heartbeat
 from dcore.core.plugins import PluginRegistry
@@ -402,7 +407,7 @@ class SimEnvironment(Environment):
         """The scope a run needs: this environment current, and time patched when
         ``patch_time``; nothing to do when it is current already and time is not patched
         (a run inside ``with sim:``)."""
-        if not self.patch_time and current_environment() is self:
+        if not self.patch_time and scoped_environment() is self:
             return nullcontext()
         return self._entered()
 

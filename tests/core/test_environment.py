@@ -19,6 +19,7 @@ from dcore import (
     use_environment,
 )
 from dcore.backends.memory import MemoryEventBus
+from dcore.core.environment import scoped_environment
 from dcore.errors import ConfigurationError
 from dcore.services import StorageInterface
 
@@ -141,6 +142,22 @@ def test_an_environment_scoped_again_inside_another_leaves_that_one_current(
                 assert current_environment() is a
             assert current_environment() is b
         assert current_environment() is a
+
+
+def test_scoped_environment_is_the_innermost_one_and_never_builds_the_default(
+    dcore_registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dcore.core.environment as module
+
+    monkeypatch.setattr(module, "_stack", [])
+    monkeypatch.setattr(module, "_default", None)
+    assert scoped_environment() is None
+    assert module._default is None  # asking did not build one
+
+    a = Environment(DcoreSettings(), registry=dcore_registry)
+    with use_environment(a):
+        assert scoped_environment() is a
+    assert scoped_environment() is None
 
 
 def test_scoped_environment_is_visible_to_other_threads(dcore_env: Environment) -> None:
