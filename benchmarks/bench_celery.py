@@ -243,8 +243,9 @@ def _purge(client: redis.Redis[Any]) -> None:
 
 
 def _sender_round(variant: str, env: Environment, n: int, size: int,
-                  client: redis.Redis[Any]) -> float:
-    """Seconds for ``n`` sends of one variant (set-up before the timer, purge after)."""
+                  client: redis.Redis[Any]) -> tuple[float, float]:
+    """Seconds for ``n`` sends of one variant, and the CPU seconds this process spent on
+    them (set-up before the timer, purge after)."""
     from dcore.celery import TASK_NAME, queue_for
     from dcore.core.lifecycle import schedule
     from dcore.dispatchers.celery import celery_app
@@ -257,6 +258,7 @@ def _sender_round(variant: str, env: Environment, n: int, size: int,
         built = _sender_pipeline(contexts[0])
         messages = [built.continuation(1).to_message(ctx).to_json() for ctx in contexts]
         queue = queue_for(contexts[0].shard_key, env.settings)
+        cpu = time.process_time()
         start = time.perf_counter()
         if variant == "send_task":
             for ctx, text in zip(contexts, messages, strict=True):
@@ -272,11 +274,12 @@ def _sender_round(variant: str, env: Environment, n: int, size: int,
             for ctx in contexts:
                 _sender_pipeline(ctx).run()
         elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu
     sent = client.llen(f"{queue}")
     _purge(client)
     if sent != n:
         raise SystemExit(f"{variant}: {sent} messages on {queue}, expected {n}")
-    return elapsed
+    return elapsed, cpu
 
 
 def sender_rows(url: str, rounds: int, n: int, size: int) -> list[tuple[str, str, str, str]]:
@@ -285,12 +288,15 @@ def sender_rows(url: str, rounds: int, n: int, size: int) -> list[tuple[str, str
     client = redis.Redis.from_url(url)
     variants = ["send_task", "run", "by_hand", "build_run"]
     runs: dict[str, list[float]] = {v: [] for v in variants}
+    cpus: dict[str, list[float]] = {v: [] for v in variants}
     try:
         for v in variants:  # warm-up: connections, caches, the compiled chain
             _sender_round(v, env, 50, size, client)
         for r in range(rounds):
             for v in variants[r % len(variants):] + variants[:r % len(variants)]:
-                runs[v].append(_sender_round(v, env, n, size, client))
+                elapsed, cpu = _sender_round(v, env, n, size, client)
+                runs[v].append(elapsed)
+                cpus[v].append(cpu)
     finally:
         env.close()
         client.close()
@@ -300,7 +306,8 @@ def sender_rows(url: str, rounds: int, n: int, size: int) -> list[tuple[str, str
 
     def us(v: str) -> str:
         return (f"{min(runs[v]) / n * 1e6:,.0f} / "
-                f"{statistics.median(runs[v]) / n * 1e6:,.0f} us")
+                f"{statistics.median(runs[v]) / n * 1e6:,.0f} us, "
+                f"CPU {statistics.median(cpus[v]) / n * 1e6:,.0f} us")
 
     def rate(v: str) -> str:
         rs = ratios(v)
@@ -321,7 +328,8 @@ def sender_rows(url: str, rounds: int, n: int, size: int) -> list[tuple[str, str
 
 def _print_sender(rows: list[tuple[str, str, str, str]], n: int, size: int, rounds: int) -> None:
     print(f"\nsender side: {n} sends x {rounds} interleaved rounds, {size // 1024} KiB context, "
-          "per send (min / median) and rate vs send_task (median of per-round ratios)\n")
+          "per send (min / median; the sender's CPU, median) and rate vs send_task (median "
+          "of per-round ratios)\n")
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
