@@ -27,6 +27,7 @@ Run as a script it is the child: ``python _instructions.py FILE.py:NAME``.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import inspect
 import os
@@ -141,6 +142,8 @@ def _run_child(spec: str) -> None:
     sys.modules[module_spec.name] = module
     module_spec.loader.exec_module(module)
     measured = getattr(module, name)()
+    gc.collect()  # the measured section starts with no garbage left by the setup, so
+    # when the collector runs inside it does not depend on how much the setup allocated
     os.getppid()  # callgrind zeroes its counters here ...
     measured()
     os.getpgrp()  # ... and dumps them here

@@ -15,6 +15,17 @@ trips: the lean hand-written equivalent, without atomic transitions or history).
 
 Target: dcore ≥ 0.8x the raw task doing the same work. Sending rates (``pipeline.run()`` vs
 ``send_task``) are shown too. Bounded: a few seconds per round, under 2 minutes in all.
+
+The sender side (``--only sender`` runs it alone, without a worker): ``pipeline.run()``
+through the ``celery`` Dispatch (the job record written to Redis, then the message sent)
+against the strict baseline, a bare ``app.send_task`` of the same message text (built
+before the timer starts) with the same task id to the same queue on the same broker.
+The queue has no consumer and is purged after each round. Target: dcore ≥ 0.8x the bare
+send's rate. Rounds interleave the variants in a rotating order; min and median of the
+per-round ratios. Also printed: the same pipeline built per request (``create_pipeline``
++ ``chain`` + ``run``), and a send of the same message through the same app by hand
+with the record written first (``create_announced`` then ``send_task``), the lean
+hand-written equivalent.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ from dcore import (
     Dispatch,
     Environment,
     PipelineContext,
+    core_function,
     use_environment,
 )
 from dcore.celery import make_celery_app
@@ -77,6 +89,7 @@ def _client() -> redis.Redis[Any]:
     return _clients[url]
 
 
+@core_function("bench_celery.work", replace=True)
 def work(ctx: BenchContext) -> str:
     """The dcore core function."""
     digest = hashlib.sha256(ctx.payload).hexdigest()
@@ -205,6 +218,123 @@ def _round_dcore(
     return n / (last - first), send_rate
 
 
+# -- the sender side ------------------------------------------------------------------------
+SENDER_QUEUE = "bench.sender"  # no worker consumes it
+
+
+def _sender_env(url: str) -> Environment:
+    return Environment(DcoreSettings(
+        redis_url=url, celery_broker_url=url, job_store="redis", event_bus="redis",
+        locks="redis", celery_queue=SENDER_QUEUE))
+
+
+def _sender_pipeline(ctx: BenchContext) -> Any:
+    pipeline = ctx.create_pipeline(core_fn=work)
+    pipeline.chain(Dispatch, plugin="celery")
+    return pipeline
+
+
+def _purge(client: redis.Redis[Any]) -> None:
+    """Drop the round's messages and job records (nothing consumes them)."""
+    client.delete(f"{SENDER_QUEUE}.0")
+    keys = list(client.scan_iter("dcore:*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i:i + 500])
+
+
+def _sender_round(variant: str, env: Environment, n: int, size: int,
+                  client: redis.Redis[Any]) -> tuple[float, float]:
+    """Seconds for ``n`` sends of one variant, and the CPU seconds this process spent on
+    them (set-up before the timer, purge after)."""
+    from dcore._core.lifecycle import schedule
+    from dcore.celery import TASK_NAME, queue_for
+    from dcore.dispatchers.celery import celery_app
+
+    app = celery_app(env)
+    payload = os.urandom(size)
+    run_id = uuid.uuid4().hex
+    with use_environment(env):
+        contexts = [BenchContext(payload=payload, run_id=run_id) for _ in range(n)]
+        built = _sender_pipeline(contexts[0])
+        messages = [built.continuation(1).to_message(ctx).to_json() for ctx in contexts]
+        queue = queue_for(contexts[0].shard_key, env.settings)
+        cpu = time.process_time()
+        start = time.perf_counter()
+        if variant == "send_task":
+            for ctx, text in zip(contexts, messages, strict=True):
+                app.send_task(TASK_NAME, args=[text], queue=queue, task_id=ctx.job_id)
+        elif variant == "by_hand":
+            for ctx, text in zip(contexts, messages, strict=True):
+                schedule(env, ctx.job_id, message=text)
+                app.send_task(TASK_NAME, args=[text], queue=queue, task_id=ctx.job_id)
+        elif variant == "run":
+            for ctx in contexts:
+                built.run(ctx)
+        else:  # "build_run": a pipeline built per request
+            for ctx in contexts:
+                _sender_pipeline(ctx).run()
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+    sent = client.llen(f"{queue}")
+    _purge(client)
+    if sent != n:
+        raise SystemExit(f"{variant}: {sent} messages on {queue}, expected {n}")
+    return elapsed, cpu
+
+
+def sender_rows(url: str, rounds: int, n: int, size: int) -> list[tuple[str, str, str, str]]:
+    """The sender-side table: per-send µs (min / median) and rates against send_task."""
+    env = _sender_env(url)
+    client = redis.Redis.from_url(url)
+    variants = ["send_task", "run", "by_hand", "build_run"]
+    runs: dict[str, list[float]] = {v: [] for v in variants}
+    cpus: dict[str, list[float]] = {v: [] for v in variants}
+    try:
+        for v in variants:  # warm-up: connections, caches, the compiled chain
+            _sender_round(v, env, 50, size, client)
+        for r in range(rounds):
+            for v in variants[r % len(variants):] + variants[:r % len(variants)]:
+                elapsed, cpu = _sender_round(v, env, n, size, client)
+                runs[v].append(elapsed)
+                cpus[v].append(cpu)
+    finally:
+        env.close()
+        client.close()
+
+    def ratios(v: str) -> list[float]:  # rate(v) / rate(send_task), per round
+        return sorted(b / c for b, c in zip(runs["send_task"], runs[v], strict=True))
+
+    def us(v: str) -> str:
+        return (f"{min(runs[v]) / n * 1e6:,.0f} / "
+                f"{statistics.median(runs[v]) / n * 1e6:,.0f} us, "
+                f"CPU {statistics.median(cpus[v]) / n * 1e6:,.0f} us")
+
+    def rate(v: str) -> str:
+        rs = ratios(v)
+        return f"{statistics.median(rs):.2f}x (rounds {rs[0]:.2f}-{rs[-1]:.2f})"
+
+    main_ratio = statistics.median(ratios("run"))
+    return [
+        ("strict: bare app.send_task of the same message", "baseline", us("send_task"),
+         ""),
+        ("dcore pipeline.run(), celery Dispatch (record + send)", ">= 0.80x",
+         f"{us('run')}, {rate('run')}", "PASS" if main_ratio >= 0.8 else "MISS"),
+        ("by hand: create_announced + send_task", "-", f"{us('by_hand')}, {rate('by_hand')}",
+         ""),
+        ("dcore create_pipeline + chain + run per request", "-",
+         f"{us('build_run')}, {rate('build_run')}", ""),
+    ]
+
+
+def _print_sender(rows: list[tuple[str, str, str, str]], n: int, size: int, rounds: int) -> None:
+    print(f"\nsender side: {n} sends x {rounds} interleaved rounds, {size // 1024} KiB context, "
+          "per send (min / median; the sender's CPU, median) and rate vs send_task (median "
+          "of per-round ratios)\n")
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -212,7 +342,22 @@ def main() -> int:
     parser.add_argument("--stores", choices=("redis", "memory"), default="redis",
                         help="the worker's job store and event bus (memory isolates dcore's "
                              "own overhead from Redis round trips)")
+    parser.add_argument("--only", choices=("worker", "sender"),
+                        help="run only the worker side or the sender side")
+    parser.add_argument("--sender-rounds", type=int, default=7,
+                        help="interleaved rounds of the sender side (default 7)")
     args = parser.parse_args()
+
+    if args.only == "sender":
+        with tempfile.TemporaryDirectory() as tmp:
+            redis_proc, url = _start_redis(Path(tmp))
+            try:
+                rows = sender_rows(url, args.sender_rounds, args.jobs, SIZES[0])
+            finally:
+                redis_proc.terminate()
+                redis_proc.wait(timeout=10)
+        _print_sender(rows, args.jobs, SIZES[0], args.sender_rounds)
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         redis_proc, url = _start_redis(Path(tmp))
@@ -264,6 +409,9 @@ def main() -> int:
             sender.close()
             env.close()
             client.close()
+            sender_table = None
+            if args.only is None and worker.returncode is not None:
+                sender_table = sender_rows(url, args.sender_rounds, args.jobs, SIZES[0])
             redis_proc.terminate()
             redis_proc.wait(timeout=10)
 
@@ -293,6 +441,8 @@ def main() -> int:
     print(f"\nworst dcore vs a raw task doing the same work (job state + events): "
           f"{worst_tracked:.2f}x ({verdict} the 0.8x target)")
     print(f"worst dcore vs a bare raw task (no job state, no events): {worst_bare:.2f}x")
+    if sender_table is not None:
+        _print_sender(sender_table, args.jobs, SIZES[0], args.sender_rounds)
     return 0
 
 

@@ -9,6 +9,7 @@ exactly these names.
 
 from dcore._core.context import context_type, context_type_name, registered_context_types
 from dcore._core.delivery import Action, Outcome
+from dcore._core.environment import scoped_environment
 from dcore._core.ids import use_id_source
 from dcore._core.leases import Heartbeat
 from dcore._core.lifecycle import Delivered, describe_error
@@ -36,5 +37,6 @@ __all__ = [
     "redact_url",
     "registered_context_types",
     "run_coroutine",
+    "scoped_environment",
     "use_id_source",
 ]

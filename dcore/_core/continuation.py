@@ -53,6 +53,8 @@ class Continuation(Generic[ContextT]):
         # the message of one hand-off, built once for the job record, the dispatcher
         # and the dead letter alike (a 16 KiB context is not serialized three times)
         self._message: tuple[object, JobMessage | None] | None = None
+        # ... and its JSON text, for attempt 1 (the record's and the dispatcher's)
+        self._json: tuple[object, str] | None = None
 
     def bind(self, trace: dict[str, str]) -> Continuation[ContextT]:
         """A continuation for one hand-off, carrying ``trace``: :meth:`run` continues
@@ -154,6 +156,16 @@ class Continuation(Generic[ContextT]):
             shard=context.shard_key,
         )
 
+    def to_json(self, context: ContextT) -> str:
+        """:meth:`to_message`'s JSON text for the first attempt, serialized once per
+        hand-off (the job record and the dispatcher send the same text)."""
+        cached = self._json
+        if cached is not None and cached[0] is context:
+            return cached[1]
+        text = self.to_message(context).to_json()
+        self._json = (context, text)
+        return text
+
     def to_json_or_none(self, context: ContextT) -> str | None:
         """The message JSON when the remainder can be shipped (for the job record and the
         DLQ), else None: in-process dispatchers may carry closures."""
@@ -161,7 +173,7 @@ class Continuation(Generic[ContextT]):
         if cached is not None and cached[0] is context and cached[1] is None:
             return None
         try:
-            return self.to_message(context).to_json()
+            return self.to_json(context)
         except Exception:
             self._message = (context, None)
             return None

@@ -31,7 +31,13 @@ if TYPE_CHECKING:
     from dcore.services.locks import LockInterface
     from dcore.services.storage import StorageInterface
 
-__all__ = ["Environment", "current_environment", "reset_default_environment", "use_environment"]
+__all__ = [
+    "Environment",
+    "current_environment",
+    "reset_default_environment",
+    "scoped_environment",
+    "use_environment",
+]
 
 S = TypeVar("S")
 
@@ -219,6 +225,16 @@ _stack: list[Environment] = []
 _guard = threading.Lock()
 
 
+def scoped_environment() -> Environment | None:
+    """The innermost :func:`use_environment`, or None outside any (the default
+    environment is neither built nor returned)."""
+    stack = _stack
+    try:
+        return stack[-1] if stack else None
+    except IndexError:  # popped since it was read
+        return None
+
+
 def current_environment() -> Environment:
     """The innermost :func:`use_environment`, else the default one from ``DCORE_*``."""
     global _default
@@ -262,4 +278,9 @@ def use_environment(env: Environment) -> Iterator[Environment]:
         yield env
     finally:
         with _guard:
-            _stack.remove(env)
+            # the innermost entry of env: the same environment may also be current
+            # further out (a simulation running inside its own ``with`` block)
+            for i in range(len(_stack) - 1, -1, -1):
+                if _stack[i] is env:
+                    del _stack[i]
+                    break

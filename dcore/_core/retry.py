@@ -8,6 +8,7 @@ retrying a non-idempotent stage must be opt-in).
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -129,11 +130,9 @@ def job_policy(declared: RetryPolicy | None, settings: DcoreSettings) -> RetryPo
     single attempt), else the environment's ``DCORE_JOB_*``."""
     if declared is not None:
         return declared
-    return RetryPolicy(
-        attempts=settings.job_attempts,
-        backoff=settings.job_backoff,
-        initial=settings.job_initial_delay,
-        max_delay=settings.job_max_delay,
+    return _settings_policy(
+        settings.job_attempts, settings.job_backoff, settings.job_initial_delay,
+        settings.job_max_delay,
     )
 
 
@@ -164,6 +163,15 @@ def _retrying_options(
         "before_sleep": notify,
         "reraise": True,
     }
+
+
+@functools.lru_cache(maxsize=64, typed=True)
+def _settings_policy(
+    attempts: int, backoff: float, initial: float, max_delay: float
+) -> RetryPolicy:
+    """The policy of ``DCORE_JOB_*`` values, built once per distinct values (a frozen
+    model, so one instance serves every job; settings changed later give a new key)."""
+    return RetryPolicy(attempts=attempts, backoff=backoff, initial=initial, max_delay=max_delay)
 
 
 def call_with_retry(

@@ -131,7 +131,7 @@ class Broker:
         sim = self.sim
         job = sim.alias(context.job_id)
         remote = inner.is_remote()
-        message = next_fn.to_message(context).to_json() if remote else None
+        message = next_fn.to_json(context) if remote else None
         if self.delivery == "auto":
             at_most_once = _at_most_once(inner, context)
         else:
@@ -431,7 +431,7 @@ class SimObserver:
     def stage_enter(self, stage: Stage, context: Any) -> None:
         sim = self.sim
         task = sim.scheduler.current
-        job = sim.alias(context.job_id)
+        job = sim._aliases.get(context.job_id) or sim.alias(context.job_id)
         sim.scheduler.emit("stage.enter", job=job, stage=stage.label, index=stage.index)
         if task is not None and task.worker is not None and sim.faults.active:
             sim.faults.at_stage(task, int(job[1:]), stage.label, "enter")
@@ -441,7 +441,7 @@ class SimObserver:
         task = sim.scheduler.current
         if task is not None and task.crashed:
             return  # a dead process observes nothing
-        job = sim.alias(context.job_id)
+        job = sim._aliases.get(context.job_id) or sim.alias(context.job_id)
         sim.scheduler.emit("stage.exit", job=job, stage=stage.label, index=stage.index,
                            error=None if error is None else type(error).__name__)
         if error is None and task is not None and task.worker is not None and sim.faults.active:

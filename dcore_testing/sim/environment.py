@@ -16,19 +16,28 @@ chooser's decisions: the same seed gives a byte-identical trace.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import os
 import random
 import re
 from collections.abc import Callable, Coroutine, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from dcore import DcoreSettings, Environment, PluginRegistry, use_environment
-from dcore.engine import Heartbeat, run_coroutine, use_id_source
+from pydantic import SecretStr
+
+from dcore import (
+    DcoreSettings,
+    Environment,
+    PluginRegistry,
+    current_environment,
+    use_environment,
+)
+from dcore.engine import Heartbeat, run_coroutine, scoped_environment, use_id_source
 from dcore.services.jobs import JobState
 from dcore_testing.sim.aio import VirtualEventLoop
 from dcore_testing.sim.chooser import Chooser, RandomChooser, ReplayChooser
@@ -51,6 +60,12 @@ _JOB_TOPICS = frozenset({"job.scheduled", "job.started", "job.retrying", "job.su
                          "job.dead", "job.compensating", "job.compensated",
                          "stage.compensated", "stage.failed", "errors"})
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
+#: the calls ``_record_call`` records as something else than a plain ``call`` event
+_EVENT_OPS = frozenset({"events.publish", "events.append"})
+#: an event payload: a dict, checked first (a Mapping check alone goes through the ABC)
+_MAPPINGS = (dict, Mapping)
+#: what ``enter_call`` returns when no fault plan is active
+_NO_FLAGS = (False, False)
 
 
 class SimEnvironment(Environment):
@@ -246,14 +261,31 @@ class SimEnvironment(Environment):
 
     def service_call(self, op: str, fn: Callable[..., Any], args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
-        task = self.scheduler.current
-        flags = self.enter_call(op, task) if task is not None else (False, False)
-        self._record_call(op, args)
+        scheduler = self.scheduler
+        task = scheduler.current
+        faulty = self.faults.active
+        if task is None:
+            flags = _NO_FLAGS
+        elif faulty or task.crashed:
+            flags = self.enter_call(op, task)
+        else:  # enter_call without a fault plan: only the yield point
+            if scheduler.ready or (scheduler.timers and scheduler.timers[0] <= self.clock._now):
+                scheduler.yield_()
+            flags = _NO_FLAGS
+        first = args[0] if args else None
+        if type(first) is str and op not in _EVENT_OPS:  # _record_call's common case
+            aliases = self._aliases
+            if op[:5] == "jobs.":
+                scheduler.emit_call(op, aliases.get(first) or self.alias(first))
+            else:
+                scheduler.emit_call(op, first if len(first) < 32 or not aliases
+                                    else self.scrub(first))
+        else:
+            self._record_call(op, args)
         result = fn(*args, **kwargs)
-        if op.startswith("jobs."):
+        if op[:5] == "jobs.":
             self._record_announced(op, args, kwargs, result)
-        if task is not None and self.faults.active:
-            first = args[0] if args else None
+        if task is not None and faulty:
             self.faults.after_call(task, self._job_ordinal(task, first), op, *flags)
         return result
 
@@ -279,18 +311,27 @@ class SimEnvironment(Environment):
     def _record_call(self, op: str, args: tuple[Any, ...]) -> None:
         emit = self.scheduler.emit
         first = args[0] if args else None
+        if op not in _EVENT_OPS:  # the common case: storage, jobs and locks calls
+            if isinstance(first, str):
+                aliases = self._aliases
+                emit("call", op=op, key=(aliases.get(first) or self.alias(first))
+                     if op[:5] == "jobs." else (first if len(first) < 32 or not aliases
+                                                else self.scrub(first)))
+            else:
+                emit("call", op=op)
+            return
         if op == "events.publish" and isinstance(first, str) and first in _JOB_TOPICS:
-            payload = args[1] if len(args) > 1 and isinstance(args[1], Mapping) else {}
+            payload = args[1] if len(args) > 1 and isinstance(args[1], _MAPPINGS) else {}
             job_id = payload.get("job_id")
             fields: dict[str, Any] = {}
             if isinstance(job_id, str):
-                fields["job"] = self.alias(job_id)
+                fields["job"] = self._aliases.get(job_id) or self.alias(job_id)
             for key in ("attempt", "stage"):
                 if key in payload:
                     fields[key] = payload[key]
             emit(first, **fields)
         elif op == "events.append" and first == self.settings.dlq_topic:
-            payload = args[1] if len(args) > 1 and isinstance(args[1], Mapping) else {}
+            payload = args[1] if len(args) > 1 and isinstance(args[1], _MAPPINGS) else {}
             job_id = payload.get("job_id")
             job = self.alias(job_id) if isinstance(job_id, str) else None
             emit("dlq", job=job, error=self.scrub(str(payload.get("error"))))
@@ -379,8 +420,16 @@ class SimEnvironment(Environment):
         return self.scheduler.spawn(lambda: fn(*args, **kwargs), name=label, lane=label)
 
     # -- running -------------------------------------------------------------------------
+    def _running(self) -> AbstractContextManager[None]:
+        """The scope a run needs: this environment current, and time patched when
+        ``patch_time``; nothing to do when it is current already and time is not patched
+        (a run inside ``with sim:``)."""
+        if not self.patch_time and scoped_environment() is self:
+            return nullcontext()
+        return self._entered()
+
     @contextmanager
-    def _running(self) -> Iterator[None]:
+    def _entered(self) -> Iterator[None]:
         with use_environment(self):
             if self.patch_time:
                 from dcore_testing.sim.timepatch import patched_time
@@ -528,15 +577,27 @@ _SETTINGS_CACHE: dict[str, DcoreSettings] = {}
 
 def _settings(overrides: Mapping[str, Any]) -> DcoreSettings:
     """DcoreSettings with in-memory services; built once per distinct overrides and
-    ``DCORE_*`` variables (building reads the environment: ~5 ms), copied after."""
-    env = sorted((k, v) for k, v in os.environ.items() if k.upper().startswith("DCORE_"))
+    ``DCORE_*`` variables (building reads the environment: ~5 ms), copied after: each
+    simulation gets its own copy, with its own copy of every mutable value (a list),
+    so one that changes its settings changes no other's."""
+    environ = os.environ
+    env = sorted((k, environ[k]) for k in environ if k[:6].upper() == "DCORE_")
     key = json.dumps([env, sorted(overrides.items())], default=repr)
     cached = _SETTINGS_CACHE.get(key)
     if cached is None:
         defaults = {"storage": "memory", "event_bus": "memory", "job_store": "memory",
                     "locks": "memory"}
         cached = _SETTINGS_CACHE[key] = DcoreSettings(**{**defaults, **overrides})
-    return cached.model_copy(deep=True)
+    copied = cached.model_copy()
+    values = copied.__dict__
+    for name, value in values.items():
+        if not isinstance(value, _IMMUTABLE):
+            values[name] = copy.deepcopy(value)
+    return copied
+
+
+#: setting values that a shallow copy may share (anything else is deep-copied)
+_IMMUTABLE = (str, int, float, bool, type(None), Path, SecretStr, frozenset, tuple)
 
 
 def memory_backends(clock: VirtualClock, settings: DcoreSettings) -> dict[str, Any]:
@@ -595,8 +656,6 @@ def _check_services(services: Mapping[str, Any]) -> None:
 def effect(name: str, /, **data: Any) -> None:
     """Record a side effect in the current simulation (a no-op outside one), so a fake
     gateway or mailer can feed the exactly-once invariants."""
-    from dcore import current_environment
-
     env = current_environment()
     if isinstance(env, SimEnvironment):
         env.effect(name, **data)

@@ -45,7 +45,9 @@ class ServiceProxy:
     def announces_on(self, bus: Any) -> bool:
         """Whether the wrapped job store publishes on ``bus`` itself (no I/O)."""
         announces = getattr(self._inner, "announces_on", None)
-        return callable(announces) and bool(announces(*unwrapped((bus,), {})[0]))
+        if isinstance(bus, ServiceProxy):
+            bus = bus._inner
+        return callable(announces) and bool(announces(bus))
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -57,6 +59,12 @@ class ServiceProxy:
         sim = self._sim
 
         def call(*args: Any, **kwargs: Any) -> Any:
+            if not kwargs:  # (unwrapped's check, without the call)
+                for value in args:
+                    if isinstance(value, _WRAPPING):
+                        break
+                else:
+                    return sim.service_call(op, attr, args, kwargs)
             return sim.service_call(op, attr, *unwrapped(args, kwargs))
 
         call.__name__ = name
@@ -68,20 +76,38 @@ class ServiceProxy:
         return f"Simulated({self._inner!r})"
 
 
+#: what an argument must be for ``unwrapped`` to look inside it
+_WRAPPING = (ServiceProxy, tuple)
+
+
 def unwrapped(args: tuple[Any, ...], kwargs: dict[str, Any]
               ) -> tuple[tuple[Any, ...], dict[str, Any]]:  # fmt: skip
     """Arguments with every simulated service replaced by the backend it wraps: a
     backend handed another service (the job store publishing on the bus) talks to it
-    directly, inside its own single step."""
-    def real(value: Any) -> Any:
-        if isinstance(value, ServiceProxy):
-            return value.inner
-        fields = getattr(value, "_fields", None)  # a NamedTuple (an Announcement)
-        if isinstance(value, tuple) and fields is not None:
-            return type(value)(*(real(getattr(value, f)) for f in fields))
-        return value
+    directly, inside its own single step. Arguments holding no service and no tuple
+    (nearly every call) are returned as they are."""
+    for value in args:
+        if isinstance(value, _WRAPPING):
+            break
+    else:
+        for value in kwargs.values():
+            if isinstance(value, _WRAPPING):
+                break
+        else:
+            return args, kwargs
 
-    return tuple(real(a) for a in args), {k: real(v) for k, v in kwargs.items()}
+    return (tuple([_real(a) if isinstance(a, _WRAPPING) else a for a in args]),
+            {k: _real(v) if isinstance(v, _WRAPPING) else v for k, v in kwargs.items()})
+
+
+def _real(value: Any) -> Any:
+    """``value`` with the simulated service it is (or that a NamedTuple, such as an
+    Announcement, holds) replaced by the backend it wraps."""
+    if isinstance(value, ServiceProxy):
+        return value._inner
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*[_real(item) for item in value])
+    return value
 
 
 def _unwrapping(fn: Any) -> Any:

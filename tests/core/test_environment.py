@@ -18,6 +18,7 @@ from dcore import (
     reset_default_environment,
     use_environment,
 )
+from dcore._core.environment import scoped_environment
 from dcore.backends.memory import MemoryEventBus
 from dcore.errors import ConfigurationError
 from dcore.services import StorageInterface
@@ -127,6 +128,36 @@ def test_use_environment_scopes_nests_and_restores(dcore_registry: PluginRegistr
             assert current_environment() is b
         assert current_environment() is a
     assert current_environment() is outer_default
+
+
+def test_an_environment_scoped_again_inside_another_leaves_that_one_current(
+    dcore_registry: PluginRegistry,
+) -> None:
+    """a, then b, then a again: leaving the innermost a makes b current, not a."""
+    a = Environment(DcoreSettings(), registry=dcore_registry)
+    b = Environment(DcoreSettings(), registry=dcore_registry)
+    with use_environment(a):
+        with use_environment(b):
+            with use_environment(a):
+                assert current_environment() is a
+            assert current_environment() is b
+        assert current_environment() is a
+
+
+def test_scoped_environment_is_the_innermost_one_and_never_builds_the_default(
+    dcore_registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dcore._core.environment as module
+
+    monkeypatch.setattr(module, "_stack", [])
+    monkeypatch.setattr(module, "_default", None)
+    assert scoped_environment() is None
+    assert module._default is None  # asking did not build one
+
+    a = Environment(DcoreSettings(), registry=dcore_registry)
+    with use_environment(a):
+        assert scoped_environment() is a
+    assert scoped_environment() is None
 
 
 def test_scoped_environment_is_visible_to_other_threads(dcore_env: Environment) -> None:
