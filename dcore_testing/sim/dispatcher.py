@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from dcore_testing.sim.environment import SimEnvironment
     from dcore_testing.sim.scheduler import Task, TimerHandle
 
-__all__ = ["Broker", "Delivery", "JobEntry", "SimDispatcher", "SimObserver"]
+__all__ = ["Broker", "JobEntry", "QueuedDelivery", "SimDispatcher", "SimObserver"]
 
 
 @dataclass
@@ -63,7 +63,9 @@ class JobEntry:
 
 
 @dataclass
-class Delivery:
+class QueuedDelivery:
+    """One delivery of a job waiting in the simulated broker's queue."""
+
     entry: JobEntry
     attempt: int
     cause: str  # first | retry | redelivery | duplicate | deferred | requeue | injected
@@ -119,7 +121,7 @@ class Broker:
                     self.serves[len(self.serves) + 1] = queue
         self.routed = not isinstance(workers, int)
         self.workers = len(self.serves)
-        self.queue: deque[Delivery] = deque()
+        self.queue: deque[QueuedDelivery] = deque()
         self.free = list(self.serves)
         self.entries: dict[str, JobEntry] = {}
         #: deliveries on a timer (delayed, redelivered, retried), by queue
@@ -154,11 +156,11 @@ class Broker:
             if at_most_once:
                 sim.scheduler.emit("lost", job=job, reason="message dropped")
             else:
-                self.put(Delivery(entry, 1, "redelivery"), sim.faults.plan.redelivery_after)
+                self.put(QueuedDelivery(entry, 1, "redelivery"), sim.faults.plan.redelivery_after)
         else:
-            self.put(Delivery(entry, 1, "first"), delay)
+            self.put(QueuedDelivery(entry, 1, "first"), delay)
         for _ in range(copies):
-            self.put(Delivery(entry, 1, "duplicate"), delay)
+            self.put(QueuedDelivery(entry, 1, "duplicate"), delay)
         return JobHandle(job_id=context.job_id, status="scheduled")
 
     def inject(self, raw: JobMessage | str | bytes, *, delay: float = 0.0) -> str:
@@ -188,7 +190,7 @@ class Broker:
         )
         self.entries.setdefault(job, entry)
         sim.scheduler.emit("inject", job=job, size=len(text))
-        self.put(Delivery(entry, attempt, "injected"), delay)
+        self.put(QueuedDelivery(entry, attempt, "injected"), delay)
         return job
 
     def _route(self, inner: Dispatch[Any] | None, shard: int | None) -> str | None:
@@ -207,7 +209,7 @@ class Broker:
                 f"names {', '.join(served)}: add it, e.g. workers={{{queue!r}: 1, ...}}")
         return queue
 
-    def put(self, delivery: Delivery, delay: float = 0.0) -> None:
+    def put(self, delivery: QueuedDelivery, delay: float = 0.0) -> None:
         if delay > 0:
             queue = delivery.entry.queue
             self.in_transit[queue] = self.in_transit.get(queue, 0) + 1
@@ -220,7 +222,7 @@ class Broker:
         else:
             self._enqueue(delivery)
 
-    def _enqueue(self, delivery: Delivery) -> None:
+    def _enqueue(self, delivery: QueuedDelivery) -> None:
         if delivery.entry.lost:
             self.sim.scheduler.emit("lost", job=delivery.entry.job,
                                     reason="the web process holding it died")
@@ -245,7 +247,7 @@ class Broker:
                 self._start(worker, found)
         heapq.heapify(free)
 
-    def _start(self, worker: int, delivery: Delivery) -> None:
+    def _start(self, worker: int, delivery: QueuedDelivery) -> None:
         job = delivery.entry.job
         self.sim.scheduler.spawn(
             functools.partial(self._run, delivery), name=f"w{worker}:{job}",
@@ -313,7 +315,7 @@ class Broker:
             self.cancel_sweep()  # nothing left to recover: let the run go idle
 
     # -- a worker running one delivery -------------------------------------------------------
-    def _run(self, d: Delivery) -> None:
+    def _run(self, d: QueuedDelivery) -> None:
         """One delivery, through production's own path (``deliver_message`` for a
         shipped job, ``Continuation.deliver`` for an in-process one); the broker only
         carries out the outcome, as the thread and Celery engines do."""
@@ -338,7 +340,7 @@ class Broker:
             else:
                 after = sim.faults.plan.redelivery_after
                 emit("redeliver", attempt=d.attempt, after=after)
-                self.put(Delivery(entry, d.attempt, "redelivery"), after)
+                self.put(QueuedDelivery(entry, d.attempt, "redelivery"), after)
             return
         self._carry_out(d, delivered)
 
@@ -359,7 +361,7 @@ class Broker:
         return {"msg": _digest(text),
                 "schema": _schema_digest(found.group(1)) if found else "none"}
 
-    def _carry_out(self, d: Delivery, delivered: Delivered) -> None:
+    def _carry_out(self, d: QueuedDelivery, delivered: Delivered) -> None:
         sim, emit = self.sim, self.sim.scheduler.emit
         outcome = delivered.outcome
         action = outcome.action
@@ -377,7 +379,7 @@ class Broker:
             cause = {Action.RETRY: "retry", Action.DEFER: "deferred",
                      Action.REQUEUE: "requeue"}[action]
             emit(str(action), attempt=outcome.attempt, delay=outcome.delay)
-            self.put(Delivery(d.entry, outcome.attempt, cause), outcome.delay)
+            self.put(QueuedDelivery(d.entry, outcome.attempt, cause), outcome.delay)
 
 
 #: the end of a JobMessage's JSON: its random trace context and the shard of its random id

@@ -26,7 +26,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import SecretStr
 
@@ -49,10 +49,11 @@ from dcore_testing.sim.scheduler import Scheduler, Task
 from dcore_testing.sim.services import LocksProxy, ServiceProxy
 from dcore_testing.sim.trace import Trace, first_difference
 
-__all__ = ["Delivery", "Request", "ServiceFactory", "SimEnvironment", "effect",
+__all__ = ["DeliveryMode", "Request", "ServiceFactory", "SimEnvironment", "effect",
            "memory_backends"]
 
-Delivery = Literal["auto", "at_least_once", "at_most_once"]
+#: How the simulated broker delivers: what the replaced dispatcher does ("auto"), or forced.
+DeliveryMode = Literal["auto", "at_least_once", "at_most_once"]
 ServiceFactory = Callable[[VirtualClock, DcoreSettings], Mapping[str, Any]]
 T = TypeVar("T")
 
@@ -92,7 +93,7 @@ class SimEnvironment(Environment):
         faults: FaultPlan | None = None,
         *,
         chooser: Chooser | None = None,
-        delivery: Delivery = "auto",
+        delivery: DeliveryMode = "auto",
         patch_time: bool = True,
         registry: PluginRegistry | None = None,
         services: Mapping[str, Any] | ServiceFactory | None = None,
@@ -638,7 +639,7 @@ def _check(seed: Any, workers: Any, faults: Any, delivery: Any, services: Any) -
         raise TypeError(
             f"SimEnvironment(faults=...) takes a FaultPlan, got {type(faults).__name__}; "
             "wrap faults like FaultPlan(Crash(stage='x'))")
-    if delivery not in ("auto", "at_least_once", "at_most_once"):
+    if delivery not in get_args(DeliveryMode):
         raise ValueError(f"SimEnvironment(delivery=...) must be 'auto', 'at_least_once' or "
                          f"'at_most_once', got {delivery!r}")
     if services is not None and not callable(services) and not isinstance(services, Mapping):
