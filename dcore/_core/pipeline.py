@@ -25,6 +25,7 @@ one that runs (its options checked again).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import threading
@@ -81,7 +82,7 @@ class Pipeline(Generic[ContextT]):
     ) -> None:
         if not callable(core_fn):
             raise PipelineDefinitionError(f"core_fn must be callable, got {core_fn!r}")
-        if inspect.iscoroutinefunction(core_fn):
+        if _is_async_function(core_fn):
             raise PipelineDefinitionError(
                 f"core_fn {getattr(core_fn, '__qualname__', core_fn)!r} is async; a core "
                 "function is a plain one. Do the awaiting in an async stage (async def "
@@ -281,6 +282,8 @@ class Pipeline(Generic[ContextT]):
 
     def _refuse_async(self, bound: BoundChain) -> None:
         """AsyncStageError when an async stage would run before the hand-off."""
+        if not bound.compiled.async_stages:
+            return
         end = self._dispatch_at
         stage = bound.compiled.first_async(0, end)
         if stage is None:
@@ -389,3 +392,17 @@ def _check_shared_job_store(env: Environment) -> None:
         "workers share: DCORE_JOB_STORE=redis DCORE_EVENT_BUS=redis "
         "DCORE_REDIS_URL=redis://HOST:6379/0 (`dcore doctor` checks the whole setup)"
     )
+
+
+@functools.lru_cache(maxsize=512)
+def _async_function(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn)
+
+
+def _is_async_function(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is ``async def``; remembered per function, as a pipeline is made
+    per request and the check costs about as much as a stage."""
+    try:
+        return _async_function(fn)
+    except TypeError:  # an unhashable callable
+        return inspect.iscoroutinefunction(fn)
