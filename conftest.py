@@ -45,7 +45,8 @@ def check_snippets(source: str) -> bool:
         runs = relative.parts[0] in TEST_ROOTS and relative.name.startswith("test_")
         assert runs, (
             f"{relative} is not a test module the suite runs: show code from a test_*.py "
-            f"under {', '.join(TEST_ROOTS)}, or write a block the page runs itself")
+            f"under {', '.join(TEST_ROOTS)}, or write a block the page runs itself"
+        )
         section = found["section"]
         if section is not None:
             text = path.read_text()
@@ -68,13 +69,17 @@ class DocsEvaluator:
         # gets a stable name (docs.tutorial.upload_app:finalize)
         page = Path(example.path).resolve().relative_to(ROOT).with_suffix("")
         example.namespace.setdefault(
-            "__name__", ".".join(part.replace("-", "_") for part in page.parts))
+            "__name__", ".".join(part.replace("-", "_") for part in page.parts)
+        )
         before = set(example.namespace)
         self.python(example)
         for name in sorted(set(example.namespace) - before):
             value = example.namespace[name]
-            if (name.startswith("test_") and inspect.isfunction(value)
-                    and not inspect.signature(value).parameters):
+            if (
+                name.startswith("test_")
+                and inspect.isfunction(value)
+                and not inspect.signature(value).parameters
+            ):
                 value()
 
 
@@ -108,9 +113,16 @@ def setup(namespace: dict[str, Any]) -> None:
     os.chdir(tmp)
     stack.callback(os.chdir, cwd)
     registry = stack.enter_context(use_registry(page_registry()))
-    env = Environment(DcoreSettings(storage="local", storage_root=tmp / "storage",
-                                    event_bus="memory", job_store="memory", locks="memory"),
-                      registry=registry)
+    env = Environment(
+        DcoreSettings(
+            storage="local",
+            storage_root=tmp / "storage",
+            event_bus="memory",
+            job_store="memory",
+            locks="memory",
+        ),
+        registry=registry,
+    )
     stack.callback(env.close)
     stack.enter_context(use_environment(env))
     namespace["__docs_stack__"] = stack

@@ -43,8 +43,7 @@ __all__ = ["Comparison", "available", "compare", "count", "spec_name"]
 
 Spec = Callable[[], Callable[[], object]] | str
 
-_CALLGRIND = ("valgrind", "--tool=callgrind", "--zero-before=getppid",
-              "--dump-before=getpgrp")
+_CALLGRIND = ("valgrind", "--tool=callgrind", "--zero-before=getppid", "--dump-before=getpgrp")
 
 
 def available() -> bool:
@@ -54,8 +53,10 @@ def available() -> bool:
 
 def _require() -> None:
     if not available():
-        raise RuntimeError("instruction counts need valgrind on PATH (apt-get install "
-                           "valgrind); run the benchmark without --instructions")
+        raise RuntimeError(
+            "instruction counts need valgrind on PATH (apt-get install "
+            "valgrind); run the benchmark without --instructions"
+        )
 
 
 def spec_name(spec: Spec) -> str:
@@ -63,14 +64,17 @@ def spec_name(spec: Spec) -> str:
     if isinstance(spec, str):
         path, sep, name = spec.rpartition(":")
         if not sep or not path.endswith(".py") or not name.isidentifier():
-            raise ValueError(f"an instruction-count spec is 'path/to/file.py:function', "
-                             f"got {spec!r}")
+            raise ValueError(
+                f"an instruction-count spec is 'path/to/file.py:function', got {spec!r}"
+            )
         return f"{Path(path).resolve()}:{name}"
     name = getattr(spec, "__qualname__", "")
     source = inspect.getsourcefile(spec)
     if not name.isidentifier() or source is None:
-        raise ValueError(f"an instruction-count spec must be a module-level function (the "
-                         f"child process imports it by name), got {spec!r}")
+        raise ValueError(
+            f"an instruction-count spec must be a module-level function (the "
+            f"child process imports it by name), got {spec!r}"
+        )
     return f"{Path(source).resolve()}:{name}"
 
 
@@ -89,25 +93,34 @@ class Comparison:
 
 
 def _command(spec: Spec, out: Path) -> list[str]:
-    return [*_CALLGRIND, f"--callgrind-out-file={out}", sys.executable,
-            str(Path(__file__).resolve()), spec_name(spec)]
+    return [
+        *_CALLGRIND,
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        str(Path(__file__).resolve()),
+        spec_name(spec),
+    ]
 
 
 def _start(spec: Spec, out: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.Popen(_command(spec, out), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        _command(spec, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _collect(spec: Spec, proc: subprocess.Popen[str], out: Path) -> int:
     _, err = proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(f"{spec_name(spec)} failed under callgrind (exit "
-                           f"{proc.returncode}):\n{err[-2000:]}")
+        raise RuntimeError(
+            f"{spec_name(spec)} failed under callgrind (exit {proc.returncode}):\n{err[-2000:]}"
+        )
     part = out.with_name(out.name + ".1")  # the dump taken on entering getpgrp
     if not part.exists():
-        raise RuntimeError(f"{spec_name(spec)}: callgrind wrote no dump for the measured "
-                           f"section (is libc's getpgrp visible to valgrind?)")
+        raise RuntimeError(
+            f"{spec_name(spec)}: callgrind wrote no dump for the measured "
+            f"section (is libc's getpgrp visible to valgrind?)"
+        )
     for line in part.read_text().splitlines():
         if line.startswith("summary:"):
             return int(line.split()[1])
@@ -129,8 +142,9 @@ def compare(baseline: Spec, candidate: Spec) -> Comparison:
     with tempfile.TemporaryDirectory(prefix="dcore-callgrind-") as tmp:
         outs = (Path(tmp) / "baseline.out", Path(tmp) / "candidate.out")
         procs = [_start(s, o) for s, o in zip((baseline, candidate), outs, strict=True)]
-        return Comparison(_collect(baseline, procs[0], outs[0]),
-                          _collect(candidate, procs[1], outs[1]))
+        return Comparison(
+            _collect(baseline, procs[0], outs[0]), _collect(candidate, procs[1], outs[1])
+        )
 
 
 def _run_child(spec: str) -> None:

@@ -110,7 +110,10 @@ async def _run(i: int) -> Any:
 
 
 VARIANTS: dict[str, Callable[[int], Awaitable[Any]]] = {
-    "strict": _strict, "arun": _arun, "run": _run}
+    "strict": _strict,
+    "arun": _arun,
+    "run": _run,
+}
 
 
 def _round(meter: LoopMeter, variant: str, requests: int) -> tuple[float, float, float]:
@@ -143,8 +146,11 @@ def _start_proxy(redis_url: str, latency_ms: int) -> tuple[subprocess.Popen[byte
     """The embedded Toxiproxy-compatible server in its own process (its work must not
     share this process's GIL), proxying Redis with ``latency_ms`` on every reply."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dcore_testing.chaos", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dcore_testing.chaos", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = ToxiproxyClient(f"http://127.0.0.1:{port}")
     deadline = time.monotonic() + 15
     while True:
@@ -162,12 +168,19 @@ def _start_proxy(redis_url: str, latency_ms: int) -> tuple[subprocess.Popen[byte
     return proc, f"redis://127.0.0.1:{proxy.listen_port}/0"
 
 
-def _measure(url: str, tmp: Path, requests: int, rounds: int, budget: float
-             ) -> dict[str, list[tuple[float, float, float]]]:
+def _measure(
+    url: str, tmp: Path, requests: int, rounds: int, budget: float
+) -> dict[str, list[tuple[float, float, float]]]:
     queue = "bench.async.unconsumed"
-    settings = DcoreSettings(redis_url=url, celery_broker_url=url, job_store="redis",
-                             event_bus="redis", locks="redis", celery_queue=queue,
-                             storage_root=tmp / "storage")
+    settings = DcoreSettings(
+        redis_url=url,
+        celery_broker_url=url,
+        job_store="redis",
+        event_bus="redis",
+        locks="redis",
+        celery_queue=queue,
+        storage_root=tmp / "storage",
+    )
     env = Environment(settings)
     client: redis.Redis[Any] = redis.Redis.from_url(url)
     meter = LoopMeter()
@@ -180,7 +193,7 @@ def _measure(url: str, tmp: Path, requests: int, rounds: int, budget: float
             _round(meter, variant, requests)
         _purge(client, queue)
         for n in range(rounds):
-            order = names[n % len(names):] + names[: n % len(names)]
+            order = names[n % len(names) :] + names[: n % len(names)]
             for variant in order:
                 results[variant].append(_round(meter, variant, requests))
             _purge(client, queue)
@@ -194,14 +207,18 @@ def _measure(url: str, tmp: Path, requests: int, rounds: int, budget: float
 def _table(title: str, results: dict[str, list[tuple[float, float, float]]]) -> None:
     strict = statistics.median(r[0] for r in results["strict"])
     print(f"\n{title} ({len(results['strict'])} rounds)")
-    print(f"{'variant':<8} {'loop busy us/request (min-median)':>34} {'x strict':>9} "
-          f"{'longest block ms (median)':>26} {'wall ms (median)':>17}")
+    print(
+        f"{'variant':<8} {'loop busy us/request (min-median)':>34} {'x strict':>9} "
+        f"{'longest block ms (median)':>26} {'wall ms (median)':>17}"
+    )
     for variant, rows in results.items():
         busy = sorted(r[0] for r in rows)
         median = statistics.median(busy)
-        print(f"{variant:<8} {busy[0]:>20.1f} - {median:<11.1f} {median / strict:>9.1f} "
-              f"{statistics.median(r[1] for r in rows):>26.2f} "
-              f"{statistics.median(r[2] for r in rows):>17.1f}")
+        print(
+            f"{variant:<8} {busy[0]:>20.1f} - {median:<11.1f} {median / strict:>9.1f} "
+            f"{statistics.median(r[1] for r in rows):>26.2f} "
+            f"{statistics.median(r[2] for r in rows):>17.1f}"
+        )
     run = statistics.median(r[0] for r in results["run"])
     arun = statistics.median(r[0] for r in results["arun"])
     print(f"run() / arun() loop busy per request: {run / arun:.1f}")
@@ -211,21 +228,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--latency-ms", type=int, default=1,
-                        help="reply latency of the proxied Redis (default 1)")
+    parser.add_argument(
+        "--latency-ms", type=int, default=1, help="reply latency of the proxied Redis (default 1)"
+    )
     args = parser.parse_args()
 
-    print(f"{args.requests} concurrent requests per round, Celery dispatcher, "
-          "Redis job store and event bus, no worker")
+    print(
+        f"{args.requests} concurrent requests per round, Celery dispatcher, "
+        "Redis job store and event bus, no worker"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = _start_redis(Path(tmp))
         proxy: subprocess.Popen[bytes] | None = None
         try:
-            _table("Redis on loopback (~0.2 ms a round trip)",
-                   _measure(url, Path(tmp), args.requests, args.rounds, 20))
+            _table(
+                "Redis on loopback (~0.2 ms a round trip)",
+                _measure(url, Path(tmp), args.requests, args.rounds, 20),
+            )
             proxy, proxied = _start_proxy(url, args.latency_ms)
-            _table(f"Redis behind a proxy adding {args.latency_ms} ms to every reply",
-                   _measure(proxied, Path(tmp), args.requests, args.rounds, 25))
+            _table(
+                f"Redis behind a proxy adding {args.latency_ms} ms to every reply",
+                _measure(proxied, Path(tmp), args.requests, args.rounds, 25),
+            )
         finally:
             if proxy is not None:
                 proxy.terminate()

@@ -141,9 +141,21 @@ def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         sys.exit("redis-server is not on PATH")
     port = _free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
@@ -179,7 +191,11 @@ def _pause(control_app: Any, worker: str, queue: str, on: bool) -> None:
 
 
 def _round_raw(
-    sender: Any, client: redis.Redis[Any], worker: str, n: int, size: int,
+    sender: Any,
+    client: redis.Redis[Any],
+    worker: str,
+    n: int,
+    size: int,
     tracked: bool = False,
 ) -> tuple[float, float]:
     run_id = uuid.uuid4().hex
@@ -188,8 +204,9 @@ def _round_raw(
     start = time.perf_counter()
     for _ in range(n):
         if tracked:
-            sender.send_task("bench.raw_tracked", args=[encoded, run_id, uuid.uuid4().hex],
-                             queue=RAW_QUEUE)
+            sender.send_task(
+                "bench.raw_tracked", args=[encoded, run_id, uuid.uuid4().hex], queue=RAW_QUEUE
+            )
         else:
             sender.send_task("bench.raw", args=[encoded, run_id], queue=RAW_QUEUE)
     send_rate = n / (time.perf_counter() - start)
@@ -223,9 +240,16 @@ SENDER_QUEUE = "bench.sender"  # no worker consumes it
 
 
 def _sender_env(url: str) -> Environment:
-    return Environment(DcoreSettings(
-        redis_url=url, celery_broker_url=url, job_store="redis", event_bus="redis",
-        locks="redis", celery_queue=SENDER_QUEUE))
+    return Environment(
+        DcoreSettings(
+            redis_url=url,
+            celery_broker_url=url,
+            job_store="redis",
+            event_bus="redis",
+            locks="redis",
+            celery_queue=SENDER_QUEUE,
+        )
+    )
 
 
 def _sender_pipeline(ctx: BenchContext) -> Any:
@@ -239,11 +263,12 @@ def _purge(client: redis.Redis[Any]) -> None:
     client.delete(f"{SENDER_QUEUE}.0")
     keys = list(client.scan_iter("dcore:*", count=1000))
     for i in range(0, len(keys), 500):
-        client.delete(*keys[i:i + 500])
+        client.delete(*keys[i : i + 500])
 
 
-def _sender_round(variant: str, env: Environment, n: int, size: int,
-                  client: redis.Redis[Any]) -> tuple[float, float]:
+def _sender_round(
+    variant: str, env: Environment, n: int, size: int, client: redis.Redis[Any]
+) -> tuple[float, float]:
     """Seconds for ``n`` sends of one variant, and the CPU seconds this process spent on
     them (set-up before the timer, purge after)."""
     from dcore._core.lifecycle import schedule
@@ -293,7 +318,7 @@ def sender_rows(url: str, rounds: int, n: int, size: int) -> list[tuple[str, str
         for v in variants:  # warm-up: connections, caches, the compiled chain
             _sender_round(v, env, 50, size, client)
         for r in range(rounds):
-            for v in variants[r % len(variants):] + variants[:r % len(variants)]:
+            for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
                 elapsed, cpu = _sender_round(v, env, n, size, client)
                 runs[v].append(elapsed)
                 cpus[v].append(cpu)
@@ -305,9 +330,11 @@ def sender_rows(url: str, rounds: int, n: int, size: int) -> list[tuple[str, str
         return sorted(b / c for b, c in zip(runs["send_task"], runs[v], strict=True))
 
     def us(v: str) -> str:
-        return (f"{min(runs[v]) / n * 1e6:,.0f} / "
-                f"{statistics.median(runs[v]) / n * 1e6:,.0f} us, "
-                f"CPU {statistics.median(cpus[v]) / n * 1e6:,.0f} us")
+        return (
+            f"{min(runs[v]) / n * 1e6:,.0f} / "
+            f"{statistics.median(runs[v]) / n * 1e6:,.0f} us, "
+            f"CPU {statistics.median(cpus[v]) / n * 1e6:,.0f} us"
+        )
 
     def rate(v: str) -> str:
         rs = ratios(v)
@@ -315,21 +342,29 @@ def sender_rows(url: str, rounds: int, n: int, size: int) -> list[tuple[str, str
 
     main_ratio = statistics.median(ratios("run"))
     return [
-        ("strict: bare app.send_task of the same message", "baseline", us("send_task"),
-         ""),
-        ("dcore pipeline.run(), celery Dispatch (record + send)", ">= 0.80x",
-         f"{us('run')}, {rate('run')}", "PASS" if main_ratio >= 0.8 else "MISS"),
-        ("by hand: create_announced + send_task", "-", f"{us('by_hand')}, {rate('by_hand')}",
-         ""),
-        ("dcore create_pipeline + chain + run per request", "-",
-         f"{us('build_run')}, {rate('build_run')}", ""),
+        ("strict: bare app.send_task of the same message", "baseline", us("send_task"), ""),
+        (
+            "dcore pipeline.run(), celery Dispatch (record + send)",
+            ">= 0.80x",
+            f"{us('run')}, {rate('run')}",
+            "PASS" if main_ratio >= 0.8 else "MISS",
+        ),
+        ("by hand: create_announced + send_task", "-", f"{us('by_hand')}, {rate('by_hand')}", ""),
+        (
+            "dcore create_pipeline + chain + run per request",
+            "-",
+            f"{us('build_run')}, {rate('build_run')}",
+            "",
+        ),
     ]
 
 
 def _print_sender(rows: list[tuple[str, str, str, str]], n: int, size: int, rounds: int) -> None:
-    print(f"\nsender side: {n} sends x {rounds} interleaved rounds, {size // 1024} KiB context, "
-          "per send (min / median; the sender's CPU, median) and rate vs send_task (median "
-          "of per-round ratios)\n")
+    print(
+        f"\nsender side: {n} sends x {rounds} interleaved rounds, {size // 1024} KiB context, "
+        "per send (min / median; the sender's CPU, median) and rate vs send_task (median "
+        "of per-round ratios)\n"
+    )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
@@ -339,13 +374,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--stores", choices=("redis", "memory"), default="redis",
-                        help="the worker's job store and event bus (memory isolates dcore's "
-                             "own overhead from Redis round trips)")
-    parser.add_argument("--only", choices=("worker", "sender"),
-                        help="run only the worker side or the sender side")
-    parser.add_argument("--sender-rounds", type=int, default=7,
-                        help="interleaved rounds of the sender side (default 7)")
+    parser.add_argument(
+        "--stores",
+        choices=("redis", "memory"),
+        default="redis",
+        help="the worker's job store and event bus (memory isolates dcore's "
+        "own overhead from Redis round trips)",
+    )
+    parser.add_argument(
+        "--only", choices=("worker", "sender"), help="run only the worker side or the sender side"
+    )
+    parser.add_argument(
+        "--sender-rounds",
+        type=int,
+        default=7,
+        help="interleaved rounds of the sender side (default 7)",
+    )
     args = parser.parse_args()
 
     if args.only == "sender":
@@ -362,21 +406,49 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         redis_proc, url = _start_redis(Path(tmp))
         hostname = f"bench-{uuid.uuid4().hex[:6]}@127.0.0.1"
-        settings = DcoreSettings(redis_url=url, celery_broker_url=url, job_store="redis",
-                                 event_bus="redis", locks="redis", celery_queue="bench.dcore")
-        worker_env = {**os.environ, "DCORE_REDIS_URL": url, "DCORE_CELERY_BROKER_URL": url,
-                      "DCORE_JOB_STORE": args.stores, "DCORE_EVENT_BUS": args.stores,
-                      "DCORE_LOCKS": "redis", "DCORE_CELERY_QUEUE": "bench.dcore",
-                      "DCORE_IMPORTS": '["bench_celery"]',
-                      "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
+        settings = DcoreSettings(
+            redis_url=url,
+            celery_broker_url=url,
+            job_store="redis",
+            event_bus="redis",
+            locks="redis",
+            celery_queue="bench.dcore",
+        )
+        worker_env = {
+            **os.environ,
+            "DCORE_REDIS_URL": url,
+            "DCORE_CELERY_BROKER_URL": url,
+            "DCORE_JOB_STORE": args.stores,
+            "DCORE_EVENT_BUS": args.stores,
+            "DCORE_LOCKS": "redis",
+            "DCORE_CELERY_QUEUE": "bench.dcore",
+            "DCORE_IMPORTS": '["bench_celery"]',
+            "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)]),
+        }
         log = Path(tmp) / "worker.log"
         with log.open("wb") as out:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "bench_celery:app", "worker",
-                 "--pool=solo", "-Q", f"{RAW_QUEUE},bench.dcore.0", "-n", hostname,
-                 "--without-mingle", "--without-gossip", "--without-heartbeat",
-                 "-l", "WARNING"],
-                env=worker_env, stdout=out, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "bench_celery:app",
+                    "worker",
+                    "--pool=solo",
+                    "-Q",
+                    f"{RAW_QUEUE},bench.dcore.0",
+                    "-n",
+                    hostname,
+                    "--without-mingle",
+                    "--without-gossip",
+                    "--without-heartbeat",
+                    "-l",
+                    "WARNING",
+                ],
+                env=worker_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         env = Environment(settings)
         sender = make_celery_app(settings)
@@ -392,7 +464,9 @@ def main() -> int:
             _round_dcore(sender, env, client, hostname, 100, SIZES[0])
             for size in SIZES:
                 raw, tracked, dc = (
-                    results[("raw", size)], results[("tracked", size)], results[("dcore", size)]
+                    results[("raw", size)],
+                    results[("tracked", size)],
+                    results[("dcore", size)],
                 ) = [], [], []
                 for _ in range(args.rounds):
                     raw.append(_round_raw(sender, client, hostname, args.jobs, size))
@@ -415,8 +489,10 @@ def main() -> int:
             redis_proc.terminate()
             redis_proc.wait(timeout=10)
 
-    print(f"\n{args.jobs} tasks x {args.rounds} rounds (median of rounds), solo worker, "
-          f"Redis broker, worker stores: {args.stores}\n")
+    print(
+        f"\n{args.jobs} tasks x {args.rounds} rounds (median of rounds), solo worker, "
+        f"Redis broker, worker stores: {args.stores}\n"
+    )
     print(f"{'payload':>8}  {'path':<36} {'tasks/s':>9} {'vs raw':>7} {'vs tracked':>10}")
     print("-" * 78)
     worst_tracked = worst_bare = float("inf")
@@ -438,8 +514,10 @@ def main() -> int:
             vs2 = f"{rate / base2:>9.2f}x" if base2 else f"{'':>10}"
             print(f"{size // 1024:>6}KiB  {label:<36} {rate:>9.0f} {rate / base:>6.2f}x {vs2}")
     verdict = "meets" if worst_tracked >= 0.8 else "misses"
-    print(f"\nworst dcore vs a raw task doing the same work (job state + events): "
-          f"{worst_tracked:.2f}x ({verdict} the 0.8x target)")
+    print(
+        f"\nworst dcore vs a raw task doing the same work (job state + events): "
+        f"{worst_tracked:.2f}x ({verdict} the 0.8x target)"
+    )
     print(f"worst dcore vs a bare raw task (no job state, no events): {worst_bare:.2f}x")
     if sender_table is not None:
         _print_sender(sender_table, args.jobs, SIZES[0], args.sender_rounds)

@@ -218,8 +218,10 @@ def starlette_requests() -> tuple[Request, Request] | None:
     for _ in range(STAGES):
         stack = PassThroughMiddleware(stack)
     # the app scribbles on its scope (app, router, endpoint...): a fresh one per request
-    return (lambda: _drive(app(dict(scope), receive, send)),
-            lambda: _drive(stack(scope, receive, send)))
+    return (
+        lambda: _drive(app(dict(scope), receive, send)),
+        lambda: _drive(stack(scope, receive, send)),
+    )
 
 
 class Variant:
@@ -243,18 +245,21 @@ def variants(ctx: BenchContext, quick: bool) -> list[Variant]:
         Variant("strict: 10 nested plain closures", lambda: strict(ctx), n),
         Variant("lenient: closures doing ctx.count += 1", lambda: lenient(ctx), n),
         Variant("pipeline built once, run(ctx)", lambda: built.run(ctx), n, 4.0),
-        Variant("build + run per request", lambda: build(ctx, "bench_pass").run(), n // 20,
-                30.0),
-        Variant("build + run per request, shareable", lambda: build(ctx, "bench_shared").run(),
-                n // 20, 30.0),
+        Variant("build + run per request", lambda: build(ctx, "bench_pass").run(), n // 20, 30.0),
+        Variant(
+            "build + run per request, shareable",
+            lambda: build(ctx, "bench_shared").run(),
+            n // 20,
+            30.0,
+        ),
     ]
     # built once per process, copied per request: instances of its own, no re-check
     template, shared_template = build(ctx, "bench_pass"), build(ctx, "bench_shared")
     found += [
-        Variant("copy + run per request",
-                lambda: template.copy().run(ctx), n // 4),
-        Variant("copy + run per request, shareable",
-                lambda: shared_template.copy().run(ctx), n // 4),
+        Variant("copy + run per request", lambda: template.copy().run(ctx), n // 4),
+        Variant(
+            "copy + run per request, shareable", lambda: shared_template.copy().run(ctx), n // 4
+        ),
     ]
     hook = pluggy_request(ctx)
     if hook is not None:
@@ -291,22 +296,26 @@ def verdict(ratio: float, target: float | None) -> str:
 
 def report(found: list[Variant], rounds: int) -> None:
     base = found[0].seconds
-    print(f"{STAGES}-stage pass-through chain, {rounds} interleaved rounds (order rotated); "
-          "x strict: min to min and median to median; verdict on the medians")
+    print(
+        f"{STAGES}-stage pass-through chain, {rounds} interleaved rounds (order rotated); "
+        "x strict: min to min and median to median; verdict on the medians"
+    )
     print(f"{'variant':<40} {'min µs':>8} {'median µs':>10} {'x strict':>9} {'median':>7}  target")
     for v in found:
         best = min(v.seconds) / min(base)
         typical = statistics.median(v.seconds) / statistics.median(base)
-        print(f"{v.name:<40} {min(v.seconds) * 1e6:>8.2f} "
-              f"{statistics.median(v.seconds) * 1e6:>10.2f} {best:>8.1f}x "
-              f"{typical:>6.1f}x  {verdict(typical, v.target)}")
+        print(
+            f"{v.name:<40} {min(v.seconds) * 1e6:>8.2f} "
+            f"{statistics.median(v.seconds) * 1e6:>10.2f} {best:>8.1f}x "
+            f"{typical:>6.1f}x  {verdict(typical, v.target)}"
+        )
 
 
 def timing(quick: bool, rounds: int) -> None:
     with bench_environment() as ctx:
         found = variants(ctx, quick)
         for r in range(rounds):
-            for variant in found[r % len(found):] + found[: r % len(found)]:
+            for variant in found[r % len(found) :] + found[: r % len(found)]:
                 time_round(variant)
     report(found, rounds)
 
@@ -343,10 +352,21 @@ def instructions(quick: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
         child = subprocess.run(
-            [valgrind, "--tool=callgrind", "--collect-atstart=no", f"--toggle-collect={_TOGGLE}",
-             f"--dump-after={_TOGGLE}", f"--callgrind-out-file={out}",
-             sys.executable, __file__, "--instruction-child", str(n)],
-            capture_output=True, text=True, check=False,
+            [
+                valgrind,
+                "--tool=callgrind",
+                "--collect-atstart=no",
+                f"--toggle-collect={_TOGGLE}",
+                f"--dump-after={_TOGGLE}",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                __file__,
+                "--instruction-child",
+                str(n),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if child.returncode != 0:
             sys.exit(f"callgrind run failed:\n{child.stderr[-2000:]}")
@@ -354,8 +374,10 @@ def instructions(quick: bool) -> None:
         totals = [_total(Path(f"{out}.{part}")) for part in range(1, 2 * len(names) + 1)]
     found = variants_targets()
     per_request = [(totals[2 * i + 1] - totals[2 * i]) / n for i in range(len(names))]
-    print(f"Instructions per request (callgrind, {n} requests per variant after warm-up; "
-          "machine load does not move them)")
+    print(
+        f"Instructions per request (callgrind, {n} requests per variant after warm-up; "
+        "machine load does not move them)"
+    )
     print(f"{'variant':<40} {'instructions':>12} {'x strict':>9}  target")
     for name, count in zip(names, per_request, strict=True):
         ratio = count / per_request[0]
@@ -389,8 +411,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and requests")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (11)")
-    parser.add_argument("--instructions", action="store_true",
-                        help="instructions per request, counted by callgrind, instead of time")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instructions per request, counted by callgrind, instead of time",
+    )
     parser.add_argument("--instruction-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.instruction_child:

@@ -110,8 +110,9 @@ def _plain_environment() -> Any:
     """A plain Environment with the in-memory services the simulator starts from."""
     from dcore import DcoreSettings, Environment
 
-    return Environment(DcoreSettings(storage="memory", event_bus="memory",
-                                     job_store="memory", locks="memory"))
+    return Environment(
+        DcoreSettings(storage="memory", event_bus="memory", job_store="memory", locks="memory")
+    )
 
 
 def inline_jobs() -> Callable[[], object]:
@@ -301,20 +302,20 @@ def timed(spec: Callable[[], Callable[[], object]]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(specs: dict[str, Callable[[], Callable[[], object]]],
-                rounds: int) -> dict[str, list[float]]:
+def interleaved(
+    specs: dict[str, Callable[[], Callable[[], object]]], rounds: int
+) -> dict[str, list[float]]:
     """Seconds of each variant per round; each round runs every variant once, in an
     order rotated from round to round, so load elsewhere hits them alike."""
     names = list(specs)
     runs: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             runs[name].append(timed(specs[name]))
     return runs
 
 
-def per_round_ratios(runs: dict[str, list[float]], candidate: str,
-                     baseline: str) -> list[float]:
+def per_round_ratios(runs: dict[str, list[float]], candidate: str, baseline: str) -> list[float]:
     """candidate time / baseline time within each round, sorted."""
     return sorted(c / b for c, b in zip(runs[candidate], runs[baseline], strict=True))
 
@@ -324,8 +325,9 @@ def bench_jobs(jobs: int = 1_000) -> tuple[float, float, dict[str, int]]:
     from dcore_testing import invariants
     from dcore_testing.sim import SimEnvironment
 
-    sim = SimEnvironment(seed=1, workers=8, patch_time=False, job_attempts=3,
-                         job_initial_delay=30.0)
+    sim = SimEnvironment(
+        seed=1, workers=8, patch_time=False, job_attempts=3, job_initial_delay=30.0
+    )
     first = BenchContext(n=0)
     pipeline = first.create_pipeline(core_fn=core)
     pipeline.chain(Dispatch, plugin="schedule_job")
@@ -353,18 +355,29 @@ def _ms(runs: list[float], per: int) -> str:
 
 
 def _ratio(ratios: list[float]) -> str:
-    return (f"{statistics.median(ratios):.2f}x (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})")
+    return f"{statistics.median(ratios):.2f}x (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=11,
-                        help="interleaved timed rounds of each variant (default 11)")
-    parser.add_argument("--instructions", action="store_true",
-                        help="also count each variant's instructions under callgrind")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=11,
+        help="interleaved timed rounds of each variant (default 11)",
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count each variant's instructions under callgrind",
+    )
     parser.add_argument("--quick", action="store_true", help="3 rounds: a smoke run")
-    parser.add_argument("--only", choices=("timers", "jobs", "explore", "workload"),
-                        action="append", help="run only these parts (repeatable)")
+    parser.add_argument(
+        "--only",
+        choices=("timers", "jobs", "explore", "workload"),
+        action="append",
+        help="run only these parts (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.instructions and not _instructions.available():
         parser.error("--instructions needs valgrind (apt-get install valgrind)")
@@ -379,56 +392,100 @@ def main(argv: list[str] | None = None) -> int:
         ratios = sorted(s / d for s, d in zip(simpy_runs, dcore_runs, strict=True))
 
         def rate(runs: list[float]) -> str:
-            return (f"{events / min(runs):,.0f} / {events / statistics.median(runs):,.0f} ev/s")
+            return f"{events / min(runs):,.0f} / {events / statistics.median(runs):,.0f} ev/s"
 
         best = min(simpy_runs) / min(dcore_runs)
         median = statistics.median(ratios)
         rows += [
-            ("simpy timers (100k timeouts, 1k tasks), best / median", "baseline",
-             rate(simpy_runs), ""),
+            (
+                "simpy timers (100k timeouts, 1k tasks), best / median",
+                "baseline",
+                rate(simpy_runs),
+                "",
+            ),
             ("dcore sim timers (same workload), best / median", "-", rate(dcore_runs), ""),
-            ("dcore / simpy events/s: best / median (round range)", ">= 1.00x",
-             f"{best:.2f}x / {median:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})",
-             "PASS" if median >= 1.0 else "MISS"),
+            (
+                "dcore / simpy events/s: best / median (round range)",
+                ">= 1.00x",
+                f"{best:.2f}x / {median:.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})",
+                "PASS" if median >= 1.0 else "MISS",
+            ),
         ]
         if args.instructions:
             counts = _instructions.compare(simpy_timers, dcore_timers)
             rows += [
-                ("simpy timers, instructions per timeout", "baseline",
-                 f"{counts.baseline / events:,.0f}", ""),
-                ("dcore sim timers, instructions per timeout", "-",
-                 f"{counts.candidate / events:,.0f}", ""),
-                ("dcore / simpy by instructions", ">= 1.00x", f"{counts.speed:.2f}x",
-                 "PASS" if counts.speed >= 1.0 else "MISS"),
+                (
+                    "simpy timers, instructions per timeout",
+                    "baseline",
+                    f"{counts.baseline / events:,.0f}",
+                    "",
+                ),
+                (
+                    "dcore sim timers, instructions per timeout",
+                    "-",
+                    f"{counts.candidate / events:,.0f}",
+                    "",
+                ),
+                (
+                    "dcore / simpy by instructions",
+                    ">= 1.00x",
+                    f"{counts.speed:.2f}x",
+                    "PASS" if counts.speed >= 1.0 else "MISS",
+                ),
             ]
 
     if "jobs" in parts:
-        runs = interleaved({"inline": inline_jobs, "sim_inline": sim_inline_jobs,
-                            "sim": sim_jobs}, rounds)
+        runs = interleaved(
+            {"inline": inline_jobs, "sim_inline": sim_inline_jobs, "sim": sim_jobs}, rounds
+        )
         strict = per_round_ratios(runs, "sim", "inline")
         lenient = per_round_ratios(runs, "sim", "sim_inline")
         n = JOBS_PER_ROUND
         rows += [
-            ("strict: Dispatch + 5 stages inline, plain Environment, per job (min / median)",
-             "baseline", _ms(runs["inline"], n), ""),
-            ("lenient: the same inline inside the SimEnvironment, per job", "-",
-             _ms(runs["sim_inline"], n), ""),
+            (
+                "strict: Dispatch + 5 stages inline, plain Environment, per job (min / median)",
+                "baseline",
+                _ms(runs["inline"], n),
+                "",
+            ),
+            (
+                "lenient: the same inline inside the SimEnvironment, per job",
+                "-",
+                _ms(runs["sim_inline"], n),
+                "",
+            ),
             ("a simulated job (Dispatch + 5 stages), per job", "-", _ms(runs["sim"], n), ""),
-            ("simulated job / strict inline (median of rounds)", "<= 1.50x", _ratio(strict),
-             "PASS" if statistics.median(strict) <= 1.5 else "MISS"),
+            (
+                "simulated job / strict inline (median of rounds)",
+                "<= 1.50x",
+                _ratio(strict),
+                "PASS" if statistics.median(strict) <= 1.5 else "MISS",
+            ),
             ("simulated job / lenient inline (median of rounds)", "-", _ratio(lenient), ""),
         ]
         if args.instructions:
             counts = _instructions.compare(inline_jobs, sim_jobs)
             lenient_count = _instructions.count(sim_inline_jobs)
             rows += [
-                ("strict inline, instructions per job", "baseline",
-                 f"{counts.baseline / n:,.0f}", ""),
-                ("lenient inline in the SimEnvironment, instructions per job", "-",
-                 f"{lenient_count / n:,.0f}", ""),
+                (
+                    "strict inline, instructions per job",
+                    "baseline",
+                    f"{counts.baseline / n:,.0f}",
+                    "",
+                ),
+                (
+                    "lenient inline in the SimEnvironment, instructions per job",
+                    "-",
+                    f"{lenient_count / n:,.0f}",
+                    "",
+                ),
                 ("simulated job, instructions per job", "-", f"{counts.candidate / n:,.0f}", ""),
-                ("simulated / strict inline by instructions", "<= 1.50x",
-                 f"{1 / counts.speed:.2f}x", "PASS" if 1 / counts.speed <= 1.5 else "MISS"),
+                (
+                    "simulated / strict inline by instructions",
+                    "<= 1.50x",
+                    f"{1 / counts.speed:.2f}x",
+                    "PASS" if 1 / counts.speed <= 1.5 else "MISS",
+                ),
             ]
 
     if "explore" in parts:
@@ -438,27 +495,45 @@ def main(argv: list[str] | None = None) -> int:
         best, median = n / min(seeds), n / statistics.median(seeds)
         ratios = per_round_ratios(runs, "explore", "inline")
         rows += [
-            ("reference: the scenario's 2 jobs inline, plain Environment, per seed", "-",
-             _ms(runs["inline"], n), ""),
+            (
+                "reference: the scenario's 2 jobs inline, plain Environment, per seed",
+                "-",
+                _ms(runs["inline"], n),
+                "",
+            ),
             ("explore, a 2-job scenario, per seed", "-", _ms(seeds, n), ""),
-            ("explore, a 2-job scenario: seeds/s best / median", ">= 2,500/s",
-             f"{best:,.0f} / {median:,.0f}", "PASS" if median >= 2500 else "MISS"),
+            (
+                "explore, a 2-job scenario: seeds/s best / median",
+                ">= 2,500/s",
+                f"{best:,.0f} / {median:,.0f}",
+                "PASS" if median >= 2500 else "MISS",
+            ),
             ("explore seed / the 2 jobs inline (median of rounds)", "-", _ratio(ratios), ""),
         ]
         if args.instructions:
             counts = _instructions.compare(inline_two_jobs, explore_seeds)
             rows += [
-                ("the 2 jobs inline, instructions per seed", "-",
-                 f"{counts.baseline / n:,.0f}", ""),
+                (
+                    "the 2 jobs inline, instructions per seed",
+                    "-",
+                    f"{counts.baseline / n:,.0f}",
+                    "",
+                ),
                 ("explore, instructions per seed", "-", f"{counts.candidate / n:,.0f}", ""),
             ]
 
     counts_by_kind: dict[str, int] = {}
     if "workload" in parts:
         jobs_s, virtual, counts_by_kind = bench_jobs()
-        rows.append((f"1,000 jobs x 5 stages, {counts_by_kind['retry']} retries, "
-                     f"{virtual / 3600:.2f} h virtual", "< 5.00 s", f"{jobs_s:.2f} s",
-                     "PASS" if jobs_s < 5.0 else "MISS"))
+        rows.append(
+            (
+                f"1,000 jobs x 5 stages, {counts_by_kind['retry']} retries, "
+                f"{virtual / 3600:.2f} h virtual",
+                "< 5.00 s",
+                f"{jobs_s:.2f} s",
+                "PASS" if jobs_s < 5.0 else "MISS",
+            )
+        )
 
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     header = ("benchmark", "target", "measured", "result")

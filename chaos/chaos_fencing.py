@@ -77,10 +77,17 @@ def stored_key(ctx: Report) -> str:
 def main() -> None:
     spec = json.loads(sys.argv[1])
     settings = DcoreSettings(
-        locks="redis", redis_url=spec["redis_url"], redis_socket_timeout=0.5,
-        key_prefix=spec["prefix"], job_store="memory", event_bus="memory",
-        storage="minio", s3_endpoint=spec["s3_endpoint"], s3_bucket=spec["bucket"],
-        s3_region=spec["region"], s3_access_key=spec["access_key"],
+        locks="redis",
+        redis_url=spec["redis_url"],
+        redis_socket_timeout=0.5,
+        key_prefix=spec["prefix"],
+        job_store="memory",
+        event_bus="memory",
+        storage="minio",
+        s3_endpoint=spec["s3_endpoint"],
+        s3_bucket=spec["bucket"],
+        s3_region=spec["region"],
+        s3_access_key=spec["access_key"],
         s3_secret_key=spec["secret_key"],
     )
     with Environment(settings) as env, use_environment(env):
@@ -89,13 +96,15 @@ def main() -> None:
         pipeline = ctx.create_pipeline(stored_key)
         pipeline.chain(Execute("lock", key="report:{name}", ttl=spec["ttl"], timeout=5))
         pipeline.chain(Execute("hold"))
-        pipeline.chain(Execute("storage_write", path_field="key", content_field="content",
-                               fenced=True))
+        pipeline.chain(
+            Execute("storage_write", path_field="key", content_field="content", fenced=True)
+        )
         try:
             reply({"done": pipeline.run()})
         except Exception as exc:
             outcome: dict[str, Any] = {
-                "error": type(exc).__name__, "message": str(exc),
+                "error": type(exc).__name__,
+                "message": str(exc),
                 "notes": getattr(exc, "__notes__", []),
             }
             if isinstance(exc, StaleFenceError):

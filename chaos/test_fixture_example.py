@@ -15,5 +15,7 @@ def test_cache_survives_a_partition(dcore_chaos_redis: Any) -> None:
     dcore_chaos_redis.client.set("k", "v")
     with dcore_chaos_redis.proxy.partition(), pytest.raises(redis.ConnectionError):
         dcore_chaos_redis.client.get("k")
-    assert dcore_chaos_redis.client.get("k") == b"v"          # healed
+    assert dcore_chaos_redis.client.get("k") == b"v"  # healed
+
+
 # --8<-- [end:partition]

@@ -46,7 +46,9 @@ class Holder:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.process = subprocess.Popen(
             [sys.executable, str(HOLDER), json.dumps(spec)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
             cwd=Path(__file__).resolve().parents[1],
         )
 
@@ -79,12 +81,18 @@ class Holder:
 def holder(
     dcore_chaos_redis: ChaosRedis, dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> Iterator[Holder]:
-    process = Holder({
-        "redis_url": dcore_chaos_redis.url, "prefix": dcore_chaos_redis.prefix, "ttl": TTL,
-        "s3_endpoint": dcore_s3_endpoint.url, "bucket": dcore_s3_bucket,
-        "region": dcore_s3_endpoint.region,
-        "access_key": dcore_s3_endpoint.access_key, "secret_key": dcore_s3_endpoint.secret_key,
-    })
+    process = Holder(
+        {
+            "redis_url": dcore_chaos_redis.url,
+            "prefix": dcore_chaos_redis.prefix,
+            "ttl": TTL,
+            "s3_endpoint": dcore_s3_endpoint.url,
+            "bucket": dcore_s3_bucket,
+            "region": dcore_s3_endpoint.region,
+            "access_key": dcore_s3_endpoint.access_key,
+            "secret_key": dcore_s3_endpoint.secret_key,
+        }
+    )
     try:
         yield process
     finally:
@@ -110,7 +118,8 @@ def test_a_holder_in_another_process_partitioned_past_its_ttl_has_its_write_refu
     assert holder.ask("probe") == {"probe": None}
 
     lock_b = RedisLocks(dcore_chaos_redis.direct, prefix=dcore_chaos_redis.prefix).lock(
-        fence_a.lock, ttl=30.0)
+        fence_a.lock, ttl=30.0
+    )
     with _cut_off(dcore_chaos_redis, how):
         assert holder.ask("probe") == {"probe": "ServiceUnavailableError"}, "A is cut off"
         assert lock_b.acquire(timeout=ACQUIRE_WAIT), "B never got the lock after A's TTL"

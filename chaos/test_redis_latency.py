@@ -192,8 +192,9 @@ def test_an_injected_client_with_a_50ms_timeout_raises_redis_timeout_not_a_late_
     """Invariant: a job store on a ready client with a 50 ms socket timeout, behind
     100 ms of latency, raises (ServiceUnavailableError from redis' TimeoutError) rather
     than returning the late reply; the same store without latency answers."""
-    store = RedisJobStore(dcore_chaos_redis.connect(socket_timeout=0.05),
-                          prefix=dcore_chaos_redis.prefix)
+    store = RedisJobStore(
+        dcore_chaos_redis.connect(socket_timeout=0.05), prefix=dcore_chaos_redis.prefix
+    )
     store.create("job-1")
     with dcore_chaos_redis.proxy.latency(LATENCY_MS):
         error = _call_bounded(lambda: store.get("job-1"))

@@ -46,8 +46,13 @@ def queue_for(shard: int | None, settings: DcoreSettings) -> str:
 #: redis-py URL options that kombu's Redis transport takes as transport options instead
 #: (each is in ``kombu.transport.redis.Channel.from_transport_options``; a test checks)
 KOMBU_TRANSPORT_EQUIVALENTS = (
-    "socket_timeout", "socket_connect_timeout", "socket_keepalive", "retry_on_timeout",
-    "max_connections", "health_check_interval", "client_name",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "retry_on_timeout",
+    "max_connections",
+    "health_check_interval",
+    "client_name",
 )
 _NUMBER_FORMS: dict[Any, str] = {float: "a number", int: "an integer"}
 

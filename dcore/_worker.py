@@ -94,9 +94,7 @@ class PipelineCache:
     def __init__(self, env: Environment, size: int = 256) -> None:
         self._env = env
         self._size = size
-        self._cache: OrderedDict[tuple[int, int, int, str, bytes], Pipeline[Any]] = (
-            OrderedDict()
-        )
+        self._cache: OrderedDict[tuple[int, int, int, str, bytes], Pipeline[Any]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, message: JobMessage) -> Pipeline[Any]:
@@ -143,9 +141,7 @@ def deliver_message(
         # the dead letter must hold the message as delivered, never one rebuilt from the
         # context the failed run has changed; serialized only if it is needed
         raw_json = raw if isinstance(raw, str) else message.to_json
-        return continuation.deliver(
-            context, attempt=message.attempt, final=final, message=raw_json
-        )
+        return continuation.deliver(context, attempt=message.attempt, final=final, message=raw_json)
 
 
 def _malformed(env: Environment, raw: JobMessage | str | bytes, exc: MessageError) -> Delivered:

@@ -106,7 +106,10 @@ def celery_app(env: Environment) -> Celery:
 
 
 def resend_stale(
-    env: Environment, *, older_than: float | None = None, limit: int = 1000,
+    env: Environment,
+    *,
+    older_than: float | None = None,
+    limit: int = 1000,
     dry_run: bool = False,
 ) -> list[str]:
     """Send again every job whose delivery was lost (see :mod:`dcore._core.recovery`):

@@ -185,9 +185,7 @@ class StaleFenceError(StorageError):
                 f"{latest_number}), and fences of different locks cannot be ordered; write "
                 "each key under one lock name"
             )
-        super().__init__(
-            f"write to {key!r} with fence {number} of lock {lock!r} refused: {why}"
-        )
+        super().__init__(f"write to {key!r} with fence {number} of lock {lock!r} refused: {why}")
 
 
 class JobStateError(DcoreError):

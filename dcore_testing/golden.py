@@ -78,8 +78,13 @@ class GoldenMessages:
     def _dir(self, directory: str | os.PathLike[str] | None) -> Path:
         return self.directory if directory is None else self.base / directory
 
-    def path(self, cls: type[PipelineContext], version: str | None = None, *,
-             directory: str | os.PathLike[str] | None = None) -> Path:
+    def path(
+        self,
+        cls: type[PipelineContext],
+        version: str | None = None,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+    ) -> Path:
         """The file of ``cls`` at ``version`` (default: its current ``__version__``)."""
         version = cls.__version__ if version is None else version
         if not _VERSION.fullmatch(version):
@@ -90,14 +95,14 @@ class GoldenMessages:
         return self._dir(directory) / type_directory(cls) / f"{version}.json"
 
     # -- record --------------------------------------------------------------------------
-    def record(self, example: Example, *, directory: str | os.PathLike[str] | None = None
-               ) -> Path | None:
+    def record(
+        self, example: Example, *, directory: str | os.PathLike[str] | None = None
+    ) -> Path | None:
         """Write ``example``'s message under its type and version unless a file is
         already there (never overwritten); the path written, or None."""
         return self._write(_payload(example), directory)
 
-    def _write(self, payload: Payload, directory: str | os.PathLike[str] | None
-               ) -> Path | None:
+    def _write(self, payload: Payload, directory: str | os.PathLike[str] | None) -> Path | None:
         cls, version, document = payload
         path = self.path(cls, version, directory=directory)
         if path.exists():
@@ -108,8 +113,12 @@ class GoldenMessages:
         return path
 
     # -- check ---------------------------------------------------------------------------
-    def check(self, example: Example | type[PipelineContext], *,
-              directory: str | os.PathLike[str] | None = None) -> list[Path]:
+    def check(
+        self,
+        example: Example | type[PipelineContext],
+        *,
+        directory: str | os.PathLike[str] | None = None,
+    ) -> list[Path]:
         """Check that this code runs every stored version of ``example``'s context type,
         and that the current version is stored (recording it first when ``update``).
 
@@ -131,8 +140,7 @@ class GoldenMessages:
         if not current.exists():
             problems.append(self._missing(current, cls))
         if payload is not None:
-            problems.append(_example_problem(type(example).__name__, payload[2],
-                                             self.environment))
+            problems.append(_example_problem(type(example).__name__, payload[2], self.environment))
         _raise([p for p in problems if p])
         return files
 
@@ -168,11 +176,15 @@ class GoldenMessages:
             return f"{_show(path)}: not a context envelope or a job message"
         named, version = envelope.get("type"), envelope.get("version")
         if cls is not None and named != context_type_name(cls):
-            return (f"{_show(path)}: holds a {named!r} message, not a "
-                    f"{context_type_name(cls)!r} one; move it under its own type")
+            return (
+                f"{_show(path)}: holds a {named!r} message, not a "
+                f"{context_type_name(cls)!r} one; move it under its own type"
+            )
         if version != path.stem:
-            return (f"{_show(path)}: the file name says version {path.stem} but the "
-                    f"message is version {version!r}; rename the file")
+            return (
+                f"{_show(path)}: the file name says version {path.stem} but the "
+                f"message is version {version!r}; rename the file"
+            )
         try:
             _load(stored, is_message, self.environment)
         except MessageError as exc:
@@ -218,8 +230,7 @@ def _load(stored: dict[str, Any], is_message: bool, env: Environment | None) -> 
         PipelineContext.from_envelope(stored)
 
 
-def _example_problem(kind: str, document: dict[str, Any], env: Environment | None
-                     ) -> str | None:
+def _example_problem(kind: str, document: dict[str, Any], env: Environment | None) -> str | None:
     """This code must accept what it sends now, too."""
     try:
         _load(json.loads(_dumps(document)), "spec" in document, env)
@@ -230,16 +241,22 @@ def _example_problem(kind: str, document: dict[str, Any], env: Environment | Non
 
 def _explain(path: Path, named: str, version: str, exc: MessageError) -> str:
     name = named.rsplit(":", 1)[-1]
-    text = (f"{_show(path)}: a worker running this code would dead-letter {name} "
-            f"{version} messages still queued:\n    {exc}")
+    text = (
+        f"{_show(path)}: a worker running this code would dead-letter {name} "
+        f"{version} messages still queued:\n    {exc}"
+    )
     try:
         current = context_type(named).__version__
     except MessageError:
-        return text + ("\n    import the module that defines it before checking; if the "
-                       "class was moved or renamed, its queued messages cannot run")
+        return text + (
+            "\n    import the module that defines it before checking; if the "
+            "class was moved or renamed, its queued messages cannot run"
+        )
     if current == version:
-        text += (f"\n    if {name} {version} was never released, delete this file and "
-                 f"record it again with `{UPDATE_HINT}`")
+        text += (
+            f"\n    if {name} {version} was never released, delete this file and "
+            f"record it again with `{UPDATE_HINT}`"
+        )
     return text
 
 

@@ -71,8 +71,10 @@ def _trace(run: SimEnvironment | Trace) -> Trace:
 
 def _sim(run: Any, invariant: str) -> SimEnvironment:
     if not hasattr(run, "broker"):
-        raise TypeError(f"{invariant}() needs the SimEnvironment (it reads final job states), "
-                        f"got {type(run).__name__}")
+        raise TypeError(
+            f"{invariant}() needs the SimEnvironment (it reads final job states), "
+            f"got {type(run).__name__}"
+        )
     return run  # type: ignore[no-any-return]
 
 
@@ -90,8 +92,7 @@ def _by_job(trace: Trace) -> dict[str, list[Event]]:
 
 
 def _final_states(sim: SimEnvironment) -> dict[str, str | None]:
-    return {job: None if state is None else str(state)
-            for job, state in sim.job_states().items()}
+    return {job: None if state is None else str(state) for job, state in sim.job_states().items()}
 
 
 # -- jobs ---------------------------------------------------------------------------------
@@ -114,8 +115,9 @@ def retry_bounds(run: SimEnvironment | Trace, attempts: int | None = None) -> No
     the policy the dispatcher recorded). Redeliveries after a crash and duplicate
     deliveries repeat an attempt; they do not count as new ones."""
     trace = _trace(run)
-    allowed = {e["job"]: attempts or e.get("attempts", 1) for e in trace.events
-               if e["ev"] == "dispatch"}
+    allowed = {
+        e["job"]: attempts or e.get("attempts", 1) for e in trace.events if e["ev"] == "dispatch"
+    }
     for job, events in _by_job(trace).items():
         tried = {e["attempt"] for e in events if e["ev"] == "deliver"}
         if tried and max(tried) > allowed.get(job, max(tried)):
@@ -141,8 +143,12 @@ def dlq_exactly_once(run: SimEnvironment) -> None:
         if got != want:
             raise InvariantViolation(
                 f"dead letters: {job} is {state} and has {got} DLQ entries; expected {want}",
-                [e for e in sim.trace.events if e.get("job") == job
-                 and e["ev"] in ("deliver", "failed", "crash", "redeliver", "dlq", "job.dead")],
+                [
+                    e
+                    for e in sim.trace.events
+                    if e.get("job") == job
+                    and e["ev"] in ("deliver", "failed", "crash", "redeliver", "dlq", "job.dead")
+                ],
             )
 
 
@@ -170,12 +176,14 @@ def exactly_once(run: SimEnvironment | Trace, effect: str) -> None:
         if len(effects) > 1:
             raise InvariantViolation(
                 f"exactly-once broken: {job} performed {effect!r} {len(effects)} times",
-                _context(trace, job, effects))
+                _context(trace, job, effects),
+            )
     for job in _dispatched(trace):
         if job in done and not _effects(trace, effect).get(job):
             raise InvariantViolation(
                 f"exactly-once broken: {job} succeeded without performing {effect!r}",
-                _context(trace, job, []))
+                _context(trace, job, []),
+            )
 
 
 def at_least_once(run: SimEnvironment | Trace, effect: str) -> None:
@@ -187,7 +195,8 @@ def at_least_once(run: SimEnvironment | Trace, effect: str) -> None:
             job = e["job"]
             raise InvariantViolation(
                 f"at-least-once broken: {job} succeeded without performing {effect!r}",
-                _context(trace, job, []))
+                _context(trace, job, []),
+            )
 
 
 def max_rate(run: SimEnvironment | Trace, effect: str, *, per: float, limit: int) -> None:
@@ -195,8 +204,9 @@ def max_rate(run: SimEnvironment | Trace, effect: str, *, per: float, limit: int
     all jobs): a rate limit towards a third party kept, whatever retries and redeliveries
     do."""
     if per <= 0 or limit < 0:
-        raise ValueError(f"max_rate() needs per > 0 and limit >= 0, got per={per!r}, "
-                         f"limit={limit!r}")
+        raise ValueError(
+            f"max_rate() needs per > 0 and limit >= 0, got per={per!r}, limit={limit!r}"
+        )
     trace = _trace(run)
     hits = [e for e in trace.events if e["ev"] == "effect" and e.get("name") == effect]
     start = 0
@@ -207,7 +217,8 @@ def max_rate(run: SimEnvironment | Trace, effect: str, *, per: float, limit: int
             raise InvariantViolation(
                 f"rate broken: {effect!r} happened {end - start + 1} times within {per:g} s "
                 f"(from t={hits[start]['t']:g} to t={e['t']:g}); at most {limit} allowed",
-                hits[start:end + 1])
+                hits[start : end + 1],
+            )
 
 
 def per_key_order(run: SimEnvironment | Trace, effect: str, *, key: str) -> None:
@@ -224,15 +235,19 @@ def per_key_order(run: SimEnvironment | Trace, effect: str, *, key: str) -> None
         value = e[key]
         prev = last.get(value)
         if prev is not None and order.get(str(e.get("job")), -1) < order.get(
-                str(prev.get("job")), -1):
+            str(prev.get("job")), -1
+        ):
             raise InvariantViolation(
                 f"per-key order broken: {effect!r} for {key}={value!r} ran for {e.get('job')} "
-                f"after {prev.get('job')}, which was dispatched later", [prev, e])
+                f"after {prev.get('job')}, which was dispatched later",
+                [prev, e],
+            )
         last[value] = e
 
 
-def complete_or_absent(run: SimEnvironment, prefix: str, *,
-                       complete: Callable[[str, bytes], bool]) -> None:
+def complete_or_absent(
+    run: SimEnvironment, prefix: str, *, complete: Callable[[str, bytes], bool]
+) -> None:
     """Every stored object under ``prefix`` is complete (``complete(key, data)``) or
     absent: a crash half-way through writing one must never leave a partial object a
     reader would take for the real one. Reads the backend, adding no trace events."""
@@ -243,13 +258,14 @@ def complete_or_absent(run: SimEnvironment, prefix: str, *,
         data = storage.get(key)
         if not complete(key, data):
             raise InvariantViolation(
-                f"complete-or-absent broken: {key!r} is stored but incomplete "
-                f"({len(data)} bytes)",
-                [e for e in sim.trace.events if e.get("key") == key])
+                f"complete-or-absent broken: {key!r} is stored but incomplete ({len(data)} bytes)",
+                [e for e in sim.trace.events if e.get("key") == key],
+            )
 
 
-def all_or_nothing(run: SimEnvironment, *, effects: Sequence[str],
-                   compensations: Mapping[str, str]) -> None:
+def all_or_nothing(
+    run: SimEnvironment, *, effects: Sequence[str], compensations: Mapping[str, str]
+) -> None:
     """Every job is all or nothing: a job that SUCCEEDED performed each of ``effects``
     and undid none; a job that is DEAD undid every compensable effect it performed,
     exactly as often as it performed it (``compensations`` maps an effect to the effect
@@ -276,22 +292,46 @@ def all_or_nothing(run: SimEnvironment, *, effects: Sequence[str],
             missing = [name for name in effects if not done[name]]
             undone = sorted(name for name in undoing if done[name])
             if missing or undone:
-                problem = (f"{job} SUCCEEDED but " + ", ".join(filter(None, [
-                    f"never performed {missing}" if missing else "",
-                    f"undid {undone}" if undone else ""])))
+                problem = f"{job} SUCCEEDED but " + ", ".join(
+                    filter(
+                        None,
+                        [
+                            f"never performed {missing}" if missing else "",
+                            f"undid {undone}" if undone else "",
+                        ],
+                    )
+                )
         elif state == "DEAD":
-            wrong = {name: (done[name], done[undo]) for name, undo in compensations.items()
-                     if done[name] != done[undo]}
+            wrong = {
+                name: (done[name], done[undo])
+                for name, undo in compensations.items()
+                if done[name] != done[undo]
+            }
             if wrong:
                 problem = f"{job} is DEAD but " + ", ".join(
                     f"{name!r} happened {n} times and {compensations[name]!r} {m}"
-                    for name, (n, m) in wrong.items())
+                    for name, (n, m) in wrong.items()
+                )
         if problem is not None:
             raise InvariantViolation(
                 f"all-or-nothing broken: {problem}",
-                [e for e in sim.trace.events if e.get("job") == job
-                 and e["ev"] in ("effect", "crash", "deliver", "failed", "job.compensating",
-                                 "job.compensated", "stage.compensated", "dlq")])
+                [
+                    e
+                    for e in sim.trace.events
+                    if e.get("job") == job
+                    and e["ev"]
+                    in (
+                        "effect",
+                        "crash",
+                        "deliver",
+                        "failed",
+                        "job.compensating",
+                        "job.compensated",
+                        "stage.compensated",
+                        "dlq",
+                    )
+                ],
+            )
 
 
 # -- stages -------------------------------------------------------------------------------
@@ -318,12 +358,16 @@ def stage_order(run: SimEnvironment | Trace, expected: Sequence[str] | None = No
                 want = expected[i] if i < len(expected) else "nothing (past the end)"
                 raise InvariantViolation(
                     f"stage order broken: {e['job']} entered {e['stage']!r} as stage {i}, "
-                    f"expected {want!r}", [e])
+                    f"expected {want!r}",
+                    [e],
+                )
             if stack and i != stack[-1]["index"] + 1:
                 top = stack[-1]
                 raise InvariantViolation(
                     f"stage order broken: {e['job']} entered stage {i} ({e['stage']!r}) "
-                    f"from stage {top['index']} ({top['stage']!r})", [top, e])
+                    f"from stage {top['index']} ({top['stage']!r})",
+                    [top, e],
+                )
             stack.append(e)
         elif ev == "stage.exit":
             stack = running.get((e["job"], e["lane"]), [])
@@ -332,8 +376,9 @@ def stage_order(run: SimEnvironment | Trace, expected: Sequence[str] | None = No
     return None
 
 
-_RUN_ENDS = frozenset({"ack", "failed", "retry", "dead", "crash", "skip", "deferred",
-                       "defer", "requeue", "lost"})
+_RUN_ENDS = frozenset(
+    {"ack", "failed", "retry", "dead", "crash", "skip", "deferred", "defer", "requeue", "lost"}
+)
 
 
 def no_concurrent_runs(run: SimEnvironment | Trace) -> None:
@@ -352,7 +397,9 @@ def no_concurrent_runs(run: SimEnvironment | Trace) -> None:
             if current is not None and current["lane"] != e["lane"]:
                 raise InvariantViolation(
                     f"concurrent runs: {job} ran on {e['lane']} while {current['lane']} "
-                    "was still running it", [current, e])
+                    "was still running it",
+                    [current, e],
+                )
             running.setdefault(job, e)
         elif ev in _RUN_ENDS and running.get(job, {}).get("lane") == e["lane"]:
             del running[job]
@@ -373,11 +420,15 @@ def sync_before_return(run: SimEnvironment | Trace) -> None:
             if background and d is None:
                 raise InvariantViolation(
                     f"sync-before-return broken: background stage {e['stage']!r} of "
-                    f"{e['job']} started before the job was dispatched", [e])
+                    f"{e['job']} started before the job was dispatched",
+                    [e],
+                )
             if not background and d is not None and d["lane"] == e["lane"]:
                 raise InvariantViolation(
                     f"sync-before-return broken: {e['job']} entered {e['stage']!r} in the "
-                    f"caller after the Dispatch handed the job off", [d, e])
+                    f"caller after the Dispatch handed the job off",
+                    [d, e],
+                )
 
 
 # -- locks --------------------------------------------------------------------------------
@@ -395,7 +446,8 @@ def lock_mutual_exclusion(run: SimEnvironment | Trace) -> None:
                 raise InvariantViolation(
                     f"mutual exclusion broken: {e['lane']} acquired lock {e['name']!r} "
                     f"while {held['lane']} still held it (its TTL ran out while it worked)",
-                    [held, e])
+                    [held, e],
+                )
             holders[e["name"]] = e
         elif ev in ("lock.release", "lock.lost"):
             held = holders.get(e["name"])
@@ -413,22 +465,28 @@ def all_succeeded(run: SimEnvironment) -> None:
     if others:
         by_job = _by_job(sim.trace)
         listed = ", ".join(f"{job} is {state or 'missing'}" for job, state in others.items())
-        raise InvariantViolation(f"not every job succeeded: {listed}",
-                                 [e for job in others for e in by_job[job]])
+        raise InvariantViolation(
+            f"not every job succeeded: {listed}", [e for job in others for e in by_job[job]]
+        )
 
 
 def expect_states(run: SimEnvironment, expected: Mapping[str, str]) -> None:
     """The jobs (by alias) ended in the states given: ``{"j1": "SUCCEEDED", "j2": "DEAD"}``."""
     sim = _sim(run, "expect_states")
     states = _final_states(sim)
-    wrong = {job: (states.get(job), str(want)) for job, want in expected.items()
-             if states.get(job) != str(want)}
+    wrong = {
+        job: (states.get(job), str(want))
+        for job, want in expected.items()
+        if states.get(job) != str(want)
+    }
     if wrong:
-        listed = ", ".join(f"{job} is {got or 'missing'}, expected {want}"
-                           for job, (got, want) in wrong.items())
+        listed = ", ".join(
+            f"{job} is {got or 'missing'}, expected {want}" for job, (got, want) in wrong.items()
+        )
         by_job = _by_job(sim.trace)
-        raise InvariantViolation(f"unexpected job states: {listed}",
-                                 [e for job in wrong for e in by_job.get(job, [])])
+        raise InvariantViolation(
+            f"unexpected job states: {listed}", [e for job in wrong for e in by_job.get(job, [])]
+        )
 
 
 @dataclass(frozen=True)
@@ -445,8 +503,9 @@ class RunSummary:
         return ", ".join(f"{n} {state}" for state, n in sorted(self.states.items()))
 
 
-def check_all(run: SimEnvironment, *, exactly_once_effects: Sequence[str] = (),
-              allow_dead: bool = True) -> RunSummary:
+def check_all(
+    run: SimEnvironment, *, exactly_once_effects: Sequence[str] = (), allow_dead: bool = True
+) -> RunSummary:
     """The invariants every run must keep, plus exactly-once for the named effects.
 
     Returns how the jobs ended, so a test can see that its run did something: a run in

@@ -24,28 +24,40 @@ FIXTURE_MODULES = [
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("dcore", "distributed-core testing")
     group.addoption(
-        "--dcore-seed", type=int, default=None,
+        "--dcore-seed",
+        type=int,
+        default=None,
         help="seed for simulated tests (default: derived from the test's name)",
     )
     group.addoption(
-        "--dcore-replay", metavar="PATH", default=None,
+        "--dcore-replay",
+        metavar="PATH",
+        default=None,
         help="replay a saved simulator trace instead of exploring",
     )
     group.addoption(
-        "--dcore-trace-dir", metavar="DIR", default="dcore-traces",
+        "--dcore-trace-dir",
+        metavar="DIR",
+        default="dcore-traces",
         help="where traces of failing simulated tests are saved (default: dcore-traces)",
     )
     group.addoption(
-        "--dcore-services", choices=("fake", "real"), default="fake",
+        "--dcore-services",
+        choices=("fake", "real"),
+        default="fake",
         help="run service fixtures against in-memory fakes or real Redis/S3",
     )
     group.addoption(
-        "--dcore-update-golden", action="store_true", default=False,
+        "--dcore-update-golden",
+        action="store_true",
+        default=False,
         help="record the current version's golden message where it is missing "
-             "(existing files are never overwritten)",
+        "(existing files are never overwritten)",
     )
     group.addoption(
-        "--dcore-check-determinism", action="store_true", default=False,
+        "--dcore-check-determinism",
+        action="store_true",
+        default=False,
         help="run each simulated test's seed twice and fail if the traces differ",
     )
 

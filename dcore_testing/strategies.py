@@ -34,8 +34,17 @@ from dcore_testing.sim.faults import (
 
 __all__ = ["contexts", "fault_plans", "pipelines", "schedules", "seeds"]
 
-_FAULT_KINDS = ("crash", "crash_op", "duplicate", "delay", "drop", "service_error",
-                "ambiguous", "partition", "web_crash")
+_FAULT_KINDS = (
+    "crash",
+    "crash_op",
+    "duplicate",
+    "delay",
+    "drop",
+    "service_error",
+    "ambiguous",
+    "partition",
+    "web_crash",
+)
 _TEXT = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=16)
 
 
@@ -48,11 +57,14 @@ def schedules(horizon: int = 64, max_preemptions: int = 8) -> st.SearchStrategy[
     """Interleavings as choosers (pass as ``SimEnvironment(chooser=...)``): a few
     preemption points that shrink to fewer and earlier; drawn faults follow a drawn seed."""
     if horizon < 1 or max_preemptions < 0:
-        raise ValueError(f"schedules() needs horizon >= 1 and max_preemptions >= 0, got "
-                         f"horizon={horizon!r}, max_preemptions={max_preemptions!r}")
+        raise ValueError(
+            f"schedules() needs horizon >= 1 and max_preemptions >= 0, got "
+            f"horizon={horizon!r}, max_preemptions={max_preemptions!r}"
+        )
     return st.builds(
         lambda points, seed: ScheduleChooser(dict(points), random.Random(seed)),
-        preemption_points(horizon, max_preemptions), st.integers(0, 2**32 - 1),
+        preemption_points(horizon, max_preemptions),
+        st.integers(0, 2**32 - 1),
     )
 
 
@@ -84,8 +96,9 @@ def _for_annotation(annotation: Any) -> st.SearchStrategy[Any]:
     return st.from_type(annotation)
 
 
-def contexts(context_type: type[PipelineContext], **fields: Any
-             ) -> st.SearchStrategy[PipelineContext]:
+def contexts(
+    context_type: type[PipelineContext], **fields: Any
+) -> st.SearchStrategy[PipelineContext]:
     """Contexts of ``context_type`` with every data field drawn from its annotation.
 
     ``fields`` pin a field to a value or to a strategy of your own. ``job_id``,
@@ -95,8 +108,10 @@ def contexts(context_type: type[PipelineContext], **fields: Any
     known = context_type.model_fields
     unknown = sorted(set(fields) - set(known))
     if unknown:
-        raise TypeError(f"contexts({context_type.__name__}): no field(s) {', '.join(unknown)}; "
-                        f"fields: {', '.join(known)}")
+        raise TypeError(
+            f"contexts({context_type.__name__}): no field(s) {', '.join(unknown)}; "
+            f"fields: {', '.join(known)}"
+        )
     skip = {"job_id", "errors", *context_type.runtime_fields()}
     drawn: dict[str, st.SearchStrategy[Any]] = {}
     for name, info in known.items():
@@ -106,8 +121,10 @@ def contexts(context_type: type[PipelineContext], **fields: Any
         elif name not in skip and info.is_required():
             drawn[name] = _for_annotation(info.annotation)
         elif name not in skip:
-            drawn[name] = st.one_of(st.just(info.get_default(call_default_factory=True)),
-                                    _for_annotation(info.annotation))
+            drawn[name] = st.one_of(
+                st.just(info.get_default(call_default_factory=True)),
+                _for_annotation(info.annotation),
+            )
     return st.fixed_dictionaries(drawn).map(lambda data: context_type(**data))
 
 
@@ -117,8 +134,10 @@ def _ref(stage: str | StageRef) -> StageRef:
         return stage
     if isinstance(stage, str) and stage:
         return StageRef(Execute, stage, {})
-    raise TypeError(f"a stage vocabulary holds plugin names or stage references like "
-                    f"Execute('logging'), got {stage!r}")
+    raise TypeError(
+        f"a stage vocabulary holds plugin names or stage references like "
+        f"Execute('logging'), got {stage!r}"
+    )
 
 
 def pipelines(
@@ -137,12 +156,14 @@ def pipelines(
     if not refs:
         raise ValueError("pipelines() needs a non-empty stage vocabulary")
     if not 0 <= min_stages <= max_stages:
-        raise ValueError(f"pipelines() needs 0 <= min_stages <= max_stages, got "
-                         f"{min_stages}..{max_stages}")
+        raise ValueError(
+            f"pipelines() needs 0 <= min_stages <= max_stages, got {min_stages}..{max_stages}"
+        )
     dispatch_ref = None
     if dispatch is not None:
-        dispatch_ref = dispatch if isinstance(dispatch, StageRef) else StageRef(
-            Dispatch, dispatch, {})
+        dispatch_ref = (
+            dispatch if isinstance(dispatch, StageRef) else StageRef(Dispatch, dispatch, {})
+        )
     contexts_ = context if isinstance(context, st.SearchStrategy) else st.just(context)
 
     @st.composite
@@ -181,22 +202,28 @@ def fault_plans(
     the first call, a crash before the call)."""
     unknown = sorted(set(kinds) - set(_FAULT_KINDS))
     if unknown:
-        raise ValueError(f"fault_plans(kinds=...): unknown kind(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(_FAULT_KINDS)}")
+        raise ValueError(
+            f"fault_plans(kinds=...): unknown kind(s) {', '.join(unknown)}; "
+            f"known: {', '.join(_FAULT_KINDS)}"
+        )
     if jobs < 1 or max_faults < 0 or workers < 1:
-        raise ValueError(f"fault_plans() needs jobs >= 1, workers >= 1 and max_faults >= 0, "
-                         f"got jobs={jobs!r}, workers={workers!r}, max_faults={max_faults!r}")
+        raise ValueError(
+            f"fault_plans() needs jobs >= 1, workers >= 1 and max_faults >= 0, "
+            f"got jobs={jobs!r}, workers={workers!r}, max_faults={max_faults!r}"
+        )
     job = st.one_of(st.none(), st.integers(1, jobs))
     op = st.sampled_from(list(ops))
     nth = st.integers(1, 3)
     options: list[st.SearchStrategy[Any]] = []
     if "crash" in kinds:
         where = st.sampled_from(list(stages)) if stages else st.none()
-        options.append(st.builds(Crash, job=job, stage=where,
-                                 when=st.sampled_from(["enter", "exit"])))
+        options.append(
+            st.builds(Crash, job=job, stage=where, when=st.sampled_from(["enter", "exit"]))
+        )
     if "crash_op" in kinds:
-        options.append(st.builds(Crash, job=job, op=op, nth=nth,
-                                 when=st.sampled_from(["before", "after"])))
+        options.append(
+            st.builds(Crash, job=job, op=op, nth=nth, when=st.sampled_from(["before", "after"]))
+        )
     if "duplicate" in kinds:
         options.append(st.builds(Duplicate, job=job))
     if "delay" in kinds:
@@ -208,18 +235,26 @@ def fault_plans(
     if "ambiguous" in kinds:
         options.append(st.builds(ServiceError, job=job, op=op, nth=nth, applied=st.just(True)))
     if "partition" in kinds:
-        options.append(st.builds(
-            Partition, service=st.sampled_from(["jobs", "storage", "*"]),
-            workers=st.lists(st.integers(1, workers), max_size=1, unique=True).map(tuple),
-            start=st.sampled_from([0.0, 1.0, 10.0]), seconds=st.sampled_from([5.0, 30.0, 60.0])))
+        options.append(
+            st.builds(
+                Partition,
+                service=st.sampled_from(["jobs", "storage", "*"]),
+                workers=st.lists(st.integers(1, workers), max_size=1, unique=True).map(tuple),
+                start=st.sampled_from([0.0, 1.0, 10.0]),
+                seconds=st.sampled_from([5.0, 30.0, 60.0]),
+            )
+        )
     if "web_crash" in kinds:
-        options.append(st.builds(WebCrash, when=st.sampled_from(["after_response",
-                                                                 "after_record"])))
+        options.append(
+            st.builds(WebCrash, when=st.sampled_from(["after_response", "after_record"]))
+        )
     explicit = st.lists(st.one_of(options), max_size=max_faults) if options else st.just([])
     chance = st.sampled_from([0.0, 0.05, 0.2])
     if not probabilities:
         return explicit.map(lambda faults: FaultPlan(*faults))
-    drawn = {kind: chance if kind in kinds else st.just(0.0)
-             for kind in ("crash", "duplicate", "delay", "drop", "service_error", "ambiguous")}
+    drawn = {
+        kind: chance if kind in kinds else st.just(0.0)
+        for kind in ("crash", "duplicate", "delay", "drop", "service_error", "ambiguous")
+    }
     drawn["crash_op"] = chance if "crash_op" in kinds else st.just(0.0)
     return st.builds(lambda faults, **p: FaultPlan(*faults, **p), explicit, **drawn)

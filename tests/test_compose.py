@@ -175,6 +175,10 @@ def test_dockerfile_installs_every_extra_and_the_example() -> None:
     reason="the docker compose plugin is not installed",
 )
 def test_docker_compose_accepts_the_file() -> None:
-    result = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "-q"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr

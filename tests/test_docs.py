@@ -28,16 +28,18 @@ def test_the_readme_is_a_first_page_of_at_most_10_kb() -> None:
 
 def test_every_setting_is_in_the_settings_reference() -> None:
     text = page("reference/settings.md")
-    missing = [name for name in DcoreSettings.model_fields
-               if f"`DCORE_{name.upper()}`" not in text]
+    missing = [name for name in DcoreSettings.model_fields if f"`DCORE_{name.upper()}`" not in text]
     assert not missing, f"docs/reference/settings.md lacks {missing}"
 
 
 def test_every_event_topic_is_in_the_events_reference() -> None:
     from dcore._core import events
 
-    topics = [value for name, value in vars(events).items()
-              if name.isupper() and isinstance(value, str) and re.fullmatch(r"[a-z.]+", value)]
+    topics = [
+        value
+        for name, value in vars(events).items()
+        if name.isupper() and isinstance(value, str) and re.fullmatch(r"[a-z.]+", value)
+    ]
     assert len(topics) >= 10
     text = page("reference/events.md")
     assert not [t for t in topics if f"| `{t}` |" not in text]
@@ -47,8 +49,11 @@ def test_every_built_in_plugin_is_in_the_plugins_reference() -> None:
     text = page("reference/plugins.md")
     for interface in (Dispatch, Execute):
         registry = default_registry()
-        built_in = [name for name in registry.names(interface)  # (tests add plugins too)
-                    if registry.get(interface, name).__module__.startswith("dcore.")]
+        built_in = [
+            name
+            for name in registry.names(interface)  # (tests add plugins too)
+            if registry.get(interface, name).__module__.startswith("dcore.")
+        ]
         assert len(built_in) >= 5
         for name in built_in:
             assert f"| `{name}` |" in text, f"{interface.__name__} plugin {name!r}"
@@ -95,7 +100,8 @@ def test_every_fixture_is_dcore_prefixed_and_in_the_fixtures_reference(
             continue
         for attr in vars(plugin).values():
             marker = getattr(attr, "_fixture_function_marker", None) or getattr(
-                attr, "_pytestfixturefunction", None)
+                attr, "_pytestfixturefunction", None
+            )
             if marker is not None:
                 ours.add(marker.name or attr.__name__)
     assert len(ours) >= 15, ours

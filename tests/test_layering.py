@@ -30,17 +30,30 @@ def test_the_code_keeps_every_contract() -> None:
 
 PLANTED = {
     "the library imports the test kit": (
-        "dcore/cli/__init__.py", "import dcore_testing.sim",
-        "dcore never imports dcore_testing"),
+        "dcore/cli/__init__.py",
+        "import dcore_testing.sim",
+        "dcore never imports dcore_testing",
+    ),
     "the engine imports an entry point above it": (
-        "dcore/_core/pipeline.py", "import dcore.celery", "dcore's layers"),
+        "dcore/_core/pipeline.py",
+        "import dcore.celery",
+        "dcore's layers",
+    ),
     "a service interface imports the engine": (
-        "dcore/services/jobs.py", "import dcore._core.lifecycle", "dcore's layers"),
+        "dcore/services/jobs.py",
+        "import dcore._core.lifecycle",
+        "dcore's layers",
+    ),
     "the test kit imports a private module": (
-        "dcore_testing/sim/dispatcher.py", "import dcore._core.lifecycle",
-        "dcore_testing uses dcore's public modules"),
+        "dcore_testing/sim/dispatcher.py",
+        "import dcore._core.lifecycle",
+        "dcore_testing uses dcore's public modules",
+    ),
     "two engine modules import each other": (
-        "dcore/_core/ids.py", "import dcore._core.context", "no import cycles in a package"),
+        "dcore/_core/ids.py",
+        "import dcore._core.context",
+        "no import cycles in a package",
+    ),
 }
 
 

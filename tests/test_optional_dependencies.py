@@ -7,8 +7,21 @@ import subprocess
 import sys
 import textwrap
 
-OPTIONAL = ["redis", "boto3", "botocore", "celery", "kombu", "fastapi", "starlette",
-            "opentelemetry", "greenlet", "freezegun", "hypothesis", "fakeredis", "moto"]
+OPTIONAL = [
+    "redis",
+    "boto3",
+    "botocore",
+    "celery",
+    "kombu",
+    "fastapi",
+    "starlette",
+    "opentelemetry",
+    "greenlet",
+    "freezegun",
+    "hypothesis",
+    "fakeredis",
+    "moto",
+]
 
 SCRIPT = textwrap.dedent(
     """
@@ -33,11 +46,21 @@ SCRIPT = textwrap.dedent(
 def test_import_dcore_with_every_optional_package_missing_registers_all_builtins() -> None:
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, ",".join(OPTIONAL)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
     assert done.returncode == 0, done.stderr
     dispatchers, stages = done.stdout.split()
     assert dispatchers.split(",") == ["celery", "fastapi", "inline", "schedule_job", "thread"]
-    assert set(stages.split(",")) >= {"storage_write", "logging", "lock", "retry",
-                                      "error_handler", "dead_letter", "tracing"}
+    assert set(stages.split(",")) >= {
+        "storage_write",
+        "logging",
+        "lock",
+        "retry",
+        "error_handler",
+        "dead_letter",
+        "tracing",
+    }

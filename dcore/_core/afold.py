@@ -61,7 +61,8 @@ AsyncCall = Callable[[Any], Coroutine[Any, Any, Any]]
 
 # the caller's loop, for a plain segment's next_fn running in a worker thread
 _CALLER_LOOP: ContextVar[asyncio.AbstractEventLoop | None] = ContextVar(
-    "dcore_caller_loop", default=None)
+    "dcore_caller_loop", default=None
+)
 
 
 def afold(
@@ -210,15 +211,24 @@ def _async_stage_call(
     async def attempts(ctx: Any) -> Any:
         if policy.attempts == 1:
             return await body(ctx)
+
         async def attempt() -> Any:  # a coroutine function: tenacity awaits its result
             return await body(ctx)
 
         return await acall_with_retry(
-            attempt, policy, rng=env.random,
+            attempt,
+            policy,
+            rng=env.random,
             retry_if=lambda exc: not raised_downstream(exc),
             before_sleep=lambda n, exc, delay: events.emit(
-                env, events.STAGE_FAILED, job_id=ctx.job_id, stage=origin,
-                error=describe_error(exc), attempt=n, retry_in=delay),
+                env,
+                events.STAGE_FAILED,
+                job_id=ctx.job_id,
+                stage=origin,
+                error=describe_error(exc),
+                attempt=n,
+                retry_in=delay,
+            ),
         )
 
     async def call(ctx: Any) -> Any:

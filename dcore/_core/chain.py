@@ -165,9 +165,7 @@ def _kept_in(env: Environment) -> _Kept:
     return kept
 
 
-def compiled(
-    env: Environment, checked: tuple[CheckedStage, ...], cacheable: bool
-) -> CompiledChain:
+def compiled(env: Environment, checked: tuple[CheckedStage, ...], cacheable: bool) -> CompiledChain:
     """The compiled chain for ``checked`` in ``env``: the one compiled before for the
     same stages while the registry is unchanged, else a new one (kept when
     ``cacheable``, i.e. every stage's answer was)."""
@@ -234,8 +232,11 @@ class BoundChain:
                 instance = instances[dispatch.index] = env.dispatch_wrapper(instance)
             self.dispatcher = instance
             if is_observer(instance):
-                own = [i for s, i in zip(compiled.stages, instances, strict=True)
-                       if s.observer or s is dispatch]
+                own = [
+                    i
+                    for s, i in zip(compiled.stages, instances, strict=True)
+                    if s.observer or s is dispatch
+                ]
         self.instances = instances
         # a stage plugin that also observes (tracing) sees every stage of its pipeline
         self.env_observers = env.observers  # a live list, read per call (unless replaced)
@@ -255,8 +256,14 @@ class BoundChain:
         return call
 
     def _fold(self, start: int) -> Call:
-        return fold(self.compiled.stages[start:], self.instances, self.core_fn, self.env,
-                    self.observers, self._rest_after)
+        return fold(
+            self.compiled.stages[start:],
+            self.instances,
+            self.core_fn,
+            self.env,
+            self.observers,
+            self._rest_after,
+        )
 
     def acall_from(self, start: int, *, offload: bool) -> AsyncCall:
         """Stages ``start..`` up to the hand-off (or the core) as one coroutine function
@@ -266,11 +273,23 @@ class BoundChain:
         if call is None:
             stages = self.compiled.stages
             dispatch = self.compiled.dispatch
-            end = dispatch.index + 1 if dispatch is not None and dispatch.index >= start \
+            end = (
+                dispatch.index + 1
+                if dispatch is not None and dispatch.index >= start
                 else len(stages)
-            call = self._acalls.setdefault((start, offload), afold(
-                stages[start:end], self.instances, self.core_fn, self.env, self.observers,
-                self._rest_after, offload=offload))
+            )
+            call = self._acalls.setdefault(
+                (start, offload),
+                afold(
+                    stages[start:end],
+                    self.instances,
+                    self.core_fn,
+                    self.env,
+                    self.observers,
+                    self._rest_after,
+                    offload=offload,
+                ),
+            )
         return call
 
     def _rest_after(self, dispatch: Stage) -> Continuation[Any]:

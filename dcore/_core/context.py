@@ -67,9 +67,7 @@ else:
         """``Runtime[T]``: a request-scoped field, excluded from every serialization."""
 
         def __class_getitem__(cls, item: Any) -> Any:
-            return Annotated[
-                SkipValidation[item], Field(default=None, exclude=True), RUNTIME_ONLY
-            ]
+            return Annotated[SkipValidation[item], Field(default=None, exclude=True), RUNTIME_ONLY]
 
 
 _CONTEXT_TYPES: dict[str, type[PipelineContext]] = {}
@@ -266,8 +264,7 @@ class PipelineContext(ContextBase):
                 raise
             except Exception as exc:  # it would fail the same way on every delivery
                 raise MessageError(
-                    f"{cls.__name__} migration from {source!r} failed: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{cls.__name__} migration from {source!r} failed: {type(exc).__name__}: {exc}"
                 ) from exc
             if not isinstance(data, dict):
                 raise MessageError(
@@ -352,4 +349,3 @@ def _unknown_keys_message(cls: type[PipelineContext], version: str, unknown: lis
         f"{name} data has keys it does not know: {shown}; {cause}, or set "
         f"model_config = ConfigDict(extra='ignore') on {name} to drop unknown keys on purpose"
     )
-

@@ -132,15 +132,20 @@ def after_claim(attempt: int, claim: Claim | StoreUnreachable) -> Outcome:
         return Outcome(Action.DEFER, attempt, max(claim.retry_in, 0.0),
                        "another delivery of this job is running")  # fmt: skip
     if status is ClaimStatus.ENDED and claim.plan == "compensate":
-        return Outcome(Action.COMPENSATE, attempt,
-                       reason="starting the compensation its failed delivery never began")
+        return Outcome(
+            Action.COMPENSATE,
+            attempt,
+            reason="starting the compensation its failed delivery never began",
+        )
     if status is ClaimStatus.ENDED and claim.plan == "dead":
         return Outcome(Action.DEAD, attempt, reason="finishing an interrupted dead-lettering")
     if status is ClaimStatus.FINISHED:
         what = f"the job is {claim.state}"
     else:
-        what = (f"attempt {attempt} already ended "
-                f"(the job is at attempt {claim.attempt}, {claim.state})")
+        what = (
+            f"attempt {attempt} already ended "
+            f"(the job is at attempt {claim.attempt}, {claim.state})"
+        )
     return Outcome(Action.SKIP, attempt, reason=f"duplicate delivery skipped: {what}")
 
 

@@ -41,8 +41,9 @@ def to_mermaid(refs: Sequence[StageRef], undo: Collection[int] = ()) -> str:
     def node(i: int, label: str, shape: str = "box") -> str:
         ident = f"s{i}"
         text = label.replace('"', "'")
-        lines.append(f'    {ident}{"{{" if shape == "hex" else "["}"{text}"'
-                     f'{"}}" if shape == "hex" else "]"}')
+        lines.append(
+            f'    {ident}{"{{" if shape == "hex" else "["}"{text}"{"}}" if shape == "hex" else "]"}'
+        )
         return ident
 
     lines.append('  subgraph sync["sync (caller)"]')

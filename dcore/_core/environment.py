@@ -194,8 +194,9 @@ class Environment:
         # every closer runs even if one fails (a drain that timed out must not leave the
         # connections open); the first failure is raised at the end
         first: BaseException | None = None
-        closers = [getattr(r, "close", None) or getattr(r, "shutdown", None)
-                   for r in resources.values()]
+        closers = [
+            getattr(r, "close", None) or getattr(r, "shutdown", None) for r in resources.values()
+        ]
         for closer in [*closers, *(service.close for service in owned)]:
             if not callable(closer):
                 continue

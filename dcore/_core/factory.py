@@ -55,9 +55,7 @@ def immutable_values(values: Mapping[str, Any]) -> bool:
     return all(_immutable(v) for v in values.values())
 
 
-def _refuse_unresolved_services(
-    cls: type, params: list[inspect.Parameter], exc: Exception
-) -> None:
+def _refuse_unresolved_services(cls: type, params: list[inspect.Parameter], exc: Exception) -> None:
     """PluginError for a service parameter whose annotation cannot be resolved (a name
     imported only under TYPE_CHECKING): it would silently become a required option."""
     from dcore import services
@@ -115,8 +113,9 @@ class _Signature:
             fields[p.name] = (hint, default)
         self.model: type[BaseModel] = create_model(
             f"{cls.__name__}Options",
-            __config__=ConfigDict(extra="allow" if self.accepts_any else "forbid",
-                                  arbitrary_types_allowed=True),
+            __config__=ConfigDict(
+                extra="allow" if self.accepts_any else "forbid", arbitrary_types_allowed=True
+            ),
             **fields,
         )
         # validated options by _cache_key: building the same stage per request then costs
@@ -141,9 +140,12 @@ class _Signature:
         return values
 
     def _explain(self, plugin: str, exc: ValidationError) -> str:
-        accepted = ", ".join(
-            f"{n}{'' if f.is_required() else '?'}" for n, f in self.model.model_fields.items()
-        ) or "(none)"
+        accepted = (
+            ", ".join(
+                f"{n}{'' if f.is_required() else '?'}" for n, f in self.model.model_fields.items()
+            )
+            or "(none)"
+        )
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "options"

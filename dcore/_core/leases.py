@@ -102,7 +102,9 @@ class LeaseKeeper:
         if not renewed:
             _log.warning(
                 "job %s: delivery %s lost its lease (another delivery took over); its "
-                "moves will be refused", kept.job_id, kept.owner,
+                "moves will be refused",
+                kept.job_id,
+                kept.owner,
             )
             kept.stop()
 

@@ -193,8 +193,10 @@ def deliver(
     lease = env.settings.lease_ttl
     claim = _claim(env, job_id, attempt, owner, lease, message)
     outcome = after_claim(attempt, claim)
-    claimed = isinstance(claim, Claim) and claim.status in (ClaimStatus.STARTED,
-                                                             ClaimStatus.COMPENSATING)
+    claimed = isinstance(claim, Claim) and claim.status in (
+        ClaimStatus.STARTED,
+        ClaimStatus.COMPENSATING,
+    )
     if outcome.action is Action.COMPENSATE:
         if claimed:  # the claim took over an interrupted compensation
             return Delivered(_compensated(env, job_id, owner, attempt, saga, message, policy))
@@ -202,8 +204,11 @@ def deliver(
                                              policy))  # fmt: skip
     if outcome.action is Action.DEAD:
         if claimed and saga is not None:  # its workers kept dying: undo, then bury
-            return Delivered(_fail_and_compensate(env, job_id, owner, outcome,
-                                                  saga.assumed(), saga, message, policy))
+            return Delivered(
+                _fail_and_compensate(
+                    env, job_id, owner, outcome, saga.assumed(), saga, message, policy
+                )
+            )
         holder = owner if claimed else None
         return Delivered(_record(env, job_id, holder, outcome, None, message, policy))
     if outcome.action is not Action.RUN:
@@ -318,9 +323,11 @@ def _compensated(
     if saga is None:
         failure = CompensationFailed("(unknown)", RuntimeError("no stages to compensate with"))
     elif record.lost >= MAX_LOST_DELIVERIES:
-        failure = CompensationFailed("(any)", RuntimeError(
-            f"the worker compensating this job died {record.lost} times"))
+        failure = CompensationFailed(
+            "(any)", RuntimeError(f"the worker compensating this job died {record.lost} times")
+        )
     else:
+
         def done(index: int) -> None:
             jobs.mark_compensated(job_id, owner=owner, index=index)
             events.emit(env, events.STAGE_COMPENSATED, job_id=job_id,
@@ -340,11 +347,17 @@ def _compensated(
             _current_job.reset(token)
             heartbeat.stop()
     if failure is None:
-        events.emit(env, events.JOB_COMPENSATED, job_id=job_id,
-                    stages=[saga.stages[i].origin for i in record.completed] if saga else [])
+        events.emit(
+            env,
+            events.JOB_COMPENSATED,
+            job_id=job_id,
+            stages=[saga.stages[i].origin for i in record.completed] if saga else [],
+        )
     reason = error if failure is None else f"{error}; and {failure}"
-    details = {"compensated": failure is None,
-               "compensation_error": None if failure is None else str(failure)}
+    details = {
+        "compensated": failure is None,
+        "compensation_error": None if failure is None else str(failure),
+    }
     outcome = Outcome(Action.DEAD, attempt, reason=reason)
     try:
         dead_letter(env, job_id, error=reason, message=_built(message), attempt=attempt,
@@ -489,8 +502,13 @@ def dead_letter(
     dead = {"job_id": job_id, "error": error}
     announcer = _announcer(env)
     if announcer is not None:
-        return announcer.bury(job_id, owner=owner, error=error, letter=letter,
-                              announce=Announcement(env.events, events.JOB_DEAD, dead))
+        return announcer.bury(
+            job_id,
+            owner=owner,
+            error=error,
+            letter=letter,
+            announce=Announcement(env.events, events.JOB_DEAD, dead),
+        )
     return _bury_in_steps(env, job_id, owner, error, letter, dead)
 
 
@@ -520,8 +538,13 @@ def _bury_in_steps(
         raise LeaseLostError(f"job {job_id} is COMPENSATING under another delivery's lease")
     entry_id = env.events.append(letter.topic, letter.payload, key=letter.key)
     try:
-        jobs.transition(job_id, JobState.DEAD, error=error, note="dead-lettered",
-                        expect={JobState.PENDING, JobState.FAILED, JobState.COMPENSATING})
+        jobs.transition(
+            job_id,
+            JobState.DEAD,
+            error=error,
+            note="dead-lettered",
+            expect={JobState.PENDING, JobState.FAILED, JobState.COMPENSATING},
+        )
     except IllegalTransitionError:  # another delivery finished the burial meanwhile
         _log.info("job %s was dead-lettered by another delivery", job_id)
         return entry_id

@@ -66,8 +66,11 @@ class StageSpec(BaseModel):
 
     def __repr__(self) -> str:
         """``StageSpec('Execute', 'storage_write', prefix='uploads/', retry={...})``."""
-        args = [repr(self.interface), repr(self.plugin),
-                *(f"{k}={short_repr(v)}" for k, v in self.options.items())]
+        args = [
+            repr(self.interface),
+            repr(self.plugin),
+            *(f"{k}={short_repr(v)}" for k, v in self.options.items()),
+        ]
         if self.retry is not None:
             args.append(f"retry={short_repr(self.retry)}")
         return f"StageSpec({', '.join(args)})"

@@ -151,7 +151,8 @@ class Pipeline(Generic[ContextT]):
         answers = self._answers
         registry = (
             (self._environment or current_environment()).registry
-            if answers is None else answers.registry
+            if answers is None
+            else answers.registry
         )
         answers = self._answers = stagecheck.answers(registry)
         return answers
@@ -383,8 +384,11 @@ def _check_shared_job_store(env: Environment) -> None:
     simulated processes use its one set of in-memory services) may hand off anyway."""
     if env.memory_services_shared or not getattr(env.jobs, "process_local", False):
         return
-    chosen = env.settings.as_given("job_store") if env.settings.job_store == "memory" \
+    chosen = (
+        env.settings.as_given("job_store")
+        if env.settings.job_store == "memory"
         else "given as Environment(jobs=...)"
+    )
     raise DispatchError(
         f"a remote dispatcher cannot hand off with the in-memory job store "
         f"({chosen}): the worker would record the job in its "

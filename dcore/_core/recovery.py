@@ -64,8 +64,9 @@ def lost_jobs(
     for state in (JobState.RUNNING, JobState.COMPENSATING):
         for record in env.jobs.list(state, limit=limit):
             if record.lease_until is None or record.lease_until < now:
-                found += _resend(record, record.attempt or 1,
-                                 "its worker stopped renewing the lease")
+                found += _resend(
+                    record, record.attempt or 1, "its worker stopped renewing the lease"
+                )
     for record in env.jobs.list(JobState.FAILED, limit=limit):
         if record.plan == "dead":
             _finish_burial(env, record)

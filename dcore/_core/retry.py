@@ -131,7 +131,9 @@ def job_policy(declared: RetryPolicy | None, settings: DcoreSettings) -> RetryPo
     if declared is not None:
         return declared
     return _settings_policy(
-        settings.job_attempts, settings.job_backoff, settings.job_initial_delay,
+        settings.job_attempts,
+        settings.job_backoff,
+        settings.job_initial_delay,
         settings.job_max_delay,
     )
 

@@ -113,7 +113,8 @@ class Stage:
         self.compensates = not is_dispatch and compensates(cls)
         #: whether its ``execute`` is ``async def`` (see dcore._core.afold)
         self.is_async = not is_dispatch and inspect.iscoroutinefunction(
-            getattr(cls, "execute", None))
+            getattr(cls, "execute", None)
+        )
         self.construct: Callable[..., Any] | None = None
         self.kwargs: dict[str, Any] = {}
         self.shared: Any = None
@@ -187,8 +188,14 @@ def stage_failed(stage: Stage, env: Environment, ctx: Any, exc: BaseException) -
     own = not raised_downstream(exc)
     tag(exc, stage.origin)
     if own and isinstance(exc, Exception):
-        events.emit(env, events.STAGE_FAILED, job_id=ctx.job_id, stage=stage.origin,
-                    error=describe_error(exc), final=True)
+        events.emit(
+            env,
+            events.STAGE_FAILED,
+            job_id=ctx.job_id,
+            stage=stage.origin,
+            error=describe_error(exc),
+            final=True,
+        )
 
 
 def fold(
@@ -308,10 +315,20 @@ def _general_call(
         if policy.attempts == 1:
             return body(ctx)
         return call_with_retry(
-            lambda: body(ctx), policy, clock, retry_if=own_failure, rng=env.random,
+            lambda: body(ctx),
+            policy,
+            clock,
+            retry_if=own_failure,
+            rng=env.random,
             before_sleep=lambda n, exc, delay: events.emit(
-                env, events.STAGE_FAILED, job_id=ctx.job_id, stage=origin,
-                error=describe_error(exc), attempt=n, retry_in=delay),
+                env,
+                events.STAGE_FAILED,
+                job_id=ctx.job_id,
+                stage=origin,
+                error=describe_error(exc),
+                attempt=n,
+                retry_in=delay,
+            ),
         )
 
     def call(ctx: Any) -> Any:
@@ -349,8 +366,12 @@ def dispatch_call(
             # an inline run has already recorded (and dead-lettered) its own failure;
             # only a hand-off that never started the job dead-letters it here
             if _still_pending(env, ctx.job_id):
-                dead_letter(env, ctx.job_id, message=message or bound.to_json_or_none(ctx),
-                            error=f"dispatch failed: {describe_error(exc)}")
+                dead_letter(
+                    env,
+                    ctx.job_id,
+                    message=message or bound.to_json_or_none(ctx),
+                    error=f"dispatch failed: {describe_error(exc)}",
+                )
             raise
 
     return call_dispatch

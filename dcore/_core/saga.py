@@ -121,8 +121,7 @@ class CompensationFailed(Exception):
     """A stage's compensation failed for good (after its retries)."""
 
     def __init__(self, stage: str, error: BaseException) -> None:
-        super().__init__(f"compensation of stage {stage} failed: {type(error).__name__}: "
-                         f"{error}")
+        super().__init__(f"compensation of stage {stage} failed: {type(error).__name__}: {error}")
         self.stage = stage
         self.error = error
 
@@ -167,21 +166,20 @@ class Saga:
                 from dcore._core.factory import PluginFactory
 
                 instance = PluginFactory(environment=env).create(
-                    stage.ref.interface, stage.ref.plugin, **stage.ref.options)
-            policy = getattr(stage.cls, "compensation_retry", None) or (
-                DEFAULT_COMPENSATION_RETRY)
+                    stage.ref.interface, stage.ref.plugin, **stage.ref.options
+                )
+            policy = getattr(stage.cls, "compensation_retry", None) or (DEFAULT_COMPENSATION_RETRY)
             try:
-                call_with_retry(_undo(instance, ctx, reason, env), policy, env.clock,
-                                rng=env.random)
+                call_with_retry(
+                    _undo(instance, ctx, reason, env), policy, env.clock, rng=env.random
+                )
             except Exception as exc:
                 raise CompensationFailed(stage.origin, exc) from exc
             if on_compensated is not None:
                 on_compensated(index)
 
 
-def _undo(
-    instance: Any, ctx: Any, reason: BaseException, env: Environment
-) -> Callable[[], Any]:
+def _undo(instance: Any, ctx: Any, reason: BaseException, env: Environment) -> Callable[[], Any]:
     def undo() -> Any:
         result = instance.compensate(ctx, reason)
         if inspect.iscoroutine(result):  # an ``async def compensate``

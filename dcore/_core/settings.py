@@ -35,12 +35,14 @@ PREFIX = "DCORE_"
 
 #: ``DCORE_*`` variables read outside :class:`DcoreSettings`; they are known, so they
 #: never warn as unknown. Add a variable here when code starts reading one.
-OTHER_VARIABLES = frozenset({
-    "DCORE_REQUIRE_SERVICES",     # dcore_testing: a missing Redis/S3 fails the test run
-    "DCORE_CHAOS_UPSTREAM_HOST",  # dcore_testing.chaos: where proxies reach the services
-    "DCORE_CHAOS_LISTEN_HOST",    # dcore_testing.chaos: where proxies listen
-    "DCORE_CHAOS_PROXY_HOST",     # dcore_testing.chaos: where clients reach the proxies
-})
+OTHER_VARIABLES = frozenset(
+    {
+        "DCORE_REQUIRE_SERVICES",  # dcore_testing: a missing Redis/S3 fails the test run
+        "DCORE_CHAOS_UPSTREAM_HOST",  # dcore_testing.chaos: where proxies reach the services
+        "DCORE_CHAOS_LISTEN_HOST",  # dcore_testing.chaos: where proxies listen
+        "DCORE_CHAOS_PROXY_HOST",  # dcore_testing.chaos: where clients reach the proxies
+    }
+)
 
 
 class DcoreSettings(BaseSettings):
@@ -154,8 +156,12 @@ _KINDS: dict[Any, str] = {
 }
 #: fields whose accepted form their type does not say
 _FORMS = {"imports": "module names, comma-separated (a.b,c) or as a JSON list of strings"}
-_BOUNDS = ((annotated_types.Gt, "gt", ">"), (annotated_types.Ge, "ge", ">="),
-           (annotated_types.Lt, "lt", "<"), (annotated_types.Le, "le", "<="))
+_BOUNDS = (
+    (annotated_types.Gt, "gt", ">"),
+    (annotated_types.Ge, "ge", ">="),
+    (annotated_types.Lt, "lt", "<"),
+    (annotated_types.Le, "le", "<="),
+)
 
 
 def variable(field: str) -> str:
@@ -168,13 +174,20 @@ def accepted_form(field: str, *, keyword: bool = False) -> str | None:
     if field in _FORMS:
         return _FORMS[field]
     info: FieldInfo = DcoreSettings.model_fields[field]
-    args = get_args(info.annotation) if get_origin(info.annotation) in (Union, types.UnionType) \
+    args = (
+        get_args(info.annotation)
+        if get_origin(info.annotation) in (Union, types.UnionType)
         else (info.annotation,)
+    )
     kinds = [_KINDS.get(arg) for arg in args if arg is not type(None)]
     if len(kinds) != 1 or kinds[0] is None:
         return None
-    bounds = [f"{symbol} {getattr(m, attr):g}" for m in info.metadata
-              for kind, attr, symbol in _BOUNDS if isinstance(m, kind)]
+    bounds = [
+        f"{symbol} {getattr(m, attr):g}"
+        for m in info.metadata
+        for kind, attr, symbol in _BOUNDS
+        if isinstance(m, kind)
+    ]
     form = " ".join([kinds[0], " and ".join(bounds)]).strip()
     # None cannot be spelled in a variable, only passed in code
     return f"{form}, or None" if keyword and type(None) in args else form
@@ -202,8 +215,9 @@ def _explain(exc: ValidationError, keywords: Collection[str]) -> str:
         keyword = field in keywords
         given = _spell(field, error["input"], keyword=keyword, item=tuple(item))
         form = accepted_form(field, keyword=keyword)
-        lines.append(f"{given} is not valid: "
-                     + (f"expected {form}" if form else str(error["msg"])))
+        lines.append(
+            f"{given} is not valid: " + (f"expected {form}" if form else str(error["msg"]))
+        )
     return "\n".join(lines)
 
 
@@ -228,15 +242,16 @@ def unknown_variables(environ: Mapping[str, str]) -> frozenset[str]:
     """The ``DCORE_*`` names in ``environ`` that nothing reads, as spelled there (matched
     case-insensitively, as the settings read them)."""
     known = known_variables()
-    return frozenset(key for key in environ
-                     if key[:len(PREFIX)].upper() == PREFIX and key.upper() not in known)
+    return frozenset(
+        key for key in environ if key[: len(PREFIX)].upper() == PREFIX and key.upper() not in known
+    )
 
 
 def suggestion(name: str) -> str | None:
     """The known variable closest to ``name`` (compared without the shared ``DCORE_``,
     which would make every name look alike), or None when none is close."""
-    suffixes = {known[len(PREFIX):]: known for known in known_variables()}
-    close = difflib.get_close_matches(name[len(PREFIX):].upper(), sorted(suffixes), n=1)
+    suffixes = {known[len(PREFIX) :]: known for known in known_variables()}
+    close = difflib.get_close_matches(name[len(PREFIX) :].upper(), sorted(suffixes), n=1)
     return suffixes[close[0]] if close else None
 
 

@@ -93,8 +93,11 @@ def stage_key(
             return None
         key: StageKey = (stage, plugin, retry)
     elif (  # chain(Execute("x"))
-        type(stage) is StageRef and plugin is None and not options
-        and type(stage.plugin) is str and isinstance(stage.interface, type)
+        type(stage) is StageRef
+        and plugin is None
+        and not options
+        and type(stage.plugin) is str
+        and isinstance(stage.interface, type)
     ):
         if retry is None:
             retry = stage.retry
@@ -131,9 +134,7 @@ class Answers:
         options = plugin_signature(cls).validate(ref.plugin, ref.options)
         if key is None or not immutable_values(options):
             return CheckedStage(ref, cls, options, cacheable=False)
-        frozen = StageRef(
-            ref.interface, ref.plugin, MappingProxyType(dict(ref.options)), ref.retry
-        )
+        frozen = StageRef(ref.interface, ref.plugin, MappingProxyType(dict(ref.options)), ref.retry)
         checked = CheckedStage(frozen, cls, MappingProxyType(options), cacheable=True)
         # a registry change since this generation began makes these answers stale, so
         # keeping one checked against the newer registry here does no harm

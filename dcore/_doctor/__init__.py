@@ -73,9 +73,15 @@ def run_checks(
         broker, broker_urls = check_broker(settings, timeout=timeout)
         findings += broker
     else:
-        findings.append(ok("broker", (
-            f"no Celery ({settings.as_given('dispatcher')}): its checks are skipped "
-            "(`dcore doctor --celery` runs them)")))
+        findings.append(
+            ok(
+                "broker",
+                (
+                    f"no Celery ({settings.as_given('dispatcher')}): its checks are skipped "
+                    "(`dcore doctor --celery` runs them)"
+                ),
+            )
+        )
     servers, unparsed = redis_servers(settings, broker_urls)
     findings += unparsed
     findings += check_redis_servers(servers, timeout=timeout)
@@ -94,5 +100,4 @@ class Log(Protocol):
 def log_findings(findings: list[Finding], log: Log) -> None:
     """Log each finding at its level (ok at INFO), as a worker does once at start."""
     for finding in findings:
-        log.log(_LOG_LEVELS[finding.level], "dcore doctor: %s: %s", finding.check,
-                finding.message)
+        log.log(_LOG_LEVELS[finding.level], "dcore doctor: %s: %s", finding.check, finding.message)

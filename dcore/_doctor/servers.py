@@ -99,8 +99,13 @@ def redis_servers(
         from redis.connection import parse_url as parse
     except ModuleNotFoundError:
         roles = ", ".join(dict.fromkeys(role for role, _, _ in uses))
-        return [], [error("redis", f"the Redis backends ({roles}) need redis-py, which is not "
-                                   "installed. Fix: pip install 'distributed-core[redis]'")]
+        return [], [
+            error(
+                "redis",
+                f"the Redis backends ({roles}) need redis-py, which is not "
+                "installed. Fix: pip install 'distributed-core[redis]'",
+            )
+        ]
     named: dict[str, RedisServer] = {}  # each URL once, with every role it plays
     for role, url, variable in uses:
         named.setdefault(url, RedisServer(url))
@@ -113,11 +118,17 @@ def redis_servers(
         try:
             options: dict[str, Any] = cast("Callable[[str], dict[str, Any]]", parse)(url)
         except ValueError as exc:
-            findings.append(error("redis", (
-                f"{_listing(seen.variables)}={hide_password(url)!r} "
-                f"({', '.join(seen.roles)}) "
-                f"cannot be parsed: {str(exc).rstrip('.')}. Fix: write it as "
-                "redis://[:PASSWORD@]HOST:6379/0")))
+            findings.append(
+                error(
+                    "redis",
+                    (
+                        f"{_listing(seen.variables)}={hide_password(url)!r} "
+                        f"({', '.join(seen.roles)}) "
+                        f"cannot be parsed: {str(exc).rstrip('.')}. Fix: write it as "
+                        "redis://[:PASSWORD@]HOST:6379/0"
+                    ),
+                )
+            )
             continue
         key = (options.get("host"), options.get("port", 6379), options.get("path"))
         server = servers.setdefault(key, RedisServer(url))
@@ -151,15 +162,21 @@ def _connect(server: RedisServer, timeout: float) -> tuple[Any, Finding]:
     try:
         client.ping()
     except redis.AuthenticationError as exc:
-        problem = error("redis", f"{server} refused the credentials ({exc}). Fix: check "
-                                 f"the user and password in {variables}")
+        problem = error(
+            "redis",
+            f"{server} refused the credentials ({exc}). Fix: check "
+            f"the user and password in {variables}",
+        )
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         problem = error("redis", f"{server} is unreachable ({exc}). {fix}")
     except redis.RedisError as exc:
         problem = warning("redis", f"{server}: could not check, PING failed ({exc})")
     except Exception as exc:  # the URL's options do not fit redis-py's connection
-        problem = error("redis", f"{server}: cannot connect ({type(exc).__name__}: {exc}). "
-                                 f"Fix: check the options in {variables}")
+        problem = error(
+            "redis",
+            f"{server}: cannot connect ({type(exc).__name__}: {exc}). "
+            f"Fix: check the options in {variables}",
+        )
     else:
         return client, ok("redis", f"{server} answers")
     client.close()
@@ -193,28 +210,44 @@ def check_persistence(client: Any, server: RedisServer) -> Finding:
     info = _info(client, "persistence") or {}
     fix = "Fix: appendonly yes (CONFIG SET appendonly yes, and in redis.conf)"
     if info.get("aof_last_write_status") == "err" or info.get("rdb_last_bgsave_status") == "err":
-        return error("persistence", (
-            f"{server}: persisting fails (aof_last_write_status:"
-            f"{info.get('aof_last_write_status')}, rdb_last_bgsave_status:"
-            f"{info.get('rdb_last_bgsave_status')}), so a restart loses {server.holds()}. "
-            "Fix: see the server's log (a full disk?)"))
+        return error(
+            "persistence",
+            (
+                f"{server}: persisting fails (aof_last_write_status:"
+                f"{info.get('aof_last_write_status')}, rdb_last_bgsave_status:"
+                f"{info.get('rdb_last_bgsave_status')}), so a restart loses {server.holds()}. "
+                "Fix: see the server's log (a full disk?)"
+            ),
+        )
     if appendonly is None or save is None:
         if info.get("aof_enabled") == 1:
             return ok("persistence", f"{server}: the append-only file is on (INFO)")
         seen = "INFO says the append-only file is off" if info else "INFO is refused too"
-        return warning("persistence", (
-            f"{server}: could not check, CONFIG is disabled (a managed Redis?) and {seen}; "
-            f"unless the provider persists the data, a restart loses {server.holds()}. "
-            "Fix: turn on its persistence (appendonly yes)"))
+        return warning(
+            "persistence",
+            (
+                f"{server}: could not check, CONFIG is disabled (a managed Redis?) and {seen}; "
+                f"unless the provider persists the data, a restart loses {server.holds()}. "
+                "Fix: turn on its persistence (appendonly yes)"
+            ),
+        )
     if appendonly == "yes":
         return ok("persistence", f"{server}: appendonly yes")
     if save.strip():
-        return warning("persistence", (
-            f"{server}: only RDB snapshots (appendonly no, save {save!r}): a crash loses "
-            f"the {server.holds()} written since the last snapshot. {fix}"))
-    return error("persistence", (
-        f"{server}: persistence is off (appendonly no, save ''): a restart loses all its "
-        f"{server.holds()}. {fix}"))
+        return warning(
+            "persistence",
+            (
+                f"{server}: only RDB snapshots (appendonly no, save {save!r}): a crash loses "
+                f"the {server.holds()} written since the last snapshot. {fix}"
+            ),
+        )
+    return error(
+        "persistence",
+        (
+            f"{server}: persistence is off (appendonly no, save ''): a restart loses all its "
+            f"{server.holds()}. {fix}"
+        ),
+    )
 
 
 def check_eviction(client: Any, server: RedisServer) -> Finding:
@@ -223,32 +256,49 @@ def check_eviction(client: Any, server: RedisServer) -> Finding:
     policy = info.get("maxmemory_policy") or _config(client, "maxmemory-policy")
     limit = info.get("maxmemory", _config(client, "maxmemory"))
     if policy is None or limit is None:
-        return warning("eviction", (
-            f"{server}: could not check maxmemory-policy (CONFIG and INFO refused); it "
-            "must be noeviction, or the server may drop jobs under memory pressure"))
+        return warning(
+            "eviction",
+            (
+                f"{server}: could not check maxmemory-policy (CONFIG and INFO refused); it "
+                "must be noeviction, or the server may drop jobs under memory pressure"
+            ),
+        )
     fix = "Fix: maxmemory-policy noeviction"
     if policy == "noeviction":
         return ok("eviction", f"{server}: maxmemory-policy noeviction")
     if int(limit) == 0:
-        return warning("eviction", (
-            f"{server}: maxmemory-policy {policy} evicts nothing while maxmemory is 0, but "
-            f"would drop dcore's keys once a limit is set. {fix}"))
+        return warning(
+            "eviction",
+            (
+                f"{server}: maxmemory-policy {policy} evicts nothing while maxmemory is 0, but "
+                f"would drop dcore's keys once a limit is set. {fix}"
+            ),
+        )
     if str(policy).startswith("allkeys-"):
-        return error("eviction", (
-            f"{server}: maxmemory-policy {policy} evicts any key at maxmemory {limit}: "
-            f"{server.holds()} (a running job's record has no TTL and vanishes). {fix}"))
-    return warning("eviction", (
-        f"{server}: maxmemory-policy {policy} evicts keys that have a TTL at maxmemory "
-        f"{limit}: finished job records before DCORE_JOB_TTL, and locks while they are "
-        f"held. {fix}"))
+        return error(
+            "eviction",
+            (
+                f"{server}: maxmemory-policy {policy} evicts any key at maxmemory {limit}: "
+                f"{server.holds()} (a running job's record has no TTL and vanishes). {fix}"
+            ),
+        )
+    return warning(
+        "eviction",
+        (
+            f"{server}: maxmemory-policy {policy} evicts keys that have a TTL at maxmemory "
+            f"{limit}: finished job records before DCORE_JOB_TTL, and locks while they are "
+            f"held. {fix}"
+        ),
+    )
 
 
 def check_broker(settings: DcoreSettings, *, timeout: float) -> tuple[list[Finding], list[str]]:
     """Check the Celery broker URL(s) and reach a broker that is not Redis; returns the
     findings and the Redis broker URLs (redis-py form) for :func:`redis_servers`."""
     if importlib.util.find_spec("celery") is None:
-        return [error("broker", "Celery is not installed. Fix: pip install "
-                                "'distributed-core[celery]'")], []
+        return [
+            error("broker", "Celery is not installed. Fix: pip install 'distributed-core[celery]'")
+        ], []
     from dcore._celery_config import broker_from_redis_url
     from dcore.errors import ConfigurationError
 
@@ -256,10 +306,19 @@ def check_broker(settings: DcoreSettings, *, timeout: float) -> tuple[list[Findi
         try:
             broker_from_redis_url(settings.redis_url)
         except ConfigurationError as exc:
-            return [error("broker", f"{exc} (the Celery broker is made from it while "
-                                    "DCORE_CELERY_BROKER_URL is unset)")], []
-        return [ok("broker", "the Celery broker is DCORE_REDIS_URL's server "
-                             "(DCORE_CELERY_BROKER_URL unset)")], [settings.redis_url]
+            return [
+                error(
+                    "broker",
+                    f"{exc} (the Celery broker is made from it while "
+                    "DCORE_CELERY_BROKER_URL is unset)",
+                )
+            ], []
+        return [
+            ok(
+                "broker",
+                "the Celery broker is DCORE_REDIS_URL's server (DCORE_CELERY_BROKER_URL unset)",
+            )
+        ], [settings.redis_url]
     findings: list[Finding] = []
     redis_urls: list[str] = []
     for url in settings.celery_broker_url.split(";"):  # Celery's failover list
@@ -279,9 +338,13 @@ def _check_broker_url(url: str, timeout: float) -> tuple[Finding | None, str | N
     given = f"DCORE_CELERY_BROKER_URL={hide_password(url)!r}"
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return error("broker", (
-            f"{given} has no scheme, so kombu reads it as an AMQP host name. Fix: write it "
-            "as redis://HOST:6379/0 (or amqp://HOST//)")), None
+        return error(
+            "broker",
+            (
+                f"{given} has no scheme, so kombu reads it as an AMQP host name. Fix: write it "
+                "as redis://HOST:6379/0 (or amqp://HOST//)"
+            ),
+        ), None
     try:
         transport = _kombu_connection(url).transport
     except KeyError as exc:  # kombu: "No such transport: reddis. Did you mean redis?"
@@ -289,9 +352,13 @@ def _check_broker_url(url: str, timeout: float) -> tuple[Finding | None, str | N
     except (ValueError, TypeError, ImportError) as exc:
         return error("broker", f"{given} cannot be parsed: {exc}"), None
     if transport.driver_type == "memory":
-        return error("broker", (
-            f"{given} lives in one process: workers never see what another process "
-            "sends. Fix: a broker they share, such as redis://HOST:6379/0")), None
+        return error(
+            "broker",
+            (
+                f"{given} lives in one process: workers never see what another process "
+                "sends. Fix: a broker they share, such as redis://HOST:6379/0"
+            ),
+        ), None
     if scheme in _KOMBU_REDIS:
         return None, f"{_KOMBU_REDIS[scheme]}://{rest}"
     return _reach_broker(url, given, timeout), None
@@ -303,8 +370,11 @@ def _reach_broker(url: str, given: str, timeout: float) -> Finding:
         connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
                                      timeout=timeout)  # fmt: skip
     except Exception as exc:  # each transport raises its own kind
-        return error("broker", f"{given} is unreachable ({type(exc).__name__}: {exc}). "
-                               "Fix: check the URL and that the broker is running")
+        return error(
+            "broker",
+            f"{given} is unreachable ({type(exc).__name__}: {exc}). "
+            "Fix: check the URL and that the broker is running",
+        )
     finally:
         connection.release()
     return ok("broker", f"{given} answers")

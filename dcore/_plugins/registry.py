@@ -227,7 +227,6 @@ def register_plugin(
     return decorate
 
 
-
 # -- core functions ---------------------------------------------------------------------
 #: A core function's registered name: ``pkg.mod:func`` or a dotted name of your own.
 _CORE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*(:[A-Za-z_][A-Za-z0-9_.]*)?")
@@ -267,11 +266,7 @@ def default_core_name(fn: Callable[..., Any]) -> str:
 
 def check_core_name(name: object) -> None:
     """PluginError unless ``name`` is a valid core function name."""
-    if (
-        not isinstance(name, str)
-        or len(name) > CORE_NAME_MAX
-        or _CORE_NAME.fullmatch(name) is None
-    ):
+    if not isinstance(name, str) or len(name) > CORE_NAME_MAX or _CORE_NAME.fullmatch(name) is None:
         raise PluginError(
             f"core function name must be 'pkg.mod:func' or a dotted name of letters, digits "
             f"and underscores (at most {CORE_NAME_MAX} characters), got {name!r:.120}"

@@ -27,7 +27,7 @@ class _ShortRepr(reprlib.Repr):
         if len(text) <= self.maxother:
             return text
         head = (self.maxother - 3) // 2
-        return text[:head] + "..." + text[len(text) - (self.maxother - 3 - head):]
+        return text[:head] + "..." + text[len(text) - (self.maxother - 3 - head) :]
 
 
 _REPR = _ShortRepr()

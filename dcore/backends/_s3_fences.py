@@ -58,8 +58,15 @@ __all__ = ["FENCED_ATTEMPTS", "PROBE_KEY", "FencedWrites"]
 
 #: A conditional write whose condition failed: the ETag changed (412), another
 #: conditional write won the race (409), or the object it had to match is gone (404).
-_CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409",
-                     "NoSuchKey", "404", "NotFound"}
+_CONDITION_FAILED = {
+    "PreconditionFailed",
+    "412",
+    "ConditionalRequestConflict",
+    "409",
+    "NoSuchKey",
+    "404",
+    "NotFound",
+}
 #: A fenced write starts again when another writer got in between; this bounds a writer
 #: that keeps losing (each lost attempt means someone else's write landed).
 FENCED_ATTEMPTS = 20
@@ -71,8 +78,7 @@ Translate = Callable[[str, "str | None"], AbstractContextManager[None]]
 class FencedWrites:
     """The protocol over one bucket, with the storage's client and error translation."""
 
-    def __init__(self, client: S3Client, bucket: str, endpoint: str,
-                 translate: Translate) -> None:
+    def __init__(self, client: S3Client, bucket: str, endpoint: str, translate: Translate) -> None:
         self._client = client
         self._bucket = bucket
         self._endpoint = endpoint

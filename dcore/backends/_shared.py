@@ -88,9 +88,7 @@ def exists_message(job_id: str, current: str) -> str:
     )
 
 
-def lease_lost_message(
-    job_id: str, owner: str | None, state: JobState, holder: str | None
-) -> str:
+def lease_lost_message(job_id: str, owner: str | None, state: JobState, holder: str | None) -> str:
     now = f"held by delivery {holder}" if holder else f"{state} and held by no delivery"
     return (
         f"job {job_id}: delivery {owner or '(none)'} lost its lease; the job is {now}, so "
@@ -98,8 +96,7 @@ def lease_lost_message(
     )
 
 
-def may_bury(owner: str | None, holder: str | None, lease_until: float | None,
-             now: float) -> bool:
+def may_bury(owner: str | None, holder: str | None, lease_until: float | None, now: float) -> bool:
     """Whether a delivery ``owner`` (None: no delivery, e.g. a malformed message) may
     dead-letter a RUNNING job held by ``holder``: only its holder may, or anyone once
     the lease has run out."""
@@ -125,8 +122,9 @@ def check_end(to: JobState) -> None:
         raise ValueError(f"an attempt ends SUCCEEDED or FAILED, not {to}")
 
 
-def at_least(name: str, value: float | None, minimum: int, *, or_none: bool = False,
-             unit: str = "") -> None:
+def at_least(
+    name: str, value: float | None, minimum: int, *, or_none: bool = False, unit: str = ""
+) -> None:
     """ValueError naming ``name`` and the value unless it is >= ``minimum`` (or None, where
     ``or_none``): one check, so memory and Redis refuse the same arguments alike."""
     if value is None:

@@ -24,7 +24,7 @@ from dcore.services.events import Event, EventBusInterface, EventHandler, Subscr
 if TYPE_CHECKING:
     from dcore._core.environment import Environment
 
-__all__ = ['MemoryEventBus']
+__all__ = ["MemoryEventBus"]
 
 _log = logging.getLogger("dcore.events")
 

@@ -189,7 +189,13 @@ class MemoryJobStore(JobStorageInterface, AnnouncingJobStore):
 
     # -- leases ---------------------------------------------------------------------
     def claim(
-        self, job_id: str, *, attempt: int, owner: str, lease: float, note: str | None = None,
+        self,
+        job_id: str,
+        *,
+        attempt: int,
+        owner: str,
+        lease: float,
+        note: str | None = None,
         announce: Announcement | None = None,
     ) -> Claim:
         self._can_announce(announce)
@@ -301,8 +307,11 @@ class MemoryJobStore(JobStorageInterface, AnnouncingJobStore):
                 job.error = error
             if to is JobState.FAILED:
                 job.completed = merge_completed(job.completed, completed)
-                job.plan, job.retry_at = ("retry", retry_at) if retry_at is not None else (
-                    plan_after_failure(job.completed, job.compensated), None)
+                job.plan, job.retry_at = (
+                    ("retry", retry_at)
+                    if retry_at is not None
+                    else (plan_after_failure(job.completed, job.compensated), None)
+                )
         self._publish(announce)
 
     # -- state events and dead letters on the memory bus (AnnouncingJobStore) -----------

@@ -23,7 +23,7 @@ from dcore.services.locks import Lock, LockInterface
 if TYPE_CHECKING:
     from dcore._core.environment import Environment
 
-__all__ = ['MemoryLock', 'MemoryLocks']
+__all__ = ["MemoryLock", "MemoryLocks"]
 
 #: While a TTL'd lock is held, waiters re-check its expiry this often (real seconds), so
 #: a virtual clock moved by another thread is noticed; a release wakes them at once.
@@ -40,7 +40,6 @@ class MemoryLock(Lock):
     """One handle on a name in a :class:`MemoryLocks`; not re-entrant, like Redis's.
 
     The handle may be released from another thread than the one that acquired it."""
-
 
     def __init__(
         self, owner: MemoryLocks, name: str, ttl: float | None, timeout: float | None = None

@@ -163,7 +163,10 @@ end
 #       15 channel to publish the state event on ('' for none), 16 the event's JSON,
 #       17 owner whose lease the move needs ('' for none), 18 retry_at ('' for none),
 #       19 completed stages to add, a JSON list ('' for none)
-TRANSITION_LUA = _MOVE_LUA + _MERGE_LUA + f"""
+TRANSITION_LUA = (
+    _MOVE_LUA
+    + _MERGE_LUA
+    + f"""
 local op, to, expect, now, ttl, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local found = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'owner')
 local current, attempts, fields = found[1], 0, {{}}
@@ -213,10 +216,13 @@ if ARGV[14] ~= '1' then return {{'ok'}} end
 {_HASH_TABLE}
 return {{'ok', {READ_RECORD}}}
 """
+)
 
 # KEYS as for TRANSITION_LUA. ARGV: 1 attempt, 2 owner, 3 now, 4 lease end, 5 note JSON,
 # 6 ttl ms, 7 job id, 8 channel ('' for none), 9 the event's JSON.
-CLAIM_LUA = _MOVE_LUA + """
+CLAIM_LUA = (
+    _MOVE_LUA
+    + """
 local n, now = tonumber(ARGV[1]), tonumber(ARGV[3])
 local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'attempt', 'lease_until', 'lost',
                      'plan')
@@ -242,10 +248,13 @@ move(ARGV[7], state, 'RUNNING', tonumber(f[2]) + 1, ARGV[3], ARGV[6], ARGV[5],
 if ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[8], ARGV[9]) end
 return {'started', 'RUNNING', ARGV[1], lost}
 """
+)
 
 # KEYS as for TRANSITION_LUA. ARGV: 1 owner, 2 now, 3 lease end, 4 ttl ms, 5 job id,
 # 6 channel ('' for none), 7 the event's JSON.
-COMPENSATE_LUA = _MOVE_LUA + """
+COMPENSATE_LUA = (
+    _MOVE_LUA
+    + """
 local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'attempt', 'lease_until', 'lost',
                      'plan')
 local state = f[1]
@@ -264,17 +273,21 @@ move(ARGV[5], state, 'COMPENSATING', tonumber(f[2]), ARGV[2], ARGV[4], 'null',
 if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
 return {'started', 'COMPENSATING', attempt, lost}
 """
+)
 
 # KEYS: 1 record. ARGV: 1 owner, 2 the stage index, 3 the state the owner must hold the
 # job in, 4 the field to add the index to. 'ok', 'missing', or 'fenced' with the state and
 # the holder.
-MARK_LUA = _MERGE_LUA + """
+MARK_LUA = (
+    _MERGE_LUA
+    + """
 local f = redis.call('HMGET', KEYS[1], 'state', 'owner')
 if not f[1] then return {'missing'} end
 if f[1] ~= ARGV[3] or f[2] ~= ARGV[1] then return {'fenced', f[1], f[2] or ''} end
 merge(ARGV[4], {tonumber(ARGV[2])})
 return {'ok'}
 """
+)
 
 # KEYS: 1 record. ARGV: 1 owner, 2 lease end. 1 if renewed.
 RENEW_LUA = """
@@ -288,7 +301,10 @@ return 1
 # ARGV: 1 owner ('' none), 2 now, 3 ttl ms, 4 job id, 5 error, 6 letter JSON, 7 letter
 # key, 8 channel, 9 the job.dead event's JSON (the entry id is added as dlq_id), 10 message
 # for a record without one.
-BURY_LUA = _MOVE_LUA + KEYED_APPEND_LUA + """
+BURY_LUA = (
+    _MOVE_LUA
+    + KEYED_APPEND_LUA
+    + """
 local owner, now, ttl, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'owner', 'lease_until',
                      'message')
@@ -320,6 +336,7 @@ move(id, state, 'DEAD', attempts, now, ttl, '"dead-lettered"', fields)
 redis.call('PUBLISH', ARGV[8], string.sub(ARGV[9], 1, -2) .. ',"dlq_id":"' .. entry .. '"}')
 return {'ok', entry}
 """
+)
 
 # KEYS: 1 record, 2 history. The record, or nothing if there is none.
 READ_LUA = f"""
@@ -630,8 +647,9 @@ class RedisJobStore(RedisBackend, JobStorageInterface, AnnouncingJobStore):
     @translate_errors
     def _mark_stage(self, job_id: str, owner: str, index: int, state: JobState,
                     field: str) -> None:  # fmt: skip
-        reply = self._mark(keys=[self.key("job", job_id)],
-                           args=[owner, int(index), state.value, field])
+        reply = self._mark(
+            keys=[self.key("job", job_id)], args=[owner, int(index), state.value, field]
+        )
         if text(reply[0]) == "missing":
             raise not_found(job_id)
         if text(reply[0]) == "fenced":

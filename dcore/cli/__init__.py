@@ -58,34 +58,41 @@ COMMANDS_GROUP = "dcore.commands"
 
 def command_modules() -> list[str]:
     """The built-in subcommand modules, then those other packages plug in."""
-    plugged = sorted(importlib.metadata.entry_points(group=COMMANDS_GROUP),
-                     key=lambda ep: ep.name)
+    plugged = sorted(importlib.metadata.entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name)
     return [*SUBCOMMAND_MODULES, *(ep.value for ep in plugged)]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dcore", description="distributed-core tools",
-        epilog="`dcore COMMAND --help` describes a command.")
+        prog="dcore",
+        description="distributed-core tools",
+        epilog="`dcore COMMAND --help` describes a command.",
+    )
     parser.add_argument("--version", action="version", version=f"dcore {__version__}")
-    parser.add_argument("--traceback", action="store_true",
-                        help="show the Python traceback of an unexpected error")
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the Python traceback of an unexpected error"
+    )
     parser.set_defaults(handler=print_help(parser))
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in command_modules():
         try:
             module = importlib.import_module(name)
         except Exception as exc:
-            gone = isinstance(exc, ModuleNotFoundError) and exc.name is not None and (
-                name == exc.name or name.startswith(f"{exc.name}."))
+            gone = (
+                isinstance(exc, ModuleNotFoundError)
+                and exc.name is not None
+                and (name == exc.name or name.startswith(f"{exc.name}."))
+            )
             if gone:  # the module itself is not installed (a stale entry point)
                 continue
             if name in SUBCOMMAND_MODULES:
                 raise
             # another package's command must not take the built-in ones down with it
-            print(f"dcore: warning: the command module {name} ({COMMANDS_GROUP} entry "
-                  f"point) failed to load and is left out: {describe_failure(exc)}",
-                  file=sys.stderr)
+            print(
+                f"dcore: warning: the command module {name} ({COMMANDS_GROUP} entry "
+                f"point) failed to load and is left out: {describe_failure(exc)}",
+                file=sys.stderr,
+            )
             continue
         module.register(subparsers)
     return parser

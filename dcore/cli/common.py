@@ -44,16 +44,18 @@ def load_object(spec: str) -> Any:
         sys.path.insert(0, os.getcwd())
     by_path = _is_path(module_name)
     if not by_path and not all(part.isidentifier() for part in module_name.split(".")):
-        raise SystemExit(f"dcore: {module_name!r} in {spec!r} is not a module name; "
-                         "expected a dotted name such as 'app.pipelines' or a .py file")
+        raise SystemExit(
+            f"dcore: {module_name!r} in {spec!r} is not a module name; "
+            "expected a dotted name such as 'app.pipelines' or a .py file"
+        )
     try:
-        target: Any = import_file(module_name) if by_path else importlib.import_module(
-            module_name)
+        target: Any = import_file(module_name) if by_path else importlib.import_module(module_name)
     except (ImportError, FileNotFoundError) as exc:
         raise SystemExit(f"dcore: cannot import {module_name!r}: {exc}") from None
     except Exception as exc:
-        raise SystemExit(f"dcore: importing {module_name!r} raised "
-                         f"{describe_failure(exc, hint=False)}") from None
+        raise SystemExit(
+            f"dcore: importing {module_name!r} raised {describe_failure(exc, hint=False)}"
+        ) from None
     for part in attr.split("."):
         try:
             target = getattr(target, part)
@@ -126,8 +128,9 @@ def describe_failure(exc: BaseException, *, hint: bool = True) -> str:
     if isinstance(exc, ValidationError):
         return _invalid(exc)
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not f.filename.startswith("<")]  # not importlib's <frozen ...> frames
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")
+    ]  # not importlib's <frozen ...> frames
     if frames and not isinstance(exc, SyntaxError):  # its text names the file and line
         text += f" (at {frames[-1].filename}:{frames[-1].lineno})"
     if hint:
@@ -159,17 +162,22 @@ def note_process_local(env: Any, *services: str) -> None:
     what = " and the ".join(_SERVICES[name][0] for name in local)
     are = "are" if len(local) > 1 else "is"
     variables = " ".join(f"{_SERVICES[name][1]}=redis" for name in local)
-    print(f"dcore: note: the {what} {are} in memory, local to this process: it starts empty "
-          "in every process, so it cannot show what your workers recorded. Point the command "
-          f"at their store: {variables} DCORE_REDIS_URL=redis://HOST:6379/0", file=sys.stderr)
+    print(
+        f"dcore: note: the {what} {are} in memory, local to this process: it starts empty "
+        "in every process, so it cannot show what your workers recorded. Point the command "
+        f"at their store: {variables} DCORE_REDIS_URL=redis://HOST:6379/0",
+        file=sys.stderr,
+    )
 
 
 def print_help(parser: argparse.ArgumentParser) -> Handler:
     """The handler of a command given without its subcommand (bare ``dcore``, ``dcore
     dlq``): that command's full help on stderr and exit 2, as for any usage error."""
+
     def handler(args: argparse.Namespace) -> int:
         parser.print_help(sys.stderr)
         return 2
+
     return handler
 
 

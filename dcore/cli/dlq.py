@@ -104,8 +104,10 @@ def _entry(env: Any, entry_id: str) -> Any:
     except ValueError as exc:
         raise LookupError(str(exc)) from None
     if event is None:
-        raise LookupError(f"no entry {entry_id!r} in the dead-letter queue {topic}; "
-                          "`dcore dlq list` shows the ids")
+        raise LookupError(
+            f"no entry {entry_id!r} in the dead-letter queue {topic}; "
+            "`dcore dlq list` shows the ids"
+        )
     return event
 
 
@@ -159,12 +161,16 @@ def replay_entry(env: Any, event: Any) -> tuple[bool, str]:
     if record is not None and record.state is JobState.SUCCEEDED:
         env.events.remove(topic, event.id)
         return True, f"{where}: the job already SUCCEEDED; stale entry removed"
-    attempt = record.attempts + 1 if record is not None else max(
-        int(payload.get("attempt") or 0), message.attempt) + 1
+    attempt = (
+        record.attempts + 1
+        if record is not None
+        else max(int(payload.get("attempt") or 0), message.attempt) + 1
+    )
 
     def entries_of_job() -> list[str]:
-        return [e.id for e in env.events.entries(topic)
-                if e.payload.get("job_id") == message.job_id]
+        return [
+            e.id for e in env.events.entries(topic) if e.payload.get("job_id") == message.job_id
+        ]
 
     earlier = set(entries_of_job())  # older entries of the job are not its fresh failure
     try:
@@ -177,8 +183,10 @@ def replay_entry(env: Any, event: Any) -> tuple[bool, str]:
         newer = [i for i in entries_of_job() if i not in earlier]
         if newer:  # back on the queue with the fresh error: the old entry is superseded
             env.events.remove(topic, event.id)
-            return False, (f"{where}: attempt {attempt} failed again ({type(exc).__name__}: "
-                           f"{exc}); back on the dead-letter queue as {newer[-1]}")
+            return False, (
+                f"{where}: attempt {attempt} failed again ({type(exc).__name__}: "
+                f"{exc}); back on the dead-letter queue as {newer[-1]}"
+            )
         return False, f"{where}: attempt {attempt} failed ({type(exc).__name__}: {exc})"
     env.events.remove(topic, event.id)
     return True, f"{where}: SUCCEEDED on attempt {attempt}; entry removed"
@@ -215,8 +223,9 @@ def run_purge(args: argparse.Namespace) -> int:
         return 0
     if not args.yes:
         if not sys.stdin.isatty():
-            return fail(f"purge deletes {len(ids)} entries from {topic} for good; "
-                        "pass --yes to confirm")
+            return fail(
+                f"purge deletes {len(ids)} entries from {topic} for good; pass --yes to confirm"
+            )
         answer = input(f"delete {len(ids)} entries from {topic} for good? [y/N] ")
         if answer.strip().lower() not in {"y", "yes"}:
             print("nothing deleted")

@@ -20,12 +20,21 @@ __all__ = ["register"]
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "doctor", help="check settings and servers for what loses or duplicates jobs")
-    parser.add_argument("--celery", action="store_true",
-                        help="run the Celery checks even if DCORE_DISPATCHER is not celery")
+        "doctor", help="check settings and servers for what loses or duplicates jobs"
+    )
+    parser.add_argument(
+        "--celery",
+        action="store_true",
+        help="run the Celery checks even if DCORE_DISPATCHER is not celery",
+    )
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
-    parser.add_argument("--timeout", type=positive_float, default=None, metavar="SECONDS",
-                        help="how long each server may take to answer (default 2)")
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="how long each server may take to answer (default 2)",
+    )
     parser.set_defaults(handler=run)
 
 

@@ -15,8 +15,11 @@ __all__ = ["register"]
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("graph", help="print a pipeline's stages (text or Mermaid)")
-    parser.add_argument("target", metavar="MODULE:OBJECT",
-                        help="a Pipeline or a factory of one: pkg.module:name or file.py:name")
+    parser.add_argument(
+        "target",
+        metavar="MODULE:OBJECT",
+        help="a Pipeline or a factory of one: pkg.module:name or file.py:name",
+    )
     parser.add_argument("--mermaid", action="store_true", help="print a Mermaid flowchart")
     parser.set_defaults(handler=run)
 
@@ -33,17 +36,20 @@ def run(args: argparse.Namespace) -> int:
     if callable(obj) and not isinstance(obj, Pipeline):
         why = call_signature_error(obj)
         if why is not None:
-            return fail(f"{target} is {_a(type(obj).__name__)} that needs arguments ({why}); "
-                        "dcore graph takes a Pipeline or a factory of one that takes none")
+            return fail(
+                f"{target} is {_a(type(obj).__name__)} that needs arguments ({why}); "
+                "dcore graph takes a Pipeline or a factory of one that takes none"
+            )
         try:
             obj = obj()
         except Exception as exc:
-            return fail(f"calling {target}() to build the pipeline raised "
-                        f"{describe_failure(exc, hint=False)}")
+            return fail(
+                f"calling {target}() to build the pipeline raised "
+                f"{describe_failure(exc, hint=False)}"
+            )
         if not isinstance(obj, Pipeline):
             return fail(f"{target}() returned {_a(type(obj).__name__)}, not a Pipeline")
     if not isinstance(obj, Pipeline):
-        return fail(f"{target} is {_a(type(obj).__name__)}, not a Pipeline "
-                    "or a factory of one")
+        return fail(f"{target} is {_a(type(obj).__name__)}, not a Pipeline or a factory of one")
     print(obj.to_mermaid() if args.mermaid else obj.describe())
     return 0

@@ -28,18 +28,28 @@ def register(subparsers: Any) -> None:
     show.set_defaults(handler=run_show)
 
     listing = actions.add_parser("list", help="recent jobs, newest first")
-    listing.add_argument("--state", type=str.upper, default=None,
-                         help="only jobs in this state (PENDING, RUNNING, SUCCEEDED, ...)")
+    listing.add_argument(
+        "--state",
+        type=str.upper,
+        default=None,
+        help="only jobs in this state (PENDING, RUNNING, SUCCEEDED, ...)",
+    )
     listing.add_argument("--limit", type=positive_int, default=20)
     listing.set_defaults(handler=run_list)
 
     stale = actions.add_parser(
-        "resend-stale", help="send again Celery jobs whose delivery was lost (workers also "
-                             "do this every DCORE_RECOVERY_INTERVAL seconds)"
+        "resend-stale",
+        help="send again Celery jobs whose delivery was lost (workers also "
+        "do this every DCORE_RECOVERY_INTERVAL seconds)",
     )
-    stale.add_argument("--older-than", type=finite_float, default=None, metavar="SECONDS",
-                       help="a PENDING job counts as lost after this long with its queue "
-                            "empty (default: DCORE_RECOVERY_PENDING_AFTER)")
+    stale.add_argument(
+        "--older-than",
+        type=finite_float,
+        default=None,
+        metavar="SECONDS",
+        help="a PENDING job counts as lost after this long with its queue "
+        "empty (default: DCORE_RECOVERY_PENDING_AFTER)",
+    )
     stale.add_argument("--limit", type=positive_int, default=1000)
     stale.add_argument("--dry-run", action="store_true", help="list them, send nothing")
     stale.set_defaults(handler=run_resend_stale)
@@ -99,8 +109,10 @@ def run_list(args: argparse.Namespace) -> int:
         print("no jobs" + (f" in state {state}" if state else ""))
         return 0
     for r in records:
-        print(f"{r.job_id:<32}  {r.state:<9}  attempts {r.attempts:<3}  {_when(r.updated_at)}"
-              + (f"  {r.error}" if r.error else ""))
+        print(
+            f"{r.job_id:<32}  {r.state:<9}  attempts {r.attempts:<3}  {_when(r.updated_at)}"
+            + (f"  {r.error}" if r.error else "")
+        )
     return 0
 
 
@@ -110,8 +122,9 @@ def run_resend_stale(args: argparse.Namespace) -> int:
     except ImportError as exc:
         return fail(f"resend-stale needs Celery (pip install 'distributed-core[celery]'): {exc}")
     try:
-        sent = resend_stale(_env(), older_than=args.older_than,
-                            limit=args.limit, dry_run=args.dry_run)
+        sent = resend_stale(
+            _env(), older_than=args.older_than, limit=args.limit, dry_run=args.dry_run
+        )
     except ValueError as exc:
         return fail(str(exc))
     verb = "would re-send" if args.dry_run else "re-sent"

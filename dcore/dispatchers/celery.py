@@ -80,8 +80,9 @@ class CeleryDispatcher(Dispatch[Any]):
         queue = self.queue_for(message.shard)
         app = celery_app(self.env)
         try:
-            app.send_task(TASK_NAME, args=[next_fn.to_json(context)], queue=queue,
-                          task_id=message.job_id)
+            app.send_task(
+                TASK_NAME, args=[next_fn.to_json(context)], queue=queue, task_id=message.job_id
+            )
         except Exception as exc:
             broker = _redact(str(app.conf.broker_url))
             raise DispatchError(

@@ -39,7 +39,9 @@ def _run_quietly(next_fn: Continuation[Any], context: Any) -> None:
     delivered = next_fn.deliver_in_place(context)
     if delivered.error is not None:
         logging.getLogger("dcore.dispatch.fastapi").error(
-            "background job %s failed (%s)", context.job_id, delivered.outcome.action,
+            "background job %s failed (%s)",
+            context.job_id,
+            delivered.outcome.action,
             exc_info=delivered.error,
         )
 

@@ -116,9 +116,7 @@ class WorkerPool:
 
 
 def worker_pool(env: Environment) -> WorkerPool:
-    return env.resource(
-        "dcore.thread_pool", lambda: WorkerPool(env.settings.thread_workers, env)
-    )
+    return env.resource("dcore.thread_pool", lambda: WorkerPool(env.settings.thread_workers, env))
 
 
 @register_plugin("thread", registry=default_registry())

@@ -92,8 +92,7 @@ def check_fence(fence: object, where: str) -> Fence:
         )
     if not isinstance(fence, tuple) or len(fence) != 2:
         raise TypeError(
-            f"{where}: fence must be a Fence(lock, number), got {type(fence).__name__} "
-            f"{fence!r}"
+            f"{where}: fence must be a Fence(lock, number), got {type(fence).__name__} {fence!r}"
         )
     name, number = fence
     if not isinstance(name, str) or not name:

@@ -67,8 +67,9 @@ class JobState(StrEnum):
 ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.RUNNING, JobState.DEAD}),
     JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.RUNNING}),
-    JobState.FAILED: frozenset({JobState.PENDING, JobState.RUNNING, JobState.DEAD,
-                                JobState.COMPENSATING}),
+    JobState.FAILED: frozenset(
+        {JobState.PENDING, JobState.RUNNING, JobState.DEAD, JobState.COMPENSATING}
+    ),
     JobState.COMPENSATING: frozenset({JobState.COMPENSATING, JobState.DEAD}),
     JobState.DEAD: frozenset({JobState.PENDING}),
     JobState.SUCCEEDED: frozenset(),
@@ -168,8 +169,7 @@ def check(
     if to not in ALLOWED[current]:
         allowed = ", ".join(sorted(ALLOWED[current])) or "nothing (final state)"
         raise IllegalTransitionError(
-            f"job {job_id} cannot go from {current} to {to}; from {current} it can go to "
-            f"{allowed}"
+            f"job {job_id} cannot go from {current} to {to}; from {current} it can go to {allowed}"
         )
 
 

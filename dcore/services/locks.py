@@ -56,8 +56,6 @@ class LockInterface(ServiceInterface):
     service_name: ClassVar[str] = "locks"
 
     @abstractmethod
-    def lock(
-        self, name: str, *, ttl: float | None = 30.0, timeout: float | None = None
-    ) -> Lock:
+    def lock(self, name: str, *, ttl: float | None = 30.0, timeout: float | None = None) -> Lock:
         """A handle for lock ``name`` with a time-to-live in seconds (None: no expiry);
         ``timeout`` bounds how long ``with lock:`` waits before LockNotAcquired."""

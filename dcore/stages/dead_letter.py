@@ -91,8 +91,10 @@ class DeadLetterStage(Execute[Any]):
                 "attempt": None,
                 "history": [],
                 "context": envelope,
-                "errors": [e.model_dump(mode="json", exclude={"traceback"})
-                           for e in getattr(context, "errors", [])],
+                "errors": [
+                    e.model_dump(mode="json", exclude={"traceback"})
+                    for e in getattr(context, "errors", [])
+                ],
                 "at": self.env.clock.time(),
                 "source": "dead_letter stage",
             },

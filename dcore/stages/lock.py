@@ -117,8 +117,7 @@ class LockStage(Execute[Any]):
                 _log.warning("job %s: %s", context.job_id, lost)
                 exc.add_note(f"and the lock {name!r} was lost before release: {lost}")
             except Exception as release_error:  # the run's own error is the one that counts
-                _log.warning("job %s: releasing %r failed: %s", context.job_id, name,
-                             release_error)
+                _log.warning("job %s: releasing %r failed: %s", context.job_id, name, release_error)
                 exc.add_note(f"and releasing the lock {name!r} failed: {release_error!r}")
             raise
         try:

@@ -33,12 +33,20 @@ class LoggingStage(Execute[Any]):
             result = next_fn(context)
         except Exception as exc:
             self.log.log(
-                logging.ERROR, "job %s (%s): failed after %.3fs: %s: %s", context.job_id, name,
-                self.clock.monotonic() - started, type(exc).__name__, exc,
+                logging.ERROR,
+                "job %s (%s): failed after %.3fs: %s: %s",
+                context.job_id,
+                name,
+                self.clock.monotonic() - started,
+                type(exc).__name__,
+                exc,
             )
             raise
         self.log.log(
-            self.level, "job %s (%s): done in %.3fs", context.job_id, name,
+            self.level,
+            "job %s (%s): done in %.3fs",
+            context.job_id,
+            name,
             self.clock.monotonic() - started,
         )
         return result

@@ -60,8 +60,12 @@ class RetryStage(Execute[Any]):
         kinds = tuple(exception_class(n) for n in retry_on) if retry_on else (Exception,)
         try:
             self.policy = RetryPolicy(
-                attempts=attempts, backoff=backoff, initial=initial, max_delay=max_delay,
-                jitter=jitter, retry_on=kinds,
+                attempts=attempts,
+                backoff=backoff,
+                initial=initial,
+                max_delay=max_delay,
+                jitter=jitter,
+                retry_on=kinds,
             )
         except ValueError as exc:
             raise PluginOptionsError(f"retry: bad policy options: {exc}") from None

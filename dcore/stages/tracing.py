@@ -151,8 +151,6 @@ class TracingStage(Execute[Any]):
             if origin is None or origin == stage.origin:
                 span.record_exception(error)
             span.set_attribute("dcore.error.origin", origin or stage.origin)
-            span.set_status(
-                type(self._error)(self._error.status_code, describe_error(error)[:512])
-            )
+            span.set_status(type(self._error)(self._error.status_code, describe_error(error)[:512]))
         span.end()
         self._context.detach(entry.token)

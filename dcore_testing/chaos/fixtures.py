@@ -78,8 +78,9 @@ def dcore_toxiproxy(request: pytest.FixtureRequest) -> Iterator[ToxiproxyClient]
 
 
 @pytest.fixture
-def dcore_chaos_redis(dcore_toxiproxy: ToxiproxyClient,
-                      dcore_redis_url: str) -> Iterator[ChaosRedis]:
+def dcore_chaos_redis(
+    dcore_toxiproxy: ToxiproxyClient, dcore_redis_url: str
+) -> Iterator[ChaosRedis]:
     """The test Redis behind a fresh proxy; flushed before and after the test."""
     from .services import ChaosRedis, create_service_proxy, service_address
 

@@ -19,17 +19,22 @@ __all__ = ["register", "run", "scenario_problem"]
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("explore", help="run a simulator scenario over many seeds")
-    parser.add_argument("target", metavar="MODULE:SCENARIO",
-                        help="a scenario function: pkg.module:name or path/to/file.py:name")
-    parser.add_argument("--seeds", type=positive_int, default=100,
-                        help="how many seeds (default 100)")
+    parser.add_argument(
+        "target",
+        metavar="MODULE:SCENARIO",
+        help="a scenario function: pkg.module:name or path/to/file.py:name",
+    )
+    parser.add_argument(
+        "--seeds", type=positive_int, default=100, help="how many seeds (default 100)"
+    )
     parser.add_argument("--start", type=int, default=0, help="first seed (default 0)")
-    parser.add_argument("--workers", type=positive_int, default=None,
-                        help="override worker count")
-    parser.add_argument("--trace-dir", default="dcore-traces",
-                        help="where failing traces go (default dcore-traces)")
-    parser.add_argument("--max-failures", type=positive_int, default=None,
-                        help="stop after this many failing seeds")
+    parser.add_argument("--workers", type=positive_int, default=None, help="override worker count")
+    parser.add_argument(
+        "--trace-dir", default="dcore-traces", help="where failing traces go (default dcore-traces)"
+    )
+    parser.add_argument(
+        "--max-failures", type=positive_int, default=None, help="stop after this many failing seeds"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -39,8 +44,10 @@ def scenario_problem(target: str, scenario: Any) -> str | None:
         return f"{target} is a {type(scenario).__name__}, not a scenario function"
     why = call_signature_error(scenario, None)
     if why is not None:
-        return (f"{target} cannot be called with the simulation ({why}); a scenario is a "
-                "function taking one argument, the SimEnvironment")
+        return (
+            f"{target} cannot be called with the simulation ({why}); a scenario is a "
+            "function taking one argument, the SimEnvironment"
+        )
     return None
 
 
@@ -76,8 +83,14 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.flush()
 
     seeds = range(args.start, args.start + total)
-    failures = explore(scenario, seeds, trace_dir=args.trace_dir, progress=progress,
-                       max_failures=args.max_failures, **overrides)
+    failures = explore(
+        scenario,
+        seeds,
+        trace_dir=args.trace_dir,
+        progress=progress,
+        max_failures=args.max_failures,
+        **overrides,
+    )
     if tty:
         sys.stderr.write("\n")
     if not failures:
@@ -85,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.target}: {len(failures)} failing seed(s)")
     for outcome in failures:
-        print(f"  seed {outcome.seed}: {type(outcome.error).__name__}: "
-              f"{str(outcome.error).splitlines()[0] if outcome.error else ''}")
+        print(
+            f"  seed {outcome.seed}: {type(outcome.error).__name__}: "
+            f"{str(outcome.error).splitlines()[0] if outcome.error else ''}"
+        )
         if outcome.path is not None:
             print(f"    trace: {outcome.path}   (dcore replay {outcome.path})")
     return 1

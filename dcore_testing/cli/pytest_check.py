@@ -37,8 +37,9 @@ class _Watcher:
         self.divergence: ReplayDivergence | None = None
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]
-                                  ) -> Generator[None, Any, Any]:
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, Any, Any]:
         report = yield
         exc = call.excinfo.value if call.excinfo is not None else None
         if call.when == "setup" and exc is not None:
@@ -66,19 +67,33 @@ def check_pytest_trace(nodeid: str, trace_path: str) -> int:
     (whether it fails again or passes now), 1 if it diverged or could not run."""
     test_file = nodeid.split("::", 1)[0]
     if not Path(test_file).is_file():
-        return fail(f"the trace was saved by the pytest plugin for the test {nodeid}, and "
-                    f"there is no {test_file} in {os.getcwd()}; run the check from the "
-                    "directory pytest ran in (test ids are relative to it)")
+        return fail(
+            f"the trace was saved by the pytest plugin for the test {nodeid}, and "
+            f"there is no {test_file} in {os.getcwd()}; run the check from the "
+            "directory pytest ran in (test ids are relative to it)"
+        )
     watcher = _Watcher()
     # dcore and dcore_testing are imported already (this command runs in them), so pytest
     # cannot rewrite their asserts; its warning about that says nothing about the test
-    code = pytest.main([nodeid, f"--dcore-replay={trace_path}", "-q", "-p", "no:cacheprovider",
-                        "-W", "ignore::pytest.PytestAssertRewriteWarning"], plugins=[watcher])
+    code = pytest.main(
+        [
+            nodeid,
+            f"--dcore-replay={trace_path}",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "ignore::pytest.PytestAssertRewriteWarning",
+        ],
+        plugins=[watcher],
+    )
     if not watcher.ran:
         if watcher.setup_error is not None:
             return fail(f"{nodeid} did not run: its setup failed ({watcher.setup_error})")
-        return fail(f"pytest found no test {nodeid} (pytest exit code {int(code)}); "
-                    "was it renamed or removed?")
+        return fail(
+            f"pytest found no test {nodeid} (pytest exit code {int(code)}); "
+            "was it renamed or removed?"
+        )
     if not watcher.uses_sim:
         return fail(f"{nodeid} no longer uses the dcore_sim fixture, so it cannot replay the trace")
     if watcher.divergence is not None:

@@ -24,11 +24,13 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("replay", help="print a simulator trace as a timeline")
     parser.add_argument("trace", metavar="TRACE", help="a trace file (JSON lines)")
     parser.add_argument("--html", metavar="OUT", help="also write an HTML timeline to OUT")
-    parser.add_argument("--no-calls", action="store_true",
-                        help="leave service calls out of the text timeline")
+    parser.add_argument(
+        "--no-calls", action="store_true", help="leave service calls out of the text timeline"
+    )
     parser.add_argument("--width", type=int, default=34, help="column width (default 34)")
-    parser.add_argument("--check", action="store_true",
-                        help="re-run the scenario named in the trace and compare")
+    parser.add_argument(
+        "--check", action="store_true", help="re-run the scenario named in the trace and compare"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -37,8 +39,10 @@ def testing_missing() -> str | None:
     try:
         import dcore_testing.sim  # noqa: F401
     except ModuleNotFoundError as exc:
-        return (f"the simulator needs the testing extra ({exc.name} is not installed); "
-                "install it with: pip install 'distributed-core[testing]'")
+        return (
+            f"the simulator needs the testing extra ({exc.name} is not installed); "
+            "install it with: pip install 'distributed-core[testing]'"
+        )
     return None
 
 
@@ -58,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
     if args.html:
         out = Path(args.html)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render_html(trace, title=f"dcore trace {Path(args.trace).name}"),
-                       encoding="utf-8")
+        out.write_text(
+            render_html(trace, title=f"dcore trace {Path(args.trace).name}"), encoding="utf-8"
+        )
         print(f"HTML timeline written to {out}")
     if args.check:
         return _check(trace, args.trace)
@@ -74,8 +79,10 @@ def _check(trace: Any, path: str) -> int:
 
     name = trace.header.get("name")
     if not isinstance(name, str) or ":" not in name:
-        return fail("the trace names no scenario (MODULE:FUNCTION) or test to re-run; only "
-                    "traces written by `dcore explore` or the pytest plugin can be checked")
+        return fail(
+            "the trace names no scenario (MODULE:FUNCTION) or test to re-run; only "
+            "traces written by `dcore explore` or the pytest plugin can be checked"
+        )
     if "::" in name:  # a pytest node id: the test runs under pytest, with its fixtures
         from dcore_testing.cli.pytest_check import check_pytest_trace
 

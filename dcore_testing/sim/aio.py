@@ -47,7 +47,8 @@ class _VirtualSelector(selectors.BaseSelector):
             raise SimulationError(
                 "an async stage awaits something that nothing in the simulation will "
                 "finish (no timer, nothing ready): await asyncio.sleep(), the services, "
-                "or work the stage starts itself")
+                "or work the stage starts itself"
+            )
         if timeout > 0:
             self._clock.sleep(timeout)
         return []

@@ -80,8 +80,9 @@ class ScheduleChooser:
 
     kind = "schedule"
 
-    def __init__(self, schedule: dict[int, int], random_source: random.Random | None = None
-                 ) -> None:
+    def __init__(
+        self, schedule: dict[int, int], random_source: random.Random | None = None
+    ) -> None:
         bad = {k: v for k, v in schedule.items() if k < 0 or v < 1}
         if bad:
             raise ValueError(f"a schedule maps decision numbers >= 0 to offsets >= 1, got {bad}")
@@ -127,7 +128,8 @@ class HypothesisChooser(ScheduleChooser):
         if horizon < 1 or max_preemptions < 0:
             raise ValueError(
                 f"HypothesisChooser needs horizon >= 1 and max_preemptions >= 0, got "
-                f"horizon={horizon!r}, max_preemptions={max_preemptions!r}")
+                f"horizon={horizon!r}, max_preemptions={max_preemptions!r}"
+            )
         self.data = data
         self._st = st
         points = data.draw(preemption_points(horizon, max_preemptions), label="preemptions")
@@ -146,8 +148,11 @@ def preemption_points(horizon: int = 64, max_preemptions: int = 8) -> Any:
     """Hypothesis strategy: a list of ``(decision number, offset)`` preemption points."""
     from hypothesis import strategies as st
 
-    return st.lists(st.tuples(st.integers(0, horizon - 1), st.integers(1, 8)),
-                    max_size=max_preemptions, unique_by=lambda p: p[0])
+    return st.lists(
+        st.tuples(st.integers(0, horizon - 1), st.integers(1, 8)),
+        max_size=max_preemptions,
+        unique_by=lambda p: p[0],
+    )
 
 
 class ReplayChooser:
@@ -163,11 +168,18 @@ class ReplayChooser:
     def _recorded(self, what: str, n: int) -> Any:
         want = self.trace.peek_expected()
         asked = {"ev": "choice", "what": what, "n": n}
-        if want is None or want.get("ev") != "choice" or want.get("what") != what or (
-            want.get("n") != n
+        if (
+            want is None
+            or want.get("ev") != "choice"
+            or want.get("what") != what
+            or (want.get("n") != n)
         ):
-            raise ReplayDivergence(len(self.trace.events), want, asked,
-                                   hint="the run asks for a decision the recording did not make")
+            raise ReplayDivergence(
+                len(self.trace.events),
+                want,
+                asked,
+                hint="the run asks for a decision the recording did not make",
+            )
         return want["pick"]
 
     def choose(self, n: int, what: str) -> int:

@@ -139,16 +139,27 @@ class Broker:
         else:
             at_most_once = self.delivery == "at_most_once"
         entry = JobEntry(
-            job=job, job_id=context.job_id, ordinal=int(job[1:]), remote=remote,
-            at_most_once=at_most_once, policy=next_fn.job_policy(), message=message,
-            continuation=None if remote else next_fn, context=None if remote else context,
+            job=job,
+            job_id=context.job_id,
+            ordinal=int(job[1:]),
+            remote=remote,
+            at_most_once=at_most_once,
+            policy=next_fn.job_policy(),
+            message=message,
+            continuation=None if remote else next_fn,
+            context=None if remote else context,
             queue=self._route(inner, context.shard_key) if remote else None,
         )
         self.entries[job] = entry
         routing = {"queue": entry.queue} if self.routed else {}
-        sim.scheduler.emit("dispatch", job=job, remote=remote,
-                           delivery="at-most-once" if at_most_once else "at-least-once",
-                           attempts=entry.policy.attempts, **routing)
+        sim.scheduler.emit(
+            "dispatch",
+            job=job,
+            remote=remote,
+            delivery="at-most-once" if at_most_once else "at-least-once",
+            attempts=entry.policy.attempts,
+            **routing,
+        )
         if remote:
             self.arm_sweep()
         copies, delay, dropped = sim.faults.at_dispatch(entry.ordinal, job)
@@ -184,9 +195,16 @@ class Broker:
         except Exception:
             shard = None
         entry = JobEntry(
-            job=job, job_id=job_id, ordinal=int(job[1:]), remote=True, at_most_once=False,
-            policy=job_policy(None, sim.settings), message=text, continuation=None,
-            context=None, queue=self._route(None, shard),
+            job=job,
+            job_id=job_id,
+            ordinal=int(job[1:]),
+            remote=True,
+            at_most_once=False,
+            policy=job_policy(None, sim.settings),
+            message=text,
+            continuation=None,
+            context=None,
+            queue=self._route(None, shard),
         )
         self.entries.setdefault(job, entry)
         sim.scheduler.emit("inject", job=job, size=len(text))
@@ -206,7 +224,8 @@ class Broker:
             served = sorted({q for q in self.serves.values() if q is not None})
             raise SimulationError(
                 f"no simulated worker serves queue {queue!r}; SimEnvironment(workers=...) "
-                f"names {', '.join(served)}: add it, e.g. workers={{{queue!r}: 1, ...}}")
+                f"names {', '.join(served)}: add it, e.g. workers={{{queue!r}: 1, ...}}"
+            )
         return queue
 
     def put(self, delivery: QueuedDelivery, delay: float = 0.0) -> None:
@@ -224,8 +243,9 @@ class Broker:
 
     def _enqueue(self, delivery: QueuedDelivery) -> None:
         if delivery.entry.lost:
-            self.sim.scheduler.emit("lost", job=delivery.entry.job,
-                                    reason="the web process holding it died")
+            self.sim.scheduler.emit(
+                "lost", job=delivery.entry.job, reason="the web process holding it died"
+            )
             return
         self.queue.append(delivery)
         self.pump()
@@ -250,8 +270,11 @@ class Broker:
     def _start(self, worker: int, delivery: QueuedDelivery) -> None:
         job = delivery.entry.job
         self.sim.scheduler.spawn(
-            functools.partial(self._run, delivery), name=f"w{worker}:{job}",
-            lane=f"w{worker}", worker=worker, job=job,
+            functools.partial(self._run, delivery),
+            name=f"w{worker}:{job}",
+            lane=f"w{worker}",
+            worker=worker,
+            job=job,
         )
 
     def queue_empty(self, shard: int | None) -> bool:
@@ -269,8 +292,9 @@ class Broker:
                 entry.lost = True
         for delivery in [d for d in self.queue if d.entry.lost]:
             self.queue.remove(delivery)
-            self.sim.scheduler.emit("lost", job=delivery.entry.job,
-                                    reason="the web process holding it died")
+            self.sim.scheduler.emit(
+                "lost", job=delivery.entry.job, reason="the web process holding it died"
+            )
         for task in self.sim.scheduler.tasks:
             running = self.entries.get(task.job or "")
             if task.worker is not None and running is not None and running.lost:
@@ -293,8 +317,12 @@ class Broker:
             return
         settings = sim.settings
         reading = cast("Environment", _Reading(sim))
-        lost = lost_jobs(reading, pending_after=settings.recovery_pending_after,
-                         grace=settings.lease_ttl, queue_empty=self.queue_empty)
+        lost = lost_jobs(
+            reading,
+            pending_after=settings.recovery_pending_after,
+            grace=settings.lease_ttl,
+            queue_empty=self.queue_empty,
+        )
         for job in lost:
             sim.scheduler.emit("resend", job=sim.alias(job.job_id), reason=job.reason)
             self.inject(job.message)
@@ -309,9 +337,12 @@ class Broker:
         if task.worker is not None:
             heapq.heappush(self.free, task.worker)
             self.pump()
-        if (self._sweep_timer is not None and not self.queue
-                and not any(self.in_transit.values())
-                and not _recoverable(self.sim.jobs.inner)):  # type: ignore[attr-defined]
+        if (
+            self._sweep_timer is not None
+            and not self.queue
+            and not any(self.in_transit.values())
+            and not _recoverable(self.sim.jobs.inner)  # type: ignore[attr-defined]
+        ):
             self.cancel_sweep()  # nothing left to recover: let the run go idle
 
     # -- a worker running one delivery -------------------------------------------------------
@@ -335,8 +366,7 @@ class Broker:
         except WorkerCrash as crash:
             emit("crash", where=crash.where)
             if entry.at_most_once:
-                emit("lost", reason="worker crashed; an at-most-once dispatcher does not "
-                                    "redeliver")
+                emit("lost", reason="worker crashed; an at-most-once dispatcher does not redeliver")
             else:
                 after = sim.faults.plan.redelivery_after
                 emit("redeliver", attempt=d.attempt, after=after)
@@ -358,16 +388,18 @@ class Broker:
             return {}
         text = _VOLATILE.sub("}", self.sim.scrub(raw))
         found = _CONTEXT_TYPE.search(raw)
-        return {"msg": _digest(text),
-                "schema": _schema_digest(found.group(1)) if found else "none"}
+        return {"msg": _digest(text), "schema": _schema_digest(found.group(1)) if found else "none"}
 
     def _carry_out(self, d: QueuedDelivery, delivered: Delivered) -> None:
         sim, emit = self.sim, self.sim.scheduler.emit
         outcome = delivered.outcome
         action = outcome.action
         if delivered.error is not None:
-            emit("failed", error=sim.scrub(describe_error(delivered.error)),
-                 dead=action is Action.DEAD)
+            emit(
+                "failed",
+                error=sim.scrub(describe_error(delivered.error)),
+                dead=action is Action.DEAD,
+            )
         if action is Action.ACK:
             emit("ack")
         elif action is Action.SKIP:
@@ -376,8 +408,9 @@ class Broker:
             if delivered.error is None:
                 emit("dead", reason=sim.scrub(outcome.reason or ""))
         else:  # RETRY, DEFER, REQUEUE: deliver again after the delay
-            cause = {Action.RETRY: "retry", Action.DEFER: "deferred",
-                     Action.REQUEUE: "requeue"}[action]
+            cause = {Action.RETRY: "retry", Action.DEFER: "deferred", Action.REQUEUE: "requeue"}[
+                action
+            ]
             emit(str(action), attempt=outcome.attempt, delay=outcome.delay)
             self.put(QueuedDelivery(d.entry, outcome.attempt, cause), outcome.delay)
 
@@ -406,9 +439,11 @@ def _recoverable(store: Any) -> bool:
     """Whether any unfinished job has a message the sweep could send again."""
     from dcore.services.jobs import JobState
 
-    return any(record.message for state in (JobState.PENDING, JobState.RUNNING,
-                                            JobState.FAILED, JobState.COMPENSATING)
-               for record in store.list(state, limit=1000))
+    return any(
+        record.message
+        for state in (JobState.PENDING, JobState.RUNNING, JobState.FAILED, JobState.COMPENSATING)
+        for record in store.list(state, limit=1000)
+    )
 
 
 class _Reading:
@@ -444,7 +479,12 @@ class SimObserver:
         if task is not None and task.crashed:
             return  # a dead process observes nothing
         job = sim._aliases.get(context.job_id) or sim.alias(context.job_id)
-        sim.scheduler.emit("stage.exit", job=job, stage=stage.label, index=stage.index,
-                           error=None if error is None else type(error).__name__)
+        sim.scheduler.emit(
+            "stage.exit",
+            job=job,
+            stage=stage.label,
+            index=stage.index,
+            error=None if error is None else type(error).__name__,
+        )
         if error is None and task is not None and task.worker is not None and sim.faults.active:
             sim.faults.at_stage(task, int(job[1:]), stage.label, "exit")

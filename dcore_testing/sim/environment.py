@@ -49,17 +49,34 @@ from dcore_testing.sim.scheduler import Scheduler, Task
 from dcore_testing.sim.services import LocksProxy, ServiceProxy
 from dcore_testing.sim.trace import Trace, first_difference
 
-__all__ = ["DeliveryMode", "Request", "ServiceFactory", "SimEnvironment", "effect",
-           "memory_backends"]
+__all__ = [
+    "DeliveryMode",
+    "Request",
+    "ServiceFactory",
+    "SimEnvironment",
+    "effect",
+    "memory_backends",
+]
 
 #: How the simulated broker delivers: what the replaced dispatcher does ("auto"), or forced.
 DeliveryMode = Literal["auto", "at_least_once", "at_most_once"]
 ServiceFactory = Callable[[VirtualClock, DcoreSettings], Mapping[str, Any]]
 T = TypeVar("T")
 
-_JOB_TOPICS = frozenset({"job.scheduled", "job.started", "job.retrying", "job.succeeded",
-                         "job.dead", "job.compensating", "job.compensated",
-                         "stage.compensated", "stage.failed", "errors"})
+_JOB_TOPICS = frozenset(
+    {
+        "job.scheduled",
+        "job.started",
+        "job.retrying",
+        "job.succeeded",
+        "job.dead",
+        "job.compensating",
+        "job.compensated",
+        "stage.compensated",
+        "stage.failed",
+        "errors",
+    }
+)
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
 #: the calls ``_record_call`` records as something else than a plain ``call`` event
 _EVENT_OPS = frozenset({"events.publish", "events.append"})
@@ -108,20 +125,35 @@ class SimEnvironment(Environment):
         self.name = name
         self._settings_overrides = dict(settings)
         self._config: dict[str, Any] = dict(
-            seed=seed, workers=workers, faults=faults, delivery=delivery,
-            patch_time=patch_time, registry=registry, name=name, **settings)
+            seed=seed,
+            workers=workers,
+            faults=faults,
+            delivery=delivery,
+            patch_time=patch_time,
+            registry=registry,
+            name=name,
+            **settings,
+        )
         self._custom_chooser = chooser is not None
         plan = faults or FaultPlan()
         clock = VirtualClock()
-        trace = Trace({
-            "seed": seed, "workers": workers if isinstance(workers, int) else dict(workers),
-            "delivery": delivery, "name": name,
-            "settings": _jsonable(settings, "settings"),
-            "faults": {**plan.model_dump(mode="json", exclude_defaults=True, exclude={"faults"}),
-                       "faults": [f.model_dump(mode="json") for f in plan.faults]},
-            "chooser": replay.header.get("chooser", "random") if replay is not None else (
-                chooser.kind if chooser else "random"),
-        }, expected=None if replay is None else replay.events)
+        trace = Trace(
+            {
+                "seed": seed,
+                "workers": workers if isinstance(workers, int) else dict(workers),
+                "delivery": delivery,
+                "name": name,
+                "settings": _jsonable(settings, "settings"),
+                "faults": {
+                    **plan.model_dump(mode="json", exclude_defaults=True, exclude={"faults"}),
+                    "faults": [f.model_dump(mode="json") for f in plan.faults],
+                },
+                "chooser": replay.header.get("chooser", "random")
+                if replay is not None
+                else (chooser.kind if chooser else "random"),
+            },
+            expected=None if replay is None else replay.events,
+        )
         if replay is not None:
             chooser = ReplayChooser(trace)
         self.chooser: Chooser = chooser or RandomChooser(seed)
@@ -134,7 +166,9 @@ class SimEnvironment(Environment):
         backends = dict(made or {}) or memory_backends(clock, dcore_settings)
         _check_services(backends)
         super().__init__(
-            dcore_settings, clock=clock, registry=registry,
+            dcore_settings,
+            clock=clock,
+            registry=registry,
             storage=ServiceProxy(self, "storage", backends["storage"]),  # type: ignore[arg-type]
             events=ServiceProxy(self, "events", backends["events"]),  # type: ignore[arg-type]
             jobs=ServiceProxy(self, "jobs", backends["jobs"]),  # type: ignore[arg-type]
@@ -157,30 +191,43 @@ class SimEnvironment(Environment):
         for fault in plan.faults:
             if isinstance(fault, Skew):
                 clock.skew[fault.worker] = clock.skew.get(fault.worker, 0.0) + fault.seconds
-                self.scheduler.emit("fault", fault="skew", worker=fault.worker,
-                                    seconds=fault.seconds)
+                self.scheduler.emit(
+                    "fault", fault="skew", worker=fault.worker, seconds=fault.seconds
+                )
 
     # -- building from a trace ------------------------------------------------------------
     @classmethod
-    def from_trace(cls, trace: Trace | str | os.PathLike[str], *,
-                   registry: PluginRegistry | None = None,
-                   patch_time: bool = True) -> SimEnvironment:
+    def from_trace(
+        cls,
+        trace: Trace | str | os.PathLike[str],
+        *,
+        registry: PluginRegistry | None = None,
+        patch_time: bool = True,
+    ) -> SimEnvironment:
         """A simulation that must reproduce ``trace`` event for event: it feeds back the
         recorded choices and raises ReplayDivergence at the first event that differs."""
         recorded = trace if isinstance(trace, Trace) else Trace.load(trace)
         h = recorded.header
         plan = FaultPlan.model_validate(h.get("faults") or {})
-        return cls(seed=h.get("seed", 0), workers=h.get("workers", 2), faults=plan,
-                   delivery=h.get("delivery", "auto"), patch_time=patch_time,
-                   registry=registry, replay=recorded, name=h.get("name"),
-                   **(h.get("settings") or {}))
+        return cls(
+            seed=h.get("seed", 0),
+            workers=h.get("workers", 2),
+            faults=plan,
+            delivery=h.get("delivery", "auto"),
+            patch_time=patch_time,
+            registry=registry,
+            replay=recorded,
+            name=h.get("name"),
+            **(h.get("settings") or {}),
+        )
 
     def fresh(self) -> SimEnvironment:
         """A new simulation with the same configuration (seed included)."""
         if self._custom_chooser:
             raise SimulationError(
                 "fresh()/check_determinism() rebuild the run from its seed; this one was "
-                "made with a custom chooser. Use SimEnvironment(seed=...) instead")
+                "made with a custom chooser. Use SimEnvironment(seed=...) instead"
+            )
         return type(self)(**self._config)
 
     # -- async stages ----------------------------------------------------------------------
@@ -260,8 +307,9 @@ class SimEnvironment(Environment):
             return int(self._aliases[job_id][1:])
         return None
 
-    def service_call(self, op: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                     kwargs: dict[str, Any]) -> Any:
+    def service_call(
+        self, op: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         scheduler = self.scheduler
         task = scheduler.current
         faulty = self.faults.active
@@ -279,8 +327,9 @@ class SimEnvironment(Environment):
             if op[:5] == "jobs.":
                 scheduler.emit_call(op, aliases.get(first) or self.alias(first))
             else:
-                scheduler.emit_call(op, first if len(first) < 32 or not aliases
-                                    else self.scrub(first))
+                scheduler.emit_call(
+                    op, first if len(first) < 32 or not aliases else self.scrub(first)
+                )
         else:
             self._record_call(op, args)
         result = fn(*args, **kwargs)
@@ -290,8 +339,9 @@ class SimEnvironment(Environment):
             self.faults.after_call(task, self._job_ordinal(task, first), op, *flags)
         return result
 
-    def _record_announced(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-                          result: Any) -> None:
+    def _record_announced(
+        self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any], result: Any
+    ) -> None:
         """The state events (and dead letters) the job store published itself."""
         if op == "jobs.bury":
             if result is None:
@@ -315,9 +365,13 @@ class SimEnvironment(Environment):
         if op not in _EVENT_OPS:  # the common case: storage, jobs and locks calls
             if isinstance(first, str):
                 aliases = self._aliases
-                emit("call", op=op, key=(aliases.get(first) or self.alias(first))
-                     if op[:5] == "jobs." else (first if len(first) < 32 or not aliases
-                                                else self.scrub(first)))
+                emit(
+                    "call",
+                    op=op,
+                    key=(aliases.get(first) or self.alias(first))
+                    if op[:5] == "jobs."
+                    else (first if len(first) < 32 or not aliases else self.scrub(first)),
+                )
             else:
                 emit("call", op=op)
             return
@@ -377,12 +431,16 @@ class SimEnvironment(Environment):
 
         current = current_job()
         task = self.scheduler.current
-        job = self.alias(current.job_id) if current is not None else (
-            task.job if task is not None else None)
+        job = (
+            self.alias(current.job_id)
+            if current is not None
+            else (task.job if task is not None else None)
+        )
         self.scheduler.emit("effect", job=job, name=name, **_jsonable(data, "effect data"))
 
-    def request(self, fn: Callable[..., Any], *args: Any, name: str | None = None,
-                **kwargs: Any) -> Request:
+    def request(
+        self, fn: Callable[..., Any], *args: Any, name: str | None = None, **kwargs: Any
+    ) -> Request:
         """Run ``fn(*args, **kwargs)`` as a request to the web process (a simulated task
         on a ``web`` lane): the sync part of its pipelines runs there, and ``WebCrash``
         and faults scoped to ``task="web"`` hit it. If the web process dies, the request
@@ -412,8 +470,9 @@ class SimEnvironment(Environment):
         self.scheduler.spawn(handle, name=label, lane=label)
         return request
 
-    def spawn(self, fn: Callable[..., Any], *args: Any, name: str | None = None,
-              **kwargs: Any) -> Task:
+    def spawn(
+        self, fn: Callable[..., Any], *args: Any, name: str | None = None, **kwargs: Any
+    ) -> Task:
         """Run ``fn(*args, **kwargs)`` as a simulated client task (not a worker: it
         never crashes). An exception it raises comes out of the next run call."""
         self._spawned += 1
@@ -450,7 +509,8 @@ class SimEnvironment(Environment):
             if blocked:
                 raise Deadlock(
                     "the simulation is idle but tasks still wait: "
-                    + ", ".join(f"{t.name} on {t.waiting_on!r}" for t in blocked))
+                    + ", ".join(f"{t.name} on {t.waiting_on!r}" for t in blocked)
+                )
 
     def run_for(self, seconds: float) -> None:
         """Run ``seconds`` of virtual time (timers due later stay pending)."""
@@ -480,8 +540,9 @@ class SimEnvironment(Environment):
         """In replay, fail if the run stopped short of the recorded trace."""
         self.trace.finish()
 
-    def check_determinism(self, scenario: Callable[[SimEnvironment], Any],
-                          *, runs: int = 2) -> Trace:
+    def check_determinism(
+        self, scenario: Callable[[SimEnvironment], Any], *, runs: int = 2
+    ) -> Trace:
         """Run ``scenario`` on fresh copies of this simulation ``runs`` times and raise
         ReplayDivergence at the first event where two runs differ. Returns the trace."""
         traces: list[Trace] = []
@@ -491,18 +552,19 @@ class SimEnvironment(Environment):
                 try:
                     scenario(sim)
                 except Exception as exc:
-                    sim.trace.events.append({"ev": "scenario.error",
-                                             "error": sim.scrub(repr(exc))})
+                    sim.trace.events.append({"ev": "scenario.error", "error": sim.scrub(repr(exc))})
             traces.append(sim.trace)
         first = traces[0]
         for other in traces[1:]:
             i = first_difference(first, other)
             if i is not None:
                 raise ReplayDivergence(
-                    i, first.events[i] if i < len(first) else None,
+                    i,
+                    first.events[i] if i < len(first) else None,
                     other.events[i] if i < len(other) else None,
                     hint="the same seed ran twice and took different paths: something in "
-                         "the scenario reads real time, real randomness or global state")
+                    "the scenario reads real time, real randomness or global state",
+                )
         return first
 
     # -- lifetime ------------------------------------------------------------------------------
@@ -533,8 +595,10 @@ class SimEnvironment(Environment):
         super().close()
 
     def __repr__(self) -> str:
-        return (f"SimEnvironment(seed={self.seed!r}, workers={self.workers}, "
-                f"t={self.clock.monotonic()!r}, events={len(self.trace)})")
+        return (
+            f"SimEnvironment(seed={self.seed!r}, workers={self.workers}, "
+            f"t={self.clock.monotonic()!r}, events={len(self.trace)})"
+        )
 
 
 @dataclass
@@ -586,8 +650,12 @@ def _settings(overrides: Mapping[str, Any]) -> DcoreSettings:
     key = json.dumps([env, sorted(overrides.items())], default=repr)
     cached = _SETTINGS_CACHE.get(key)
     if cached is None:
-        defaults = {"storage": "memory", "event_bus": "memory", "job_store": "memory",
-                    "locks": "memory"}
+        defaults = {
+            "storage": "memory",
+            "event_bus": "memory",
+            "job_store": "memory",
+            "locks": "memory",
+        }
         cached = _SETTINGS_CACHE[key] = DcoreSettings(**{**defaults, **overrides})
     copied = cached.model_copy()
     values = copied.__dict__
@@ -627,31 +695,43 @@ def _check(seed: Any, workers: Any, faults: Any, delivery: Any, services: Any) -
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"SimEnvironment(seed=...) must be an int, got {seed!r}")
     if isinstance(workers, Mapping):
-        if not workers or not all(isinstance(q, str) and isinstance(n, int)
-                                  and not isinstance(n, bool) and n >= 1
-                                  for q, n in workers.items()):
-            raise ValueError(f"SimEnvironment(workers=...) as a mapping names queues and "
-                             f"how many workers (>= 1) serve each, got {workers!r}")
+        if not workers or not all(
+            isinstance(q, str) and isinstance(n, int) and not isinstance(n, bool) and n >= 1
+            for q, n in workers.items()
+        ):
+            raise ValueError(
+                f"SimEnvironment(workers=...) as a mapping names queues and "
+                f"how many workers (>= 1) serve each, got {workers!r}"
+            )
     elif isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"SimEnvironment(workers=...) must be an int >= 1 or a mapping of "
-                         f"queue to workers, got {workers!r}")
+        raise ValueError(
+            f"SimEnvironment(workers=...) must be an int >= 1 or a mapping of "
+            f"queue to workers, got {workers!r}"
+        )
     if faults is not None and not isinstance(faults, FaultPlan):
         raise TypeError(
             f"SimEnvironment(faults=...) takes a FaultPlan, got {type(faults).__name__}; "
-            "wrap faults like FaultPlan(Crash(stage='x'))")
+            "wrap faults like FaultPlan(Crash(stage='x'))"
+        )
     if delivery not in get_args(DeliveryMode):
-        raise ValueError(f"SimEnvironment(delivery=...) must be 'auto', 'at_least_once' or "
-                         f"'at_most_once', got {delivery!r}")
+        raise ValueError(
+            f"SimEnvironment(delivery=...) must be 'auto', 'at_least_once' or "
+            f"'at_most_once', got {delivery!r}"
+        )
     if services is not None and not callable(services) and not isinstance(services, Mapping):
-        raise TypeError(f"SimEnvironment(services=...) takes a mapping of backends or a "
-                        f"function (clock, settings) -> mapping, got {type(services).__name__}")
+        raise TypeError(
+            f"SimEnvironment(services=...) takes a mapping of backends or a "
+            f"function (clock, settings) -> mapping, got {type(services).__name__}"
+        )
 
 
 def _check_services(services: Mapping[str, Any]) -> None:
     missing = {"storage", "events", "jobs", "locks"} - set(services)
     if missing:
-        raise ValueError(f"SimEnvironment(services=...) needs storage, events, jobs and "
-                         f"locks; missing: {', '.join(sorted(missing))}")
+        raise ValueError(
+            f"SimEnvironment(services=...) needs storage, events, jobs and "
+            f"locks; missing: {', '.join(sorted(missing))}"
+        )
 
 
 def effect(name: str, /, **data: Any) -> None:

@@ -40,9 +40,11 @@ class Outcome:
 
 def scenario(**options: Any) -> Callable[[Scenario], Scenario]:
     """Attach simulation options: ``@scenario(workers=3, faults=FaultPlan(...))``."""
+
     def mark(fn: Scenario) -> Scenario:
         fn.sim_options = options  # type: ignore[attr-defined]
         return fn
+
     return mark
 
 

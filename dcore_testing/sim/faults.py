@@ -222,8 +222,10 @@ class Skew(BaseModel):
     seconds: float
 
 
-Fault = Annotated[Crash | Duplicate | Delay | Drop | ServiceError | Partition | WebCrash | Skew,
-                  Field(discriminator="kind")]
+Fault = Annotated[
+    Crash | Duplicate | Delay | Drop | ServiceError | Partition | WebCrash | Skew,
+    Field(discriminator="kind"),
+]
 
 
 class Scope(BaseModel):
@@ -245,10 +247,12 @@ class Scope(BaseModel):
 
     def admits(self, kind: str, worker: int | None, job: int | None, op: str | None = None
                ) -> bool:  # fmt: skip
-        return (kind in self.tasks
-                and (not self.workers or worker in self.workers)
-                and (not self.jobs or job in self.jobs)
-                and (not self.services or op is None or _service_of(op) in self.services))
+        return (
+            kind in self.tasks
+            and (not self.workers or worker in self.workers)
+            and (not self.jobs or job in self.jobs)
+            and (not self.services or op is None or _service_of(op) in self.services)
+        )
 
 
 class FaultPlan(BaseModel):
@@ -289,8 +293,16 @@ class FaultPlan(BaseModel):
     @property
     def empty(self) -> bool:
         return not self.faults and not any(
-            (self.crash, self.duplicate, self.delay, self.drop, self.service_error,
-             self.ambiguous, self.crash_op))
+            (
+                self.crash,
+                self.duplicate,
+                self.delay,
+                self.drop,
+                self.service_error,
+                self.ambiguous,
+                self.crash_op,
+            )
+        )
 
 
 _NO_FAULTS = FaultPlan()
@@ -330,8 +342,7 @@ class FaultInjector:
         self.plan = plan or _NO_FAULTS
         self.chooser = chooser
         self.sched = scheduler
-        self._left = {i: f.times for i, f in enumerate(self.plan.faults)
-                      if isinstance(f, _Fault)}
+        self._left = {i: f.times for i, f in enumerate(self.plan.faults) if isinstance(f, _Fault)}
         self._calls: dict[int, int] = {}  # fault index → matching opportunities seen
         self.partitions = [f for f in self.plan.faults if isinstance(f, Partition)]
         self.drawn = 0
@@ -340,13 +351,21 @@ class FaultInjector:
     def _explicit(self, kind: type[_Fault], job: int | None, task: Task | None = None
                   ) -> list[tuple[int, Any]]:  # fmt: skip
         if task is None:  # a dispatch: only the job scopes it
-            return [(i, f) for i, f in enumerate(self.plan.faults)
-                    if isinstance(f, kind) and self._left.get(i, 0) > 0
-                    and (f.job is None or f.job == job)]
+            return [
+                (i, f)
+                for i, f in enumerate(self.plan.faults)
+                if isinstance(f, kind)
+                and self._left.get(i, 0) > 0
+                and (f.job is None or f.job == job)
+            ]
         where = task_kind(task)
-        return [(i, f) for i, f in enumerate(self.plan.faults)
-                if isinstance(f, kind) and self._left.get(i, 0) > 0
-                and f.scoped_to(where, task.worker, job)]
+        return [
+            (i, f)
+            for i, f in enumerate(self.plan.faults)
+            if isinstance(f, kind)
+            and self._left.get(i, 0) > 0
+            and f.scoped_to(where, task.worker, job)
+        ]
 
     def _fire(self, index: int) -> None:
         self._left[index] -= 1
@@ -404,12 +423,19 @@ class FaultInjector:
         """Crash the worker at a stage boundary if the plan says so."""
         after = when == "exit"
         for i, f in self._explicit(Crash, job, task):
-            if (not f.at_call and f.after == after and (f.stage is None or f.stage == stage)
-                    and self._nth(i, f.nth)):
+            if (
+                not f.at_call
+                and f.after == after
+                and (f.stage is None or f.stage == stage)
+                and self._nth(i, f.nth)
+            ):
                 self._fire(i)
                 self.crash(task, f"{when} {stage}")
-        if when == "enter" and self._in_scope(task, job) and self._draw(self.plan.crash,
-                                                                         "fault:crash"):
+        if (
+            when == "enter"
+            and self._in_scope(task, job)
+            and self._draw(self.plan.crash, "fault:crash")
+        ):
             self.crash(task, f"enter {stage}")
 
     def cut_off(self, now: float, task: Task | None, op: str) -> Partition | None:
@@ -417,8 +443,7 @@ class FaultInjector:
         if task is None:
             return None
         kind, service = task_kind(task), str(_service_of(op))
-        return next((p for p in self.partitions if p.cuts(now, kind, task.worker, service)),
-                    None)
+        return next((p for p in self.partitions if p.cuts(now, kind, task.worker, service)), None)
 
     def before_call(self, task: Task, job: int | None, op: str) -> tuple[bool, bool]:
         """Crash or fail a call before it is made, if the plan says so. Returns what to
@@ -478,11 +503,17 @@ class FaultInjector:
     def _fail(self, op: str, flavor: str, *, applied: bool = False) -> None:
         if applied:
             exc: Exception = ServiceUnavailableError(
-                f"simulated timeout during {op}: no reply (the server did apply it)")
+                f"simulated timeout during {op}: no reply (the server did apply it)"
+            )
         else:
             exc = service_exception(op, flavor)
-        self.sched.emit("fault", fault="service_error", op=op, error=type(exc).__name__,
-                        **({"applied": True} if applied else {}))
+        self.sched.emit(
+            "fault",
+            fault="service_error",
+            op=op,
+            error=type(exc).__name__,
+            **({"applied": True} if applied else {}),
+        )
         raise exc
 
     def partition_timeout(self, op: str, partition: Partition, default: float) -> None:
@@ -491,4 +522,5 @@ class FaultInjector:
         self.sched.emit("fault", fault="partition", op=op, timeout=timeout)
         self.sched.sleep(timeout)
         raise ServiceUnavailableError(
-            f"simulated partition: {op} got no reply within {timeout:g} s (timed out)")
+            f"simulated partition: {op} got no reply within {timeout:g} s (timed out)"
+        )

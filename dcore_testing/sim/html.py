@@ -45,16 +45,21 @@ def render_html(trace: Trace, *, title: str = "dcore simulation trace") -> str:
         kind = severity(row.event)
         cells = ["<td></td>"] * len(names)
         detail = html.escape(json.dumps(row.event), quote=True)
-        cells[col[row.lane]] = (f'<td><span class="ev {kind}" title="{detail}">'
-                                f"{html.escape(row.text)}</span></td>")
-        body.append(f'<tr class="{kind}"><td class="n">{row.step}</td>'
-                    f'<td class="t">{row.t:.3f}</td>{"".join(cells)}</tr>')
+        cells[col[row.lane]] = (
+            f'<td><span class="ev {kind}" title="{detail}">{html.escape(row.text)}</span></td>'
+        )
+        body.append(
+            f'<tr class="{kind}"><td class="n">{row.step}</td>'
+            f'<td class="t">{row.t:.3f}</td>{"".join(cells)}</tr>'
+        )
     meta = "".join(f'<p class="meta">{html.escape(line)}</p>' for line in summary(trace))
-    legend = ('<p class="legend"><span class="ev fault">fault / crash</span>'
-              '<span class="ev retry">retry / redelivery</span>'
-              '<span class="ev dead">dead letter</span><span class="ev effect">effect</span>'
-              '<span class="ev stage">stage</span><span class="ev lock">lock</span>'
-              '<span class="ev call">service call</span></p>')
+    legend = (
+        '<p class="legend"><span class="ev fault">fault / crash</span>'
+        '<span class="ev retry">retry / redelivery</span>'
+        '<span class="ev dead">dead letter</span><span class="ev effect">effect</span>'
+        '<span class="ev stage">stage</span><span class="ev lock">lock</span>'
+        '<span class="ev call">service call</span></p>'
+    )
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"

@@ -41,11 +41,25 @@ __all__ = ["Scheduler", "Task", "TimerHandle"]
 class Task:
     """One simulated thread of control: a worker's delivery or a spawned client."""
 
-    __slots__ = ("context", "crashed", "done", "error", "fn", "glet", "job", "lane",
-                 "name", "timed_out", "token", "waiting_on", "worker")
+    __slots__ = (
+        "context",
+        "crashed",
+        "done",
+        "error",
+        "fn",
+        "glet",
+        "job",
+        "lane",
+        "name",
+        "timed_out",
+        "token",
+        "waiting_on",
+        "worker",
+    )
 
-    def __init__(self, fn: Callable[[], Any], name: str, lane: str,
-                 worker: int | None, job: str | None) -> None:
+    def __init__(
+        self, fn: Callable[[], Any], name: str, lane: str, worker: int | None, job: str | None
+    ) -> None:
         self.fn = fn
         self.name = name
         self.lane = lane
@@ -61,8 +75,13 @@ class Task:
         self.error: BaseException | None = None
 
     def __repr__(self) -> str:
-        state = "done" if self.done else f"waiting on {self.waiting_on!r}" if (
-            self.waiting_on is not None) else "alive"
+        state = (
+            "done"
+            if self.done
+            else f"waiting on {self.waiting_on!r}"
+            if (self.waiting_on is not None)
+            else "alive"
+        )
         return f"Task({self.name!r}, {state})"
 
 
@@ -139,8 +158,7 @@ class Scheduler:
         elif task.job is None:
             event = {"t": self.clock._now, "ev": ev, "lane": task.lane, **fields}
         else:  # (a "job" among the fields keeps its place after "lane", with its value)
-            event = {"t": self.clock._now, "ev": ev, "lane": task.lane, "job": task.job,
-                     **fields}
+            event = {"t": self.clock._now, "ev": ev, "lane": task.lane, "job": task.job, **fields}
         trace = self.trace
         if trace.expected is None:  # recording: Trace.record's whole work
             trace.events.append(event)
@@ -154,11 +172,16 @@ class Scheduler:
         if task is None:
             event = {"t": self.clock._now, "ev": "call", "lane": "main", "op": op, "key": key}
         elif task.job is None:
-            event = {"t": self.clock._now, "ev": "call", "lane": task.lane, "op": op,
-                     "key": key}
+            event = {"t": self.clock._now, "ev": "call", "lane": task.lane, "op": op, "key": key}
         else:
-            event = {"t": self.clock._now, "ev": "call", "lane": task.lane, "job": task.job,
-                     "op": op, "key": key}
+            event = {
+                "t": self.clock._now,
+                "ev": "call",
+                "lane": task.lane,
+                "job": task.job,
+                "op": op,
+                "key": key,
+            }
         trace = self.trace
         if trace.expected is None:
             trace.events.append(event)
@@ -166,8 +189,15 @@ class Scheduler:
             trace.record(event)
 
     # -- creating work ----------------------------------------------------------------------
-    def spawn(self, fn: Callable[[], Any], *, name: str, lane: str | None = None,
-              worker: int | None = None, job: str | None = None) -> Task:
+    def spawn(
+        self,
+        fn: Callable[[], Any],
+        *,
+        name: str,
+        lane: str | None = None,
+        worker: int | None = None,
+        job: str | None = None,
+    ) -> Task:
         task = Task(fn, name, lane or name, worker, job)
         self.tasks[task] = None
         self.ready.append(task)
@@ -248,9 +278,14 @@ class Scheduler:
                     if now <= first <= self._until:
                         bucket = due.pop(first)
                         nxt = bucket[0]
-                        if (len(bucket) == 2 and nxt is not None and bucket[1] == nxt.token
-                                and nxt.waiting_on is None and nxt.glet is not None
-                                and not nxt.done):
+                        if (
+                            len(bucket) == 2
+                            and nxt is not None
+                            and bucket[1] == nxt.token
+                            and nxt.waiting_on is None
+                            and nxt.glet is not None
+                            and not nxt.done
+                        ):
                             if fresh:  # pop ``first`` and push ``when``: one sift
                                 heapreplace(timers, when)
                             else:
@@ -453,9 +488,16 @@ class Scheduler:
     @property
     def blocked(self) -> list[Task]:
         """Tasks waiting with no timer that could wake them."""
-        return [t for ts in self.waiters.values() for t in ts
-                if not any(b[i] is t and b[i + 1] == t.token
-                           for b in self.due.values() for i in range(0, len(b), 2))]
+        return [
+            t
+            for ts in self.waiters.values()
+            for t in ts
+            if not any(
+                b[i] is t and b[i + 1] == t.token
+                for b in self.due.values()
+                for i in range(0, len(b), 2)
+            )
+        ]
 
     def close(self) -> None:
         """Unwind every unfinished task (GreenletExit); yield points return at once."""

@@ -96,8 +96,10 @@ def unwrapped(args: tuple[Any, ...], kwargs: dict[str, Any]
         else:
             return args, kwargs
 
-    return (tuple([_real(a) if isinstance(a, _WRAPPING) else a for a in args]),
-            {k: _real(v) if isinstance(v, _WRAPPING) else v for k, v in kwargs.items()})
+    return (
+        tuple([_real(a) if isinstance(a, _WRAPPING) else a for a in args]),
+        {k: _real(v) if isinstance(v, _WRAPPING) else v for k, v in kwargs.items()},
+    )
 
 
 def _real(value: Any) -> Any:
@@ -129,8 +131,9 @@ class LockProxy(Lock):
     """A lock handle whose blocking waits are virtual: a waiter parks until the holder
     releases, its TTL runs out, or the blocking timeout (virtual seconds) passes."""
 
-    def __init__(self, sim: SimEnvironment, service: Any, inner: Lock, name: str,
-                 ttl: float | None) -> None:
+    def __init__(
+        self, sim: SimEnvironment, service: Any, inner: Lock, name: str, ttl: float | None
+    ) -> None:
         self._sim = sim
         self._service = service
         self._inner = inner

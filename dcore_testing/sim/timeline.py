@@ -16,8 +16,7 @@ from typing import Any, NamedTuple
 
 from dcore_testing.sim.trace import Trace
 
-__all__ = ["GLYPHS", "Row", "describe_event", "lanes", "render_text", "rows", "severity",
-           "summary"]
+__all__ = ["GLYPHS", "Row", "describe_event", "lanes", "render_text", "rows", "severity", "summary"]
 
 #: every non-ASCII character the timeline itself writes (all in WGL4)
 GLYPHS = frozenset("←→«»…‼†√♦│─┼")
@@ -124,6 +123,7 @@ def lanes(trace: Trace) -> list[str]:
         if name[:1] == "w" and name[1:].isdigit():
             return (1, int(name[1:]), name)
         return (2, 0, name)
+
     return sorted(seen, key=order)
 
 
@@ -151,11 +151,13 @@ def rows(trace: Trace, *, calls: bool = True) -> list[Row]:
 
 def summary(trace: Trace) -> list[str]:
     h = trace.header
-    lines = [f"trace: seed={h.get('seed')} workers={h.get('workers')} "
-             f"chooser={h.get('chooser')} events={len(trace)}"]
+    lines = [
+        f"trace: seed={h.get('seed')} workers={h.get('workers')} "
+        f"chooser={h.get('chooser')} events={len(trace)}"
+    ]
     if h.get("name"):
         lines.append(f"scenario: {h['name']}")
-    faults = (h.get("faults") or {})
+    faults = h.get("faults") or {}
     if faults.get("faults") or len(faults) > 1:
         lines.append(f"faults: {json.dumps(faults)}")
     if h.get("error"):
@@ -175,10 +177,14 @@ def render_text(trace: Trace, *, width: int = 34, calls: bool = True) -> str:
 
     out = summary(trace)
     out.append("")
-    out.append((f"{'step':>{digits}} │ {'time (s)':>10} │ "
-                + " │ ".join(n.ljust(width) for n in names)).rstrip())
-    out.append("─" * (digits + 1) + "┼" + "─" * 12 + "┼"
-               + "┼".join("─" * (width + 2) for _ in names))
+    out.append(
+        (
+            f"{'step':>{digits}} │ {'time (s)':>10} │ " + " │ ".join(n.ljust(width) for n in names)
+        ).rstrip()
+    )
+    out.append(
+        "─" * (digits + 1) + "┼" + "─" * 12 + "┼" + "┼".join("─" * (width + 2) for _ in names)
+    )
     for row in shown:
         cells = [" " * width] * len(names)
         cells[col[row.lane]] = cell(row.text).ljust(width)

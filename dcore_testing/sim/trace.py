@@ -44,8 +44,9 @@ def _line(event: Event) -> str:
 class Trace:
     """Events of one run (and, when replaying, the events it must reproduce)."""
 
-    def __init__(self, header: dict[str, Any] | None = None,
-                 expected: list[Event] | None = None) -> None:
+    def __init__(
+        self, header: dict[str, Any] | None = None, expected: list[Event] | None = None
+    ) -> None:
         self.header: dict[str, Any] = {"dcore_trace": TRACE_VERSION, **(header or {})}
         self.events: list[Event] = []
         #: recorded events this run must reproduce (replay), else None
@@ -81,8 +82,9 @@ class Trace:
             raise self.diverged
         if self.expected is not None and len(self.events) < len(self.expected):
             i = len(self.events)
-            raise ReplayDivergence(i, self.expected[i], None,
-                                   hint="the run ended before the recorded trace did")
+            raise ReplayDivergence(
+                i, self.expected[i], None, hint="the run ended before the recorded trace did"
+            )
 
     # -- reading ----------------------------------------------------------------------
     def __iter__(self) -> Iterator[Event]:
@@ -111,15 +113,19 @@ class Trace:
     @property
     def preemptions(self) -> int:
         """Scheduling choices that switched away from the task that yielded."""
-        return sum(1 for e in self.events
-                   if e["ev"] == "choice" and e["what"] == "run" and e["pick"] != 0)
+        return sum(
+            1 for e in self.events if e["ev"] == "choice" and e["what"] == "run" and e["pick"] != 0
+        )
 
     # -- files ------------------------------------------------------------------------
     def to_jsonl(self) -> str:
         """The file text: header (always the current format version), events, end line."""
         header = {**self.header, "dcore_trace": TRACE_VERSION}
-        lines = [_line(header), *(_line(e) for e in self.events),
-                 _line({END_KEY: len(self.events)})]
+        lines = [
+            _line(header),
+            *(_line(e) for e in self.events),
+            _line({END_KEY: len(self.events)}),
+        ]
         return "\n".join(lines) + "\n"
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -152,7 +158,8 @@ class Trace:
             line = data.count(b"\n", 0, exc.start) + 1
             raise ValueError(
                 f"{p}:{line}: byte 0x{data[exc.start]:02x} is not UTF-8 text; a trace is "
-                "UTF-8 JSON lines (is this a binary file?)") from None
+                "UTF-8 JSON lines (is this a binary file?)"
+            ) from None
         return cls.parse(text, source=str(p))
 
     def __repr__(self) -> str:
@@ -170,35 +177,46 @@ def _parse(text: str, source: str) -> tuple[dict[str, Any], list[Event]]:
             rows.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
             if cut and number == len(lines):
-                raise ValueError(f"{source}:{number}: the trace is cut off in the middle of "
-                                 "this line: the file is truncated") from None
-            raise ValueError(f"{source}:{number}: not JSON ({exc.msg} at column "
-                             f"{exc.colno}); a trace is one JSON object per line") from None
+                raise ValueError(
+                    f"{source}:{number}: the trace is cut off in the middle of "
+                    "this line: the file is truncated"
+                ) from None
+            raise ValueError(
+                f"{source}:{number}: not JSON ({exc.msg} at column "
+                f"{exc.colno}); a trace is one JSON object per line"
+            ) from None
     if not rows:
         raise ValueError(f"{source} is empty; a trace starts with a header line")
     number, header = rows[0]
     version = header.get("dcore_trace") if isinstance(header, dict) else None
     if isinstance(version, bool) or version not in READABLE_VERSIONS:
         if isinstance(version, int) and not isinstance(version, bool) and version > TRACE_VERSION:
-            raise ValueError(f"{source}:{number}: trace format {version} is newer than this "
-                             f"dcore reads ({', '.join(map(str, READABLE_VERSIONS))}); "
-                             "upgrade distributed-core")
+            raise ValueError(
+                f"{source}:{number}: trace format {version} is newer than this "
+                f"dcore reads ({', '.join(map(str, READABLE_VERSIONS))}); "
+                "upgrade distributed-core"
+            )
         raise ValueError(
             f"{source}:{number}: does not start with a dcore trace header "
-            f"({{\"dcore_trace\": {TRACE_VERSION}, ...}}); got {lines[number - 1][:80]!r}")
+            f'({{"dcore_trace": {TRACE_VERSION}, ...}}); got {lines[number - 1][:80]!r}'
+        )
     body = rows[1:]
     end = body.pop() if body and _is_end(body[-1][1]) else None
     events = [_event(n, row, source) for n, row in body]
     if end is not None:
         count = end[1][END_KEY]
         if count != len(events):
-            raise ValueError(f"{source}:{end[0]}: the end line says {count} events but "
-                             f"{len(events)} come before it: the trace lost events")
+            raise ValueError(
+                f"{source}:{end[0]}: the end line says {count} events but "
+                f"{len(events)} come before it: the trace lost events"
+            )
     elif version >= 2:
         last = body[-1][0] if body else number
-        raise ValueError(f"{source}: the trace is truncated: it stops after line {last} "
-                         f"({len(events)} events) without its end line "
-                         f"{{\"{END_KEY}\": <events>}}")
+        raise ValueError(
+            f"{source}: the trace is truncated: it stops after line {last} "
+            f"({len(events)} events) without its end line "
+            f'{{"{END_KEY}": <events>}}'
+        )
     return header, events
 
 
@@ -210,14 +228,15 @@ def _event(number: int, row: Any, source: str) -> Event:
     if _is_end(row):
         raise ValueError(f"{source}:{number}: an end line ({END_KEY}) before the last line")
     if not isinstance(row, dict) or not isinstance(row.get("ev"), str):
-        raise ValueError(f"{source}:{number}: an event is a JSON object with an \"ev\" "
-                         f"string (and \"t\", \"lane\"), got {json.dumps(row)[:80]}")
+        raise ValueError(
+            f'{source}:{number}: an event is a JSON object with an "ev" '
+            f'string (and "t", "lane"), got {json.dumps(row)[:80]}'
+        )
     t = row.get("t", 0.0)
     if isinstance(t, bool) or not isinstance(t, int | float):
-        raise ValueError(f"{source}:{number}: \"t\" must be a number of virtual seconds, "
-                         f"got {t!r}")
+        raise ValueError(f'{source}:{number}: "t" must be a number of virtual seconds, got {t!r}')
     if not isinstance(row.get("lane", ""), str):
-        raise ValueError(f"{source}:{number}: \"lane\" must be a string, got {row['lane']!r}")
+        raise ValueError(f'{source}:{number}: "lane" must be a string, got {row["lane"]!r}')
     return row
 
 

@@ -84,8 +84,9 @@ def report_ready(context: ReportContext) -> dict[str, str]:
     return {"report": report_key(context)}
 
 
-def report_pipeline(context: ReportContext, dispatcher: str = "schedule_job",
-                    render_seconds: float = 0.01) -> Pipeline[ReportContext]:
+def report_pipeline(
+    context: ReportContext, dispatcher: str = "schedule_job", render_seconds: float = 0.01
+) -> Pipeline[ReportContext]:
     pipeline = context.create_pipeline(core_fn=report_ready)
     pipeline.chain(Execute, plugin="lookup_profile")
     pipeline.chain(Dispatch, plugin=dispatcher)

@@ -59,7 +59,8 @@ def test_the_endpoint_serves_other_requests_while_one_awaits_its_lookup(
             slow = asyncio.create_task(post("slow"))
             await asyncio.wait_for(profiles.reached.wait(), 10)  # it awaits its lookup
             others = await asyncio.wait_for(
-                asyncio.gather(*(post(f"user{i}") for i in range(3))), 10)
+                asyncio.gather(*(post(f"user{i}") for i in range(3))), 10
+            )
             assert not slow.done()  # still awaiting while the others were answered
             profiles.gate.set()
             responses = [await asyncio.wait_for(slow, 10), *others]
@@ -73,6 +74,8 @@ def test_the_endpoint_serves_other_requests_while_one_awaits_its_lookup(
     assert answered[-1] == "slow"
     assert sorted(answered[:3]) == ["user0", "user1", "user2"]
     assert dcore_env.storage.get("reports/slow.txt") == b"Report for Slow"
+
+
 # --8<-- [end:concurrent]
 
 

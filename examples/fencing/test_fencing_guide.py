@@ -22,13 +22,20 @@ def test_each_run_publishes_with_a_newer_fence(dcore_manual_env: Environment) ->
 def test_a_holder_paused_past_its_ttl_is_refused(dcore_manual_env: Environment) -> None:
     refusal = late_holder(dcore_manual_env)
     assert refusal.startswith(
-        "write to 'reports/daily.csv' with fence 1 of lock 'report:daily' refused: fence 2")
+        "write to 'reports/daily.csv' with fence 1 of lock 'report:daily' refused: fence 2"
+    )
     assert dcore_manual_env.storage.get("reports/daily.csv") == b"fresh"
 
 
 def test_the_module_runs_as_a_demo() -> None:
-    done = subprocess.run([sys.executable, "-m", "examples.fencing.reports"], cwd=ROOT,
-                          capture_output=True, text=True, check=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.fencing.reports"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert done.stdout.splitlines() == [
         "reports/daily.csv",
         "fence 1 of lock 'report:daily'",

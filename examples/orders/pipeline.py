@@ -53,8 +53,7 @@ def call(order: Order, what: str, *, keyed: bool = True) -> None:
         effect(what, order=order.order_id)
     else:
         effect(what, order=order.order_id, key=key)
-    current_environment().events.append(LEDGER, {"order": order.order_id, "what": what},
-                                        key=key)
+    current_environment().events.append(LEDGER, {"order": order.order_id, "what": what}, key=key)
 
 
 class Step(Execute[Order]):
@@ -111,12 +110,12 @@ EFFECTS = ("reserve", "charge", "receipt", "notify")
 COMPENSATIONS = {"reserve": "release", "charge": "refund", "receipt": "delete_receipt"}
 
 
-def order_pipeline(order: Order, *, dispatcher: str = "celery", attempts: int = 2,
-                   keyed_undo: bool = True) -> Pipeline[Order]:
+def order_pipeline(
+    order: Order, *, dispatcher: str = "celery", attempts: int = 2, keyed_undo: bool = True
+) -> Pipeline[Order]:
     """The order's pipeline; a failing step is retried ``attempts`` times in all."""
     pipeline = order.create_pipeline(core_fn=placed)
-    pipeline.chain(Dispatch, plugin=dispatcher, retry=RetryPolicy(attempts=attempts,
-                                                                  initial=1.0))
+    pipeline.chain(Dispatch, plugin=dispatcher, retry=RetryPolicy(attempts=attempts, initial=1.0))
     for step in ("reserve_stock", "charge_order", "store_receipt"):
         pipeline.chain(Execute, plugin=step, keyed_undo=keyed_undo)
     pipeline.chain(Execute, plugin="notify_customer")

@@ -27,18 +27,28 @@ from examples.orders.scenarios import orders, unkeyed_refunds
 
 # --8<-- [start:plans]
 STAGES = ("reserve_stock", "charge_order", "store_receipt", "notify_customer")
-OPS = ("events.append", "jobs.compensate", "jobs.mark_compensated", "jobs.end_attempt",
-       "jobs.bury")
+OPS = ("events.append", "jobs.compensate", "jobs.mark_compensated", "jobs.end_attempt", "jobs.bury")
 #: crashes at stages and calls, duplicate and late deliveries, against both orders
-PLANS = fault_plans(kinds=("crash", "crash_op", "duplicate", "delay"), stages=STAGES,
-                    ops=OPS, jobs=2, max_faults=3)
+PLANS = fault_plans(
+    kinds=("crash", "crash_op", "duplicate", "delay"), stages=STAGES, ops=OPS, jobs=2, max_faults=3
+)
 # --8<-- [end:plans]
 #: the job store failing at any of its calls: the worker dying around it, the store
 #: unreachable, or the call applied and its reply lost
-STORE_OPS = ("jobs.claim", "jobs.mark_completed", "jobs.end_attempt", "jobs.compensate",
-             "jobs.mark_compensated", "jobs.bury")
-STORE_FAULTS = fault_plans(kinds=("crash_op", "service_error", "ambiguous", "duplicate"),
-                           ops=STORE_OPS, jobs=2, max_faults=3)
+STORE_OPS = (
+    "jobs.claim",
+    "jobs.mark_completed",
+    "jobs.end_attempt",
+    "jobs.compensate",
+    "jobs.mark_compensated",
+    "jobs.bury",
+)
+STORE_FAULTS = fault_plans(
+    kinds=("crash_op", "service_error", "ambiguous", "duplicate"),
+    ops=STORE_OPS,
+    jobs=2,
+    max_faults=3,
+)
 
 
 def rejected(sim: SimEnvironment) -> None:
@@ -47,8 +57,7 @@ def rejected(sim: SimEnvironment) -> None:
 
 
 def undone(outcome_effects: list[str]) -> list[str]:
-    return [name for name in outcome_effects
-            if name in ("delete_receipt", "refund", "release")]
+    return [name for name in outcome_effects if name in ("delete_receipt", "refund", "release")]
 
 
 def effects(sim_trace: list[dict[str, object]]) -> list[str]:
@@ -60,7 +69,10 @@ def test_a_rejected_order_is_undone_in_reverse_order_once_each() -> None:
     assert not outcome.failed, outcome.error
     assert undone(effects(outcome.trace.events)) == ["delete_receipt", "refund", "release"]
     assert [e["stage"] for e in outcome.trace.of("stage.compensated")] == [
-        "store_receipt#3", "charge_order#2", "reserve_stock#1"]
+        "store_receipt#3",
+        "charge_order#2",
+        "reserve_stock#1",
+    ]
     [letter] = [e for e in outcome.trace.events if e["ev"] == "dlq"]
     assert "rejected order o-1" in str(letter["error"])
 
@@ -73,9 +85,16 @@ def test_a_crash_while_undoing_resumes_without_undoing_twice() -> None:
     assert outcome.trace.of("crash"), "the planted crash did not strike"
     # the resumed compensation asks for the refund again, under its idempotency key
     assert undone(effects(outcome.trace.events)) == [
-        "delete_receipt", "refund", "refund", "release"]
+        "delete_receipt",
+        "refund",
+        "refund",
+        "release",
+    ]
     assert [e["stage"] for e in outcome.trace.of("stage.compensated")] == [
-        "store_receipt#3", "charge_order#2", "reserve_stock#1"]
+        "store_receipt#3",
+        "charge_order#2",
+        "reserve_stock#1",
+    ]
 
 
 def test_an_order_whose_worker_keeps_dying_is_undone_before_it_is_buried() -> None:
@@ -86,7 +105,9 @@ def test_an_order_whose_worker_keeps_dying_is_undone_before_it_is_buried() -> No
     assert not outcome.failed, outcome.error
     of_j2 = [e for e in outcome.trace.events if e.get("job") == "j2"]
     assert [str(e["stage"]) for e in of_j2 if e["ev"] == "stage.compensated"] == [
-        "charge_order#2", "reserve_stock#1"]
+        "charge_order#2",
+        "reserve_stock#1",
+    ]
     assert [e["ev"] for e in of_j2][-3:] == ["dlq", "job.dead", "dead"]
 
 
@@ -104,13 +125,13 @@ def test_an_undo_failing_for_good_dead_letters_with_both_errors() -> None:
     [letter] = letters
     assert letter["compensated"] is False
     assert "rejected order o-1; and compensation of stage store_receipt#3 failed" in str(
-        letter["error"])
+        letter["error"]
+    )
     assert "refund" not in effects(outcome.trace.events)  # the rest left alone
 
 
 def rejected_at_its_only_try(sim: SimEnvironment) -> None:
-    order_pipeline(Order(order_id="o-1", amount_cents=500, reject_at="notify"),
-                   attempts=1).run()
+    order_pipeline(Order(order_id="o-1", amount_cents=500, reject_at="notify"), attempts=1).run()
     sim.run_until_idle()
     all_or_nothing(sim, effects=EFFECTS, compensations=COMPENSATIONS)
 
@@ -123,26 +144,31 @@ def test_a_step_whose_completion_the_job_store_failed_to_record_is_undone(nth: i
     plan = FaultPlan(ServiceError(op="jobs.mark_completed", nth=nth))
     outcome = run_scenario(rejected_at_its_only_try, 0, faults=plan)
     assert not outcome.failed, outcome.error
-    assert undone(effects(outcome.trace.events)) == [
-        "delete_receipt", "refund", "release"][3 - nth:]
+    assert (
+        undone(effects(outcome.trace.events)) == ["delete_receipt", "refund", "release"][3 - nth :]
+    )
 
 
 # --8<-- [start:property]
-@settings(max_examples=1000, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(plan=PLANS, seed=st.integers(0, 2**16))
-def test_every_order_is_all_or_nothing_under_1000_fault_plans(plan: FaultPlan,
-                                                               seed: int) -> None:
+def test_every_order_is_all_or_nothing_under_1000_fault_plans(plan: FaultPlan, seed: int) -> None:
     outcome = run_scenario(orders, seed, faults=plan)
     assert not outcome.failed, f"{plan!r}: {outcome.error}"
+
+
 # --8<-- [end:property]
 
 
-@settings(max_examples=500, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(plan=STORE_FAULTS, seed=st.integers(0, 2**16))
-def test_every_order_is_all_or_nothing_whatever_the_job_store_does(plan: FaultPlan,
-                                                                   seed: int) -> None:
+def test_every_order_is_all_or_nothing_whatever_the_job_store_does(
+    plan: FaultPlan, seed: int
+) -> None:
     outcome = run_scenario(orders, seed, faults=plan)
     assert not outcome.failed, f"{plan!r}: {outcome.error}"
 
@@ -150,14 +176,20 @@ def test_every_order_is_all_or_nothing_whatever_the_job_store_does(plan: FaultPl
 def test_a_compensation_without_an_idempotency_key_is_found_shrunk_and_replayed(
     tmp_path: Path,
 ) -> None:
-    plan = find(PLANS, lambda plan: run_scenario(unkeyed_refunds, 0, faults=plan).failed,
-                settings=settings(max_examples=1000, database=None, deadline=None,
-                                  suppress_health_check=list(HealthCheck)))
+    plan = find(
+        PLANS,
+        lambda plan: run_scenario(unkeyed_refunds, 0, faults=plan).failed,
+        settings=settings(
+            max_examples=1000, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+        ),
+    )
     # the smallest plan: the worker dies after an undo, before recording it
     assert plan == FaultPlan(Crash(op="jobs.mark_compensated", when="before"))
     outcome = run_scenario(unkeyed_refunds, 0, faults=plan)
-    assert "all-or-nothing broken: j1 is DEAD but 'receipt' happened 1 times and " \
-           "'delete_receipt' 2" in str(outcome.error)
+    assert (
+        "all-or-nothing broken: j1 is DEAD but 'receipt' happened 1 times and "
+        "'delete_receipt' 2" in str(outcome.error)
+    )
     again = replay(unkeyed_refunds, outcome.trace.save(tmp_path / "run.jsonl"))
     assert str(again.error) == str(outcome.error)
     assert again.trace.events == outcome.trace.events

@@ -22,24 +22,25 @@ def golden(version: str) -> dict[str, Any]:
 
 
 # --8<-- [start:golden]
-def test_golden_messages_of_every_version_still_load(
-        dcore_golden_messages: GoldenMessages) -> None:
+def test_golden_messages_of_every_version_still_load(dcore_golden_messages: GoldenMessages) -> None:
     ctx = reports.ReportContext(job_id="report-2", name="q3", pages=12)
     checked = dcore_golden_messages.check(reports.report_pipeline(ctx))
     assert [p.name for p in checked] == ["1.0.json", "2.0.json"]
+
+
 # --8<-- [end:golden]
 
 
 def test_a_message_queued_before_the_rename_runs_after_it(dcore_env: Environment) -> None:
     old = golden("1.0")
-    assert old["context"]["data"]["title"] == "q3"          # what 1.0 sent
+    assert old["context"]["data"]["title"] == "q3"  # what 1.0 sent
     assert run_message(json.dumps(old)) == "reports/q3.pdf"  # migrated to name="q3"
     assert dcore_env.jobs.get(old["job_id"]).state is JobState.SUCCEEDED
 
 
 def test_a_key_the_context_does_not_know_is_dead_lettered(dcore_env: Environment) -> None:
     message = golden("2.0")
-    message["context"]["data"]["subtitle"] = "draft"   # sent by code this worker predates
+    message["context"]["data"]["subtitle"] = "draft"  # sent by code this worker predates
     with pytest.raises(MessageError, match="ReportContext data has keys it does not know"):
         run_message(json.dumps(message))
     assert dcore_env.jobs.get(message["job_id"]).state is JobState.DEAD

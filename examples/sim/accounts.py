@@ -72,5 +72,6 @@ def fixed(sim: SimEnvironment) -> None:
 
 
 buggy.sim_options = fixed.sim_options = {  # type: ignore[attr-defined]
-    "workers": QUEUES, "celery_queues": 2,
+    "workers": QUEUES,
+    "celery_queues": 2,
 }

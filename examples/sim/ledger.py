@@ -60,8 +60,7 @@ def post(sim: SimEnvironment, *, fixed: bool) -> None:
     """One order through the ledger, then check it holds the order exactly once."""
     ctx = Posting(order="o-1", amount=250)
     pipeline = ctx.create_pipeline(core_fn=posted)
-    pipeline.chain(Dispatch, plugin="celery").chain(Execute, plugin="post_entry",
-                                                     per_job=fixed)
+    pipeline.chain(Dispatch, plugin="celery").chain(Execute, plugin="post_entry", per_job=fixed)
     pipeline.run()
     sim.run_until_idle()
     storage = sim.storage.inner  # type: ignore[attr-defined]

@@ -39,8 +39,9 @@ class ChargeCard(Execute[PaymentContext]):
     """Charges the order through the (fake) gateway. ``idempotent`` makes a retry or a
     redelivery skip orders it already charged."""
 
-    def __init__(self, storage: StorageInterface, idempotent: bool = False,
-                 gateway_outages: int = 0) -> None:
+    def __init__(
+        self, storage: StorageInterface, idempotent: bool = False, gateway_outages: int = 0
+    ) -> None:
         self.storage = storage
         self.idempotent = idempotent
         self.gateway_outages = gateway_outages
@@ -73,8 +74,9 @@ def done(context: PaymentContext) -> str:
     return context.order_id
 
 
-def payment_pipeline(context: PaymentContext, *, idempotent: bool = False
-                     ) -> Pipeline[PaymentContext]:
+def payment_pipeline(
+    context: PaymentContext, *, idempotent: bool = False
+) -> Pipeline[PaymentContext]:
     pipeline = context.create_pipeline(core_fn=done)
     pipeline.chain(Dispatch, plugin="celery")
     pipeline.chain(Execute, plugin="charge_card", idempotent=idempotent)

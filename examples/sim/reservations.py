@@ -56,8 +56,7 @@ def booked(context: Booking) -> str:
 def book(sim: SimEnvironment, *, keyed: bool) -> None:
     ctx = Booking(seat="12A")
     pipeline = ctx.create_pipeline(core_fn=booked)
-    pipeline.chain(Dispatch, plugin="celery").chain(Execute, plugin="reserve_seat",
-                                                     keyed=keyed)
+    pipeline.chain(Dispatch, plugin="celery").chain(Execute, plugin="reserve_seat", keyed=keyed)
     pipeline.run()
     sim.run_until_idle()
     seats = [e.payload["seat"] for e in sim.events.inner.entries(TOPIC)]  # type: ignore[attr-defined]

@@ -36,9 +36,13 @@ def fails(scenario: Scenario, plan: FaultPlan, seed: int = 0) -> bool:
 
 def shrunk(scenario: Scenario, **strategy: Any) -> FaultPlan:
     """The smallest plan Hypothesis finds that makes ``scenario`` fail."""
-    return find(fault_plans(**strategy), lambda plan: fails(scenario, plan),
-                settings=settings(max_examples=300, database=None, deadline=None,
-                                  suppress_health_check=list(HealthCheck)))
+    return find(
+        fault_plans(**strategy),
+        lambda plan: fails(scenario, plan),
+        settings=settings(
+            max_examples=300, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+        ),
+    )
 
 
 def replays_exactly(scenario: Scenario, plan: FaultPlan, tmp_path: Path) -> None:
@@ -53,6 +57,8 @@ def replays_exactly(scenario: Scenario, plan: FaultPlan, tmp_path: Path) -> None
 def passes_1000_seeds(scenario: Scenario, **options: Any) -> None:
     failures = explore(scenario, range(1000), **options)
     assert failures == [], f"seed {failures[0].seed}: {failures[0].error}"
+
+
 # --8<-- [end:helpers]
 
 
@@ -65,6 +71,8 @@ def test_a_crash_after_the_write_is_found_shrunk_replayed_and_fixed(tmp_path: Pa
     assert plan == FaultPlan(Crash(op="storage.put", when="after"))
     replays_exactly(ledger.buggy, plan, tmp_path)
     passes_1000_seeds(ledger.fixed, faults=drawn)
+
+
 # --8<-- [end:crash_op]
 
 
@@ -73,11 +81,12 @@ def test_a_crash_after_the_write_is_found_shrunk_replayed_and_fixed(tmp_path: Pa
 def test_an_ambiguous_failure_is_found_shrunk_replayed_and_fixed(tmp_path: Path) -> None:
     drawn = FaultPlan(ambiguous=0.3, scope=Scope(services=("events",)))
     assert explore(reservations.buggy, range(200), faults=drawn)
-    plan = shrunk(reservations.buggy, kinds=("ambiguous", "service_error"),
-                  ops=("events.append",))
+    plan = shrunk(reservations.buggy, kinds=("ambiguous", "service_error"), ops=("events.append",))
     assert plan == FaultPlan(ServiceError(op="events.append", applied=True))
     replays_exactly(reservations.buggy, plan, tmp_path)
     passes_1000_seeds(reservations.fixed, faults=drawn)
+
+
 # --8<-- [end:ambiguous]
 
 
@@ -91,6 +100,8 @@ def test_a_web_crash_is_found_shrunk_replayed_and_fixed(when: str, tmp_path: Pat
     assert plan == FaultPlan(WebCrash(when="after_response"))
     replays_exactly(signup.buggy, crash, tmp_path)
     passes_1000_seeds(signup.fixed, faults=crash)
+
+
 # --8<-- [end:web_crash]
 
 
@@ -106,6 +117,8 @@ def test_a_partition_longer_than_the_lease_is_found_shrunk_replayed_and_fixed(
     assert plan.faults[0].seconds > 15.0  # longer than the lease: that is the bug
     replays_exactly(reports.buggy, cut, tmp_path)
     passes_1000_seeds(reports.fixed, faults=cut)
+
+
 # --8<-- [end:partition]
 
 
@@ -124,4 +137,6 @@ def test_updates_spread_over_queues_break_per_key_order_and_sharding_by_key_keep
     plan = FaultPlan(Crash(stage="apply_update", worker=2))
     run = run_scenario(accounts.fixed, 1, faults=plan)
     assert [e["lane"] for e in run.trace.of("crash")] in ([], ["w2"])
+
+
 # --8<-- [end:routing]

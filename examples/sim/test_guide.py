@@ -21,10 +21,12 @@ from examples.sim import payments, race
 def test_two_uploads_with_a_lock_keep_both_files(dcore_sim: SimEnvironment) -> None:
     for name in ("a.txt", "b.txt"):
         ctx = race.UploadContext(file_path=name, file_content=b"hello")
-        race.upload_pipeline(ctx, locked=True).run()   # returns a JobHandle at once
-    dcore_sim.run_until_idle()                               # workers run, in virtual time
+        race.upload_pipeline(ctx, locked=True).run()  # returns a JobHandle at once
+    dcore_sim.run_until_idle()  # workers run, in virtual time
     assert sorted(json.loads(dcore_sim.storage.get("index.json"))) == ["a.txt", "b.txt"]
     invariants.check_all(dcore_sim)
+
+
 # --8<-- [end:first]
 
 
@@ -33,9 +35,11 @@ def test_two_uploads_with_a_lock_keep_both_files(dcore_sim: SimEnvironment) -> N
 @pytest.mark.sim(faults=FaultPlan(Crash(stage="send_receipt", job=1)))
 def test_a_crash_after_the_charge_charges_twice(dcore_sim: SimEnvironment) -> None:
     payments.pay(dcore_sim, orders=1)
-    invariants.no_job_lost(dcore_sim)                        # at-least-once: nothing lost ...
+    invariants.no_job_lost(dcore_sim)  # at-least-once: nothing lost ...
     with pytest.raises(InvariantViolation, match="performed 'charge' 2 times"):
-        invariants.exactly_once(dcore_sim, "charge")         # ... but the effect doubled
+        invariants.exactly_once(dcore_sim, "charge")  # ... but the effect doubled
+
+
 # --8<-- [end:crash]
 
 
@@ -48,10 +52,15 @@ def test_retries_back_off_on_the_virtual_clock(dcore_sim: SimEnvironment) -> Non
     pipeline.chain(Dispatch, plugin="schedule_job")
     pipeline.chain(Execute, plugin="charge_card", gateway_outages=2)
     pipeline.run()
-    dcore_sim.run_until_idle()                               # 30 virtual minutes, no real wait
+    dcore_sim.run_until_idle()  # 30 virtual minutes, no real wait
     assert [(e["t"], e["attempt"]) for e in dcore_sim.trace.of("deliver")] == [
-        (0.0, 1), (600.0, 2), (1800.0, 3)]
+        (0.0, 1),
+        (600.0, 2),
+        (1800.0, 3),
+    ]
     assert str(dcore_sim.jobs.get(ctx.job_id).state) == "SUCCEEDED"
+
+
 # --8<-- [end:time]
 
 
@@ -69,4 +78,6 @@ def _uploads_never_lose_a_file(data: st.DataObject) -> None:
 def test_hypothesis_finds_and_shrinks_the_lost_update() -> None:
     with pytest.raises(InvariantViolation, match="lost update"):
         _uploads_never_lose_a_file()
+
+
 # --8<-- [end:shrink]

@@ -27,8 +27,9 @@ def finish(ctx: Ctx) -> list[str]:
     return [*ctx.trail, "core"]
 
 
-def test_background_part_runs_after_the_sync_part(dcore_registry: PluginRegistry,
-                                                  dcore_env: Environment) -> None:
+def test_background_part_runs_after_the_sync_part(
+    dcore_registry: PluginRegistry, dcore_env: Environment
+) -> None:
     dcore_registry.register("mark", Mark)
     ctx = Ctx()
     pipeline = ctx.create_pipeline(finish)
@@ -39,15 +40,20 @@ def test_background_part_runs_after_the_sync_part(dcore_registry: PluginRegistry
 
     assert ctx.trail == ["a", "b"]
     assert dcore_env.jobs.get(handle.job_id).state is JobState.SUCCEEDED
+
+
 # --8<-- [end:background]
 
 
 # --8<-- [start:manual_clock]
-def test_a_lock_ttl_runs_out_without_waiting(dcore_manual_env: Environment,
-                                             dcore_manual_clock: ManualClock) -> None:
+def test_a_lock_ttl_runs_out_without_waiting(
+    dcore_manual_env: Environment, dcore_manual_clock: ManualClock
+) -> None:
     lock = dcore_manual_env.locks.lock("report", ttl=30)
     lock.acquire()
-    dcore_manual_clock.sleep(31)                       # returns at once
+    dcore_manual_clock.sleep(31)  # returns at once
     assert not lock.owned()
     assert dcore_manual_clock.sleeps == [31]
+
+
 # --8<-- [end:manual_clock]

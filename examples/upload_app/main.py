@@ -28,7 +28,7 @@ async def upload_endpoint(background_tasks: BackgroundTasks, file: UploadFile) -
         file_path=f"uploads/{file.filename}",
         file_content=await file.read(),
         job_type="fastapi",
-        background_tasks=background_tasks
+        background_tasks=background_tasks,
     )
 
     # 2. Define the core business logic that runs last (in the background)
@@ -39,12 +39,9 @@ async def upload_endpoint(background_tasks: BackgroundTasks, file: UploadFile) -
     # 3. Create a pipeline and chain the stages
     #    Execution order is top-to-bottom.
     pipeline = ctx.create_pipeline(core_fn=core_finalize)
-    pipeline.chain(
-        Dispatch, plugin="schedule_job"
-    ).chain(
-        Execute,  plugin="storage_write"
-    ).chain(
-        Execute,  plugin="logging" # Example of another filter
+    pipeline.chain(Dispatch, plugin="schedule_job").chain(Execute, plugin="storage_write").chain(
+        Execute,
+        plugin="logging",  # Example of another filter
     )
 
     # 4. Run the pipeline
@@ -74,8 +71,12 @@ def build_upload_pipeline(ctx: FileJobContext) -> Any:
 def example_pipeline() -> Any:
     """A pipeline over a sample context, for ``dcore graph``."""
     return build_upload_pipeline(
-        FileJobContext(file_path="uploads/a.txt", file_content=b"", job_type="demo",
-                       background_tasks=BackgroundTasks())
+        FileJobContext(
+            file_path="uploads/a.txt",
+            file_content=b"",
+            job_type="demo",
+            background_tasks=BackgroundTasks(),
+        )
     )
 
 

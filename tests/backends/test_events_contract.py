@@ -175,8 +175,10 @@ def test_malformed_entry_ids_are_value_errors(h: Harness) -> None:
         (lambda bus: bus.append("t", {}, maxlen=0), "maxlen must be >= 1 or None, got 0"),
         (lambda bus: bus.entries("t", count=-1), "count must be >= 0 or None, got -1"),
         (lambda bus: bus.read_group("t", "g", "c", count=0), "count must be >= 1, got 0"),
-        (lambda bus: bus.claim_idle("t", "g", "c", min_idle=0, count=0),
-         "count must be >= 1, got 0"),
+        (
+            lambda bus: bus.claim_idle("t", "g", "c", min_idle=0, count=0),
+            "count must be >= 1, got 0",
+        ),
     ],
     ids=["append-maxlen", "entries-count", "read_group-count", "claim_idle-count"],
 )
@@ -315,8 +317,9 @@ def test_redis_listener_threads_start_on_subscribe_and_stop_on_close(dcore_fake_
     assert _listeners() == []
 
 
-def test_redis_bus_from_environment_prefixes_keys(dcore_redis_url: str,
-                                                  dcore_redis_client: Any) -> None:
+def test_redis_bus_from_environment_prefixes_keys(
+    dcore_redis_url: str, dcore_redis_client: Any
+) -> None:
     with Environment(DcoreSettings(redis_url=dcore_redis_url, key_prefix="t2")) as env:
         bus = RedisEventBus.from_environment(env)
         bus.append("dlq", {"n": 1})

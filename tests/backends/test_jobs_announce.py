@@ -98,8 +98,9 @@ def test_a_redis_store_announces_only_on_a_redis_bus_of_its_own_server(
     dcore_redis_url: str, dcore_redis_client: Any, dcore_fake_redis: Any
 ) -> None:
     store = RedisJobStore(url=dcore_redis_url)
-    same = RedisEventBus(url=dcore_redis_url,
-                         prefix="elsewhere")  # another prefix: still one server
+    same = RedisEventBus(
+        url=dcore_redis_url, prefix="elsewhere"
+    )  # another prefix: still one server
     other_db = RedisEventBus(url=dcore_redis_url.rsplit("/", 1)[0] + "/1")
     injected = RedisEventBus(dcore_redis_client)  # the same server, but only known by identity
     try:
@@ -155,7 +156,9 @@ def test_the_event_goes_out_on_the_bus_prefix_with_the_move_and_not_for_a_refuse
 
 
 def test_a_job_through_redis_publishes_its_state_events_inside_its_transitions(
-    redis_env: Environment, dcore_redis_client: Any, channels: ChannelLog,
+    redis_env: Environment,
+    dcore_redis_client: Any,
+    channels: ChannelLog,
     dcore_registry: PluginRegistry,
 ) -> None:
     failures = {"left": 1}
@@ -185,8 +188,12 @@ def test_a_job_through_redis_publishes_its_state_events_inside_its_transitions(
 
     events = channels.read(expected=6)
     assert [topic for topic, _ in events] == [
-        "job.scheduled", "job.started", "stage.failed", "job.retrying",
-        "job.started", "job.succeeded",
+        "job.scheduled",
+        "job.started",
+        "stage.failed",
+        "job.retrying",
+        "job.started",
+        "job.succeeded",
     ]
     assert {p["job_id"] for _, p in events} == {ctx.job_id}
     assert [p["attempt"] for t, p in events if t == "job.started"] == [1, 2]
@@ -210,7 +217,9 @@ def test_a_duplicate_delivery_of_a_finished_job_announces_nothing(
         run_job(redis_env, "j1", lambda: pytest.fail("a finished job ran again"))
     assert "the job is SUCCEEDED" in str(skipped.value)
     assert [topic for topic, _ in channels.read(expected=3)] == [
-        "job.scheduled", "job.started", "job.succeeded",
+        "job.scheduled",
+        "job.started",
+        "job.succeeded",
     ]
 
 
@@ -228,7 +237,9 @@ def test_a_store_on_another_server_still_gets_its_events_published_by_the_bus(
             schedule(env, "j1")
             run_job(env, "j1", lambda: None)
             assert [t for t, _ in log.read(expected=3)] == [
-                "job.scheduled", "job.started", "job.succeeded",
+                "job.scheduled",
+                "job.started",
+                "job.succeeded",
             ]
         finally:
             log.pubsub.close()

@@ -26,8 +26,14 @@ P, R, S, F, D = (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED, JobStat
 T0 = 1_700_000_000.25
 TTL = 3600.0
 #: how to reach each state from a fresh (PENDING) record
-PATHS = {P: [], R: [R], S: [R, S], F: [R, F], D: [D],
-         JobState.COMPENSATING: [R, F, JobState.COMPENSATING]}
+PATHS = {
+    P: [],
+    R: [R],
+    S: [R, S],
+    F: [R, F],
+    D: [D],
+    JobState.COMPENSATING: [R, F, JobState.COMPENSATING],
+}
 
 
 @pytest.fixture

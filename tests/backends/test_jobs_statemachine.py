@@ -219,8 +219,9 @@ class StoresAgree(RuleBasedStateMachine):
         self.jobs[job_id] = (record.state, record.attempts)
         return record  # type: ignore[no-any-return]
 
-    @rule(job_id=JOB_IDS, attempt=st.integers(1, 3), owner=OWNERS,
-          lease=st.sampled_from([1.0, 30.0]))
+    @rule(
+        job_id=JOB_IDS, attempt=st.integers(1, 3), owner=OWNERS, lease=st.sampled_from([1.0, 30.0])
+    )
     def claim(self, job_id: str, attempt: int, owner: str, lease: float) -> None:
         before = self.refresh(job_id)
         kind, claim = self.both(lambda s: s.claim(job_id, attempt=attempt, owner=owner,
@@ -244,20 +245,21 @@ class StoresAgree(RuleBasedStateMachine):
     def renew(self, job_id: str, owner: str) -> None:
         before = self.refresh(job_id)
         renewed = self.both(lambda s: s.renew(job_id, owner=owner, lease=30.0))
-        holds = before is not None and before.state is JobState.RUNNING and (
-            before.owner == owner)
+        holds = before is not None and before.state is JobState.RUNNING and (before.owner == owner)
         assert renewed == ("ok", holds)
 
-    @rule(job_id=JOB_IDS, owner=OWNERS, to=st.sampled_from([JobState.SUCCEEDED,
-                                                            JobState.FAILED]),
-          retry=st.booleans())
+    @rule(
+        job_id=JOB_IDS,
+        owner=OWNERS,
+        to=st.sampled_from([JobState.SUCCEEDED, JobState.FAILED]),
+        retry=st.booleans(),
+    )
     def end_attempt(self, job_id: str, owner: str, to: JobState, retry: bool) -> None:
         before = self.refresh(job_id)
         retry_at = self.clock.time() + 5 if retry else None
         kind, _ = self.both(lambda s: s.end_attempt(job_id, to, owner=owner, error="e",
                                                     retry_at=retry_at))  # fmt: skip
-        holds = before is not None and before.state is JobState.RUNNING and (
-            before.owner == owner)
+        holds = before is not None and before.state is JobState.RUNNING and (before.owner == owner)
         assert (kind == "ok") is holds, (kind, before)
         after = self.refresh(job_id)
         if holds:
@@ -291,20 +293,24 @@ class StoresAgree(RuleBasedStateMachine):
         assert kind == "ok"
         if claim.status is ClaimStatus.STARTED:
             assert before.state is JobState.COMPENSATING or (
-                before.state is JobState.FAILED and before.plan == "compensate")
+                before.state is JobState.FAILED and before.plan == "compensate"
+            )
             assert after is not None
             assert (after.state, after.owner) == (JobState.COMPENSATING, owner)
         else:
             assert after == before
 
-    @rule(job_id=JOB_IDS, owner=OWNERS, index=st.integers(0, 4),
-          field=st.sampled_from(["completed", "compensated"]))
+    @rule(
+        job_id=JOB_IDS,
+        owner=OWNERS,
+        index=st.integers(0, 4),
+        field=st.sampled_from(["completed", "compensated"]),
+    )
     def mark_stage(self, job_id: str, owner: str, index: int, field: str) -> None:
         """mark_completed needs the RUNNING lease, mark_compensated the COMPENSATING one."""
         state = JobState.RUNNING if field == "completed" else JobState.COMPENSATING
         before = self.refresh(job_id)
-        kind, _ = self.both(lambda s: getattr(s, f"mark_{field}")(job_id, owner=owner,
-                                                                   index=index))
+        kind, _ = self.both(lambda s: getattr(s, f"mark_{field}")(job_id, owner=owner, index=index))
         holds = before is not None and before.state is state and before.owner == owner
         assert (kind == "ok") is holds, (kind, before)
         after = self.refresh(job_id)
@@ -322,8 +328,11 @@ class StoresAgree(RuleBasedStateMachine):
         for store, bus in zip(self.stores, self.buses, strict=True):
             letter = DeadLetter("dlq", {"job_id": job_id, "message": "m"}, f"{job_id}:{key}")
             announce = Announcement(bus, "job.dead", {"job_id": job_id})
-            kind, entry = outcome(lambda s=store, lt=letter, a=announce: s.bury(  # type: ignore[misc]
-                job_id, owner=owner, error="dead", letter=lt, announce=a))
+            kind, entry = outcome(
+                lambda s=store, lt=letter, a=announce: s.bury(  # type: ignore[misc]
+                    job_id, owner=owner, error="dead", letter=lt, announce=a
+                )
+            )
             results.append((kind, entry is None, len(bus.entries("dlq"))))
         assert results[0] == results[1], results
         after = self.refresh(job_id)

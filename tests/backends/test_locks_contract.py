@@ -244,8 +244,9 @@ def test_context_manager_holds_then_releases(h: Harness) -> None:
     assert h.locks.lock("x").acquire(blocking=False)
 
 
-def test_redis_locks_from_environment_prefix_their_keys(dcore_redis_url: str,
-                                                        dcore_redis_client: Any) -> None:
+def test_redis_locks_from_environment_prefix_their_keys(
+    dcore_redis_url: str, dcore_redis_client: Any
+) -> None:
     with Environment(DcoreSettings(redis_url=dcore_redis_url, key_prefix="t3")) as env:
         locks = RedisLocks.from_environment(env)
         with locks.lock("job-1"):

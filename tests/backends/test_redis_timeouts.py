@@ -17,8 +17,11 @@ from dcore.backends._redis import settings_url, socket_timeout_of
     ("url", "timeout", "expected"),
     [
         ("redis://127.0.0.1:6379/0", 10.0, "redis://127.0.0.1:6379/0?socket_timeout=10"),
-        ("redis://h:1/2?ssl_cert_reqs=none", 0.5,
-         "redis://h:1/2?ssl_cert_reqs=none&socket_timeout=0.5"),
+        (
+            "redis://h:1/2?ssl_cert_reqs=none",
+            0.5,
+            "redis://h:1/2?ssl_cert_reqs=none&socket_timeout=0.5",
+        ),
         ("redis://h:1/0?socket_timeout=3", 10.0, "redis://h:1/0?socket_timeout=3"),
         ("redis://h:1/0", None, "redis://h:1/0"),
     ],
@@ -34,8 +37,14 @@ def test_the_setting_is_added_to_the_url_unless_the_url_sets_it(
 def test_backends_built_from_settings_carry_the_reply_timeout(
     dcore_redis_url: str, tmp_path: Any
 ) -> None:
-    settings = DcoreSettings(redis_url=dcore_redis_url, redis_socket_timeout=2.5, event_bus="redis",
-                             job_store="redis", locks="redis", storage_root=tmp_path)
+    settings = DcoreSettings(
+        redis_url=dcore_redis_url,
+        redis_socket_timeout=2.5,
+        event_bus="redis",
+        job_store="redis",
+        locks="redis",
+        storage_root=tmp_path,
+    )
     with Environment(settings) as env:
         clients = [env.events.client, env.jobs.client, env.locks.client]  # type: ignore[attr-defined]
 
@@ -46,8 +55,13 @@ def test_backends_built_from_settings_carry_the_reply_timeout(
 def test_a_blocking_read_longer_than_the_reply_timeout_waits_and_then_delivers(
     dcore_redis_url: str, tmp_path: Any
 ) -> None:
-    settings = DcoreSettings(redis_url=dcore_redis_url, redis_socket_timeout=0.4, event_bus="redis",
-                             key_prefix="timeouts", storage_root=tmp_path)
+    settings = DcoreSettings(
+        redis_url=dcore_redis_url,
+        redis_socket_timeout=0.4,
+        event_bus="redis",
+        key_prefix="timeouts",
+        storage_root=tmp_path,
+    )
     with Environment(settings) as env:
         bus = env.events
         bus.read_group("t", "g", "c", block=0.01)  # create the group

@@ -82,7 +82,10 @@ def test_a_stale_fence_is_refused_and_writes_nothing(storage: Storage) -> None:
     with pytest.raises(StaleFenceError) as refused:
         storage.put_fenced(KEY, b"late write", fence(4))
     assert (refused.value.key, refused.value.fence, refused.value.latest) == (
-        KEY, fence(4), fence(5))
+        KEY,
+        fence(4),
+        fence(5),
+    )
     message = str(refused.value)
     assert f"{KEY!r}" in message
     assert f"fence 4 of lock {LOCK!r}" in message
@@ -176,8 +179,9 @@ def test_bad_keys_and_data_are_refused_like_put(storage: Storage) -> None:
     assert keys_of(storage) == []
 
 
-@settings(max_examples=15, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(numbers=st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=8))
 def test_any_sequence_of_fenced_writes_keeps_the_newest_fence(
     storage: Storage, numbers: list[int]
@@ -253,9 +257,13 @@ def test_a_writer_killed_while_holding_the_keys_flock_does_not_block_it(
     tmp_path: Path,
 ) -> None:
     storage = LocalFileStorage(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(tmp_path), KEY],
-                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(tmp_path), KEY],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "locked"
@@ -327,8 +335,9 @@ def check_race(storage: Storage, older: list[Attempt], newer: list[Attempt]) -> 
 WRITES = 25
 
 
-def write_in_thread(storage: Storage, number: int, start: threading.Barrier,
-                    attempts: list[Attempt]) -> None:
+def write_in_thread(
+    storage: Storage, number: int, start: threading.Barrier, attempts: list[Attempt]
+) -> None:
     start.wait()
     for i in range(WRITES):
         begun = time.monotonic_ns()
@@ -347,8 +356,10 @@ def test_two_threads_racing_end_with_the_newest_fence(backend: str, tmp_path: Pa
     storage: Storage = MemoryStorage() if backend == "memory" else LocalFileStorage(tmp_path)
     start = threading.Barrier(2)
     results: dict[int, list[Attempt]] = {1: [], 2: []}
-    threads = [threading.Thread(target=write_in_thread, args=(storage, n, start, results[n]))
-               for n in (1, 2)]
+    threads = [
+        threading.Thread(target=write_in_thread, args=(storage, n, start, results[n]))
+        for n in (1, 2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -379,8 +390,7 @@ def serialized_moto_server() -> Iterator[str]:
         with one_at_a_time:
             return list(app(environ, start_response))
 
-    server = make_server("127.0.0.1", 0, serialized, threaded=True,
-                         request_handler=Quiet)
+    server = make_server("127.0.0.1", 0, serialized, threaded=True, request_handler=Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -426,7 +436,10 @@ def start_writer(spec: dict[str, Any], number: int) -> subprocess.Popen[str]:
     args = {"storage": spec, "key": KEY, "lock": LOCK, "number": number, "writes": WRITES}
     writer = subprocess.Popen(
         [sys.executable, str(WRITER), json.dumps(args)],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert writer.stdout is not None
     assert writer.stdout.readline().strip() == "ready"
@@ -457,8 +470,11 @@ def test_a_backend_without_fenced_writes_says_so_naming_itself() -> None:
     PlainStorage.put_fenced = StorageInterface.put_fenced  # type: ignore[method-assign]
     PlainStorage.fence_of = StorageInterface.fence_of  # type: ignore[method-assign]
     storage = PlainStorage()
-    with pytest.raises(NotImplementedError, match="PlainStorage does not implement fenced "
-                                                  r"writes \(put_fenced\)"):
+    with pytest.raises(
+        NotImplementedError,
+        match="PlainStorage does not implement fenced "
+        r"writes \(put_fenced\)",
+    ):
         storage.put_fenced(KEY, b"data", fence(1))
     with pytest.raises(NotImplementedError, match=r"PlainStorage .* \(fence_of\)"):
         storage.fence_of(KEY)

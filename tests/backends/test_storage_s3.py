@@ -381,8 +381,9 @@ def test_a_failing_stream_aborts_the_multipart_upload_and_leaves_nothing(
     assert pending_uploads(dcore_s3_endpoint, dcore_s3_bucket) == []
 
 
-def test_a_failing_part_upload_aborts_too(dcore_s3_endpoint: S3Endpoint,
-                                          dcore_s3_bucket: str) -> None:
+def test_a_failing_part_upload_aborts_too(
+    dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
+) -> None:
     storage = make(dcore_s3_endpoint, dcore_s3_bucket, **SMALL_PARTS)
     calls = count_calls(storage)
 
@@ -544,8 +545,14 @@ def test_streaming_holds_a_few_parts_in_memory_not_the_object(
     }
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
-        [sys.executable, "-c", MEMORY_PROBE, dcore_s3_endpoint.url, dcore_s3_endpoint.region,
-         dcore_s3_bucket],
+        [
+            sys.executable,
+            "-c",
+            MEMORY_PROBE,
+            dcore_s3_endpoint.url,
+            dcore_s3_endpoint.region,
+            dcore_s3_bucket,
+        ],
         env={**os.environ, **credentials},
         cwd=root,
         capture_output=True,

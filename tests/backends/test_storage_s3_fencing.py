@@ -32,8 +32,11 @@ def fence(number: int) -> Fence:
 def make(endpoint: S3Endpoint, bucket: str) -> S3Storage:
     """A storage with its own client, so the hooks registered on it stay in the test."""
     return S3Storage(
-        endpoint_url=endpoint.url, bucket=bucket, region=endpoint.region,
-        access_key=endpoint.access_key, secret_key=endpoint.secret_key,
+        endpoint_url=endpoint.url,
+        bucket=bucket,
+        region=endpoint.region,
+        access_key=endpoint.access_key,
+        secret_key=endpoint.secret_key,
     )
 
 
@@ -42,16 +45,20 @@ def record_calls(storage: S3Storage) -> list[tuple[str, str, str]]:
     calls: list[tuple[str, str, str]] = []
 
     def hook(params: dict[str, Any], model: Any, **_: Any) -> None:
-        condition = "If-Match" if "IfMatch" in params else (
-            "If-None-Match" if "IfNoneMatch" in params else "")
+        condition = (
+            "If-Match"
+            if "IfMatch" in params
+            else ("If-None-Match" if "IfNoneMatch" in params else "")
+        )
         calls.append((model.name, params.get("Key", ""), condition))
 
     storage.client.meta.events.register("provide-client-params.s3", hook)
     return calls
 
 
-def before(storage: S3Storage, op: str, key: str, action: Callable[[], object],
-           times: int = 1) -> None:
+def before(
+    storage: S3Storage, op: str, key: str, action: Callable[[], object], times: int = 1
+) -> None:
     """Run ``action`` just before ``storage`` sends its next ``times`` ``op`` of ``key``."""
     left = [times]
 
@@ -81,8 +88,12 @@ def test_a_first_fenced_write_records_its_fence_then_creates_the_object(
     storage.put_fenced(KEY, b"v2", fence(1))  # the same holder again: the record stays
     storage.put_fenced(KEY, b"v3", fence(2))
     assert calls == [
-        ("HeadObject", KEY, ""), ("GetObject", RECORD, ""), ("PutObject", KEY, "If-Match"),
-        ("HeadObject", KEY, ""), ("GetObject", RECORD, ""), ("PutObject", RECORD, "If-Match"),
+        ("HeadObject", KEY, ""),
+        ("GetObject", RECORD, ""),
+        ("PutObject", KEY, "If-Match"),
+        ("HeadObject", KEY, ""),
+        ("GetObject", RECORD, ""),
+        ("PutObject", RECORD, "If-Match"),
         ("PutObject", KEY, "If-Match"),
     ]
     head = endpoint_client(dcore_s3_endpoint).head_object(Bucket=dcore_s3_bucket, Key=KEY)
@@ -109,8 +120,10 @@ def test_a_newer_fence_landing_between_any_two_steps_refuses_the_stale_write(
     dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str, case: str
 ) -> None:
     late, op, step, winner = BETWEEN_STEPS[case]
-    stale, newer = make(dcore_s3_endpoint, dcore_s3_bucket), make(dcore_s3_endpoint,
-                                                                  dcore_s3_bucket)
+    stale, newer = (
+        make(dcore_s3_endpoint, dcore_s3_bucket),
+        make(dcore_s3_endpoint, dcore_s3_bucket),
+    )
     newer.put_fenced(KEY, b"original", fence(1))
     stale.fence_of(KEY)  # its bucket check, out of the way
     landed = []
@@ -126,8 +139,10 @@ def test_a_newer_fence_landing_between_any_two_steps_refuses_the_stale_write(
 def test_an_unfenced_write_in_between_makes_the_fenced_one_start_again_and_land(
     dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    writer, other = make(dcore_s3_endpoint, dcore_s3_bucket), make(dcore_s3_endpoint,
-                                                                   dcore_s3_bucket)
+    writer, other = (
+        make(dcore_s3_endpoint, dcore_s3_bucket),
+        make(dcore_s3_endpoint, dcore_s3_bucket),
+    )
     writer.put_fenced(KEY, b"v1", fence(1))
     before(writer, "PutObject", KEY, lambda: other.put(KEY, b"unfenced"))
     writer.put_fenced(KEY, b"v2", fence(1))
@@ -137,14 +152,20 @@ def test_an_unfenced_write_in_between_makes_the_fenced_one_start_again_and_land(
 def test_a_fenced_write_that_always_loses_gives_up_naming_the_key(
     dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    writer, other = make(dcore_s3_endpoint, dcore_s3_bucket), make(dcore_s3_endpoint,
-                                                                   dcore_s3_bucket)
+    writer, other = (
+        make(dcore_s3_endpoint, dcore_s3_bucket),
+        make(dcore_s3_endpoint, dcore_s3_bucket),
+    )
     writer.put_fenced(KEY, b"v1", fence(1))
     count = iter(range(1000))
-    before(writer, "PutObject", KEY, lambda: other.put(KEY, f"unfenced {next(count)}".encode()),
-               times=1000)
-    with pytest.raises(StorageError, match=f"gave up after {s3_fences.FENCED_ATTEMPTS}"
-                       ) as gave_up:
+    before(
+        writer,
+        "PutObject",
+        KEY,
+        lambda: other.put(KEY, f"unfenced {next(count)}".encode()),
+        times=1000,
+    )
+    with pytest.raises(StorageError, match=f"gave up after {s3_fences.FENCED_ATTEMPTS}") as gave_up:
         writer.put_fenced(KEY, b"v2", fence(1))
     assert repr(KEY) in str(gave_up.value)
     assert "unfenced writes or deletes" in str(gave_up.value)
@@ -155,8 +176,10 @@ def test_a_fenced_write_that_always_loses_gives_up_naming_the_key(
 def test_a_deleted_object_in_between_makes_the_fenced_one_start_again(
     dcore_s3_endpoint: S3Endpoint, dcore_s3_bucket: str
 ) -> None:
-    writer, other = make(dcore_s3_endpoint, dcore_s3_bucket), make(dcore_s3_endpoint,
-                                                                   dcore_s3_bucket)
+    writer, other = (
+        make(dcore_s3_endpoint, dcore_s3_bucket),
+        make(dcore_s3_endpoint, dcore_s3_bucket),
+    )
     writer.put_fenced(KEY, b"v1", fence(1))
     before(writer, "PutObject", KEY, lambda: other.delete(KEY))  # If-Match now gets 404
     writer.put_fenced(KEY, b"v2", fence(1))
@@ -187,8 +210,10 @@ def test_the_etag_gap_identical_bytes_put_back_let_a_stale_write_land(
     """The limit dcore.backends._s3_fences documents, kept true by this test: an ETag is the MD5
     of the bytes, so newer writes that put back exactly the bytes a stale writer read
     leave its condition holding."""
-    stale, newer = make(dcore_s3_endpoint, dcore_s3_bucket), make(dcore_s3_endpoint,
-                                                                  dcore_s3_bucket)
+    stale, newer = (
+        make(dcore_s3_endpoint, dcore_s3_bucket),
+        make(dcore_s3_endpoint, dcore_s3_bucket),
+    )
     stale.put_fenced(KEY, b"original", fence(1))
 
     def newer_changes_it_and_puts_it_back() -> None:

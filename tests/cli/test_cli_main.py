@@ -13,8 +13,7 @@ import dcore
 from dcore.cli import main
 
 
-def test_version_prints_the_installed_package_version(
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_version_prints_the_installed_package_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0
@@ -23,7 +22,8 @@ def test_version_prints_the_installed_package_version(
 
 
 def test_bare_dcore_prints_the_full_help_on_stderr_and_exits_2(
-        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main([]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -32,12 +32,16 @@ def test_bare_dcore_prints_the_full_help_on_stderr_and_exits_2(
         assert command in captured.err
 
 
-@pytest.mark.parametrize(("group", "actions"), [
-    ("dlq", ("list", "show", "replay", "purge")),
-    ("jobs", ("show", "list", "resend-stale")),
-])
+@pytest.mark.parametrize(
+    ("group", "actions"),
+    [
+        ("dlq", ("list", "show", "replay", "purge")),
+        ("jobs", ("show", "list", "resend-stale")),
+    ],
+)
 def test_a_command_group_without_its_action_prints_its_help_and_exits_2(
-        group: str, actions: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    group: str, actions: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main([group]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"usage: dcore {group}")
@@ -46,8 +50,9 @@ def test_a_command_group_without_its_action_prints_its_help_and_exits_2(
 
 
 def test_the_module_entry_point_exits_with_the_code_main_returns() -> None:
-    result = subprocess.run([sys.executable, "-m", "dcore.cli"], capture_output=True,
-                            text=True, check=False, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "dcore.cli"], capture_output=True, text=True, check=False, timeout=60
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("usage: dcore")
     assert result.stdout == ""

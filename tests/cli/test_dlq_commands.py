@@ -129,7 +129,9 @@ def test_replay_of_a_stale_entry_for_a_job_that_succeeded_just_removes_it(
 
 
 def test_a_failed_replay_keeps_its_entry_when_no_fresh_one_was_written(
-    dcore_env: Environment, broken: dict[str, bool], capsys: Any,
+    dcore_env: Environment,
+    broken: dict[str, bool],
+    capsys: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     dead_job()
@@ -150,7 +152,9 @@ def test_a_failed_replay_keeps_its_entry_when_no_fresh_one_was_written(
 
 
 def test_purge_without_yes_refuses_when_it_cannot_ask(
-    dcore_env: Environment, broken: dict[str, bool], capsys: Any,
+    dcore_env: Environment,
+    broken: dict[str, bool],
+    capsys: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     dead_job()

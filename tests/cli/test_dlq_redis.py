@@ -69,7 +69,8 @@ def register_upload(registry: PluginRegistry, *, broken: bool, seen: list[int]) 
 
 
 def test_a_dead_job_is_replayed_from_the_redis_dlq_after_the_fix(
-    redis_settings: dict[str, str], dcore_registry: PluginRegistry,
+    redis_settings: dict[str, str],
+    dcore_registry: PluginRegistry,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     seen: list[int] = []
@@ -111,8 +112,19 @@ def test_a_dead_job_is_replayed_from_the_redis_dlq_after_the_fix(
     assert main(["jobs", "show", ctx.job_id]) == 0
     shown = capsys.readouterr().out
     states = [line.split()[1] for line in shown.splitlines() if line.startswith("  20")]
-    assert states == ["PENDING", "RUNNING", "FAILED", "DEAD", "PENDING", "RUNNING", "FAILED",
-                      "DEAD", "PENDING", "RUNNING", "SUCCEEDED"]
+    assert states == [
+        "PENDING",
+        "RUNNING",
+        "FAILED",
+        "DEAD",
+        "PENDING",
+        "RUNNING",
+        "FAILED",
+        "DEAD",
+        "PENDING",
+        "RUNNING",
+        "SUCCEEDED",
+    ]
     ops.close()
 
 
@@ -128,7 +140,10 @@ def test_the_dcore_command_lists_the_redis_dlq_from_its_own_process(
         pipeline.run()
     result = subprocess.run(
         [sys.executable, "-m", "dcore.cli", "dlq", "list"],
-        env={**os.environ, **redis_settings}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **redis_settings},
+        capture_output=True,
+        text=True,
+        timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stderr

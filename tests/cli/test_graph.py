@@ -13,7 +13,7 @@ import pytest
 from dcore import Environment
 from dcore.cli import main
 
-PIPELINE_MODULE = '''
+PIPELINE_MODULE = """
 from dcore import Dispatch, Execute, PipelineContext
 
 
@@ -36,7 +36,7 @@ def make_pipeline():
 
 
 not_a_pipeline = 42
-'''
+"""
 
 
 @pytest.fixture
@@ -92,9 +92,7 @@ def test_graph_of_something_else_fails_naming_it(
         ("no_such_module_xyz:p", "cannot import 'no_such_module_xyz'"),
     ],
 )
-def test_graph_bad_target_exits_with_clear_message(
-    module: str, target: str, message: str
-) -> None:
+def test_graph_bad_target_exits_with_clear_message(module: str, target: str, message: str) -> None:
     with pytest.raises(SystemExit) as info:
         main(["graph", target])
     assert message in str(info.value.code)

@@ -62,5 +62,9 @@ class Capture(Dispatch[RoundTripContext]):
 @core_function
 def summarize(ctx: RoundTripContext) -> dict[str, Any]:
     """The core function: what the worker saw and did."""
-    return {"name": ctx.name, "steps": [*ctx.steps, "core"], "size": len(ctx.payload),
-            "head": ctx.payload[:4].hex()}
+    return {
+        "name": ctx.name,
+        "steps": [*ctx.steps, "core"],
+        "size": len(ctx.payload),
+        "head": ctx.payload[:4].hex(),
+    }

@@ -112,8 +112,12 @@ def _plugins(dcore_registry: PluginRegistry) -> None:
 
 def mixed(ctx: Trip) -> Any:
     p = ctx.create_pipeline(trip_core)
-    return p.chain(Execute("fetch", name="a")).chain(Execute("save", name="b")) \
-        .chain(Execute("fetch", name="c")).chain(Execute("save", name="d"))
+    return (
+        p.chain(Execute("fetch", name="a"))
+        .chain(Execute("save", name="b"))
+        .chain(Execute("fetch", name="c"))
+        .chain(Execute("save", name="d"))
+    )
 
 
 def test_arun_runs_a_mixed_chain_async_stages_on_the_loop_plain_ones_in_threads(
@@ -226,10 +230,12 @@ def test_arun_hands_off_like_run_and_the_background_part_runs_on_the_thread_engi
 
 
 def test_a_background_part_runs_on_one_loop_kept_per_worker_thread(
-    tmp_path: Path, dcore_registry: PluginRegistry,
+    tmp_path: Path,
+    dcore_registry: PluginRegistry,
 ) -> None:
-    env = Environment(DcoreSettings(storage_root=tmp_path, thread_workers=1),
-                      registry=dcore_registry)
+    env = Environment(
+        DcoreSettings(storage_root=tmp_path, thread_workers=1), registry=dcore_registry
+    )
     with use_environment(env):
         for _ in range(3):
             p = Trip().create_pipeline(trip_core).chain(Dispatch("thread"))
@@ -268,8 +274,11 @@ def test_arun_undoes_the_completed_stages_of_a_failing_synchronous_part_as_run_d
     with pytest.raises(ConnectionError):
         asyncio.run(mixed(ctx).arun())
     assert [j for j in JOURNAL if j.startswith("undo")] == [
-        "undo d (ConnectionError)", "undo c (ConnectionError)", "undo b (ConnectionError)",
-        "undo a (ConnectionError)"]
+        "undo d (ConnectionError)",
+        "undo c (ConnectionError)",
+        "undo b (ConnectionError)",
+        "undo a (ConnectionError)",
+    ]
 
 
 def test_observers_see_async_stages_enter_and_exit(dcore_env: Environment) -> None:
@@ -285,9 +294,14 @@ def test_observers_see_async_stages_enter_and_exit(dcore_env: Environment) -> No
     dcore_env.observers.append(Watch())
     with pytest.raises(ConnectionError):
         asyncio.run(mixed(Trip(fail_at="c")).arun())
-    assert seen == [("enter", "fetch#0", None), ("enter", "save#1", None),
-                    ("enter", "fetch#2", None), ("exit", "fetch#2", "ConnectionError"),
-                    ("exit", "save#1", "ConnectionError"), ("exit", "fetch#0", "ConnectionError")]
+    assert seen == [
+        ("enter", "fetch#0", None),
+        ("enter", "save#1", None),
+        ("enter", "fetch#2", None),
+        ("exit", "fetch#2", "ConnectionError"),
+        ("exit", "save#1", "ConnectionError"),
+        ("exit", "fetch#0", "ConnectionError"),
+    ]
 
 
 ENGINES = ["inline", "thread", "fastapi"]
@@ -344,8 +358,11 @@ def test_a_failing_async_stage_after_the_dispatch_retries_then_dead_letters_and_
     assert FAILED[f"{ctx.job_id}:e"] == attempts
     # the stages of both attempts completed once each and are undone once, in reverse
     assert [j for j in JOURNAL if j.startswith("undo")] == [
-        "undo d (RuntimeError)", "undo c (RuntimeError)", "undo b (RuntimeError)",
-        "undo a (RuntimeError)"]
+        "undo d (RuntimeError)",
+        "undo c (RuntimeError)",
+        "undo b (RuntimeError)",
+        "undo a (RuntimeError)",
+    ]
     [letter] = [e.payload for e in dcore_env.events.entries(dcore_env.settings.dlq_topic)]
     assert letter["compensated"] is True
     assert f"ConnectionError: e failed (try {attempts})" in letter["error"]
@@ -358,8 +375,7 @@ def test_an_async_stage_that_fails_once_is_retried_by_the_job_policy(
     ctx = Trip(fail_at="c", failures=1)
     run_on(engine, ctx, RetryPolicy(attempts=3, initial=0.0))
     record = dcore_env.jobs.get(ctx.job_id)
-    assert (record.state, record.attempts, record.result) == (
-        JobState.SUCCEEDED, 2, "a+b+c+d+e")
+    assert (record.state, record.attempts, record.result) == (JobState.SUCCEEDED, 2, "a+b+c+d+e")
 
 
 def test_more_concurrent_requests_than_executor_threads_do_not_starve(
@@ -391,7 +407,8 @@ def test_more_concurrent_requests_than_executor_threads_do_not_starve(
 
     async def crowd() -> list[Any]:
         return await asyncio.wait_for(
-            asyncio.gather(*(p.arun(Trip()) for _ in range(requests))), 30)
+            asyncio.gather(*(p.arun(Trip()) for _ in range(requests))), 30
+        )
 
     results = asyncio.run(crowd())
     assert [r.status for r in results] == ["succeeded"] * requests
@@ -433,10 +450,12 @@ def steps_core(ctx: Trip) -> str:
     return "+".join(ctx.steps)
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kinds=st.lists(st.booleans(), max_size=6), dispatch=st.integers(-1, 6),
-       fail=st.integers(-1, 6))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kinds=st.lists(st.booleans(), max_size=6), dispatch=st.integers(-1, 6), fail=st.integers(-1, 6)
+)
 def test_arun_over_any_mix_of_async_and_plain_stages_does_what_run_does_over_plain_twins(
     dcore_env: Environment, kinds: list[bool], dispatch: int, fail: int
 ) -> None:

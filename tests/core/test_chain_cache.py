@@ -84,8 +84,9 @@ def plugins(dcore_registry: PluginRegistry, dcore_env: Environment) -> PluginReg
     return dcore_registry
 
 
-def build(plugin: str = "record", tags: tuple[str, ...] = ("a", "b"), fn: Any = core
-          ) -> Pipeline[Ctx]:
+def build(
+    plugin: str = "record", tags: tuple[str, ...] = ("a", "b"), fn: Any = core
+) -> Pipeline[Ctx]:
     pipeline = Ctx().create_pipeline(fn)
     for tag in tags:
         pipeline.chain(Execute, plugin=plugin, tag=tag)
@@ -324,8 +325,12 @@ def test_an_observer_added_after_a_chain_was_compiled_sees_every_stage(
     dcore_env.observers = [replacement]  # a new list: pipelines built from now on use it
     build("shared_record").run()
 
-    one_run = [("enter", "shared_record#0"), ("enter", "shared_record#1"),
-               ("exit", "shared_record#1"), ("exit", "shared_record#0")]
+    one_run = [
+        ("enter", "shared_record#0"),
+        ("enter", "shared_record#1"),
+        ("exit", "shared_record#1"),
+        ("exit", "shared_record#0"),
+    ]
     assert observer.events == one_run * 2
     assert replacement.events == one_run
 
@@ -343,8 +348,12 @@ class Keep(Execute[Ctx]):
 
 
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True),
-    st.text(max_size=3), st.binary(max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(allow_nan=True),
+    st.text(max_size=3),
+    st.binary(max_size=3),
 )
 
 
@@ -356,8 +365,11 @@ def test_each_pipeline_gets_the_option_value_and_type_it_was_given(values: list[
 
     registry = default_registry().copy()
     registry.register("keep", Keep)
-    with use_registry(registry), Environment(DcoreSettings(), registry=registry) as env, \
-            use_environment(env):
+    with (
+        use_registry(registry),
+        Environment(DcoreSettings(), registry=registry) as env,
+        use_environment(env),
+    ):
         for value in values:
             Keep.kept.clear()
             Ctx().create_pipeline(core).chain(Execute("keep", value=value)).run()
@@ -413,4 +425,3 @@ def test_a_nearer_none_does_not_hide_a_declared_retry_policy() -> None:
     policy = declared_policy(None, Silent)
     assert policy is not None
     assert policy.attempts == 4
-

@@ -106,8 +106,12 @@ def pipeline(ctx: Order, dispatcher: str, retry: RetryPolicy | None = None) -> A
     return p
 
 
-def run_on(engine: str, ctx: Order, retry: RetryPolicy | None = None,
-           raises: type[Exception] = RuntimeError) -> None:
+def run_on(
+    engine: str,
+    ctx: Order,
+    retry: RetryPolicy | None = None,
+    raises: type[Exception] = RuntimeError,
+) -> None:
     """Run the order pipeline's job on ``engine`` to its end (the inline engine raises
     the job's error, ``raises``, in the caller)."""
     if engine == "fastapi":
@@ -132,9 +136,16 @@ def test_a_job_failing_at_stage_4_undoes_3_2_1_and_0_once_each_in_reverse(
     ctx = Order()
     run_on(engine, ctx)
 
-    assert JOURNAL == ["do 0", "do 1", "do 2", "do 3",
-                       "undo 3 (RuntimeError)", "undo 2 (RuntimeError)",
-                       "undo 1 (RuntimeError)", "undo 0 (RuntimeError)"]
+    assert JOURNAL == [
+        "do 0",
+        "do 1",
+        "do 2",
+        "do 3",
+        "undo 3 (RuntimeError)",
+        "undo 2 (RuntimeError)",
+        "undo 1 (RuntimeError)",
+        "undo 0 (RuntimeError)",
+    ]
     record = dcore_env.jobs.get(ctx.job_id)
     assert record.state is JobState.DEAD
     # pipeline indexes: stage 0 is index 0, the Dispatch index 1, stages 1-3 indexes 2-4
@@ -163,8 +174,7 @@ def test_a_compensation_that_fails_for_good_dead_letters_with_both_errors(
     [letter] = [e.payload for e in dcore_env.events.entries(dcore_env.settings.dlq_topic)]
     assert letter["compensated"] is False
     assert "RuntimeError: stage 4 fails" in letter["error"]
-    assert "compensation of stage undoable#3 failed: ConnectionError: undo 2" in (
-        letter["error"])
+    assert "compensation of stage undoable#3 failed: ConnectionError: undo 2" in (letter["error"])
     assert letter["compensation_error"].startswith("compensation of stage undoable#3")
 
 
@@ -189,8 +199,14 @@ def test_a_completion_the_job_store_failed_to_record_is_still_undone(
     run_on(engine, ctx, RetryPolicy(attempts=1), raises=ServiceUnavailableError)
 
     assert failed == [3]
-    assert JOURNAL == ["do 0", "do 1", "do 2", "undo 2 (RuntimeError)",
-                       "undo 1 (RuntimeError)", "undo 0 (RuntimeError)"]
+    assert JOURNAL == [
+        "do 0",
+        "do 1",
+        "do 2",
+        "undo 2 (RuntimeError)",
+        "undo 1 (RuntimeError)",
+        "undo 0 (RuntimeError)",
+    ]
     job = dcore_env.jobs.get(ctx.job_id)
     assert (job.state, job.completed, job.compensated) == (JobState.DEAD, [0, 2, 3], [0, 2, 3])
 
@@ -201,8 +217,11 @@ def test_a_compensation_retried_after_a_blip_undoes_everything(
     ctx = Order(undo_fails_at=2, undo_failures=2)
     run_on("inline", ctx)
     assert [j for j in JOURNAL if j.startswith("undo")] == [
-        "undo 3 (RuntimeError)", "undo 2 (RuntimeError)", "undo 1 (RuntimeError)",
-        "undo 0 (RuntimeError)"]
+        "undo 3 (RuntimeError)",
+        "undo 2 (RuntimeError)",
+        "undo 1 (RuntimeError)",
+        "undo 0 (RuntimeError)",
+    ]
     assert dcore_manual_env.jobs.get(ctx.job_id).compensated == [0, 2, 3, 4]
 
 
@@ -225,8 +244,11 @@ def test_a_delivery_that_died_while_undoing_is_resumed_by_the_next(
 
     assert resumed.outcome.action == "dead"
     assert [j for j in JOURNAL if j.startswith("undo")] == [
-        "undo 3 (RuntimeError)", "undo 2 (RuntimeError)", "undo 1 (RuntimeError)",
-        "undo 0 (RuntimeError)"]  # each once: 3 and 2 were not undone again
+        "undo 3 (RuntimeError)",
+        "undo 2 (RuntimeError)",
+        "undo 1 (RuntimeError)",
+        "undo 0 (RuntimeError)",
+    ]  # each once: 3 and 2 were not undone again
     record = dcore_manual_env.jobs.get(ctx.job_id)
     assert (record.state, record.compensated) == (JobState.DEAD, [0, 2, 3, 4])
     assert len(dcore_manual_env.events.entries(dcore_manual_env.settings.dlq_topic)) == 1
@@ -251,8 +273,10 @@ def test_a_job_that_succeeds_undoes_nothing(dcore_env: Environment) -> None:
 
 def test_describe_shows_which_stages_compensate(dcore_env: Environment) -> None:
     text = pipeline(Order(), "thread").describe()
-    assert text == ("[sync] undoable (undo) ⇒ dispatch(thread) ┆ async ┆ [background] "
-                    "undoable (undo) → undoable (undo) → undoable (undo) → final_step → core")
+    assert text == (
+        "[sync] undoable (undo) ⇒ dispatch(thread) ┆ async ┆ [background] "
+        "undoable (undo) → undoable (undo) → undoable (undo) → final_step → core"
+    )
 
 
 def test_the_mermaid_picture_marks_the_stages_that_compensate(dcore_env: Environment) -> None:

@@ -357,8 +357,11 @@ def test_error_bus_records_error_and_publishes_it(dcore_env: Environment) -> Non
 
     assert ctx.failed
     assert ctx.errors == [record]
-    assert (record.type, record.message, record.stage) == ("builtins.ValueError", "bad row",
-                                                           "parse")
+    assert (record.type, record.message, record.stage) == (
+        "builtins.ValueError",
+        "bad row",
+        "parse",
+    )
     assert published[0]["job_id"] == ctx.job_id
     assert published[0]["message"] == "bad row"
 

@@ -83,8 +83,9 @@ class Derived(PipelineContext):
         return f"{self.first} {self.last}"
 
 
-def envelope(cls: type[PipelineContext], data: dict[str, Any], version: str = "1.0"
-             ) -> dict[str, Any]:
+def envelope(
+    cls: type[PipelineContext], data: dict[str, Any], version: str = "1.0"
+) -> dict[str, Any]:
     return {"type": context_type_name(cls), "version": version, "data": data}
 
 
@@ -159,7 +160,8 @@ def test_many_unknown_keys_are_listed_sorted_and_cut_short() -> None:
 
 def test_runtime_only_field_names_are_never_unknown_and_never_read() -> None:
     ctx = PipelineContext.from_envelope(
-        envelope(WithSession, {"job_id": "j", "name": "n", "session": "forged"}))
+        envelope(WithSession, {"job_id": "j", "name": "n", "session": "forged"})
+    )
     assert isinstance(ctx, WithSession)
     assert ctx.session is None  # a message cannot fill a request-scoped field
 
@@ -188,8 +190,11 @@ def test_aliases_and_computed_fields_are_known_keys() -> None:
 KNOWN = {"job_id", "errors", "name", "session"}
 
 
-@given(extra=st.dictionaries(st.text(max_size=20).filter(lambda k: k not in KNOWN),
-                             st.integers(), min_size=1, max_size=4))
+@given(
+    extra=st.dictionaries(
+        st.text(max_size=20).filter(lambda k: k not in KNOWN), st.integers(), min_size=1, max_size=4
+    )
+)
 def test_any_key_outside_the_fields_is_refused_and_named(extra: dict[str, int]) -> None:
     with pytest.raises(MessageError) as info:
         PipelineContext.from_envelope(envelope(WithSession, {"name": "n", **extra}))

@@ -51,8 +51,9 @@ AFTER_ATTEMPT = [
 
 
 @pytest.mark.parametrize(("attempt", "ended", "action", "next_attempt", "delay"), AFTER_ATTEMPT)
-def test_what_follows_an_attempt(attempt: int, ended: object, action: Action,
-                                 next_attempt: int, delay: float) -> None:
+def test_what_follows_an_attempt(
+    attempt: int, ended: object, action: Action, next_attempt: int, delay: float
+) -> None:
     outcome = after_attempt(POLICY, attempt, ended)  # type: ignore[arg-type]
     assert (outcome.action, outcome.attempt, outcome.delay) == (action, next_attempt, delay)
 
@@ -86,14 +87,23 @@ def test_what_follows_a_claim(claim: Claim | StoreUnreachable, action: Action) -
 
 
 policies = st.builds(
-    RetryPolicy, attempts=st.integers(1, 6), initial=st.floats(0, 10), backoff=st.floats(1, 4),
-    jitter=st.floats(0, 1), retry_on=st.sampled_from([(Exception,), (ConnectionError,)]),
+    RetryPolicy,
+    attempts=st.integers(1, 6),
+    initial=st.floats(0, 10),
+    backoff=st.floats(1, 4),
+    jitter=st.floats(0, 1),
+    retry_on=st.sampled_from([(Exception,), (ConnectionError,)]),
 )
 errors = st.sampled_from([ConnectionError("c"), ValueError("v"), TimeoutError("t")])
 
 
-@given(policy=policies, attempt=st.integers(1, 8), error=errors, given_up=st.booleans(),
-       seed=st.integers(0, 2**16))
+@given(
+    policy=policies,
+    attempt=st.integers(1, 8),
+    error=errors,
+    given_up=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_a_failure_is_retried_exactly_when_the_policy_allows(
     policy: RetryPolicy, attempt: int, error: Exception, given_up: bool, seed: int
 ) -> None:
@@ -110,8 +120,13 @@ def test_a_failure_is_retried_exactly_when_the_policy_allows(
     assert type(error).__name__ in outcome.reason
 
 
-@given(policy=policies, attempt=st.integers(1, 8), lost=st.integers(0, 10),
-       status=st.sampled_from(list(ClaimStatus)), retry_in=st.floats(0, 60))
+@given(
+    policy=policies,
+    attempt=st.integers(1, 8),
+    lost=st.integers(0, 10),
+    status=st.sampled_from(list(ClaimStatus)),
+    retry_in=st.floats(0, 60),
+)
 def test_a_delivery_runs_only_when_its_claim_started_and_never_adds_an_attempt(
     policy: RetryPolicy, attempt: int, lost: int, status: ClaimStatus, retry_in: float
 ) -> None:
@@ -119,16 +134,23 @@ def test_a_delivery_runs_only_when_its_claim_started_and_never_adds_an_attempt(
     outcome = after_claim(attempt, claim)
     assert outcome.attempt == attempt  # a claim never moves to another attempt
     assert (outcome.action is Action.RUN) == (
-        status is ClaimStatus.STARTED and lost < MAX_LOST_DELIVERIES)
+        status is ClaimStatus.STARTED and lost < MAX_LOST_DELIVERIES
+    )
     if outcome.action is Action.DEFER:
         assert outcome.delay == retry_in
 
 
-ENGINES = ["dcore/dispatchers/thread.py", "dcore/celery.py", "dcore/dispatchers/fastapi.py",
-           "dcore_testing/sim/dispatcher.py"]
+ENGINES = [
+    "dcore/dispatchers/thread.py",
+    "dcore/celery.py",
+    "dcore/dispatchers/fastapi.py",
+    "dcore_testing/sim/dispatcher.py",
+]
 #: what only the decision (and the lifecycle carrying out its records) may consult
-DECIDING = re.compile(r"\b(should_retry|is_given_up|dead_letter|MAX_LOST_DELIVERIES|"
-                      r"\.attempts\s*[<>]=?|final\s*=\s*(?!d\.attempt))")
+DECIDING = re.compile(
+    r"\b(should_retry|is_given_up|dead_letter|MAX_LOST_DELIVERIES|"
+    r"\.attempts\s*[<>]=?|final\s*=\s*(?!d\.attempt))"
+)
 
 
 @pytest.mark.parametrize("path", ENGINES)

@@ -145,7 +145,8 @@ def test_an_environment_scoped_again_inside_another_leaves_that_one_current(
 
 
 def test_scoped_environment_is_the_innermost_one_and_never_builds_the_default(
-    dcore_registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch,
+    dcore_registry: PluginRegistry,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import dcore._core.environment as module
 
@@ -169,7 +170,9 @@ def test_scoped_environment_is_visible_to_other_threads(dcore_env: Environment) 
 
 
 def test_default_storage_root_is_resolved_against_cwd_at_first_build(
-    fresh_default: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    fresh_default: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     dcore_registry: PluginRegistry,
 ) -> None:
     first, second = tmp_path / "first", tmp_path / "second"

@@ -169,40 +169,76 @@ def shutdown_timeout(env: Environment) -> None:
 
 TRIGGERS: list[tuple[type[DcoreError], Callable[[Environment], Any], list[str]]] = [
     (PipelineDefinitionError, second_dispatch, ["'thread' (stage 1)", "'inline' (stage 0)"]),
-    (AsyncStageError, async_stage_in_run,
-     ["stage 1 ('awaiting')", "async execute()", "await pipeline.arun()"]),
-    (PluginNotFoundError, lambda env: env.registry.get(Execute, "sizd"),
-     ["'sizd'", "Did you mean 'sized'?"]),
-    (PluginOptionsError, lambda env: PluginFactory(environment=env).create(Execute, "sized",
-                                                                           size="big"),
-     ["'sized'", "option 'size'='big'", "It accepts: size"]),
+    (
+        AsyncStageError,
+        async_stage_in_run,
+        ["stage 1 ('awaiting')", "async execute()", "await pipeline.arun()"],
+    ),
+    (
+        PluginNotFoundError,
+        lambda env: env.registry.get(Execute, "sizd"),
+        ["'sizd'", "Did you mean 'sized'?"],
+    ),
+    (
+        PluginOptionsError,
+        lambda env: PluginFactory(environment=env).create(Execute, "sized", size="big"),
+        ["'sized'", "option 'size'='big'", "It accepts: size"],
+    ),
     (DuplicatePluginError, duplicate, ["'sized'", "Sized", "replace=True"]),
-    (ContextSerializationError, lambda env: Opaque(handle=object()).to_envelope(),
-     ["Opaque.handle", "Runtime[...]"]),
-    (MessageError, lambda env: PipelineContext.from_envelope(
-        {"type": "x.y:Ghost", "version": "1", "data": {}}), ["'x.y:Ghost'", "DCORE_IMPORTS"]),
-    (InvalidKeyError, lambda env: env.storage.put("uploads/../../etc/passwd", b""),
-     ["'uploads/../../etc/passwd'", ".."]),
+    (
+        ContextSerializationError,
+        lambda env: Opaque(handle=object()).to_envelope(),
+        ["Opaque.handle", "Runtime[...]"],
+    ),
+    (
+        MessageError,
+        lambda env: PipelineContext.from_envelope(
+            {"type": "x.y:Ghost", "version": "1", "data": {}}
+        ),
+        ["'x.y:Ghost'", "DCORE_IMPORTS"],
+    ),
+    (
+        InvalidKeyError,
+        lambda env: env.storage.put("uploads/../../etc/passwd", b""),
+        ["'uploads/../../etc/passwd'", ".."],
+    ),
     (ObjectNotFoundError, lambda env: env.storage.get("missing/key"), ["'missing/key'"]),
-    (StaleFenceError, stale_fence, ["'reports/q3.pdf'", "fence 1 of lock 'report:q3'",
-                                    "fence 2 of that lock already wrote it"]),
-    (IllegalTransitionError, lambda env: (env.jobs.create("j9"),
-                                          env.jobs.transition("j9", "SUCCEEDED")),
-     ["job j9", "PENDING", "SUCCEEDED", "it can go to"]),
+    (
+        StaleFenceError,
+        stale_fence,
+        [
+            "'reports/q3.pdf'",
+            "fence 1 of lock 'report:q3'",
+            "fence 2 of that lock already wrote it",
+        ],
+    ),
+    (
+        IllegalTransitionError,
+        lambda env: (env.jobs.create("j9"), env.jobs.transition("j9", "SUCCEEDED")),
+        ["job j9", "PENDING", "SUCCEEDED", "it can go to"],
+    ),
     (JobNotFoundError, lambda env: env.jobs.get("ghost-job"), ["ghost-job"]),
     (LockNotAcquired, lock_busy, ["'reports'"]),
     (LockLostError, lock_lost, ["'reports'", "ttl"]),
-    (LeaseLostError, lease_lost, ["report-job", "delivery first lost its lease",
-                                  "held by delivery second"]),
+    (
+        LeaseLostError,
+        lease_lost,
+        ["report-job", "delivery first lost its lease", "held by delivery second"],
+    ),
     (PoolExhausted, pool_exhausted, ["Execute:held", "max_size"]),
     (ServiceUnavailableError, redis_down, ["redis://127.0.0.1:1/0", "DCORE_REDIS_URL"]),
     (DispatchError, dispatch_error, ["PipelineContext has none", "BackgroundTasks"]),
     (DispatcherShutdownTimeout, shutdown_timeout, ["1 background job(s)"]),
-    (ConfigurationError, lambda env: DcoreSettings(thread_workers="abc"),
-     ["DcoreSettings(thread_workers='abc')", "expected an integer >= 1"]),
-    (BackendNotFoundError,
-     lambda env: Environment(DcoreSettings(storage="minoi"), registry=env.registry).storage,
-     ["DcoreSettings(storage='minoi')", "'minoi'", "Did you mean 'minio'?"]),
+    (
+        ConfigurationError,
+        lambda env: DcoreSettings(thread_workers="abc"),
+        ["DcoreSettings(thread_workers='abc')", "expected an integer >= 1"],
+    ),
+    (
+        BackendNotFoundError,
+        lambda env: Environment(DcoreSettings(storage="minoi"), registry=env.registry).storage,
+        ["DcoreSettings(storage='minoi')", "'minoi'", "Did you mean 'minio'?"],
+    ),
 ]
 
 
@@ -210,7 +246,9 @@ TRIGGERS: list[tuple[type[DcoreError], Callable[[Environment], Any], list[str]]]
     ("error", "trigger", "culprits"), TRIGGERS, ids=[t[0].__name__ for t in TRIGGERS]
 )
 def test_error_message_names_the_culprit(
-    env: Environment, error: type[DcoreError], trigger: Callable[[Environment], Any],
+    env: Environment,
+    error: type[DcoreError],
+    trigger: Callable[[Environment], Any],
     culprits: list[str],
 ) -> None:
     with pytest.raises(error) as info:
@@ -221,7 +259,8 @@ def test_error_message_names_the_culprit(
 
 def concrete_errors() -> list[type[BaseException]]:
     return [
-        obj for _, obj in inspect.getmembers(errors_module, inspect.isclass)
+        obj
+        for _, obj in inspect.getmembers(errors_module, inspect.isclass)
         if issubclass(obj, DcoreError) and obj.__module__ == errors_module.__name__
     ]
 

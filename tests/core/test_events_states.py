@@ -22,8 +22,14 @@ from dcore._core import events
 from dcore.dispatchers.thread import ThreadDispatcher
 from dcore.services.events import Event
 
-STATE_TOPICS = [events.JOB_SCHEDULED, events.JOB_STARTED, events.STAGE_FAILED,
-                events.JOB_RETRYING, events.JOB_SUCCEEDED, events.JOB_DEAD]
+STATE_TOPICS = [
+    events.JOB_SCHEDULED,
+    events.JOB_STARTED,
+    events.STAGE_FAILED,
+    events.JOB_RETRYING,
+    events.JOB_SUCCEEDED,
+    events.JOB_DEAD,
+]
 
 
 class Ctx(PipelineContext):
@@ -84,8 +90,12 @@ def test_a_job_that_fails_once_then_succeeds_emits_its_transitions_in_order(
     failing_first(dcore_registry, 1)
     job_id = run_job(env, attempts=2)
     assert [e.topic for e in seen] == [
-        "job.scheduled", "job.started", "stage.failed", "job.retrying",
-        "job.started", "job.succeeded",
+        "job.scheduled",
+        "job.started",
+        "stage.failed",
+        "job.retrying",
+        "job.started",
+        "job.succeeded",
     ]
     assert {e.payload["job_id"] for e in seen} == {job_id}
     assert seen[2].payload["stage"] == "step#1"
@@ -99,8 +109,13 @@ def test_a_job_that_runs_out_of_attempts_ends_with_job_dead(
     failing_first(dcore_registry, 99)
     run_job(env, attempts=2)
     assert [e.topic for e in seen] == [
-        "job.scheduled", "job.started", "stage.failed", "job.retrying",
-        "job.started", "stage.failed", "job.dead",
+        "job.scheduled",
+        "job.started",
+        "stage.failed",
+        "job.retrying",
+        "job.started",
+        "stage.failed",
+        "job.dead",
     ]
     dead = seen[-1].payload
     assert dead["error"] == "OSError: disk hiccup 2"

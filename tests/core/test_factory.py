@@ -74,8 +74,9 @@ class UnresolvedService(Base):
 
 
 class UnresolvedOption(Base):
-    def __init__(self, storage: StorageInterface, rounding: OnlyForTypeCheckers | None = None
-                 ) -> None:
+    def __init__(
+        self, storage: StorageInterface, rounding: OnlyForTypeCheckers | None = None
+    ) -> None:
         self.storage, self.rounding = storage, rounding
 
 
@@ -86,8 +87,13 @@ class UnresolvedOptionOnly(Base):
 
 @pytest.fixture
 def factory(dcore_registry: PluginRegistry, dcore_env: Environment) -> PluginFactory:
-    for name, cls in {"needs": Needs, "flexible": Flexible, "scalar": Scalar,
-                      "picky": Picky, "noinit": NoInit}.items():
+    for name, cls in {
+        "needs": Needs,
+        "flexible": Flexible,
+        "scalar": Scalar,
+        "picky": Picky,
+        "noinit": NoInit,
+    }.items():
         dcore_registry.register(name, cls)
     return PluginFactory(environment=dcore_env)
 
@@ -110,10 +116,16 @@ def test_options_are_coerced_by_their_annotation(factory: PluginFactory) -> None
 @pytest.mark.parametrize(
     ("cls", "culprit"),
     [
-        (UnresolvedService, "parameter 'locks' is annotated 'LockInterface', which cannot be "
-                            "resolved (NameError: name 'LockInterface' is not defined)"),
-        (UnresolvedOption, "parameter 'storage' is annotated 'StorageInterface', which cannot "
-                           "be resolved (NameError: name 'OnlyForTypeCheckers'"),
+        (
+            UnresolvedService,
+            "parameter 'locks' is annotated 'LockInterface', which cannot be "
+            "resolved (NameError: name 'LockInterface' is not defined)",
+        ),
+        (
+            UnresolvedOption,
+            "parameter 'storage' is annotated 'StorageInterface', which cannot "
+            "be resolved (NameError: name 'OnlyForTypeCheckers'",
+        ),
     ],
 )
 def test_a_service_parameter_whose_annotations_cannot_be_resolved_is_a_clear_error(
@@ -142,8 +154,7 @@ def test_unknown_option_names_plugin_option_and_accepted(factory: PluginFactory)
     with pytest.raises(PluginOptionsError) as info:
         factory.create(Execute, "needs", size=1, colour="red")
     assert str(info.value) == (
-        "bad options for plugin 'needs' (Needs): unknown option 'colour'. "
-        "It accepts: size, mode?"
+        "bad options for plugin 'needs' (Needs): unknown option 'colour'. It accepts: size, mode?"
     )
 
 

@@ -19,7 +19,9 @@ def test_success_path_counts_attempt_and_keeps_history(dcore_env: Environment) -
     assert done.state is JobState.SUCCEEDED
     assert done.result == {"n": 1}
     assert [t.state for t in done.history] == [
-        JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED
+        JobState.PENDING,
+        JobState.RUNNING,
+        JobState.SUCCEEDED,
     ]
 
 

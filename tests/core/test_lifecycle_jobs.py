@@ -78,11 +78,19 @@ def test_a_failed_inline_job_is_dead_lettered_once_even_when_the_error_is_raised
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(failures=st.integers(0, 5), attempts=st.integers(1, 4),
-       initial=st.sampled_from([0.5, 30.0]), max_delay=st.sampled_from([1.0, 3600.0]))
+@given(
+    failures=st.integers(0, 5),
+    attempts=st.integers(1, 4),
+    initial=st.sampled_from([0.5, 30.0]),
+    max_delay=st.sampled_from([1.0, 3600.0]),
+)
 def test_thread_jobs_are_redelivered_with_backoff_and_dead_lettered_once_when_exhausted(
-    tmp_path: Path, dcore_registry: PluginRegistry,
-    failures: int, attempts: int, initial: float, max_delay: float,
+    tmp_path: Path,
+    dcore_registry: PluginRegistry,
+    failures: int,
+    attempts: int,
+    initial: float,
+    max_delay: float,
 ) -> None:
     clock = ManualClock()
     env = Environment(DcoreSettings(storage_root=tmp_path), clock=clock, registry=dcore_registry)
@@ -147,6 +155,10 @@ def test_the_dead_letter_holds_message_error_and_attempt_history(
     assert payload["attempt"] == 2
     assert f'"job_id":"{ctx.job_id}"' in payload["message"]
     assert [h["state"] for h in payload["history"]] == [
-        "PENDING", "RUNNING", "FAILED", "RUNNING", "FAILED"
+        "PENDING",
+        "RUNNING",
+        "FAILED",
+        "RUNNING",
+        "FAILED",
     ]
     assert current_job() is None  # only set while a job's background part runs

@@ -40,41 +40,83 @@ def fuzz_core(ctx: FuzzContext) -> str:
 
 def _valid(job_id: str) -> dict[str, Any]:
     return {
-        "dcore": 1, "job_id": job_id, "attempt": 1,
-        "spec": [{"interface": "Dispatch", "plugin": "celery", "options": {}},
-                 {"interface": "Execute", "plugin": "logging", "options": {}}],
-        "resume_at": 1, "core_fn": f"{__name__}:fuzz_core",
-        "context": {"type": f"{__name__}:FuzzContext", "version": "1.0",
-                    "data": {"job_id": job_id, "name": "n", "count": 1, "tags": ["a"]}},
-        "trace": {}, "shard": 3,
+        "dcore": 1,
+        "job_id": job_id,
+        "attempt": 1,
+        "spec": [
+            {"interface": "Dispatch", "plugin": "celery", "options": {}},
+            {"interface": "Execute", "plugin": "logging", "options": {}},
+        ],
+        "resume_at": 1,
+        "core_fn": f"{__name__}:fuzz_core",
+        "context": {
+            "type": f"{__name__}:FuzzContext",
+            "version": "1.0",
+            "data": {"job_id": job_id, "name": "n", "count": 1, "tags": ["a"]},
+        },
+        "trace": {},
+        "shard": 3,
     }
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
     | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
-callables = st.sampled_from([
-    f"{__name__}:canary", "os:system", "builtins:eval", "eval", "os:environ.copy",
-    f"{__name__}:fuzz_core.__globals__", "dcore._core.message:set_trace_propagator",
-    "subprocess:Popen", "shutil:rmtree", f"{__name__}:FuzzContext", "sys:exit",
-]) | st.text(max_size=40)
-PATHS = [("job_id",), ("attempt",), ("spec",), ("spec", 0), ("spec", 1, "plugin"),
-         ("spec", 1, "options"), ("spec", 0, "interface"), ("resume_at",), ("core_fn",),
-         ("context",), ("context", "type"), ("context", "version"), ("context", "data"),
-         ("context", "data", "name"), ("context", "data", "tags"),
-         ("context", "data", "job_id"), ("trace",), ("shard",), ("dcore",)]
+callables = st.sampled_from(
+    [
+        f"{__name__}:canary",
+        "os:system",
+        "builtins:eval",
+        "eval",
+        "os:environ.copy",
+        f"{__name__}:fuzz_core.__globals__",
+        "dcore._core.message:set_trace_propagator",
+        "subprocess:Popen",
+        "shutil:rmtree",
+        f"{__name__}:FuzzContext",
+        "sys:exit",
+    ]
+) | st.text(max_size=40)
+PATHS = [
+    ("job_id",),
+    ("attempt",),
+    ("spec",),
+    ("spec", 0),
+    ("spec", 1, "plugin"),
+    ("spec", 1, "options"),
+    ("spec", 0, "interface"),
+    ("resume_at",),
+    ("core_fn",),
+    ("context",),
+    ("context", "type"),
+    ("context", "version"),
+    ("context", "data"),
+    ("context", "data", "name"),
+    ("context", "data", "tags"),
+    ("context", "data", "job_id"),
+    ("trace",),
+    ("shard",),
+    ("dcore",),
+]
 
 
 @st.composite
 def messages(draw: st.DrawFn) -> str | bytes:
     job_id = draw(st.text("0123456789abcdef", min_size=1, max_size=12))
     message: Any = _valid(job_id)
-    kind = draw(st.sampled_from(["valid", "replace", "delete", "callable", "deep", "extra",
-                                 "text", "bytes", "truncate"]))
+    kind = draw(
+        st.sampled_from(
+            ["valid", "replace", "delete", "callable", "deep", "extra", "text", "bytes", "truncate"]
+        )
+    )
     if kind in ("replace", "delete"):
         *parents, last = draw(st.sampled_from(PATHS))
         target = message
@@ -101,12 +143,10 @@ def messages(draw: st.DrawFn) -> str | bytes:
     return json.dumps(message)
 
 
-SETTINGS = DcoreSettings(storage="memory", event_bus="memory", job_store="memory",
-                         locks="memory")
+SETTINGS = DcoreSettings(storage="memory", event_bus="memory", job_store="memory", locks="memory")
 
 
-@settings(max_examples=5000, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=5000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(raw=messages())
 def test_every_input_succeeds_or_dies_with_one_dead_letter_and_nothing_unregistered_runs(
     raw: str | bytes,

@@ -16,10 +16,17 @@ from dcore._core.message import DEFAULT_MAX_DEPTH, nesting
 
 def _message(data: Any, job_id: str = "j-limits") -> dict[str, Any]:
     return {
-        "dcore": 1, "job_id": job_id, "attempt": 1, "spec": [], "resume_at": 0,
+        "dcore": 1,
+        "job_id": job_id,
+        "attempt": 1,
+        "spec": [],
+        "resume_at": 0,
         "core_fn": "nowhere:fn",
-        "context": {"type": "dcore._core.context:PipelineContext", "version": "1.0",
-                    "data": {"job_id": job_id, "extra": data}},
+        "context": {
+            "type": "dcore._core.context:PipelineContext",
+            "version": "1.0",
+            "data": {"job_id": job_id, "extra": data},
+        },
     }
 
 
@@ -51,8 +58,11 @@ def test_context_data_deeper_than_the_limit_is_malformed_naming_the_setting(
     deep: Any = 1
     for _ in range(DEFAULT_MAX_DEPTH):
         deep = [deep]
-    with pytest.raises(MessageError, match="context.data is nested more than 32 levels deep "
-                                           r"\(DCORE_MESSAGE_MAX_DEPTH\)"):
+    with pytest.raises(
+        MessageError,
+        match="context.data is nested more than 32 levels deep "
+        r"\(DCORE_MESSAGE_MAX_DEPTH\)",
+    ):
         run_message(json.dumps(_message(deep)))
     assert dcore_env.jobs.get("j-limits").state is JobState.DEAD
 
@@ -76,10 +86,15 @@ def test_a_message_over_the_size_limit_is_malformed_naming_the_setting(tmp_path:
         assert letter.payload["message"] == raw
 
 
-@given(st.recursive(st.integers() | st.text(max_size=3),
-                    lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(max_size=2), inner, max_size=3),
-                    max_leaves=30))
+@given(
+    st.recursive(
+        st.integers() | st.text(max_size=3),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3)
+        ),
+        max_leaves=30,
+    )
+)
 def test_nesting_counts_list_and_dict_levels(value: Any) -> None:
     def reference(v: Any) -> int:
         if isinstance(v, list):

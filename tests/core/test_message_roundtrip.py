@@ -86,8 +86,13 @@ def _run_in_fresh_interpreter(message: str, tmp_path: Path) -> dict[str, Any]:
         "DCORE_STORAGE_ROOT": str(tmp_path / "worker-storage"),
     }
     done = subprocess.run(
-        [sys.executable, "-c", code], input=message, env=env, capture_output=True, text=True,
-        check=False, cwd=tmp_path,
+        [sys.executable, "-c", code],
+        input=message,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)  # type: ignore[no-any-return]
@@ -106,8 +111,12 @@ def test_message_runs_the_same_in_a_fresh_interpreter_as_in_process(
 
     # in this process, through the continuation itself (on a copy) and through the message
     in_process = continuation(shipped.model_copy(deep=True))
-    with Environment(DcoreSettings(storage_root=tmp_path / "w"), registry=dcore_env.registry
-                     ) as worker_env, use_environment(worker_env):
+    with (
+        Environment(
+            DcoreSettings(storage_root=tmp_path / "w"), registry=dcore_env.registry
+        ) as worker_env,
+        use_environment(worker_env),
+    ):
         from_message = run_message(wire)
         assert worker_env.jobs.get(ctx.job_id).state is JobState.SUCCEEDED
     fresh = _run_in_fresh_interpreter(wire, tmp_path)
@@ -129,13 +138,10 @@ def test_message_is_the_documented_versioned_json(dcore_env: Environment) -> Non
     assert data["attempt"] == 2
     assert data["resume_at"] == 2
     assert data["spec"] == [
-        {"interface": "Execute", "plugin": "rt_mark", "options": {"tag": "before"},
-         "retry": None},
+        {"interface": "Execute", "plugin": "rt_mark", "options": {"tag": "before"}, "retry": None},
         {"interface": "Dispatch", "plugin": "rt_capture", "options": {}, "retry": None},
-        {"interface": "Execute", "plugin": "rt_mark", "options": {"tag": "after1"},
-         "retry": None},
-        {"interface": "Execute", "plugin": "rt_mark", "options": {"tag": "after2"},
-         "retry": None},
+        {"interface": "Execute", "plugin": "rt_mark", "options": {"tag": "after1"}, "retry": None},
+        {"interface": "Execute", "plugin": "rt_mark", "options": {"tag": "after2"}, "retry": None},
     ]
     assert data["core_fn"] == f"{MODULE}:summarize"
     assert data["context"]["type"] == f"{MODULE}:RoundTripContext"

@@ -55,7 +55,8 @@ SMUGGLED = {
     "an unregistered function in an imported module": f"{__name__}:canary",
     "a process-wide setter": "dcore._core.message:set_trace_propagator",
     "an attribute path off a registered function": (
-        "dcore_roundtrip_pipeline:summarize.__globals__"),
+        "dcore_roundtrip_pipeline:summarize.__globals__"
+    ),
     "a registered name with a suffix": "dcore_roundtrip_pipeline:summarize.x",
     "an over-long name": "a" * 5000,
 }

@@ -180,8 +180,9 @@ def test_run_with_fresh_context_reuses_built_stages(append_plugin: type[Append])
 
 def test_run_needs_a_context(append_plugin: type[Append]) -> None:
     pipeline: Pipeline[Ctx] = Pipeline(None, finish)
-    with pytest.raises(PipelineDefinitionError, match="run\\(\\) needs a PipelineContext, got "
-                       "NoneType"):
+    with pytest.raises(
+        PipelineDefinitionError, match="run\\(\\) needs a PipelineContext, got NoneType"
+    ):
         pipeline.run()
     with pytest.raises(PipelineDefinitionError, match="got dict"):
         pipeline.run({"seen": []})
@@ -211,8 +212,9 @@ def test_short_circuit_returns_stage_value_without_running_rest(
     assert ctx.seen == ["a"]
 
 
-def test_stage_may_modify_context_and_wrap_the_rest(dcore_registry: PluginRegistry,
-                                                    dcore_env: Environment) -> None:
+def test_stage_may_modify_context_and_wrap_the_rest(
+    dcore_registry: PluginRegistry, dcore_env: Environment
+) -> None:
     class Wrap(Execute[Ctx]):
         def execute(self, next_fn: NextFn[Ctx], context: Ctx) -> Any:
             context.seen.append("before")

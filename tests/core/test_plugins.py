@@ -68,7 +68,7 @@ def test_registrations_in_a_test_do_not_leak_into_the_default(
 ) -> None:
     register_plugin("leak_probe")(Noop)
 
-    assert ("leak_probe" in dcore_registry.names(Execute))
+    assert "leak_probe" in dcore_registry.names(Execute)
     assert (Execute, "leak_probe") in dcore_registry
     assert (Execute, "leak_probe") not in default_registry()
 
@@ -217,14 +217,20 @@ def install(root: Path, entry_points: dict[str, str], modules: dict[str, str]) -
 
 def test_entry_point_module_registers_into_the_loading_registry(fake_distribution: Path) -> None:
     mod = f"ep_module_{uuid.uuid4().hex[:8]}"
-    install(fake_distribution, {"thirdparty": mod}, {mod: """
+    install(
+        fake_distribution,
+        {"thirdparty": mod},
+        {
+            mod: """
         from dcore import Execute, register_plugin
 
         @register_plugin("thirdparty_stage")
         class ThirdParty(Execute):
             def execute(self, next_fn, context):
                 return next_fn(context)
-    """})
+    """
+        },
+    )
     registry = PluginRegistry()
 
     loaded = registry.load_entry_points()
@@ -236,7 +242,11 @@ def test_entry_point_module_registers_into_the_loading_registry(fake_distributio
 
 def test_entry_point_callable_receives_the_registry(fake_distribution: Path) -> None:
     mod = f"ep_callable_{uuid.uuid4().hex[:8]}"
-    install(fake_distribution, {"hook": f"{mod}:setup"}, {mod: """
+    install(
+        fake_distribution,
+        {"hook": f"{mod}:setup"},
+        {
+            mod: """
         from dcore import Execute
 
         class Hooked(Execute):
@@ -245,7 +255,9 @@ def test_entry_point_callable_receives_the_registry(fake_distribution: Path) -> 
 
         def setup(registry):
             registry.register("hooked", Hooked)
-    """})
+    """
+        },
+    )
     registry = PluginRegistry()
 
     assert registry.load_entry_points() == ["hook"]

@@ -89,9 +89,10 @@ def test_a_plugin_replaced_in_the_registry_is_served_by_a_new_pool(
 
 
 def test_pools_are_keyed_by_options(pool: PluginPool) -> None:
-    with pool.lease(Execute, "conn", dsn="db://a") as a, pool.lease(
-        Execute, "conn", dsn="db://b"
-    ) as b:
+    with (
+        pool.lease(Execute, "conn", dsn="db://a") as a,
+        pool.lease(Execute, "conn", dsn="db://b") as b,
+    ):
         assert (a.dsn, b.dsn) == ("db://a", "db://b")
 
 
@@ -120,8 +121,7 @@ def test_pool_is_bounded_and_exhaustion_names_plugin_and_size(pool: PluginPool) 
 def test_blocked_acquire_gets_the_released_instance(pool: PluginPool) -> None:
     held = [pool.acquire(Execute, "conn"), pool.acquire(Execute, "conn")]
     got: list[Any] = []
-    waiter = threading.Thread(target=lambda: got.append(pool.acquire(Execute, "conn",
-                                                                     timeout=30)))
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire(Execute, "conn", timeout=30)))
     waiter.start()
     pool.release(held[0])
     waiter.join(30)

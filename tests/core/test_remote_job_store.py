@@ -70,8 +70,11 @@ def test_the_error_names_the_variable_when_the_setting_came_from_one(
     monkeypatch.delenv("DCORE_JOB_STORE", raising=False)
     env = Environment(DcoreSettings(storage_root=tmp_path), registry=dcore_registry)
 
-    with env, use_environment(env), pytest.raises(DispatchError, match=(
-            r"in-memory job store \(DCORE_JOB_STORE='memory'\)")):
+    with (
+        env,
+        use_environment(env),
+        pytest.raises(DispatchError, match=(r"in-memory job store \(DCORE_JOB_STORE='memory'\)")),
+    ):
         Shipped().create_pipeline(shipped_core).chain(Dispatch("schedule_job")).run()
 
 
@@ -81,8 +84,13 @@ def test_a_memory_store_passed_in_is_named_as_passed_in(
     env = Environment(DcoreSettings(storage_root=tmp_path, job_store="redis"),
                       registry=dcore_registry, jobs=MemoryJobStore())  # fmt: skip
 
-    with env, use_environment(env), pytest.raises(DispatchError, match=(
-            r"in-memory job store \(given as Environment\(jobs=...\)\)")):
+    with (
+        env,
+        use_environment(env),
+        pytest.raises(
+            DispatchError, match=(r"in-memory job store \(given as Environment\(jobs=...\)\)")
+        ),
+    ):
         remote_pipeline(rt.RoundTripContext(name="x")).run()
 
 

@@ -101,8 +101,11 @@ def test_each_stage_body_runs_min_failures_plus_one_or_attempts_and_sleeps_follo
                 break
         assert calls == expected_calls
         assert clock.sleeps == expected_sleeps
-        dlq = [e for e in env.events.entries(env.settings.dlq_topic)
-               if e.payload["job_id"] == handle.job_id]
+        dlq = [
+            e
+            for e in env.events.entries(env.settings.dlq_topic)
+            if e.payload["job_id"] == handle.job_id
+        ]
         state = env.jobs.get(handle.job_id).state
         if exhausted:
             assert len(dlq) == 1
@@ -215,8 +218,12 @@ def test_stage_jitter_comes_from_the_environment_random(
 ) -> None:
     def run(seed: int) -> list[float]:
         clock = ManualClock()
-        env = Environment(DcoreSettings(storage_root=tmp_path), clock=clock,
-                          registry=dcore_registry, rng=random.Random(seed))
+        env = Environment(
+            DcoreSettings(storage_root=tmp_path),
+            clock=clock,
+            registry=dcore_registry,
+            rng=random.Random(seed),
+        )
         calls: dict[str, int] = {}
         flaky_stage(dcore_registry, "j", 3, calls)
         with use_environment(env):

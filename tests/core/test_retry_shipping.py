@@ -50,8 +50,14 @@ def flaky(dcore_registry: Any) -> type[Flaky]:
 
 
 def _shipped(policy: RetryPolicy, error: str, env: Environment) -> Pipeline[Any]:
-    spec = [StageSpec(interface="Execute", plugin="flaky", options={"error": error},
-                      retry=policy.model_dump(mode="json"))]
+    spec = [
+        StageSpec(
+            interface="Execute",
+            plugin="flaky",
+            options={"error": error},
+            retry=policy.model_dump(mode="json"),
+        )
+    ]
     # what a worker receives: the spec through JSON
     spec = [StageSpec.model_validate_json(s.model_dump_json()) for s in spec]
     return Pipeline.from_spec(spec, done, environment=env)
@@ -71,8 +77,9 @@ def test_retry_on_names_survive_json(dcore_env: Environment, flaky: type[Flaky])
 def test_an_error_outside_retry_on_is_not_retried_after_shipping(
     dcore_env: Environment, flaky: type[Flaky]
 ) -> None:
-    pipeline = _shipped(RetryPolicy(attempts=3, initial=0, retry_on=TimeoutError), "value",
-                        dcore_env)
+    pipeline = _shipped(
+        RetryPolicy(attempts=3, initial=0, retry_on=TimeoutError), "value", dcore_env
+    )
 
     with pytest.raises(ValueError, match="flaky"):
         pipeline.run(ShipCtx())
@@ -82,8 +89,14 @@ def test_an_error_outside_retry_on_is_not_retried_after_shipping(
 def test_an_unknown_retry_on_name_is_a_message_error_naming_it(
     dcore_env: Environment, flaky: type[Flaky]
 ) -> None:
-    spec = [StageSpec(interface="Execute", plugin="flaky", options={"error": "value"},
-                      retry={"attempts": 2, "retry_on": ["nowhere.mod:Boom"]})]
+    spec = [
+        StageSpec(
+            interface="Execute",
+            plugin="flaky",
+            options={"error": "value"},
+            retry={"attempts": 2, "retry_on": ["nowhere.mod:Boom"]},
+        )
+    ]
 
     with pytest.raises(MessageError, match=r"retry_on names 'nowhere.mod:Boom'"):
         Pipeline.from_spec(spec, done, environment=dcore_env)

@@ -55,29 +55,45 @@ def set_path(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 
 MALFORMED = {
-    "unknown context type": (set_path("context.type", "nowhere.mod:Ghost"),
-                             "unknown context type 'nowhere.mod:Ghost'"),
-    "unknown plugin": (set_path("spec.2.plugin", "rt_nope"),
-                       "stage 2 of the message cannot be built: no Execute plugin named "
-                       "'rt_nope'"),
-    "unknown interface": (set_path("spec.0.interface", "Transmogrify"),
-                          "no plugin interface named 'Transmogrify'"),
-    "bad plugin options": (set_path("spec.2.options", {"tag": "x", "speed": 9}),
-                           "unknown option 'speed'"),
-    "resume_at past the end": (set_path("resume_at", 4),
-                               "resume_at=4 is past the end of a 3-stage spec"),
+    "unknown context type": (
+        set_path("context.type", "nowhere.mod:Ghost"),
+        "unknown context type 'nowhere.mod:Ghost'",
+    ),
+    "unknown plugin": (
+        set_path("spec.2.plugin", "rt_nope"),
+        "stage 2 of the message cannot be built: no Execute plugin named 'rt_nope'",
+    ),
+    "unknown interface": (
+        set_path("spec.0.interface", "Transmogrify"),
+        "no plugin interface named 'Transmogrify'",
+    ),
+    "bad plugin options": (
+        set_path("spec.2.options", {"tag": "x", "speed": 9}),
+        "unknown option 'speed'",
+    ),
+    "resume_at past the end": (
+        set_path("resume_at", 4),
+        "resume_at=4 is past the end of a 3-stage spec",
+    ),
     "negative resume_at": (set_path("resume_at", -1), "resume_at"),
-    "missing migration": (set_path("context.version", "0.1"),
-                          "no @migration('0.1') upgrades it"),
-    "migration that raises": (set_path("context.version", "0.9"),
-                              "RoundTripContext migration from '0.9' failed: KeyError: 'title'"),
-    "core_fn not registered": (set_path("core_fn", "not_imported_anywhere:fn"),
-                               "'not_imported_anywhere:fn' is not a registered core function"),
+    "missing migration": (set_path("context.version", "0.1"), "no @migration('0.1') upgrades it"),
+    "migration that raises": (
+        set_path("context.version", "0.9"),
+        "RoundTripContext migration from '0.9' failed: KeyError: 'title'",
+    ),
+    "core_fn not registered": (
+        set_path("core_fn", "not_imported_anywhere:fn"),
+        "'not_imported_anywhere:fn' is not a registered core function",
+    ),
     "core_fn importable but not registered": (
-        set_path("core_fn", "os:system"), "'os:system' is not a registered core function"),
+        set_path("core_fn", "os:system"),
+        "'os:system' is not a registered core function",
+    ),
     "unsupported format": (set_path("dcore", 2), "dcore"),
-    "invalid context data": (set_path("context.data.name", ["not", "a", "str"]),
-                             "invalid RoundTripContext data"),
+    "invalid context data": (
+        set_path("context.data.name", ["not", "a", "str"]),
+        "invalid RoundTripContext data",
+    ),
 }
 
 

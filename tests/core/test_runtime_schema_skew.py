@@ -70,12 +70,12 @@ def test_a_v1_message_against_a_renamed_v2_field_is_dead_lettered(dcore_env: Env
     assert letter["job_id"] == "job-v1"
     assert letter["message"] == raw
     assert letter["error"].startswith(
-        "MessageError: ReportV2 data has keys it does not know: 'title'")
+        "MessageError: ReportV2 data has keys it does not know: 'title'"
+    )
     assert "@migration('1.0')" in letter["error"]
 
 
-def test_the_same_message_after_a_version_bump_and_migration_runs(dcore_env: Environment
-                                                                    ) -> None:
+def test_the_same_message_after_a_version_bump_and_migration_runs(dcore_env: Environment) -> None:
     assert run_message(v1_message(ReportV3)) == "reports/q3.pdf"
     assert dcore_env.jobs.get("job-v1").state is JobState.SUCCEEDED
     assert dead_letters(dcore_env) == []

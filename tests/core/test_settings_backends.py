@@ -30,8 +30,13 @@ def clean_variables(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     ],
 )
 def test_an_unknown_backend_variable_is_named_in_the_error(
-    clean_variables: pytest.MonkeyPatch, dcore_registry: PluginRegistry, name: str,
-    value: str, service: str, interface: str, suggestion: str,
+    clean_variables: pytest.MonkeyPatch,
+    dcore_registry: PluginRegistry,
+    name: str,
+    value: str,
+    service: str,
+    interface: str,
+    suggestion: str,
 ) -> None:
     clean_variables.setenv(name, value)
     env = Environment.from_env()

@@ -29,26 +29,50 @@ def clean_variables(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("DCORE_THREAD_WORKERS", "abc",
-         "DCORE_THREAD_WORKERS='abc' is not valid: expected an integer >= 1"),
-        ("DCORE_THREAD_WORKERS", "0",
-         "DCORE_THREAD_WORKERS='0' is not valid: expected an integer >= 1"),
-        ("DCORE_CELERY_QUEUES", "2.5",
-         "DCORE_CELERY_QUEUES='2.5' is not valid: expected an integer >= 1"),
-        ("DCORE_JOB_BACKOFF", "0.5",
-         "DCORE_JOB_BACKOFF='0.5' is not valid: expected a number >= 1"),
+        (
+            "DCORE_THREAD_WORKERS",
+            "abc",
+            "DCORE_THREAD_WORKERS='abc' is not valid: expected an integer >= 1",
+        ),
+        (
+            "DCORE_THREAD_WORKERS",
+            "0",
+            "DCORE_THREAD_WORKERS='0' is not valid: expected an integer >= 1",
+        ),
+        (
+            "DCORE_CELERY_QUEUES",
+            "2.5",
+            "DCORE_CELERY_QUEUES='2.5' is not valid: expected an integer >= 1",
+        ),
+        (
+            "DCORE_JOB_BACKOFF",
+            "0.5",
+            "DCORE_JOB_BACKOFF='0.5' is not valid: expected a number >= 1",
+        ),
         ("DCORE_JOB_TTL", "a week", "DCORE_JOB_TTL='a week' is not valid: expected a number > 0"),
-        ("DCORE_REDIS_SOCKET_TIMEOUT", "-1",
-         "DCORE_REDIS_SOCKET_TIMEOUT='-1' is not valid: expected a number > 0"),
-        ("DCORE_S3_PATH_STYLE", "maybe",
-         "DCORE_S3_PATH_STYLE='maybe' is not valid: "
-         "expected true or false (also 1/0, yes/no, on/off)"),
-        ("DCORE_IMPORTS", "[app.tasks",
-         "DCORE_IMPORTS='[app.tasks' is not valid: "
-         "expected module names, comma-separated (a.b,c) or as a JSON list of strings"),
-        ("DCORE_IMPORTS", '["app.tasks", 7]',
-         "DCORE_IMPORTS[1]=7 is not valid: "
-         "expected module names, comma-separated (a.b,c) or as a JSON list of strings"),
+        (
+            "DCORE_REDIS_SOCKET_TIMEOUT",
+            "-1",
+            "DCORE_REDIS_SOCKET_TIMEOUT='-1' is not valid: expected a number > 0",
+        ),
+        (
+            "DCORE_S3_PATH_STYLE",
+            "maybe",
+            "DCORE_S3_PATH_STYLE='maybe' is not valid: "
+            "expected true or false (also 1/0, yes/no, on/off)",
+        ),
+        (
+            "DCORE_IMPORTS",
+            "[app.tasks",
+            "DCORE_IMPORTS='[app.tasks' is not valid: "
+            "expected module names, comma-separated (a.b,c) or as a JSON list of strings",
+        ),
+        (
+            "DCORE_IMPORTS",
+            '["app.tasks", 7]',
+            "DCORE_IMPORTS[1]=7 is not valid: "
+            "expected module names, comma-separated (a.b,c) or as a JSON list of strings",
+        ),
     ],
 )
 def test_a_bad_variable_is_named_with_its_value_and_the_accepted_form(
@@ -144,14 +168,19 @@ def test_a_valid_environment_builds_as_before(
 
 
 #: the settings whose type can reject text (every str-like one accepts anything)
-_TYPED = [name for name, field in DcoreSettings.model_fields.items()
-          if accepted_form(name) not in {"text", "a file system path"}]
-_ENV_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
-                    max_size=12)
+_TYPED = [
+    name
+    for name, field in DcoreSettings.model_fields.items()
+    if accepted_form(name) not in {"text", "a file system path"}
+]
+_ENV_TEXT = st.text(
+    st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12
+)
 
 
-@settings(max_examples=300, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(field=st.sampled_from(_TYPED), text=_ENV_TEXT)
 def test_any_text_in_any_variable_builds_or_names_that_variable(
     clean_variables: pytest.MonkeyPatch, field: str, text: str

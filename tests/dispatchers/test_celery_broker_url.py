@@ -47,25 +47,42 @@ def broker_core(ctx: BrokerContext) -> int:
 @pytest.mark.parametrize(
     ("url", "broker", "options"),
     [
-        ("redis://127.0.0.1:6379/0?socket_timeout=2", "redis://127.0.0.1:6379/0",
-         {"socket_timeout": 2.0}),
+        (
+            "redis://127.0.0.1:6379/0?socket_timeout=2",
+            "redis://127.0.0.1:6379/0",
+            {"socket_timeout": 2.0},
+        ),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0", {}),
-        ("redis://h:1/0?socket_connect_timeout=0.5&socket_keepalive=yes&retry_on_timeout=no"
-         "&max_connections=7&health_check_interval=5&client_name=worker",
-         "redis://h:1/0",
-         {"socket_connect_timeout": 0.5, "socket_keepalive": True, "retry_on_timeout": False,
-          "max_connections": 7, "health_check_interval": 5, "client_name": "worker"}),
+        (
+            "redis://h:1/0?socket_connect_timeout=0.5&socket_keepalive=yes&retry_on_timeout=no"
+            "&max_connections=7&health_check_interval=5&client_name=worker",
+            "redis://h:1/0",
+            {
+                "socket_connect_timeout": 0.5,
+                "socket_keepalive": True,
+                "retry_on_timeout": False,
+                "max_connections": 7,
+                "health_check_interval": 5,
+                "client_name": "worker",
+            },
+        ),
         # the query's db wins over the path in redis-py: kombu reads it from the path
         ("redis://h:1/3?db=5", "redis://h:1/5", {}),
         # username=/password= go into the user info, which wins when both are given
         ("redis://h:1/0?password=p%40ss+w&username=me", "redis://me:p%40ss%20w@h:1/0", {}),
         ("redis://:s%40fe@h:1/0?password=other", "redis://:s%40fe@h:1/0", {}),
         # kombu reads ssl_* itself; options redis-py would ignore when blank are ignored
-        ("rediss://h:1/0?ssl_cert_reqs=required&socket_timeout=",
-         "rediss://h:1/0?ssl_cert_reqs=required", {}),
+        (
+            "rediss://h:1/0?ssl_cert_reqs=required&socket_timeout=",
+            "rediss://h:1/0?ssl_cert_reqs=required",
+            {},
+        ),
         # no kombu equivalent: dropped (and logged)
-        ("redis://h:1/0?protocol=3&timeout=4&socket_timeout=1", "redis://h:1/0",
-         {"socket_timeout": 1.0}),
+        (
+            "redis://h:1/0?protocol=3&timeout=4&socket_timeout=1",
+            "redis://h:1/0",
+            {"socket_timeout": 1.0},
+        ),
     ],
 )
 def test_redis_url_options_become_kombu_transport_options(
@@ -91,10 +108,14 @@ def test_options_without_a_kombu_equivalent_are_dropped_with_a_log_line(
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("socket_timeout=abc",
-         "DCORE_REDIS_URL option socket_timeout='abc' is not valid: expected a number"),
-        ("max_connections=lots",
-         "DCORE_REDIS_URL option max_connections='lots' is not valid: expected an integer"),
+        (
+            "socket_timeout=abc",
+            "DCORE_REDIS_URL option socket_timeout='abc' is not valid: expected a number",
+        ),
+        (
+            "max_connections=lots",
+            "DCORE_REDIS_URL option max_connections='lots' is not valid: expected an integer",
+        ),
         ("db=first", "DCORE_REDIS_URL option db='first' is not valid: expected an integer"),
     ],
 )
@@ -115,8 +136,9 @@ def test_celery_config_falls_back_to_the_translated_redis_url() -> None:
 
 def test_an_explicit_broker_url_is_used_as_given() -> None:
     explicit = "redis://h:1/4?visibility_timeout=9"  # kombu form: the operator's business
-    config = celery_config(DcoreSettings(redis_url="redis://h:1/2?socket_timeout=2",
-                                         celery_broker_url=explicit))
+    config = celery_config(
+        DcoreSettings(redis_url="redis://h:1/2?socket_timeout=2", celery_broker_url=explicit)
+    )
     assert config["broker_url"] == explicit
     assert "socket_timeout" not in config["broker_transport_options"]
 
@@ -134,14 +156,18 @@ _OPTION_VALUES = {
 }
 
 
-@given(options=st.dictionaries(st.sampled_from(sorted(_OPTION_VALUES)), st.just(""))
-       .flatmap(lambda keys: st.fixed_dictionaries({k: _OPTION_VALUES[k] for k in keys})))
+@given(
+    options=st.dictionaries(st.sampled_from(sorted(_OPTION_VALUES)), st.just("")).flatmap(
+        lambda keys: st.fixed_dictionaries({k: _OPTION_VALUES[k] for k in keys})
+    )
+)
 def test_no_redis_py_option_ever_reaches_kombus_url_parser(options: dict[str, str]) -> None:
     query = "&".join(f"{k}={v}" for k, v in options.items())
     config = celery_config(DcoreSettings(redis_url=f"redis://127.0.0.1:1/0?{query}"))
     # building the connection parses the URL; kombu fails there on any leaked option
-    connection = Connection(config["broker_url"],
-                            transport_options=config["broker_transport_options"])
+    connection = Connection(
+        config["broker_url"], transport_options=config["broker_transport_options"]
+    )
     assert "?" not in config["broker_url"]
     assert connection.virtual_host == options.get("db", "0")
     for name in set(options) & set(KOMBU_TRANSPORT_EQUIVALENTS):

@@ -126,8 +126,9 @@ def test_queue_option_pins_every_job_to_one_queue(sharded_env: Environment) -> N
 def test_a_broker_that_refuses_the_job_is_a_dispatch_error_and_the_job_is_dead(
     sharded_env: Environment,
 ) -> None:
-    sharded_env.resource("dcore.celery_app",
-                         lambda: RecordingApp(ConnectionRefusedError("refused")))
+    sharded_env.resource(
+        "dcore.celery_app", lambda: RecordingApp(ConnectionRefusedError("refused"))
+    )
     ctx = ShipContext(n=1)
 
     with pytest.raises(DispatchError, match=r"queue 'work\.\d'.*127\.0\.0\.1:1") as info:
@@ -171,15 +172,21 @@ def test_import_dcore_works_without_celery_and_kombu() -> None:
         "from dcore import Dispatch, current_registry\n"
         "print(current_registry().get(Dispatch, 'celery').__name__)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert out.stdout.strip() == "CeleryDispatcher"
 
 
 # -- the app ------------------------------------------------------------------------------
 def test_app_config_is_the_reliable_delivery_one() -> None:
-    settings = DcoreSettings(redis_url="redis://127.0.0.1:1/2", celery_visibility_timeout=42,
-                             celery_queue="jobs", celery_queues=3, imports=["pkg.mod"])
+    settings = DcoreSettings(
+        redis_url="redis://127.0.0.1:1/2",
+        celery_visibility_timeout=42,
+        celery_queue="jobs",
+        celery_queues=3,
+        imports=["pkg.mod"],
+    )
     config = celery_config(settings)
 
     assert config["broker_url"] == "redis://127.0.0.1:1/2"  # defaults to the redis_url
@@ -316,8 +323,12 @@ class UnreachableJobStore:
 
 def test_an_unreachable_job_store_requeues_the_delivery(dcore_env: Environment) -> None:
     message = _message(ShipContext(n=1))
-    env = Environment(dcore_env.settings, registry=dcore_env.registry,
-                      jobs=UnreachableJobStore(), events=dcore_env.events)  # type: ignore[arg-type]
+    env = Environment(
+        dcore_env.settings,
+        registry=dcore_env.registry,
+        jobs=UnreachableJobStore(),
+        events=dcore_env.events,
+    )  # type: ignore[arg-type]
 
     outcome = execute(message.to_json(), environment=env)
 

@@ -48,9 +48,11 @@ class RecordingApp:
     @contextlib.contextmanager
     def connection_for_read(self) -> Iterator[Any]:
         declare = lambda queue, passive: SimpleNamespace(  # noqa: E731
-            message_count=self.queued.get(queue, 0))
-        yield SimpleNamespace(default_channel=SimpleNamespace(queue_declare=declare),
-                              channel_errors=())
+            message_count=self.queued.get(queue, 0)
+        )
+        yield SimpleNamespace(
+            default_channel=SimpleNamespace(queue_declare=declare), channel_errors=()
+        )
 
     def close(self) -> None:
         pass
@@ -61,7 +63,8 @@ def env(dcore_registry: Any, tmp_path: Any) -> Any:
     clock = ManualClock()
     environment = Environment(
         DcoreSettings(storage_root=tmp_path, celery_queue="work", celery_queues=2),
-        clock=clock, registry=dcore_registry,
+        clock=clock,
+        registry=dcore_registry,
     )
     environment.memory_services_shared = True  # the recording app's "worker" is this process
     with use_environment(environment):
@@ -125,8 +128,9 @@ def test_a_retry_that_never_came_is_sent_as_the_next_attempt(env: Environment) -
     app = env.resource("dcore.celery_app", RecordingApp)
     job = _dispatch(1)
     env.jobs.claim(job.job_id, attempt=1, owner="worker-a", lease=env.settings.lease_ttl)
-    env.jobs.end_attempt(job.job_id, JobState.FAILED, owner="worker-a", error="boom",
-                         retry_at=env.clock.time() + 5)
+    env.jobs.end_attempt(
+        job.job_id, JobState.FAILED, owner="worker-a", error="boom", retry_at=env.clock.time() + 5
+    )
     app.sent.clear()
 
     assert resend_stale(env, older_than=3600) == []  # not due yet
@@ -170,9 +174,14 @@ def test_a_lost_message_is_back_on_the_real_broker_queue(
     import redis
 
     queue = "lost.0"
-    settings = DcoreSettings(storage_root=tmp_path, celery_broker_url=dcore_redis_url,
-                             celery_queue="lost", job_store="redis", redis_url=dcore_redis_url,
-                             key_prefix="resend-test")
+    settings = DcoreSettings(
+        storage_root=tmp_path,
+        celery_broker_url=dcore_redis_url,
+        celery_queue="lost",
+        job_store="redis",
+        redis_url=dcore_redis_url,
+        key_prefix="resend-test",
+    )
     environment = Environment(settings, registry=dcore_registry)
     client = redis.Redis.from_url(dcore_redis_url)
     try:

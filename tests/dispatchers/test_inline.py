@@ -67,7 +67,9 @@ def test_inline_runs_remainder_before_returning_and_records_success(
     assert record.state is JobState.SUCCEEDED
     assert record.result == {"trail": ["a", "b", "core"]}
     assert [t.state for t in record.history] == [
-        JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED
+        JobState.PENDING,
+        JobState.RUNNING,
+        JobState.SUCCEEDED,
     ]
 
 

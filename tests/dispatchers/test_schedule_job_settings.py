@@ -58,8 +58,8 @@ def test_an_unknown_dcore_dispatcher_is_named_before_any_stage_runs(env: Environ
 
 
 def test_an_unknown_using_option_names_the_plugin_not_the_variable(env: Environment) -> None:
-    pipeline = PipelineContext().create_pipeline(core).chain(
-        Dispatch("schedule_job", using="inlin")
+    pipeline = (
+        PipelineContext().create_pipeline(core).chain(Dispatch("schedule_job", using="inlin"))
     )
     with pytest.raises(PluginNotFoundError) as info:
         pipeline.run()

@@ -131,9 +131,7 @@ def test_background_failure_is_recorded_dead_and_dead_lettered(env: Environment)
     record = env.jobs.get(ctx.job_id)
     assert record.state is JobState.DEAD
     assert record.error == "ConnectionResetError: upstream went away"
-    assert [e.payload["job_id"] for e in env.events.entries(env.settings.dlq_topic)] == [
-        ctx.job_id
-    ]
+    assert [e.payload["job_id"] for e in env.events.entries(env.settings.dlq_topic)] == [ctx.job_id]
 
 
 def test_shutdown_waits_for_running_jobs(env: Environment) -> None:

@@ -31,8 +31,15 @@ def only(findings: list[Finding]) -> Finding:
 
 
 def redis_services(**overrides: Any) -> DcoreSettings:
-    return DcoreSettings(**{"dispatcher": "celery", "job_store": "redis", "event_bus": "redis",
-                            "locks": "redis", **overrides})
+    return DcoreSettings(
+        **{
+            "dispatcher": "celery",
+            "job_store": "redis",
+            "event_bus": "redis",
+            "locks": "redis",
+            **overrides,
+        }
+    )
 
 
 # -- settings ----------------------------------------------------------------------------
@@ -45,8 +52,9 @@ def test_an_unknown_variable_is_a_warning_with_the_setting_it_probably_meant() -
 
 
 def test_known_variables_only_is_ok() -> None:
-    assert levels(check_settings({"DCORE_STORAGE": "minio", "DCORE_REQUIRE_SERVICES": "1"})) \
-        == ["ok"]
+    assert levels(check_settings({"DCORE_STORAGE": "minio", "DCORE_REQUIRE_SERVICES": "1"})) == [
+        "ok"
+    ]
 
 
 def test_settings_that_do_not_load_are_an_error_finding_not_an_exception(
@@ -56,8 +64,10 @@ def test_settings_that_do_not_load_are_an_error_finding_not_an_exception(
 
     findings = run_checks()
 
-    assert [(f.check, f.level) for f in findings] == [("settings", Level.OK),
-                                                     ("settings", Level.ERROR)]
+    assert [(f.check, f.level) for f in findings] == [
+        ("settings", Level.OK),
+        ("settings", Level.ERROR),
+    ]
     assert "DCORE_THREAD_WORKERS='abc' is not valid: expected an integer" in findings[1].message
 
 
@@ -136,8 +146,9 @@ def test_a_retry_countdown_longer_than_the_visibility_timeout_is_a_warning() -> 
 
 
 def test_a_visibility_timeout_not_longer_than_the_lease_is_a_warning() -> None:
-    finding = only(check_visibility(
-        redis_services(celery_visibility_timeout=15, lease_ttl=15), celery=True))
+    finding = only(
+        check_visibility(redis_services(celery_visibility_timeout=15, lease_ttl=15), celery=True)
+    )
 
     assert finding.level is Level.WARNING
     assert "not longer than the lease (DcoreSettings(lease_ttl=15.0))" in finding.message
@@ -148,8 +159,13 @@ def test_the_default_settings_pass_the_visibility_check() -> None:
     assert levels(check_visibility(DcoreSettings(), celery=True)) == ["ok"]
 
 
-@given(attempts=st.integers(1, 8), initial=st.floats(0, 500), backoff=st.floats(1, 4),
-       max_delay=st.floats(0, 2000), visibility=st.floats(0.5, 2000))
+@given(
+    attempts=st.integers(1, 8),
+    initial=st.floats(0, 500),
+    backoff=st.floats(1, 4),
+    max_delay=st.floats(0, 2000),
+    visibility=st.floats(0.5, 2000),
+)
 def test_the_delay_warning_appears_exactly_when_some_retry_waits_as_long_as_the_timeout(
     attempts: int, initial: float, backoff: float, max_delay: float, visibility: float
 ) -> None:

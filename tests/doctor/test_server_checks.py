@@ -132,14 +132,17 @@ def test_config_and_info_refused_are_warnings_not_a_crash(private_redis: Private
 
 
 # -- eviction ----------------------------------------------------------------------------
-@pytest.mark.parametrize(("policy", "maxmemory", "level", "says"), [
-    ("noeviction", "100mb", Level.OK, "maxmemory-policy noeviction"),
-    ("allkeys-lru", "100mb", Level.ERROR, "a running job's record has no TTL"),
-    ("allkeys-random", "100mb", Level.ERROR, "evicts any key at maxmemory 104857600"),
-    ("volatile-lru", "100mb", Level.WARNING, "locks while they are held"),
-    ("volatile-ttl", "100mb", Level.WARNING, "finished job records before DCORE_JOB_TTL"),
-    ("allkeys-lru", "0", Level.WARNING, "evicts nothing while maxmemory is 0"),
-])
+@pytest.mark.parametrize(
+    ("policy", "maxmemory", "level", "says"),
+    [
+        ("noeviction", "100mb", Level.OK, "maxmemory-policy noeviction"),
+        ("allkeys-lru", "100mb", Level.ERROR, "a running job's record has no TTL"),
+        ("allkeys-random", "100mb", Level.ERROR, "evicts any key at maxmemory 104857600"),
+        ("volatile-lru", "100mb", Level.WARNING, "locks while they are held"),
+        ("volatile-ttl", "100mb", Level.WARNING, "finished job records before DCORE_JOB_TTL"),
+        ("allkeys-lru", "0", Level.WARNING, "evicts nothing while maxmemory is 0"),
+    ],
+)
 def test_an_evicting_policy_is_reported_at_its_level(
     private_redis: Private, client: Any, policy: str, maxmemory: str, level: Level, says: str
 ) -> None:
@@ -171,8 +174,10 @@ def test_an_unreachable_server_is_an_error_naming_its_url_without_the_password()
     [finding] = check_redis_servers([server(url)], timeout=1)
 
     assert finding.level is Level.ERROR
-    assert f"Redis at redis://:***@127.0.0.1:{url.split(':')[-1]} (job store) is unreachable" \
+    assert (
+        f"Redis at redis://:***@127.0.0.1:{url.split(':')[-1]} (job store) is unreachable"
         in finding.message
+    )
     assert "hunter2" not in finding.message
     assert "Fix: check DCORE_REDIS_URL" in finding.message
 
@@ -228,7 +233,8 @@ def test_a_url_that_cannot_be_parsed_is_one_error_for_all_its_roles() -> None:
     assert servers == []
     assert finding.level is Level.ERROR
     assert finding.message.startswith(
-        "DCORE_REDIS_URL='redis://:***@h:port/0' (job store, event bus/DLQ) cannot be parsed")
+        "DCORE_REDIS_URL='redis://:***@h:port/0' (job store, event bus/DLQ) cannot be parsed"
+    )
 
 
 def test_run_checks_reports_each_server_check_for_a_celery_deployment_on_redis(
@@ -240,9 +246,14 @@ def test_run_checks_reports_each_server_check_for_a_celery_deployment_on_redis(
     findings = run_checks(settings, environ={})
 
     assert [(f.check, f.level) for f in findings] == [
-        ("settings", Level.OK), ("dispatch", Level.OK), ("recovery", Level.OK),
-        ("visibility", Level.OK), ("broker", Level.OK), ("redis", Level.OK),
-        ("persistence", Level.ERROR), ("eviction", Level.OK),
+        ("settings", Level.OK),
+        ("dispatch", Level.OK),
+        ("recovery", Level.OK),
+        ("visibility", Level.OK),
+        ("broker", Level.OK),
+        ("redis", Level.OK),
+        ("persistence", Level.ERROR),
+        ("eviction", Level.OK),
     ]
     assert "(job store, event bus/DLQ, locks, Celery broker)" in findings[-2].message
 
@@ -292,8 +303,10 @@ def test_an_unreachable_non_redis_broker_is_an_error_without_the_password() -> N
 
 
 def test_redis_brokers_are_left_to_the_redis_checks_in_redis_py_form() -> None:
-    findings, urls = check_broker(DcoreSettings(
-        celery_broker_url="redis://:pw@h:6379/1;redis+socket:///tmp/redis.sock"), timeout=1)
+    findings, urls = check_broker(
+        DcoreSettings(celery_broker_url="redis://:pw@h:6379/1;redis+socket:///tmp/redis.sock"),
+        timeout=1,
+    )
 
     assert findings == []
     assert urls == ["redis://:pw@h:6379/1", "unix:///tmp/redis.sock"]
@@ -301,7 +314,8 @@ def test_redis_brokers_are_left_to_the_redis_checks_in_redis_py_form() -> None:
 
 def test_a_broker_made_from_a_bad_redis_url_option_is_an_error() -> None:
     findings, urls = check_broker(
-        DcoreSettings(redis_url="redis://127.0.0.1:6379/0?socket_timeout=abc"), timeout=1)
+        DcoreSettings(redis_url="redis://127.0.0.1:6379/0?socket_timeout=abc"), timeout=1
+    )
 
     [finding] = findings
     assert finding.level is Level.ERROR
@@ -310,12 +324,17 @@ def test_a_broker_made_from_a_bad_redis_url_option_is_an_error() -> None:
 
 
 # -- passwords ---------------------------------------------------------------------------
-@given(password=st.text(alphabet=st.sampled_from("abcXYZ019/:@!$%-_.~"), min_size=1)
-       .map(lambda text: f"Sx{text}"))
+@given(
+    password=st.text(alphabet=st.sampled_from("abcXYZ019/:@!$%-_.~"), min_size=1).map(
+        lambda text: f"Sx{text}"
+    )
+)
 def test_a_password_never_shows_however_the_url_is_written(password: str) -> None:
-    for url in (f"redis://user:{password}@redis.example:6379/0",
-                f"redis://:{password}@redis.example:port/0",
-                f"redis://redis.example/0?db=1&password={password.replace('&', '')}"):
+    for url in (
+        f"redis://user:{password}@redis.example:6379/0",
+        f"redis://:{password}@redis.example:port/0",
+        f"redis://redis.example/0?db=1&password={password.replace('&', '')}",
+    ):
         assert password.replace("&", "") not in hide_password(url)
 
 

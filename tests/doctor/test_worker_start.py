@@ -60,8 +60,9 @@ def test_a_check_that_breaks_is_one_warning_and_the_worker_goes_on(
 def test_the_worker_bootstep_runs_the_checks_as_it_starts(
     tmp_path: Any, clean_variables: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    step_class = _recovery_step(worker_env(tmp_path, recovery_interval=0,
-                                           celery_broker_url="memory://"))
+    step_class = _recovery_step(
+        worker_env(tmp_path, recovery_interval=0, celery_broker_url="memory://")
+    )
     step = step_class(SimpleNamespace())
 
     with caplog.at_level(logging.INFO, logger="dcore.celery"):
@@ -69,8 +70,10 @@ def test_the_worker_bootstep_runs_the_checks_as_it_starts(
     step.stop(SimpleNamespace())
 
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert "dcore doctor: broker: DCORE_CELERY_BROKER_URL='memory://' lives in one process" \
+    assert (
+        "dcore doctor: broker: DCORE_CELERY_BROKER_URL='memory://' lives in one process"
         in " ".join(errors)
+    )
     assert any(m.startswith("dcore doctor: dispatch: a Celery worker with "
                             "DCORE_JOB_STORE='memory'") for m in errors)  # fmt: skip
     assert step.loop is None  # recovery off: no sweep thread

@@ -84,6 +84,8 @@ def test_job_status_endpoint_reports_final_state(client: TestClient) -> None:
     assert status["state"] == "SUCCEEDED"
     assert status["attempts"] == 1
     assert client.get("/jobs/nope").status_code == 404
+
+
 # --8<-- [end:upload_test]
 
 

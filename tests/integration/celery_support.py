@@ -23,9 +23,7 @@ def jobs_module() -> ModuleType:
     return importlib.import_module("dcore_it_jobs")
 
 
-def wait_terminal(
-    env: Environment, job_ids: Iterable[str], timeout: float
-) -> dict[str, JobRecord]:
+def wait_terminal(env: Environment, job_ids: Iterable[str], timeout: float) -> dict[str, JobRecord]:
     """Poll the job store until every job is SUCCEEDED or DEAD (bounded by ``timeout``);
     returns the records as last seen, finished or not."""
     pending = list(job_ids)

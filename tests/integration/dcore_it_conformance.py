@@ -124,7 +124,8 @@ class Work(Execute[CaseContext]):
             current_environment().clock.sleep(context.work_seconds)
         if context.fail:
             error: Exception = (ValueError if context.fail == "value" else RuntimeError)(
-                f"case {context.case} fails")
+                f"case {context.case} fails"
+            )
             raise give_up(error) if context.fail == "give_up" else error
         result = next_fn(context)
         if context.kill == "exit" and not in_sim() and once(job, "kill-exit"):
@@ -223,24 +224,35 @@ class HookedRedisJobStore(RedisJobStore):
         return result
 
     def claim(self, job_id: str, **kwargs: Any) -> Any:
-        return self._around("claim", job_id, lambda: super(HookedRedisJobStore, self).claim(
-            job_id, **kwargs))
+        return self._around(
+            "claim", job_id, lambda: super(HookedRedisJobStore, self).claim(job_id, **kwargs)
+        )
 
     def end_attempt(self, job_id: str, *args: Any, **kwargs: Any) -> None:
-        self._around("end_attempt", job_id, lambda: super(HookedRedisJobStore, self)
-                     .end_attempt(job_id, *args, **kwargs))
+        self._around(
+            "end_attempt",
+            job_id,
+            lambda: super(HookedRedisJobStore, self).end_attempt(job_id, *args, **kwargs),
+        )
 
     def bury(self, job_id: str, **kwargs: Any) -> Any:
-        return self._around("bury", job_id, lambda: super(HookedRedisJobStore, self).bury(
-            job_id, **kwargs))
+        return self._around(
+            "bury", job_id, lambda: super(HookedRedisJobStore, self).bury(job_id, **kwargs)
+        )
 
     def compensate(self, job_id: str, **kwargs: Any) -> Any:
-        return self._around("compensate", job_id, lambda: super(HookedRedisJobStore, self)
-                            .compensate(job_id, **kwargs))
+        return self._around(
+            "compensate",
+            job_id,
+            lambda: super(HookedRedisJobStore, self).compensate(job_id, **kwargs),
+        )
 
     def mark_compensated(self, job_id: str, **kwargs: Any) -> None:
-        self._around("mark_compensated", job_id, lambda: super(HookedRedisJobStore, self)
-                     .mark_compensated(job_id, **kwargs))
+        self._around(
+            "mark_compensated",
+            job_id,
+            lambda: super(HookedRedisJobStore, self).mark_compensated(job_id, **kwargs),
+        )
 
 
 @register_plugin("conf_down_bus", registry=default_registry(), replace=True)

@@ -102,5 +102,8 @@ def asked(env: Environment, order: str) -> dict[str, int]:
 
 def ledger(env: Environment, order: str) -> list[str]:
     """What the services did for ``order``, in order, as the ledger stream holds it."""
-    return [str(e.payload["what"]) for e in env.events.entries(LEDGER)
-            if e.payload.get("order") == order]
+    return [
+        str(e.payload["what"])
+        for e in env.events.entries(LEDGER)
+        if e.payload.get("order") == order
+    ]

@@ -34,8 +34,7 @@ def test_the_async_report_example_runs_its_background_part_on_the_worker(
 
     async def requests() -> list[str]:
         contexts = [ReportContext(user=u) for u in ("ada", "bob", "cy")]
-        handles = await asyncio.gather(
-            *(report_pipeline(c, "celery").arun() for c in contexts))
+        handles = await asyncio.gather(*(report_pipeline(c, "celery").arun() for c in contexts))
         return [h.job_id for h in handles]
 
     with use_environment(env):
@@ -44,7 +43,8 @@ def test_the_async_report_example_runs_its_background_part_on_the_worker(
         assert {r.state for r in records.values()} == {JobState.SUCCEEDED}, worker.log_tail()
         assert env.storage.get("reports/bob.txt") == b"Report for Bob"
         assert {r.result["report"] for r in records.values()} == {
-            report_key(ReportContext(user=u)) for u in ("ada", "bob", "cy")}
+            report_key(ReportContext(user=u)) for u in ("ada", "bob", "cy")
+        }
     env.close()
 
 
@@ -73,8 +73,9 @@ def test_a_prefork_worker_keeps_one_event_loop_per_pool_process(dcore_celery_wor
 def test_a_failing_async_stage_is_retried_then_dead_lettered_and_undone(dcore_celery_worker):
     import dcore_it_async as it
 
-    worker = dcore_celery_worker(["dcore_it_async"], pythonpath=[str(HERE)],
-                                 job_attempts=2, job_initial_delay=0.1)
+    worker = dcore_celery_worker(
+        ["dcore_it_async"], pythonpath=[str(HERE)], job_attempts=2, job_initial_delay=0.1
+    )
     env = Environment(worker.settings)
     with use_environment(env):
         p = it.AsyncJob(name="doomed").create_pipeline(it.finished)

@@ -57,8 +57,13 @@ TIMEOUT = 45.0
 UNDONE = ["delete_receipt", "refund", "release"]
 #: pipeline indexes: the Dispatch is 0
 RESERVE, CHARGE, RECEIPT = 1, 2, 3
-TOPICS = (events.JOB_COMPENSATING, events.STAGE_COMPENSATED, events.JOB_COMPENSATED,
-          events.JOB_DEAD, events.JOB_SUCCEEDED)
+TOPICS = (
+    events.JOB_COMPENSATING,
+    events.STAGE_COMPENSATED,
+    events.JOB_COMPENSATED,
+    events.JOB_DEAD,
+    events.JOB_SUCCEEDED,
+)
 
 
 class Seen:
@@ -109,7 +114,8 @@ def _finished(env: Environment, job_id: str, worker: Any) -> JobRecord:
     record = wait_terminal(env, [job_id], TIMEOUT).get(job_id)
     assert record is not None, f"job {job_id} was never recorded\n{worker.log_tail()}"
     assert record.state in (JobState.DEAD, JobState.SUCCEEDED), (
-        f"job {job_id} did not finish: {record}\n{worker.log_tail()}")
+        f"job {job_id} did not finish: {record}\n{worker.log_tail()}"
+    )
     return record
 
 
@@ -117,14 +123,16 @@ def _wait(done: Callable[[], bool], what: str, worker: Any) -> None:
     deadline = time.monotonic() + TIMEOUT
     while not done():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; worker log:\n"
-                                 f"{worker.log_tail()}")
+            raise AssertionError(f"timed out waiting for {what}; worker log:\n{worker.log_tail()}")
         time.sleep(0.05)  # polling another process's progress: nothing to wait on here
 
 
 def _letters(env: Environment, job_id: str) -> list[dict[str, Any]]:
-    return [e.payload for e in env.events.entries(env.settings.dlq_topic)
-            if e.payload.get("job_id") == job_id]
+    return [
+        e.payload
+        for e in env.events.entries(env.settings.dlq_topic)
+        if e.payload.get("job_id") == job_id
+    ]
 
 
 def _states(record: JobRecord) -> list[str]:
@@ -141,8 +149,14 @@ def test_a_rejected_order_is_undone_in_reverse_order_once_each(shop: Any) -> Non
     assert world.ledger(env, "o-1") == ["reserve", "charge", "receipt", *UNDONE]
     # both attempts asked for the steps (their keys made them happen once); the undo
     # was asked once each
-    assert world.asked(env, "o-1") == {"reserve": 2, "charge": 2, "receipt": 2,
-                                       "delete_receipt": 1, "refund": 1, "release": 1}
+    assert world.asked(env, "o-1") == {
+        "reserve": 2,
+        "charge": 2,
+        "receipt": 2,
+        "delete_receipt": 1,
+        "refund": 1,
+        "release": 1,
+    }
     assert (record.completed, record.compensated) == ([RESERVE, CHARGE, RECEIPT],) * 2
     assert _states(record)[-3:] == ["FAILED", "COMPENSATING", "DEAD"]
     [letter] = _letters(env, job_id)
@@ -153,11 +167,16 @@ def test_a_rejected_order_is_undone_in_reverse_order_once_each(shop: Any) -> Non
     seen.wait_for(events.JOB_COMPENSATED)
     seen.wait_for(events.JOB_DEAD)
     assert [e["stage"] for e in seen.of(events.STAGE_COMPENSATED)] == [
-        "store_receipt#3", "charge_order#2", "reserve_stock#1"]
+        "store_receipt#3",
+        "charge_order#2",
+        "reserve_stock#1",
+    ]
     assert [e["job_id"] for e in seen.of(events.JOB_COMPENSATING)] == [job_id]
     [compensated] = seen.of(events.JOB_COMPENSATED)
-    assert compensated == {"job_id": job_id, "stages": ["reserve_stock#1", "charge_order#2",
-                                                        "store_receipt#3"]}
+    assert compensated == {
+        "job_id": job_id,
+        "stages": ["reserve_stock#1", "charge_order#2", "store_receipt#3"],
+    }
     assert [e["job_id"] for e in seen.of(events.JOB_DEAD)] == [job_id]
 
 
@@ -172,8 +191,11 @@ def test_a_worker_killed_while_undoing_is_taken_over_and_each_undo_happens_once(
 
     def hanging_in_the_refund() -> bool:
         record = env.jobs.get(job_id) if world.hanging_pid(env, "o-2") else None
-        return record is not None and record.state is JobState.COMPENSATING and (
-            record.compensated == [RECEIPT])
+        return (
+            record is not None
+            and record.state is JobState.COMPENSATING
+            and (record.compensated == [RECEIPT])
+        )
 
     _wait(hanging_in_the_refund, "the compensation to hang in the refund", worker)
     pid = world.hanging_pid(env, "o-2")
@@ -193,7 +215,7 @@ def test_a_worker_killed_while_undoing_is_taken_over_and_each_undo_happens_once(
     assert record.compensated == [RESERVE, CHARGE, RECEIPT]
     assert record.lost >= 1
     states = _states(record)
-    assert states[states.index("COMPENSATING"):] == ["COMPENSATING", "COMPENSATING", "DEAD"]
+    assert states[states.index("COMPENSATING") :] == ["COMPENSATING", "COMPENSATING", "DEAD"]
     assert "compensation taken over" in [t.note for t in record.history]
     [letter] = _letters(env, job_id)
     assert letter["compensated"] is True
@@ -202,7 +224,10 @@ def test_a_worker_killed_while_undoing_is_taken_over_and_each_undo_happens_once(
 
     seen.wait_for(events.JOB_COMPENSATED)
     assert [e["stage"] for e in seen.of(events.STAGE_COMPENSATED)] == [
-        "store_receipt#3", "charge_order#2", "reserve_stock#1"]
+        "store_receipt#3",
+        "charge_order#2",
+        "reserve_stock#1",
+    ]
     # the compensation started once; the take-over resumed it
     assert [e["job_id"] for e in seen.of(events.JOB_COMPENSATING)] == [job_id]
     assert len(seen.of(events.JOB_COMPENSATED)) == 1
@@ -224,8 +249,10 @@ def test_an_undo_that_fails_for_good_dead_letters_with_both_errors(shop: Any) ->
     [letter] = _letters(env, job_id)
     assert letter["compensated"] is False
     assert "RuntimeError: the notification service rejected order o-3" in letter["error"]
-    assert ("compensation of stage charge_order#2 failed: ConnectionError: the service "
-            "refused refund for order o-3") in letter["error"]
+    assert (
+        "compensation of stage charge_order#2 failed: ConnectionError: the service "
+        "refused refund for order o-3"
+    ) in letter["error"]
     assert letter["compensation_error"].startswith("compensation of stage charge_order#2")
 
     seen.wait_for(events.JOB_DEAD)
@@ -240,8 +267,7 @@ def test_an_order_that_goes_through_undoes_nothing(shop: Any) -> None:
 
     assert record.state is JobState.SUCCEEDED
     assert world.ledger(env, "o-4") == ["reserve", "charge", "receipt", "notify"]
-    assert world.asked(env, "o-4") == dict.fromkeys(["reserve", "charge", "receipt",
-                                                     "notify"], 1)
+    assert world.asked(env, "o-4") == dict.fromkeys(["reserve", "charge", "receipt", "notify"], 1)
     assert (record.completed, record.compensated) == ([RESERVE, CHARGE, RECEIPT], [])
     assert "COMPENSATING" not in _states(record)
     assert _letters(env, job_id) == []
@@ -270,4 +296,7 @@ def test_a_step_taken_before_the_hand_off_is_undone_by_the_worker(shop: Any) -> 
     assert letter["compensated"] is True
     seen.wait_for(events.JOB_COMPENSATED)
     assert [e["stage"] for e in seen.of(events.STAGE_COMPENSATED)] == [
-        "store_receipt#3", "charge_order#2", "reserve_stock#0"]
+        "store_receipt#3",
+        "charge_order#2",
+        "reserve_stock#0",
+    ]

@@ -23,10 +23,12 @@ TIMEOUT = 60.0
 @pytest.fixture
 def pair(dcore_celery_worker):
     """Two worker processes (two pool children each) on one queue."""
-    first = dcore_celery_worker(["dcore_it_jobs"], pool="prefork", concurrency=2,
-                          pythonpath=[str(HERE)], lease_ttl=3.0)
-    second = dcore_celery_worker(["dcore_it_jobs"], pool="prefork", concurrency=2,
-                           pythonpath=[str(HERE)], **_same_as(first))
+    first = dcore_celery_worker(
+        ["dcore_it_jobs"], pool="prefork", concurrency=2, pythonpath=[str(HERE)], lease_ttl=3.0
+    )
+    second = dcore_celery_worker(
+        ["dcore_it_jobs"], pool="prefork", concurrency=2, pythonpath=[str(HERE)], **_same_as(first)
+    )
     return first, second
 
 
@@ -40,8 +42,9 @@ def _publish_twice(worker, env: Environment, contexts, retry=None) -> list[str]:
     for ctx in contexts:
         handle = jobs.build(ctx, retry=retry).run()
         message = env.jobs.get(handle.job_id).message
-        worker.client.send_task(TASK_NAME, args=[message],
-                                queue=queue_for(ctx.shard_key, worker.settings))
+        worker.client.send_task(
+            TASK_NAME, args=[message], queue=queue_for(ctx.shard_key, worker.settings)
+        )
         ids.append(handle.job_id)
     return ids
 
@@ -49,8 +52,9 @@ def _publish_twice(worker, env: Environment, contexts, retry=None) -> list[str]:
 def test_a_job_published_twice_runs_once_and_never_alongside_itself(pair):
     first, _ = pair
     with Environment(first.settings) as env, use_environment(env):
-        ids = _publish_twice(first, env, [jobs.WorkContext(n=i, work_seconds=0.8)
-                                          for i in range(10)])
+        ids = _publish_twice(
+            first, env, [jobs.WorkContext(n=i, work_seconds=0.8) for i in range(10)]
+        )
         records = wait_terminal(env, ids, TIMEOUT)
         assert {r.state for r in records.values()} == {JobState.SUCCEEDED}
         assert jobs.runs_per_job(ids) == dict.fromkeys(ids, 1)
@@ -61,9 +65,12 @@ def test_a_failing_job_published_twice_runs_at_most_its_attempts_and_dies_once(p
     first, _ = pair
     policy = RetryPolicy(attempts=3, initial=0.3, backoff=1.0)
     with Environment(first.settings) as env, use_environment(env):
-        ids = _publish_twice(first, env, [jobs.WorkContext(n=i, fail_attempts=99,
-                                                           work_seconds=0.2)
-                                          for i in range(10)], retry=policy)
+        ids = _publish_twice(
+            first,
+            env,
+            [jobs.WorkContext(n=i, fail_attempts=99, work_seconds=0.2) for i in range(10)],
+            retry=policy,
+        )
         records = wait_terminal(env, ids, TIMEOUT)
         assert {r.state for r in records.values()} == {JobState.DEAD}
         assert {r.attempt for r in records.values()} == {3}

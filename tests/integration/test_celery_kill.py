@@ -45,16 +45,21 @@ def _succeeded(env: Environment) -> int:
 def test_500_jobs_survive_10_whole_worker_kills_on_default_settings(
     dcore_celery_worker, record_property
 ):
-    worker = dcore_celery_worker(["dcore_it_jobs"], pool="prefork", concurrency=2,
-                           pythonpath=[str(HERE)])
+    worker = dcore_celery_worker(
+        ["dcore_it_jobs"], pool="prefork", concurrency=2, pythonpath=[str(HERE)]
+    )
     defaults = worker.settings
-    assert (defaults.lease_ttl, defaults.recovery_interval,
-            defaults.celery_visibility_timeout) == (15.0, 10.0, 300.0)
+    assert (defaults.lease_ttl, defaults.recovery_interval, defaults.celery_visibility_timeout) == (
+        15.0,
+        10.0,
+        300.0,
+    )
     env = Environment(worker.settings)
     started = time.monotonic()
     with use_environment(env):
-        job_ids = [jobs.build(jobs.WorkContext(n=i, work_seconds=0.05)).run().job_id
-                   for i in range(JOBS)]
+        job_ids = [
+            jobs.build(jobs.WorkContext(n=i, work_seconds=0.05)).run().job_id for i in range(JOBS)
+        ]
         worker_kills = child_kills = 0
         next_worker_kill, next_child_kill = WORKER_KILL_EVERY, CHILD_KILL_EVERY // 2
         last_kill = time.monotonic()
@@ -75,13 +80,14 @@ def test_500_jobs_survive_10_whole_worker_kills_on_default_settings(
         runs = jobs.runs_per_job(job_ids)
     env.close()
 
-    states = {state: sum(1 for r in records.values() if r.state is state)
-              for state in JobState}
+    states = {state: sum(1 for r in records.values() if r.state is state) for state in JobState}
     started_twice = sum(1 for r in records.values() if r.attempts > 1)
-    summary = (f"{JOBS} jobs, {worker_kills} worker kills, {child_kills} pool-child kills: "
-               f"{states[JobState.SUCCEEDED]} succeeded, {started_twice} started more than "
-               f"once, all done {recovered_in:.0f} s after the last kill, "
-               f"{time.monotonic() - started:.0f} s in all")
+    summary = (
+        f"{JOBS} jobs, {worker_kills} worker kills, {child_kills} pool-child kills: "
+        f"{states[JobState.SUCCEEDED]} succeeded, {started_twice} started more than "
+        f"once, all done {recovered_in:.0f} s after the last kill, "
+        f"{time.monotonic() - started:.0f} s in all"
+    )
     print(summary)
     record_property("celery_kill_summary", summary)
 

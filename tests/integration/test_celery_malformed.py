@@ -43,9 +43,7 @@ def _dead_letters(env: Environment) -> list[dict]:
     return [e.payload for e in env.events.entries(env.settings.dlq_topic)]
 
 
-def test_malformed_messages_are_dead_lettered_with_the_reason_and_the_worker_serves_on(
-    worker, env
-):
+def test_malformed_messages_are_dead_lettered_with_the_reason_and_the_worker_serves_on(worker, env):
     unknown_type = _valid_message(1)
     unknown_type["context"]["type"] = "nowhere.module:NoSuchContext"
     unknown_plugin = _valid_message(2)
@@ -76,24 +74,24 @@ def test_malformed_messages_are_dead_lettered_with_the_reason_and_the_worker_ser
     assert worker.proc.poll() is None
 
 
-
 SECRET = "s3cr3t-value-the-worker-must-never-hand-out"
 
 SMUGGLED = [
-    "os:getenv",                                   # read the worker's environment
-    "os:environ.copy",                             # the same through an attribute path
-    "dcore._core.message:set_trace_propagator",     # a process-wide setter
+    "os:getenv",  # read the worker's environment
+    "os:environ.copy",  # the same through an attribute path
+    "dcore._core.message:set_trace_propagator",  # a process-wide setter
     "subprocess:Popen",
     "builtins:eval",
-    "dcore_it_jobs:do_work.__globals__",          # walking off a registered function
+    "dcore_it_jobs:do_work.__globals__",  # walking off a registered function
 ]
 
 
 def test_messages_naming_unregistered_callables_are_refused_and_the_worker_serves_on(
     dcore_celery_worker,
 ):
-    worker = dcore_celery_worker(["dcore_it_jobs"], pool="solo", pythonpath=[str(HERE)],
-                           env={"IT_SECRET": SECRET})
+    worker = dcore_celery_worker(
+        ["dcore_it_jobs"], pool="solo", pythonpath=[str(HERE)], env={"IT_SECRET": SECRET}
+    )
     environment = Environment(worker.settings)
     with use_environment(environment):
         smuggled = []

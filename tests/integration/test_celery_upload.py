@@ -24,10 +24,16 @@ def test_upload_example_through_celery_stores_the_file_in_s3_and_succeeds(
     from examples.upload_app.main import app
 
     worker = dcore_celery_worker(
-        ["examples.upload_app.main"], pool="solo", pythonpath=[str(REPO)],
-        dispatcher="celery", storage="s3", s3_endpoint=dcore_s3_endpoint.url,
-        s3_bucket=dcore_s3_bucket, s3_region=dcore_s3_endpoint.region,
-        s3_access_key=dcore_s3_endpoint.access_key, s3_secret_key=dcore_s3_endpoint.secret_key,
+        ["examples.upload_app.main"],
+        pool="solo",
+        pythonpath=[str(REPO)],
+        dispatcher="celery",
+        storage="s3",
+        s3_endpoint=dcore_s3_endpoint.url,
+        s3_bucket=dcore_s3_bucket,
+        s3_region=dcore_s3_endpoint.region,
+        s3_access_key=dcore_s3_endpoint.access_key,
+        s3_secret_key=dcore_s3_endpoint.secret_key,
     )
     env = Environment(worker.settings)
     content = b"hello through celery\n" * 100

@@ -15,8 +15,9 @@ TIMEOUT = 30.0
 
 @pytest.fixture
 def worker(dcore_celery_worker):
-    return dcore_celery_worker(["dcore_it_jobs"], pool="solo", pythonpath=[str(HERE)],
-                         celery_queues=2)
+    return dcore_celery_worker(
+        ["dcore_it_jobs"], pool="solo", pythonpath=[str(HERE)], celery_queues=2
+    )
 
 
 @pytest.fixture

@@ -74,54 +74,109 @@ class Case:
 
 def undoing(name: str, sim: FaultPlan | None = None, real: str = "") -> Case:
     """A case whose job fails for good (twice) after two steps that can be undone."""
-    return Case(name, {"fail": "runtime"}, {"attempts": 2, "initial": 0.2},
-                sim=sim or FaultPlan(), real=real, steps=("a", "b"))
+    return Case(
+        name,
+        {"fail": "runtime"},
+        {"attempts": 2, "initial": 0.2},
+        sim=sim or FaultPlan(),
+        real=real,
+        steps=("a", "b"),
+    )
 
 
 CASES = [
-    Case("crash at stage enter", {"kill": "enter"},
-         sim=FaultPlan(Crash(stage="conf_work", when="enter"))),
-    Case("crash after stage exit before ack", {"kill": "exit"},
-         sim=FaultPlan(Crash(stage="conf_work", when="exit"))),
-    Case("crash after the DLQ append before DEAD", {"fail": "runtime"},
-         sim=FaultPlan(Crash(op="jobs.bury", when="after")), real="plan:kill-after:bury"),
-    Case("duplicate while running", {"work_seconds": 1.0},
-         sim=FaultPlan(Duplicate()), real="publish-twice"),
+    Case(
+        "crash at stage enter",
+        {"kill": "enter"},
+        sim=FaultPlan(Crash(stage="conf_work", when="enter")),
+    ),
+    Case(
+        "crash after stage exit before ack",
+        {"kill": "exit"},
+        sim=FaultPlan(Crash(stage="conf_work", when="exit")),
+    ),
+    Case(
+        "crash after the DLQ append before DEAD",
+        {"fail": "runtime"},
+        sim=FaultPlan(Crash(op="jobs.bury", when="after")),
+        real="plan:kill-after:bury",
+    ),
+    Case(
+        "duplicate while running",
+        {"work_seconds": 1.0},
+        sim=FaultPlan(Duplicate()),
+        real="publish-twice",
+    ),
     Case("duplicate after success", real="publish-again"),
-    Case("job store unreachable at start",
-         sim=FaultPlan(ServiceError(op="jobs.claim")), real="plan:cut-before:claim:1.0"),
-    Case("job store unreachable at FAILED", {"fail": "runtime"}, {"attempts": 2, "initial": 0.5},
-         sim=FaultPlan(ServiceError(op="jobs.end_attempt")),
-         real="plan:cut-before:end_attempt:1.0"),
-    Case("job store unreachable at DEAD", {"fail": "runtime"},
-         sim=FaultPlan(ServiceError(op="jobs.bury")), real="plan:cut-before:bury:1.0"),
-    Case("job store unreachable at SUCCEEDED",
-         sim=FaultPlan(ServiceError(op="jobs.end_attempt")),
-         real="plan:cut-before:end_attempt:1.0"),
-    Case("event bus down", sim=FaultPlan(ServiceError(op="events.publish", times=100)),
-         real="bus-down"),
+    Case(
+        "job store unreachable at start",
+        sim=FaultPlan(ServiceError(op="jobs.claim")),
+        real="plan:cut-before:claim:1.0",
+    ),
+    Case(
+        "job store unreachable at FAILED",
+        {"fail": "runtime"},
+        {"attempts": 2, "initial": 0.5},
+        sim=FaultPlan(ServiceError(op="jobs.end_attempt")),
+        real="plan:cut-before:end_attempt:1.0",
+    ),
+    Case(
+        "job store unreachable at DEAD",
+        {"fail": "runtime"},
+        sim=FaultPlan(ServiceError(op="jobs.bury")),
+        real="plan:cut-before:bury:1.0",
+    ),
+    Case(
+        "job store unreachable at SUCCEEDED",
+        sim=FaultPlan(ServiceError(op="jobs.end_attempt")),
+        real="plan:cut-before:end_attempt:1.0",
+    ),
+    Case(
+        "event bus down",
+        sim=FaultPlan(ServiceError(op="events.publish", times=100)),
+        real="bus-down",
+    ),
     Case("give_up", {"fail": "give_up"}, {"attempts": 3, "initial": 0.2}),
-    Case("error outside retry_on", {"fail": "value"},
-         {"attempts": 3, "initial": 0.2, "retry_on": ["builtins:ConnectionError"]}),
+    Case(
+        "error outside retry_on",
+        {"fail": "value"},
+        {"attempts": 3, "initial": 0.2, "retry_on": ["builtins:ConnectionError"]},
+    ),
     Case("retries exhausted", {"fail": "runtime"}, {"attempts": 3, "initial": 0.2}),
     Case("malformed message", real="malformed"),
-    Case("worker SIGKILL mid-stage", {"midway": True, "work_seconds": 2.0},
-         sim=FaultPlan(Crash(op="storage.put", when="after")), real="kill-worker"),
+    Case(
+        "worker SIGKILL mid-stage",
+        {"midway": True, "work_seconds": 2.0},
+        sim=FaultPlan(Crash(op="storage.put", when="after")),
+        real="kill-worker",
+    ),
     undoing("failing for good, undone"),
-    Case("undo failing for good", {"fail": "runtime", "undo_fails": "b"}, {"attempts": 1},
-         steps=("a", "b")),
-    undoing("crash before the compensation starts",
-            FaultPlan(Crash(op="jobs.compensate", when="before")),
-            "plan:kill-before:compensate"),
-    undoing("crash while compensating, undo not recorded",
-            FaultPlan(Crash(op="jobs.mark_compensated", when="before")),
-            "plan:kill-before:mark_compensated"),
-    undoing("crash while compensating, undo recorded",
-            FaultPlan(Crash(op="jobs.mark_compensated", when="after")),
-            "plan:kill-after:mark_compensated"),
-    undoing("job store unreachable while compensating",
-            FaultPlan(ServiceError(op="jobs.mark_compensated")),
-            "plan:cut-before:mark_compensated:1.0"),
+    Case(
+        "undo failing for good",
+        {"fail": "runtime", "undo_fails": "b"},
+        {"attempts": 1},
+        steps=("a", "b"),
+    ),
+    undoing(
+        "crash before the compensation starts",
+        FaultPlan(Crash(op="jobs.compensate", when="before")),
+        "plan:kill-before:compensate",
+    ),
+    undoing(
+        "crash while compensating, undo not recorded",
+        FaultPlan(Crash(op="jobs.mark_compensated", when="before")),
+        "plan:kill-before:mark_compensated",
+    ),
+    undoing(
+        "crash while compensating, undo recorded",
+        FaultPlan(Crash(op="jobs.mark_compensated", when="after")),
+        "plan:kill-after:mark_compensated",
+    ),
+    undoing(
+        "job store unreachable while compensating",
+        FaultPlan(ServiceError(op="jobs.mark_compensated")),
+        "plan:cut-before:mark_compensated:1.0",
+    ),
 ]
 
 
@@ -178,11 +233,16 @@ def run_in_simulator(case: Case) -> Result:
     services = None
     if case.real == "bus-down":
         clock = VirtualClock()
-        services = {"storage": MemoryStorage(), "events": _SeparateBus(MemoryEventBus(clock)),
-                    "jobs": MemoryJobStore(clock), "locks": MemoryLocks(clock)}
+        services = {
+            "storage": MemoryStorage(),
+            "events": _SeparateBus(MemoryEventBus(clock)),
+            "jobs": MemoryJobStore(clock),
+            "locks": MemoryLocks(clock),
+        }
     # patch_time=False: the real side of the same test waits on the real clock
-    sim = SimEnvironment(seed=0, workers=2, faults=case.sim, services=services,
-                         patch_time=False, lease_ttl=LEASE)
+    sim = SimEnvironment(
+        seed=0, workers=2, faults=case.sim, services=services, patch_time=False, lease_ttl=LEASE
+    )
     ctx = conf.CaseContext(case=case.name, **case.context)
     with sim:
         if case.real == "malformed":
@@ -218,8 +278,9 @@ def _quiet(client: Any, queue: str) -> bool:
 
 
 class RealSide:
-    def __init__(self, celery_worker: Any, chaos_redis: Any, toxiproxy: Any,
-                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(
+        self, celery_worker: Any, chaos_redis: Any, toxiproxy: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         self.celery_worker = celery_worker
         self.chaos = chaos_redis
         self.toxiproxy = toxiproxy
@@ -228,8 +289,11 @@ class RealSide:
 
     def run(self, case: Case) -> Result:
         direct_url = self.chaos.direct_url
-        extra = {conf.REDIS_URL: direct_url, conf.TOXIPROXY_URL: self.toxiproxy.url,
-                 conf.PROXY: self.chaos.proxy.name}
+        extra = {
+            conf.REDIS_URL: direct_url,
+            conf.TOXIPROXY_URL: self.toxiproxy.url,
+            conf.PROXY: self.chaos.proxy.name,
+        }
         overrides: dict[str, Any] = {
             "redis_url": self.chaos.url,  # job store, bus and locks through the proxy
             "celery_broker_url": direct_url,
@@ -240,18 +304,26 @@ class RealSide:
         if case.real == "bus-down":
             overrides.update(redis_url=direct_url, job_store="redis", event_bus="conf_down_bus")
             extra["CONF_BUS_URL"] = _closed_port_url()
-        worker = self.celery_worker(["dcore_it_conformance"], pythonpath=[str(HERE)],
-                                    env=extra, **overrides)
-        sender = DcoreSettings(**{**worker.settings.model_dump(), "redis_url": direct_url,
-                                  "job_store": "redis", "event_bus": "redis"})
+        worker = self.celery_worker(
+            ["dcore_it_conformance"], pythonpath=[str(HERE)], env=extra, **overrides
+        )
+        sender = DcoreSettings(
+            **{
+                **worker.settings.model_dump(),
+                "redis_url": direct_url,
+                "job_store": "redis",
+                "event_bus": "redis",
+            }
+        )
         queue = queue_for(0, worker.settings)
         with Environment(sender) as env, use_environment(env):
             ctx = conf.CaseContext(case=case.name, **case.context)
             if case.real.startswith("plan:"):
                 conf.set_plan(sender.key_prefix, ctx.job_id, case.real[5:])
             if case.real == "malformed":
-                worker.client.send_task(TASK_NAME, args=[_malformed(ctx.job_id)],
-                                        queue=queue_for(None, sender))
+                worker.client.send_task(
+                    TASK_NAME, args=[_malformed(ctx.job_id)], queue=queue_for(None, sender)
+                )
             else:
                 _pipeline(ctx, case).run()
             message = self._message(env, ctx.job_id, case)
@@ -267,12 +339,16 @@ class RealSide:
             if case.real != "kill-worker":  # a killed worker's message returns much later
                 self._wait(lambda: _quiet(self.direct, queue), worker)
             record = env.jobs.get(ctx.job_id)
-            letters = [e.payload for e in env.events.entries(sender.dlq_topic)
-                       if e.payload.get("job_id") == ctx.job_id]
+            letters = [
+                e.payload
+                for e in env.events.entries(sender.dlq_topic)
+                if e.payload.get("job_id") == ctx.job_id
+            ]
             effects = conf.effects(ctx.job_id)
         if case.real.startswith("plan:"):
             assert conf.fired(sender.key_prefix, ctx.job_id, case.real[5:]), (
-                f"{case.name}: the plan never fired; worker log:\n{worker.log_tail()}")
+                f"{case.name}: the plan never fired; worker log:\n{worker.log_tail()}"
+            )
         return _result(record, letters, effects)
 
     @staticmethod
@@ -305,8 +381,12 @@ class RealSide:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_the_simulator_predicts_what_celery_does(
-    case: Case, dcore_celery_worker: Any, dcore_chaos_redis: Any, dcore_toxiproxy: Any,
-    monkeypatch: pytest.MonkeyPatch, record_property: Any,
+    case: Case,
+    dcore_celery_worker: Any,
+    dcore_chaos_redis: Any,
+    dcore_toxiproxy: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    record_property: Any,
 ) -> None:
     simulated = run_in_simulator(case)
     real = RealSide(dcore_celery_worker, dcore_chaos_redis, dcore_toxiproxy, monkeypatch)
@@ -323,4 +403,3 @@ def test_the_table_covers_the_cases_the_docs_name() -> None:
     section = page.read_text().split("# What a simulated run promises about Celery", 1)[1]
     for case in CASES:
         assert f"| {case.name} |" in section, case.name
-

@@ -73,12 +73,20 @@ def test_error_bus_report_records_on_the_context_and_publishes_on_errors(
     record = ctx.error_bus.report(ValueError("bad row 3"), stage="parse#2")
     assert ctx.failed
     assert ctx.errors == [record]
-    assert (record.type, record.message, record.stage) == ("builtins.ValueError", "bad row 3",
-                                                         "parse#2")
+    assert (record.type, record.message, record.stage) == (
+        "builtins.ValueError",
+        "bad row 3",
+        "parse#2",
+    )
     assert record.at == env.clock.time()
     (event,) = got
-    assert event.payload == {"job_id": ctx.job_id, "type": "builtins.ValueError",
-                             "message": "bad row 3", "stage": "parse#2", "at": record.at}
+    assert event.payload == {
+        "job_id": ctx.job_id,
+        "type": "builtins.ValueError",
+        "message": "bad row 3",
+        "stage": "parse#2",
+        "at": record.at,
+    }
 
 
 def test_error_handler_reports_the_failing_stage_then_reraises_the_same_error(
@@ -234,4 +242,3 @@ def test_dead_letter_before_any_dispatch_can_swallow_a_failed_context(
     assert pipeline.run() is None
     (entry,) = dlq(env)
     assert [e["stage"] for e in entry.payload["errors"]] == ["flaky#2"]
-

@@ -99,8 +99,12 @@ def test_nested_lock_stages_stack_their_fences(
     env: Environment, dcore_registry: PluginRegistry
 ) -> None:
     found: list[tuple[Fence | None, ...]] = []
-    probe(dcore_registry, lambda ctx: found.append(
-        (current_fence(), current_fence("dir:uploads"), current_fence("file:a.txt"))))
+    probe(
+        dcore_registry,
+        lambda ctx: found.append(
+            (current_fence(), current_fence("dir:uploads"), current_fence("file:a.txt"))
+        ),
+    )
     pipeline = FileCtx(file_path="a.txt").create_pipeline(core)
     pipeline.chain(Execute("lock", key="dir:uploads"))
     pipeline.chain(Execute("lock", key="file:{file_path}")).chain(Execute("probe"))
@@ -146,9 +150,13 @@ def test_storage_write_fenced_writes_with_the_locks_fence(env: Environment) -> N
 def test_storage_write_fenced_without_a_lock_refuses_to_write(env: Environment) -> None:
     ctx = FileCtx(file_path="a.txt", file_content=b"v1")
     pipeline = ctx.create_pipeline(core).chain(Execute("storage_write", fenced=True))
-    with pytest.raises(PipelineDefinitionError, match=(
-        f"fenced=True, but job {ctx.job_id} holds no lock fence when writing 'a.txt': "
-        r"chain Execute\('lock', key=...\) before this stage")):
+    with pytest.raises(
+        PipelineDefinitionError,
+        match=(
+            f"fenced=True, but job {ctx.job_id} holds no lock fence when writing 'a.txt': "
+            r"chain Execute\('lock', key=...\) before this stage"
+        ),
+    ):
         pipeline.run()
     assert not env.storage.exists("a.txt")
 
@@ -164,8 +172,11 @@ def test_a_job_whose_lock_was_taken_over_has_its_late_write_refused(
         if ctx.file_content != b"A":
             return
         dcore_manual_clock.sleep(120)  # A's 60 s TTL runs out
-        b = threading.Thread(target=fenced_upload(
-            FileCtx(file_path="report.csv", file_content=b"B"), Execute("stall")).run)
+        b = threading.Thread(
+            target=fenced_upload(
+                FileCtx(file_path="report.csv", file_content=b"B"), Execute("stall")
+            ).run
+        )
         b.start()
         b.join()
 
@@ -173,6 +184,8 @@ def test_a_job_whose_lock_was_taken_over_has_its_late_write_refused(
     with pytest.raises(StaleFenceError) as refused:
         fenced_upload(FileCtx(file_path="report.csv", file_content=b"A"), Execute("stall")).run()
     assert (refused.value.fence, refused.value.latest) == (
-        Fence("file:report.csv", 1), Fence("file:report.csv", 2))
+        Fence("file:report.csv", 1),
+        Fence("file:report.csv", 2),
+    )
     assert any("lost before release" in note for note in refused.value.__notes__)
     assert env.storage.get("uploads/report.csv") == b"B"

@@ -51,8 +51,12 @@ def test_the_lock_is_held_while_the_rest_runs_and_released_after(
     env: Environment, dcore_registry: PluginRegistry
 ) -> None:
     held: list[bool] = []
-    probe(dcore_registry, lambda ctx: held.append(
-        not env.locks.lock(f"file:{ctx.file_path}").acquire(blocking=False)))
+    probe(
+        dcore_registry,
+        lambda ctx: held.append(
+            not env.locks.lock(f"file:{ctx.file_path}").acquire(blocking=False)
+        ),
+    )
     assert locked_pipeline(FileCtx(file_path="a.txt")).run() == "a.txt"
     assert held == [True]
     assert env.locks.lock("file:a.txt").acquire(blocking=False)
@@ -77,8 +81,10 @@ def test_a_held_key_raises_lock_not_acquired_naming_the_key(
     other = env.locks.lock("file:a.txt")
     assert other.acquire()
     ctx = FileCtx(file_path="a.txt")
-    with pytest.raises(LockNotAcquired, match=f"could not acquire 'file:a.txt' without waiting "
-                                              f"for job {ctx.job_id}"):
+    with pytest.raises(
+        LockNotAcquired,
+        match=f"could not acquire 'file:a.txt' without waiting for job {ctx.job_id}",
+    ):
         locked_pipeline(ctx, blocking=False).run()
     with pytest.raises(TimeoutError, match=r"within 0\.0s"):
         locked_pipeline(FileCtx(file_path="a.txt"), timeout=0.0).run()
@@ -102,8 +108,12 @@ def test_two_jobs_on_one_key_never_overlap(
 
     probe(dcore_registry, body)
     pipeline = locked_pipeline(FileCtx(file_path="same"), timeout=30.0)
-    threads = [threading.Thread(target=lambda: [pipeline.run(FileCtx(file_path="same"))
-                                                for _ in range(20)]) for _ in range(4)]
+    threads = [
+        threading.Thread(
+            target=lambda: [pipeline.run(FileCtx(file_path="same")) for _ in range(20)]
+        )
+        for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -117,8 +127,9 @@ def test_a_lock_that_expired_during_the_run_surfaces_lock_lost(
 ) -> None:
     probe(dcore_registry, lambda ctx: dcore_manual_clock.sleep(120))
     ctx = FileCtx(file_path="slow")
-    with pytest.raises(LockLostError, match=f"'file:slow' \\(ttl 60.0s\\) expired while job "
-                                            f"{ctx.job_id} held it"):
+    with pytest.raises(
+        LockLostError, match=f"'file:slow' \\(ttl 60.0s\\) expired while job {ctx.job_id} held it"
+    ):
         locked_pipeline(ctx, ttl=60.0).run()
 
 
@@ -139,21 +150,26 @@ def test_a_template_field_the_context_lacks_is_named(
     env: Environment, dcore_registry: PluginRegistry
 ) -> None:
     probe(dcore_registry, lambda ctx: None)
-    with pytest.raises(PluginOptionsError, match="names 'user_id', which FileCtx does not have; "
-                                                 "fields: job_id, errors, file_path"):
+    with pytest.raises(
+        PluginOptionsError,
+        match="names 'user_id', which FileCtx does not have; fields: job_id, errors, file_path",
+    ):
         locked_pipeline(FileCtx(file_path="a"), key="user:{user_id}").run()
 
 
-@pytest.mark.parametrize(("key", "problem"), [
-    ("file:{}", "must name context fields"),
-    ("file:{0}", "must name context fields"),
-    ("file:{file_path.__class__}", "not positional .* attributes, indexes or formats"),
-    ("file:{file_path[0]}", "attributes, indexes"),
-    ("file:{file_path:>999999999}", "formats"),
-    ("file:{file_path!r}", "formats"),
-    ("file:{", "is malformed"),
-    ("  ", "non-empty template"),
-])
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("file:{}", "must name context fields"),
+        ("file:{0}", "must name context fields"),
+        ("file:{file_path.__class__}", "not positional .* attributes, indexes or formats"),
+        ("file:{file_path[0]}", "attributes, indexes"),
+        ("file:{file_path:>999999999}", "formats"),
+        ("file:{file_path!r}", "formats"),
+        ("file:{", "is malformed"),
+        ("  ", "non-empty template"),
+    ],
+)
 def test_a_bad_key_template_is_rejected_before_any_stage_runs(
     env: Environment, key: str, problem: str
 ) -> None:
@@ -178,5 +194,7 @@ def test_a_failing_release_does_not_hide_the_runs_own_error(
 
     with pytest.raises(KeyError, match="the run's own failure") as info:
         locked_pipeline(FileCtx(file_path="b.txt")).run()
-    assert any("releasing the lock 'file:b.txt' failed" in note
-               for note in getattr(info.value, "__notes__", []))
+    assert any(
+        "releasing the lock 'file:b.txt' failed" in note
+        for note in getattr(info.value, "__notes__", [])
+    )

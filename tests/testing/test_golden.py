@@ -53,7 +53,8 @@ def test_files_are_named_by_type_and_version(tmp_path: Path) -> None:
     assert type_directory(Invoice) == f"{__name__}.Invoice"
     assert store.path(Invoice) == tmp_path / "golden" / f"{__name__}.Invoice" / "1.2.json"
     assert store.path(Invoice, "0.9", directory="elsewhere").parent.parent == (
-        tmp_path / "elsewhere")
+        tmp_path / "elsewhere"
+    )
 
 
 @pytest.mark.parametrize("version", ["../up", "a/b", "", ".hidden", "x" * 65])
@@ -66,8 +67,7 @@ def test_record_writes_once_and_never_overwrites(tmp_path: Path) -> None:
     store = golden(tmp_path)
     first = store.record(Invoice(number="A-1", job_id="j"))
     assert first is not None
-    assert json.loads(first.read_text())["data"] == {"job_id": "j", "errors": [],
-                                                      "number": "A-1"}
+    assert json.loads(first.read_text())["data"] == {"job_id": "j", "errors": [], "number": "A-1"}
     assert store.record(Invoice(number="B-2")) is None
     assert json.loads(first.read_text())["data"]["number"] == "A-1"
     assert store.written == [first]
@@ -89,8 +89,10 @@ def test_check_of_a_class_records_nothing_and_asks_for_an_example(tmp_path: Path
 def test_check_lists_the_stored_versions_in_natural_order(tmp_path: Path) -> None:
     store = golden(tmp_path, update=True)
     for version in ("1.10", "1.9"):
-        write(store.path(Invoice, version),
-              {"type": f"{__name__}:Invoice", "version": version, "data": {"number": "n"}})
+        write(
+            store.path(Invoice, version),
+            {"type": f"{__name__}:Invoice", "version": version, "data": {"number": "n"}},
+        )
     with pytest.raises(GoldenMessageError) as info:  # no migrations from 1.9 or 1.10
         store.check(Invoice(number="A-1"))
     text = problems(info)
@@ -99,18 +101,23 @@ def test_check_lists_the_stored_versions_in_natural_order(tmp_path: Path) -> Non
     assert "@migration('1.9')" in text
 
 
-@pytest.mark.parametrize(("document", "culprit"), [
-    ("{not json", "not a readable JSON file"),
-    ([1, 2], "not a context envelope or a job message"),
-    ({"type": "other.mod:Thing", "version": "1.2", "data": {}},
-     "holds a 'other.mod:Thing' message, not a"),
-    ({"type": f"{__name__}:Invoice", "version": "1.1", "data": {"number": "n"}},
-     "the file name says version 1.2 but the message is version '1.1'; rename the file"),
-    ({"type": f"{__name__}:Invoice", "version": "1.2", "data": {}},
-     "invalid Invoice data"),
-])
-def test_a_broken_file_is_named_with_its_path(tmp_path: Path, document: Any, culprit: str
-                                              ) -> None:
+@pytest.mark.parametrize(
+    ("document", "culprit"),
+    [
+        ("{not json", "not a readable JSON file"),
+        ([1, 2], "not a context envelope or a job message"),
+        (
+            {"type": "other.mod:Thing", "version": "1.2", "data": {}},
+            "holds a 'other.mod:Thing' message, not a",
+        ),
+        (
+            {"type": f"{__name__}:Invoice", "version": "1.1", "data": {"number": "n"}},
+            "the file name says version 1.2 but the message is version '1.1'; rename the file",
+        ),
+        ({"type": f"{__name__}:Invoice", "version": "1.2", "data": {}}, "invalid Invoice data"),
+    ],
+)
+def test_a_broken_file_is_named_with_its_path(tmp_path: Path, document: Any, culprit: str) -> None:
     store = golden(tmp_path)
     path = store.path(Invoice)
     path.parent.mkdir(parents=True)
@@ -125,12 +132,12 @@ def test_an_example_this_code_cannot_read_back_is_reported(tmp_path: Path) -> No
     store = golden(tmp_path, update=True)
     with pytest.raises(GoldenMessageError) as info:
         store.check(Lossy(amount=3))
-    assert "the example Lossy does not load with this code: invalid Lossy data" in (
-        problems(info))
+    assert "the example Lossy does not load with this code: invalid Lossy data" in (problems(info))
 
 
 def test_a_job_message_is_stored_whole_under_its_context_version(
-        tmp_path: Path, dcore_env: Environment) -> None:
+    tmp_path: Path, dcore_env: Environment
+) -> None:
     pipeline = Invoice(number="A-1", job_id="j-1").create_pipeline(file_invoice)
     pipeline.chain(Dispatch, plugin="schedule_job").chain(Execute, plugin="logging")
     message = pipeline.continuation(1).to_message(Invoice(number="A-1", job_id="j-1"))
@@ -141,18 +148,22 @@ def test_a_job_message_is_stored_whole_under_its_context_version(
     assert stored == message
 
 
-def test_a_pipeline_without_a_dispatch_sends_no_message(tmp_path: Path, dcore_env: Environment
-                                                        ) -> None:
+def test_a_pipeline_without_a_dispatch_sends_no_message(
+    tmp_path: Path, dcore_env: Environment
+) -> None:
     pipeline = Invoice(number="A-1").create_pipeline(file_invoice)
     with pytest.raises(ValueError, match="with a Dispatch stage sends a message"):
         golden(tmp_path).record(pipeline)
 
 
-@pytest.mark.parametrize(("junk", "says"), [
-    (42, "recorded from a context, a JobMessage or a pipeline with a Dispatch stage, got 42"),
-    ("Invoice", "pipeline with a Dispatch stage, got 'Invoice'"),
-    (object, "check() takes a context, a JobMessage, a pipeline or a PipelineContext"),
-])
+@pytest.mark.parametrize(
+    ("junk", "says"),
+    [
+        (42, "recorded from a context, a JobMessage or a pipeline with a Dispatch stage, got 42"),
+        ("Invoice", "pipeline with a Dispatch stage, got 'Invoice'"),
+        (object, "check() takes a context, a JobMessage, a pipeline or a PipelineContext"),
+    ],
+)
 def test_check_refuses_what_is_not_an_example(tmp_path: Path, junk: Any, says: str) -> None:
     with pytest.raises(TypeError) as info:
         golden(tmp_path).check(junk)
@@ -164,7 +175,6 @@ def test_check_all_checks_every_type_in_the_directory(tmp_path: Path) -> None:
     store.record(Invoice(number="A-1"))
     store.record(Receipt(total=3))
     assert len(store.check_all()) == 2
-    write(store.path(Receipt, "0.1"),
-          {"type": f"{__name__}:Receipt", "version": "0.1", "data": {}})
+    write(store.path(Receipt, "0.1"), {"type": f"{__name__}:Receipt", "version": "0.1", "data": {}})
     with pytest.raises(GoldenMessageError, match=r"no @migration\('0.1'\)"):
         store.check_all()

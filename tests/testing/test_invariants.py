@@ -28,15 +28,20 @@ def test_invariant_violation_is_an_assertion_error_listing_its_events() -> None:
 
 
 def test_exactly_once_flags_a_double_effect_and_a_missing_one() -> None:
-    good = _trace({"ev": "dispatch", "job": "j1"}, {"ev": "effect", "job": "j1", "name": "mail"},
-                  {"ev": "job.succeeded", "job": "j1"})
+    good = _trace(
+        {"ev": "dispatch", "job": "j1"},
+        {"ev": "effect", "job": "j1", "name": "mail"},
+        {"ev": "job.succeeded", "job": "j1"},
+    )
     invariants.exactly_once(good, "mail")
     invariants.at_least_once(good, "mail")
-    double = _trace({"ev": "dispatch", "job": "j1"},
-                    {"ev": "effect", "job": "j1", "name": "mail"},
-                    {"ev": "crash", "job": "j1", "lane": "w1", "where": "x"},
-                    {"ev": "effect", "job": "j1", "name": "mail"},
-                    {"ev": "job.succeeded", "job": "j1"})
+    double = _trace(
+        {"ev": "dispatch", "job": "j1"},
+        {"ev": "effect", "job": "j1", "name": "mail"},
+        {"ev": "crash", "job": "j1", "lane": "w1", "where": "x"},
+        {"ev": "effect", "job": "j1", "name": "mail"},
+        {"ev": "job.succeeded", "job": "j1"},
+    )
     with pytest.raises(InvariantViolation, match="j1 performed 'mail' 2 times") as caught:
         invariants.exactly_once(double, "mail")
     assert [e["ev"] for e in caught.value.events] == ["effect", "crash", "effect"]
@@ -57,8 +62,9 @@ def test_stage_order_flags_a_skipped_stage_and_a_wrong_name() -> None:
     with pytest.raises(InvariantViolation, match="entered 'x' as stage 1, expected 'a'"):
         invariants.stage_order(_trace(enter(1, "x")), ["d", "a"])
     # a new delivery starts over
-    invariants.stage_order(_trace(enter(1, "a"), {"ev": "deliver", "job": "j1", "lane": "w1"},
-                                  enter(1, "a")))
+    invariants.stage_order(
+        _trace(enter(1, "a"), {"ev": "deliver", "job": "j1", "lane": "w1"}, enter(1, "a"))
+    )
 
 
 def test_stage_order_lets_a_running_stage_run_its_successor_again() -> None:
@@ -69,23 +75,38 @@ def test_stage_order_lets_a_running_stage_run_its_successor_again() -> None:
         return {"ev": "stage.exit", "job": "j1", "lane": "w1", "stage": name, "index": i}
 
     # the retry stage (1) runs stages 2 and 3 twice: in order, it is still running
-    invariants.stage_order(_trace(enter(1, "retry"), enter(2, "b"), enter(3, "c"),
-                                  leave(3, "c"), leave(2, "b"),
-                                  enter(2, "b"), enter(3, "c"), leave(3, "c"), leave(2, "b"),
-                                  leave(1, "retry")))
+    invariants.stage_order(
+        _trace(
+            enter(1, "retry"),
+            enter(2, "b"),
+            enter(3, "c"),
+            leave(3, "c"),
+            leave(2, "b"),
+            enter(2, "b"),
+            enter(3, "c"),
+            leave(3, "c"),
+            leave(2, "b"),
+            leave(1, "retry"),
+        )
+    )
     # ... but a stage entered again by one that already returned is out of order
     with pytest.raises(InvariantViolation, match=r"entered stage 3 \('c'\) from stage 1"):
-        invariants.stage_order(_trace(enter(1, "retry"), enter(2, "b"), leave(2, "b"),
-                                      enter(3, "c")))
+        invariants.stage_order(
+            _trace(enter(1, "retry"), enter(2, "b"), leave(2, "b"), enter(3, "c"))
+        )
 
 
 def test_sync_before_return_flags_background_work_before_the_dispatch() -> None:
-    early = _trace({"ev": "stage.enter", "job": "j1", "lane": "w1", "stage": "b", "index": 1},
-                   {"ev": "dispatch", "job": "j1"})
+    early = _trace(
+        {"ev": "stage.enter", "job": "j1", "lane": "w1", "stage": "b", "index": 1},
+        {"ev": "dispatch", "job": "j1"},
+    )
     with pytest.raises(InvariantViolation, match="background stage 'b' of j1 started before"):
         invariants.sync_before_return(early)
-    late = _trace({"ev": "dispatch", "job": "j1"},
-                  {"ev": "stage.enter", "job": "j1", "lane": "main", "stage": "a", "index": 0})
+    late = _trace(
+        {"ev": "dispatch", "job": "j1"},
+        {"ev": "stage.enter", "job": "j1", "lane": "main", "stage": "a", "index": 0},
+    )
     with pytest.raises(InvariantViolation, match="entered 'a' in the caller after the Dispatch"):
         invariants.sync_before_return(late)
 
@@ -96,17 +117,21 @@ def test_lock_mutual_exclusion_flags_two_live_holders_but_not_a_crashed_one() ->
 
     with pytest.raises(InvariantViolation, match="w2 acquired lock 'k' while w1 still held it"):
         invariants.lock_mutual_exclusion(_trace(acquired("w1"), acquired("w2")))
-    invariants.lock_mutual_exclusion(_trace(
-        acquired("w1"), {"ev": "crash", "lane": "w1", "where": "x"}, acquired("w2")))
-    invariants.lock_mutual_exclusion(_trace(
-        acquired("w1"), {"ev": "lock.release", "lane": "w1", "name": "k"}, acquired("w2")))
+    invariants.lock_mutual_exclusion(
+        _trace(acquired("w1"), {"ev": "crash", "lane": "w1", "where": "x"}, acquired("w2"))
+    )
+    invariants.lock_mutual_exclusion(
+        _trace(acquired("w1"), {"ev": "lock.release", "lane": "w1", "name": "k"}, acquired("w2"))
+    )
 
 
 def test_retry_bounds_use_the_policy_the_dispatch_recorded() -> None:
-    trace = _trace({"ev": "dispatch", "job": "j1", "attempts": 2},
-                   {"ev": "deliver", "job": "j1", "attempt": 1},
-                   {"ev": "deliver", "job": "j1", "attempt": 2},
-                   {"ev": "deliver", "job": "j1", "attempt": 3})
+    trace = _trace(
+        {"ev": "dispatch", "job": "j1", "attempts": 2},
+        {"ev": "deliver", "job": "j1", "attempt": 1},
+        {"ev": "deliver", "job": "j1", "attempt": 2},
+        {"ev": "deliver", "job": "j1", "attempt": 3},
+    )
     with pytest.raises(InvariantViolation, match="j1 reached attempt 3 but at most 2"):
         invariants.retry_bounds(trace)
 

@@ -45,36 +45,54 @@ def _upload(registry: PluginRegistry) -> Pipeline[ReprCtx]:
 def test_a_pipeline_shows_its_core_and_stages(dcore_registry: PluginRegistry) -> None:
     assert repr(_upload(dcore_registry)) == (
         "Pipeline(core=tests.testing.test_reprs:finish, stages=[Execute('logging'), "
-        "Dispatch('schedule_job'), Execute('storage_write', prefix='uploads/')])")
+        "Dispatch('schedule_job'), Execute('storage_write', prefix='uploads/')])"
+    )
 
 
 def test_a_pipeline_repr_is_the_same_for_equal_pipelines_and_after_a_run(
-        dcore_registry: PluginRegistry) -> None:
+    dcore_registry: PluginRegistry,
+) -> None:
     first, second = _upload(dcore_registry), _upload(dcore_registry)
     assert repr(first) == repr(second)
     pipeline = ReprCtx().create_pipeline(lambda ctx: ctx.name).chain(Execute("logging"))
     before = repr(pipeline)
     pipeline.run()
-    assert repr(pipeline) == before == (
-        "Pipeline(core=tests.testing.test_reprs:test_a_pipeline_repr_is_the_same_for_equal_"
-        "pipelines_and_after_a_run.<locals>.<lambda>, stages=[Execute('logging')])")
+    assert (
+        repr(pipeline)
+        == before
+        == (
+            "Pipeline(core=tests.testing.test_reprs:test_a_pipeline_repr_is_the_same_for_equal_"
+            "pipelines_and_after_a_run.<locals>.<lambda>, stages=[Execute('logging')])"
+        )
+    )
 
 
-@pytest.mark.parametrize(("ref", "text"), [
-    (Execute("logging"), "Execute('logging')"),
-    (Dispatch("celery", queue="q"), "Dispatch('celery', queue='q')"),
-    (Execute("upload", retry=RetryPolicy(attempts=5, initial=0.5)),
-     "Execute('upload', retry=RetryPolicy(attempts=5, initial=0.5))"),
-    (Execute("upload", retry=RetryPolicy(retry_on=(TimeoutError, ConnectionError))),
-     "Execute('upload', retry=RetryPolicy(retry_on=(TimeoutError, ConnectionError)))"),
-    (Execute("upload", retry=RetryPolicy(retry_on=TimeoutError)),
-     "Execute('upload', retry=RetryPolicy(retry_on=(TimeoutError,)))"),
-    (Execute("x", key="k" * 100), "Execute('x', key='kkkkkkkkkkkkkkkkk...kkkkkkkkkkkkkkkkkk')"),
-    (Execute("x", nested=[[1], {"a": 1}]), "Execute('x', nested=[[...], {...}])"),
-    (Execute("x", ids=list(range(100))), "Execute('x', ids=[0, 1, 2, 3, 4, 5, ...])"),
-    (Execute("x", hook=finish, kind=ValueError),
-     "Execute('x', hook=tests.testing.test_reprs:finish, kind=builtins:ValueError)"),
-])
+@pytest.mark.parametrize(
+    ("ref", "text"),
+    [
+        (Execute("logging"), "Execute('logging')"),
+        (Dispatch("celery", queue="q"), "Dispatch('celery', queue='q')"),
+        (
+            Execute("upload", retry=RetryPolicy(attempts=5, initial=0.5)),
+            "Execute('upload', retry=RetryPolicy(attempts=5, initial=0.5))",
+        ),
+        (
+            Execute("upload", retry=RetryPolicy(retry_on=(TimeoutError, ConnectionError))),
+            "Execute('upload', retry=RetryPolicy(retry_on=(TimeoutError, ConnectionError)))",
+        ),
+        (
+            Execute("upload", retry=RetryPolicy(retry_on=TimeoutError)),
+            "Execute('upload', retry=RetryPolicy(retry_on=(TimeoutError,)))",
+        ),
+        (Execute("x", key="k" * 100), "Execute('x', key='kkkkkkkkkkkkkkkkk...kkkkkkkkkkkkkkkkkk')"),
+        (Execute("x", nested=[[1], {"a": 1}]), "Execute('x', nested=[[...], {...}])"),
+        (Execute("x", ids=list(range(100))), "Execute('x', ids=[0, 1, 2, 3, 4, 5, ...])"),
+        (
+            Execute("x", hook=finish, kind=ValueError),
+            "Execute('x', hook=tests.testing.test_reprs:finish, kind=builtins:ValueError)",
+        ),
+    ],
+)
 def test_a_stage_ref_reads_like_the_call_that_builds_it(ref: Any, text: str) -> None:
     assert repr(ref) == text
 
@@ -85,22 +103,39 @@ def test_a_stage_ref_repr_carries_no_memory_address() -> None:
     assert not re.search(r"0x[0-9a-f]+", text)
 
 
-@pytest.mark.parametrize(("spec", "text"), [
-    (StageSpec(interface="Dispatch", plugin="schedule_job"),
-     "StageSpec('Dispatch', 'schedule_job')"),
-    (StageSpec(interface="Execute", plugin="lock", options={"key": "index", "ttl": 30},
-               retry={"attempts": 3}),
-     "StageSpec('Execute', 'lock', key='index', ttl=30, retry={'attempts': 3})"),
-])
+@pytest.mark.parametrize(
+    ("spec", "text"),
+    [
+        (
+            StageSpec(interface="Dispatch", plugin="schedule_job"),
+            "StageSpec('Dispatch', 'schedule_job')",
+        ),
+        (
+            StageSpec(
+                interface="Execute",
+                plugin="lock",
+                options={"key": "index", "ttl": 30},
+                retry={"attempts": 3},
+            ),
+            "StageSpec('Execute', 'lock', key='index', ttl=30, retry={'attempts': 3})",
+        ),
+    ],
+)
 def test_a_stage_spec_shows_only_what_is_set(spec: StageSpec, text: str) -> None:
     assert repr(spec) == text
 
 
-def test_a_hypothesis_failure_report_shows_the_pipeline(
-        dcore_registry: PluginRegistry) -> None:
+def test_a_hypothesis_failure_report_shows_the_pipeline(dcore_registry: PluginRegistry) -> None:
     @settings(max_examples=50, database=None, derandomize=True)
-    @given(pipelines(ReprCtx(), finish, ["logging", Execute("storage_write", prefix="u/")],
-                     min_stages=1, max_stages=2))
+    @given(
+        pipelines(
+            ReprCtx(),
+            finish,
+            ["logging", Execute("storage_write", prefix="u/")],
+            min_stages=1,
+            max_stages=2,
+        )
+    )
     def never_two_stages(pipeline: Pipeline[Any]) -> None:
         assert len(pipeline.stages) < 2
 
@@ -111,10 +146,13 @@ def test_a_hypothesis_failure_report_shows_the_pipeline(
     assert "object at 0x" not in report
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=100),
-                    lambda inner: st.lists(inner, max_size=10)
-                    | st.dictionaries(st.text(max_size=5), inner, max_size=10),
-                    max_leaves=40)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=100),
+    lambda inner: (
+        st.lists(inner, max_size=10) | st.dictionaries(st.text(max_size=5), inner, max_size=10)
+    ),
+    max_leaves=40,
+)
 
 
 @settings(max_examples=100, deadline=None)

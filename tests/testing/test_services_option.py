@@ -6,7 +6,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-BODY = '''
+BODY = """
 from dcore.services import JobState
 
 
@@ -24,7 +24,7 @@ def test_services_behave(dcore_services, record_property):
     assert lock.acquire(blocking=False)
     assert not s.locks.lock("file:a", ttl=5).acquire(blocking=False)
     lock.release()
-'''
+"""
 
 
 def _properties(result: pytest.HookRecorder) -> dict[str, str]:

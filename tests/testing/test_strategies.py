@@ -23,8 +23,9 @@ def _core(ctx: OrderContext) -> str:
     return ctx.order_id
 
 
-FAST = settings(max_examples=40, deadline=None, database=None,
-                suppress_health_check=list(HealthCheck))
+FAST = settings(
+    max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
 
 
 @FAST
@@ -45,10 +46,17 @@ def test_contexts_name_an_unknown_field() -> None:
 
 
 @FAST
-@given(pipelines(contexts(OrderContext), _core,
-                 ["logging", StageRef(Execute, "logging", {"level": "DEBUG"})], max_stages=3))
-def test_pipelines_have_one_dispatch_and_stages_from_the_vocabulary(pipeline: Pipeline[
-        OrderContext]) -> None:
+@given(
+    pipelines(
+        contexts(OrderContext),
+        _core,
+        ["logging", StageRef(Execute, "logging", {"level": "DEBUG"})],
+        max_stages=3,
+    )
+)
+def test_pipelines_have_one_dispatch_and_stages_from_the_vocabulary(
+    pipeline: Pipeline[OrderContext],
+) -> None:
     kinds = [ref.interface for ref in pipeline.stages]
     assert kinds.count(Dispatch) == 1
     assert {ref.plugin for ref in pipeline.stages} <= {"logging", "schedule_job"}
@@ -62,8 +70,7 @@ def test_pipelines_reject_an_empty_vocabulary() -> None:
 
 
 @FAST
-@given(fault_plans(("crash", "drop", "service_error"), stages=["a"], jobs=2,
-                   probabilities=True))
+@given(fault_plans(("crash", "drop", "service_error"), stages=["a"], jobs=2, probabilities=True))
 def test_fault_plans_draw_only_the_kinds_asked_for(plan: FaultPlan) -> None:
     assert {f.kind for f in plan.faults} <= {"crash", "drop", "service_error"}
     assert plan.duplicate == plan.delay == 0.0
@@ -77,8 +84,7 @@ def test_fault_plans_name_an_unknown_kind() -> None:
 
 @FAST
 @given(schedules(horizon=8), seeds())
-def test_schedules_make_choosers_a_simulation_accepts(chooser: ScheduleChooser, seed: int
-                                                      ) -> None:
+def test_schedules_make_choosers_a_simulation_accepts(chooser: ScheduleChooser, seed: int) -> None:
     assert all(0 <= k < 8 for k in chooser.schedule)
     with SimEnvironment(seed=seed % 100, chooser=chooser) as sim:
         sim.spawn(lambda: sim.clock.sleep(1))

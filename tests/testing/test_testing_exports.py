@@ -17,10 +17,12 @@ import dcore_testing.sim
 
 
 def test_every_exported_name_resolves_to_the_object_in_its_home_module() -> None:
-    homes = {"InvariantViolation": dcore_testing.invariants,
-             "ManualClock": dcore_testing.clock,
-             "GoldenMessages": dcore_testing.golden,
-             "GoldenMessageError": dcore_testing.golden}
+    homes = {
+        "InvariantViolation": dcore_testing.invariants,
+        "ManualClock": dcore_testing.clock,
+        "GoldenMessages": dcore_testing.golden,
+        "GoldenMessageError": dcore_testing.golden,
+    }
     for name in dcore_testing.__all__:
         value = getattr(dcore_testing, name)
         home = homes.get(name, dcore_testing.sim)
@@ -40,10 +42,13 @@ def test_an_unknown_name_is_an_attribute_error_naming_it() -> None:
 
 
 def test_importing_the_package_and_plugin_stays_light() -> None:
-    code = ("import sys, dcore_testing, dcore_testing.pytest_plugin, dcore_testing.fixtures.sim,"
-            " dcore_testing.fixtures.golden;"
-            "print(sorted(m for m in ('greenlet', 'hypothesis', 'freezegun', "
-            "'dcore_testing.sim', 'dcore_testing.golden', 'dcore') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    code = (
+        "import sys, dcore_testing, dcore_testing.pytest_plugin, dcore_testing.fixtures.sim,"
+        " dcore_testing.fixtures.golden;"
+        "print(sorted(m for m in ('greenlet', 'hypothesis', 'freezegun', "
+        "'dcore_testing.sim', 'dcore_testing.golden', 'dcore') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"

@@ -208,7 +208,10 @@ def assert_one_trace_across_the_handoff(
     assert stages["step#3"].parent is not None
     assert stages["step#3"].parent.span_id == stages["step#1"].context.span_id
     assert ancestry(stages["step#4"], spans) == [
-        "dcore step", "dcore step", "dcore tracing", "POST /jobs"
+        "dcore step",
+        "dcore step",
+        "dcore tracing",
+        "POST /jobs",
     ]
 
 
@@ -228,8 +231,11 @@ def test_celery_worker_spans_continue_the_request_trace_from_the_handoff(
     traceparent = JobMessage.parse(record.message or "").trace["traceparent"]
     assert traceparent.split("-")[2] == format(stages["step#1"].context.span_id, "016x")
     assert dict(stages["step#4"].attributes or {}) == {
-        "dcore.job_id": ctx.job_id, "dcore.stage": "step#4", "dcore.plugin": "step",
-        "dcore.interface": "Execute", "dcore.attempt": 1,
+        "dcore.job_id": ctx.job_id,
+        "dcore.stage": "step#4",
+        "dcore.plugin": "step",
+        "dcore.interface": "Execute",
+        "dcore.attempt": 1,
     }
     assert stages["tracing#0"].attributes is not None
     assert stages["tracing#0"].attributes["dcore.job_id"] == ctx.job_id
@@ -243,6 +249,7 @@ def test_without_a_trace_propagator_the_worker_spans_start_a_new_trace(
 ) -> None:
     """The check above depends on the message's trace context: with the carrier-less
     default propagator (which the tracing stage would otherwise replace), it fails."""
+
     def keep_current_propagator() -> None:
         pass
 

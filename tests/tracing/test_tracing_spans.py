@@ -108,8 +108,11 @@ def test_thread_dispatch_background_spans_are_children_in_the_request_trace(
     assert parent_of(spans["step#3"]) == spans["step#1"].context.span_id
     assert parent_of(spans["shaky#4"]) == spans["step#3"].context.span_id
     assert dict(spans["shaky#4"].attributes or {}) == {
-        "dcore.job_id": ctx.job_id, "dcore.stage": "shaky#4", "dcore.plugin": "shaky",
-        "dcore.interface": "Execute", "dcore.attempt": 1,
+        "dcore.job_id": ctx.job_id,
+        "dcore.stage": "shaky#4",
+        "dcore.plugin": "shaky",
+        "dcore.interface": "Execute",
+        "dcore.attempt": 1,
     }
 
 

@@ -114,8 +114,9 @@ def test_background_run_with_fake_clock_logs_everything(proxies: list[Proxy]) ->
     assert all(e.error is None for e in run.log)
 
 
-def test_stop_reverts_what_is_applied(dcore_toxiproxy: ToxiproxyClient,
-                                      proxies: list[Proxy]) -> None:
+def test_stop_reverts_what_is_applied(
+    dcore_toxiproxy: ToxiproxyClient, proxies: list[Proxy]
+) -> None:
     a = proxies[0]
     plan = ChaosPlan().at(0.0).latency(a, 10).at(0.0).partition(a).at(50.0).bandwidth(a, 1)
     waiting = threading.Event()

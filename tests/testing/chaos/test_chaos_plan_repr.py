@@ -24,7 +24,8 @@ def test_a_built_plan_reads_like_its_steps(proxies: list[Proxy]) -> None:
     assert repr(plan) == (
         "ChaosPlan(seed=7, steps=[Step(1.0, 'latency', 'redis', for_=3.0, jitter=0, "
         "latency=100), Step(2.0, 'partition', 's3'), Step(2.5, 'one_way_partition', 'redis', "
-        "for_=1.0, stream='upstream')])")
+        "for_=1.0, stream='upstream')])"
+    )
     assert repr(ChaosPlan()) == "ChaosPlan(seed=None, steps=[])"
 
 

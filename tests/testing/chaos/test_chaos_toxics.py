@@ -106,8 +106,9 @@ def test_reset_peer_added_to_an_open_connection_resets_it(echo_proxy: Proxy, net
                 net.recv_until_eof(sock)
 
 
-def test_slicer_splits_data_into_several_reads(dcore_toxiproxy: ToxiproxyClient, upstreams,
-                                               net) -> None:
+def test_slicer_splits_data_into_several_reads(
+    dcore_toxiproxy: ToxiproxyClient, upstreams, net
+) -> None:
     payload = b"s" * 2000
     port = upstreams.start(net.greeter(payload))
     proxy = dcore_toxiproxy.create_proxy("slice", "127.0.0.1:0", f"127.0.0.1:{port}")

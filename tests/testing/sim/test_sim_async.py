@@ -158,8 +158,11 @@ def test_a_crash_at_a_call_inside_an_async_stage_ends_it_there_and_redelivers() 
     with SimEnvironment(seed=3, workers=1, faults=plan) as sim:
         three_docs(sim)
         invariants.no_job_lost(sim)
-        waited = [e for e in sim.trace.events
-                  if e["ev"] == "effect" and e["name"] == "waited" and e.get("job") == "j1"]
+        waited = [
+            e
+            for e in sim.trace.events
+            if e["ev"] == "effect" and e["name"] == "waited" and e.get("job") == "j1"
+        ]
         crash = next(e for e in sim.trace.events if e["ev"] == "crash")
         index = json.loads(sim.storage.get(INDEX))
     assert len(waited) == 2  # the crashed attempt's and the redelivery's
@@ -169,8 +172,9 @@ def test_a_crash_at_a_call_inside_an_async_stage_ends_it_there_and_redelivers() 
 
 def test_a_service_error_in_an_async_stage_is_retried_by_the_job_policy() -> None:
     plan = FaultPlan(ServiceError(op="storage.put", job=1))
-    with SimEnvironment(seed=4, workers=2, faults=plan, job_attempts=3,
-                        job_initial_delay=1.0) as sim:
+    with SimEnvironment(
+        seed=4, workers=2, faults=plan, job_attempts=3, job_initial_delay=1.0
+    ) as sim:
         three_docs(sim)
         invariants.no_job_lost(sim)
         invariants.retry_bounds(sim)
@@ -192,8 +196,9 @@ def test_an_async_stage_retry_waits_on_virtual_time(dcore_registry: Any) -> None
     dcore_registry.register("async_flaky", Flaky)
     with SimEnvironment(seed=1, registry=dcore_registry) as sim:
         p = Doc(name="d").create_pipeline(indexed).chain(Dispatch, plugin="celery")
-        p.chain(Execute, plugin="async_flaky",
-                retry=RetryPolicy(attempts=3, initial=10.0, backoff=3.0))
+        p.chain(
+            Execute, plugin="async_flaky", retry=RetryPolicy(attempts=3, initial=10.0, backoff=3.0)
+        )
         p.run()  # only the background part is async: run() hands it off
         sim.run_until_idle()
         state = sim.jobs.get(sim.job_id("j1")).state
@@ -220,8 +225,13 @@ def test_an_async_stage_awaiting_what_nothing_finishes_is_a_clear_error(
 def test_hypothesis_shrinks_an_async_lost_update_to_two_jobs_and_one_preemption() -> None:
     failures: list[tuple[int, Trace]] = []
 
-    @settings(max_examples=300, database=None, deadline=None, derandomize=False,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=300,
+        database=None,
+        deadline=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+    )
     @seed(2)  # derandomize would seed from the source text: its layout must not matter
     @given(st.data())
     def the_index_never_loses_a_doc(data: st.DataObject) -> None:

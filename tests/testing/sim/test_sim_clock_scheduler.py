@@ -68,6 +68,7 @@ def test_sleep_outside_any_task_runs_the_simulation_for_that_long() -> None:
 def test_step_resumes_one_task_at_a_time() -> None:
     sim = SimEnvironment(seed=1, patch_time=False)
     log: list[str] = []
+
     def two_steps() -> None:
         log.append("a1")
         sim.clock.sleep(1)
@@ -183,13 +184,16 @@ def test_user_code_reads_virtual_time_and_its_sleep_yields() -> None:
 
 
 def test_a_skewed_worker_sees_a_different_wall_clock() -> None:
-    sim = SimEnvironment(seed=1, workers=2, faults=FaultPlan(Skew(worker=2, seconds=120)),
-                         patch_time=False)
+    sim = SimEnvironment(
+        seed=1, workers=2, faults=FaultPlan(Skew(worker=2, seconds=120)), patch_time=False
+    )
     seen: dict[str | None, float] = {}
-    task1 = sim.scheduler.spawn(lambda: seen.__setitem__("w1", sim.clock.time()),
-                                name="a", worker=1)
-    task2 = sim.scheduler.spawn(lambda: seen.__setitem__("w2", sim.clock.time()),
-                                name="b", worker=2)
+    task1 = sim.scheduler.spawn(
+        lambda: seen.__setitem__("w1", sim.clock.time()), name="a", worker=1
+    )
+    task2 = sim.scheduler.spawn(
+        lambda: seen.__setitem__("w2", sim.clock.time()), name="b", worker=2
+    )
     sim.run_until_idle()
     assert task1.done
     assert task2.done
@@ -201,8 +205,10 @@ def test_a_skewed_worker_sees_a_different_wall_clock() -> None:
     ("kwargs", "message"),
     [
         ({"seed": "x"}, "seed=...) must be an int, got 'x'"),
-        ({"workers": 0},
-         "workers=...) must be an int >= 1 or a mapping of queue to workers, got 0"),
+        (
+            {"workers": 0},
+            "workers=...) must be an int >= 1 or a mapping of queue to workers, got 0",
+        ),
         ({"faults": ["crash"]}, "takes a FaultPlan, got list"),
         ({"delivery": "sometimes"}, "delivery=...) must be 'auto'"),
     ],

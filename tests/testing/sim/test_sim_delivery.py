@@ -102,10 +102,12 @@ def _time_session() -> Any:
         yield
 
 
-@settings(max_examples=1000, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck))
-@given(plan=fault_plans(("crash", "duplicate", "delay"), stages=payments.STAGES[1:], jobs=3,
-                        max_faults=4))
+@settings(max_examples=1000, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(
+    plan=fault_plans(
+        ("crash", "duplicate", "delay"), stages=payments.STAGES[1:], jobs=3, max_faults=4
+    )
+)
 def test_no_job_is_lost_across_1000_random_fault_plans(plan: FaultPlan) -> None:
     with SimEnvironment(seed=7, workers=2, faults=plan, job_attempts=3) as sim:
         payments.pay(sim, 3, idempotent=True)
@@ -162,7 +164,10 @@ def test_a_retry_that_succeeds_ends_the_job_succeeded() -> None:
         sim.run_until_idle()
     assert str(sim.jobs.get(ctx.job_id).state) == "SUCCEEDED"
     assert [e["ev"] for e in sim.trace.events if e["ev"] in ("failed", "retry", "ack")] == [
-        "failed", "retry", "ack"]
+        "failed",
+        "retry",
+        "ack",
+    ]
     invariants.check_all(sim, exactly_once_effects=["core"])
 
 
@@ -201,7 +206,9 @@ def test_remote_dispatch_round_trips_the_message_through_json() -> None:
 
 def test_a_dropped_message_is_lost_only_by_an_at_most_once_dispatcher() -> None:
     deliveries: tuple[tuple[Literal["at_most_once", "at_least_once"], bool], ...] = (
-        ("at_most_once", True), ("at_least_once", False))
+        ("at_most_once", True),
+        ("at_least_once", False),
+    )
     for delivery, lost in deliveries:
         sim = SimEnvironment(seed=1, faults=FaultPlan(Drop(job=1)), delivery=delivery)
         with sim:
@@ -220,8 +227,9 @@ def test_fastapi_background_tasks_are_at_most_once_a_crash_loses_the_job() -> No
     sim = SimEnvironment(seed=1, faults=FaultPlan(Crash(job=1)))
     with sim:
         ctx = NoteContext(note="f")
-        ctx.create_pipeline(core_fn=_note).chain(Dispatch, plugin="fastapi") \
-            .chain(Execute, plugin="logging").run()
+        ctx.create_pipeline(core_fn=_note).chain(Dispatch, plugin="fastapi").chain(
+            Execute, plugin="logging"
+        ).run()
         sim.run_until_idle()
     assert sim.trace.of("dispatch")[0]["delivery"] == "at-most-once"
     assert sim.trace.of("lost")
@@ -259,9 +267,11 @@ def test_a_service_error_raises_what_dcores_backends_raise_or_the_clients_own() 
         seen.extend([type(s3_error.value).__name__, type(redis_error.value).__name__])
 
     # the probe is the test's own task: faults reach it only when scoped to clients
-    plan = FaultPlan(ServiceError(op="storage.put", task="client"),
-                     ServiceError(op="storage.get", error="s3", task="client"),
-                     ServiceError(op="jobs.get", error="redis", task="client"))
+    plan = FaultPlan(
+        ServiceError(op="storage.put", task="client"),
+        ServiceError(op="storage.get", error="s3", task="client"),
+        ServiceError(op="jobs.get", error="redis", task="client"),
+    )
     with SimEnvironment(seed=1, faults=plan) as sim:
         sim.spawn(probe, sim)
         sim.run_until_idle()

@@ -34,8 +34,9 @@ def test_in_a_client_task_and_in_a_worker_task_running_a_job() -> None:
     sim = SimEnvironment(seed=1)
     pairs: list[tuple[dict[str, object], dict[str, object]]] = []
     sim.spawn(lambda: pairs.append(_both(sim)), name="client1")
-    sim.scheduler.spawn(lambda: pairs.append(_both(sim)), name="w1:j1", lane="w1",
-                        worker=1, job="j1")
+    sim.scheduler.spawn(
+        lambda: pairs.append(_both(sim)), name="w1:j1", lane="w1", worker=1, job="j1"
+    )
     sim.run_until_idle()
 
     assert len(pairs) == 2

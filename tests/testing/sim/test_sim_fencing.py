@@ -79,7 +79,9 @@ def test_the_newest_fence_wins_in_every_interleaving() -> None:
             newest = max(HOLDERS, key=lambda holder: holder[1] or Fence("", 0))
             assert (stored, recorded) == newest, seed
             assert [fence for _, fence in HOLDERS] == [
-                Fence("report:daily", 1), Fence("report:daily", 2)]
+                Fence("report:daily", 1),
+                Fence("report:daily", 2),
+            ]
             if HOLDERS[0][0].startswith(b"A"):
                 assert stored == b"B is quick"
                 assert len(errors) == 1, errors

@@ -65,8 +65,9 @@ def finish(ctx: Order) -> int:
     return ctx.n
 
 
-def run_orders(sim: SimEnvironment, mode: Mode, orders: list[Order],
-               policy: RetryPolicy | None = None) -> None:
+def run_orders(
+    sim: SimEnvironment, mode: Mode, orders: list[Order], policy: RetryPolicy | None = None
+) -> None:
     with sim:
         for order in orders:
             pipeline = order.create_pipeline(core_fn=finish)
@@ -93,8 +94,12 @@ def test_random_faults_never_give_a_job_two_dead_letters_in_1000_seeds(mode: Mod
     dead = 0
     for seed in range(1000):
         sim = SimEnvironment(seed=seed, workers=2, faults=plan)
-        run_orders(sim, mode, [Order(n=1, fail=True), Order(n=2, fail=True)],
-                   RetryPolicy(attempts=2, initial=1.0))
+        run_orders(
+            sim,
+            mode,
+            [Order(n=1, fail=True), Order(n=2, fail=True)],
+            RetryPolicy(attempts=2, initial=1.0),
+        )
         letters = _dlq_per_job(sim)
         assert all(n == 1 for n in letters.values()), (seed, letters)
         invariants.no_job_lost(sim)
@@ -133,10 +138,15 @@ def test_a_crash_between_the_steps_of_a_split_dead_lettering_gives_one_entry(
     from dcore_testing.sim.clock import VirtualClock
 
     clock = VirtualClock()  # the backends' clock; the simulation brings its own
-    services = {"storage": MemoryStorage(), "events": NotSameServerBus(MemoryEventBus(clock)),
-                "jobs": MemoryJobStore(clock), "locks": MemoryLocks(clock)}
-    sim = SimEnvironment(seed=1, services=services,
-                         faults=FaultPlan(Crash(op=crash_after, when="after")))
+    services = {
+        "storage": MemoryStorage(),
+        "events": NotSameServerBus(MemoryEventBus(clock)),
+        "jobs": MemoryJobStore(clock),
+        "locks": MemoryLocks(clock),
+    }
+    sim = SimEnvironment(
+        seed=1, services=services, faults=FaultPlan(Crash(op=crash_after, when="after"))
+    )
     run_orders(sim, "remote", [Order(n=1, fail=True)])
     assert [e["where"] for e in sim.trace.of("crash")] == [f"after {crash_after}"]
     assert _dlq_per_job(sim) == {"j1": 1}
@@ -173,17 +183,22 @@ def test_no_concurrent_runs_names_two_workers_running_one_job() -> None:
     from dcore_testing.sim.trace import Trace
 
     trace = Trace({})
-    for event in ({"ev": "stage.enter", "job": "j1", "lane": "w1", "stage": "a", "index": 1},
-                  {"ev": "stage.enter", "job": "j1", "lane": "w2", "stage": "a", "index": 1}):
+    for event in (
+        {"ev": "stage.enter", "job": "j1", "lane": "w1", "stage": "a", "index": 1},
+        {"ev": "stage.enter", "job": "j1", "lane": "w2", "stage": "a", "index": 1},
+    ):
         trace.record({"t": 0.0, **event})
     with pytest.raises(InvariantViolation, match="j1 ran on w2 while w1 was still running"):
         invariants.no_concurrent_runs(trace)
 
 
-@pytest.mark.parametrize(("op", "nth"), [
-    ("jobs.claim", 1),        # unreachable at the start
-    ("jobs.end_attempt", 1),  # at SUCCEEDED
-])
+@pytest.mark.parametrize(
+    ("op", "nth"),
+    [
+        ("jobs.claim", 1),  # unreachable at the start
+        ("jobs.end_attempt", 1),  # at SUCCEEDED
+    ],
+)
 def test_an_unreachable_job_store_requeues_the_delivery_and_the_job_succeeds(
     op: str, nth: int
 ) -> None:
@@ -230,8 +245,9 @@ def test_a_correct_pipeline_with_the_retry_stage_passes_check_all_on_1000_seeds(
             for n in (1, 2):
                 pipeline = Order(n=n).create_pipeline(core_fn=finish)
                 pipeline.chain(Dispatch, plugin=DISPATCH[mode])
-                pipeline.chain(Execute("retry", attempts=3, initial=0.5,
-                                       retry_on=["ConnectionError"]))
+                pipeline.chain(
+                    Execute("retry", attempts=3, initial=0.5, retry_on=["ConnectionError"])
+                )
                 pipeline.chain(Execute, plugin="decision_flaky")
                 pipeline.run()
             sim.run_until_idle()

@@ -28,8 +28,13 @@ def test_the_lost_update_is_found_within_200_seeds() -> None:
 def test_hypothesis_shrinks_the_race_to_two_jobs_and_one_preemption() -> None:
     failures: list[tuple[int, Trace]] = []
 
-    @settings(max_examples=300, database=None, deadline=None, derandomize=False,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=300,
+        database=None,
+        deadline=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+    )
     @seed(2)  # derandomize would seed from the source text: its layout must not matter
     @given(st.data())
     def uploads_never_lose_a_file(data: st.DataObject) -> None:
@@ -55,8 +60,11 @@ def test_hypothesis_shrinks_the_race_to_two_jobs_and_one_preemption() -> None:
     count, trace = failures[-1]  # Hypothesis replays the shrunk example last
     assert count == 2
     assert trace.preemptions == 1
-    index_steps = [(e["lane"], e["op"].split(".")[1]) for e in trace.events
-                   if e["ev"] == "call" and e.get("key") == race.INDEX_KEY and e["lane"] != "main"]
+    index_steps = [
+        (e["lane"], e["op"].split(".")[1])
+        for e in trace.events
+        if e["ev"] == "call" and e.get("key") == race.INDEX_KEY and e["lane"] != "main"
+    ]
     first, second = index_steps[0][0], index_steps[1][0]
     assert first != second
     # the two conflicting steps: the other job's whole read-modify-write lands between

@@ -32,16 +32,16 @@ def _changed_pipeline(sim: SimEnvironment) -> None:
 
 
 def test_a_saved_trace_replays_to_an_identical_event_sequence(tmp_path: Path) -> None:
-    outcome = next(o for o in (run_scenario(race.unlocked_uploads, seed=s) for s in range(200))
-                   if o.failed)  # a seed that loses an update
+    outcome = next(
+        o for o in (run_scenario(race.unlocked_uploads, seed=s) for s in range(200)) if o.failed
+    )  # a seed that loses an update
     path = outcome.trace.save(tmp_path / "race.jsonl")
     replayed = replay(race.unlocked_uploads, path)
     assert replayed.trace.events == Trace.load(path).events
     assert isinstance(replayed.error, InvariantViolation)  # the failure reproduces
 
 
-def test_a_changed_pipeline_makes_replay_fail_at_the_first_differing_event(
-        tmp_path: Path) -> None:
+def test_a_changed_pipeline_makes_replay_fail_at_the_first_differing_event(tmp_path: Path) -> None:
     path = run_scenario(payments.crash_after_charge, seed=3).trace.save(tmp_path / "p.jsonl")
     recorded = Trace.load(path)
     with pytest.raises(ReplayDivergence) as caught:
@@ -95,8 +95,12 @@ def test_check_determinism_refuses_a_simulation_without_a_seeded_chooser() -> No
 
 def test_explore_saves_one_trace_per_failing_seed(tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
-    failures = explore(race.unlocked_uploads, range(40), trace_dir=tmp_path,
-                       progress=lambda done, failed: seen.append((done, failed)))
+    failures = explore(
+        race.unlocked_uploads,
+        range(40),
+        trace_dir=tmp_path,
+        progress=lambda done, failed: seen.append((done, failed)),
+    )
     assert failures
     assert len(seen) == 40
     for outcome in failures:

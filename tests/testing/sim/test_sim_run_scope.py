@@ -49,8 +49,7 @@ def test_a_run_inside_the_with_block_patches_time_only_when_asked() -> None:
     for patch_time, virtual in ((True, True), (False, False)):
         sim = SimEnvironment(seed=1, patch_time=patch_time)
         read: list[float] = []
-        sim.spawn(lambda read=read, sim=sim: (sim.clock.sleep(3600.0),
-                                              read.append(time.time())))
+        sim.spawn(lambda read=read, sim=sim: (sim.clock.sleep(3600.0), read.append(time.time())))
         with sim:
             sim.run_until_idle()
         assert (read[0] == sim.clock.time()) is virtual

@@ -72,7 +72,8 @@ def _trace(plans: list[list[tuple[str, Any]]], seed: int, how: str) -> str:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plans=_plans, seed=st.integers(0, 3))
 def test_a_run_with_direct_hand_overs_is_the_run_the_loop_makes(
-        plans: list[list[tuple[str, Any]]], seed: int) -> None:
+    plans: list[list[tuple[str, Any]]], seed: int
+) -> None:
     through_loop = _trace(plans, seed, "steps")
     assert _trace(plans, seed, "run") == through_loop
     assert _trace(plans, seed, "deadlines") == through_loop
@@ -150,5 +151,4 @@ def test_a_step_budget_counts_every_resumption_of_sleeping_tasks() -> None:
     while sim.step():
         steps += 1
     assert steps == 8  # 2 starts + 6 wake-ups, one resumption each
-    assert woke == [("a", 1.0), ("b", 1.25), ("a", 2.0), ("b", 2.5), ("a", 3.0),
-                    ("b", 3.75)]
+    assert woke == [("a", 1.0), ("b", 1.25), ("a", 2.0), ("b", 2.5), ("a", 3.0), ("b", 3.75)]

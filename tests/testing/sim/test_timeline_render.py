@@ -26,7 +26,8 @@ from dcore_testing.sim.trace import Trace
 from examples.sim import payments, race
 
 SAFE = (
-    {chr(c) for c in range(0x20, 0x7F)} | {"\n", "\t"}
+    {chr(c) for c in range(0x20, 0x7F)}
+    | {"\n", "\t"}
     | {chr(c) for c in range(0xA0, 0x100)}
     | set("←↑→↓…†•‼√♦─│┼")
 )
@@ -35,12 +36,24 @@ SAFE = (
 EVERY_KIND = [
     {"t": 0.0, "ev": "choice", "lane": "w1", "what": "run", "pick": 1, "job": "j1"},
     {"t": 0.0, "ev": "choice", "lane": "main", "what": "worker", "pick": 2},
-    {"t": 0.0, "ev": "dispatch", "lane": "main", "job": "j1", "remote": True,
-     "delivery": "at_least_once"},
+    {
+        "t": 0.0,
+        "ev": "dispatch",
+        "lane": "main",
+        "job": "j1",
+        "remote": True,
+        "delivery": "at_least_once",
+    },
     {"t": 0.0, "ev": "deliver", "lane": "w1", "job": "j1", "attempt": 1, "cause": "first"},
     {"t": 0.0, "ev": "stage.enter", "lane": "w1", "job": "j1", "stage": "charge"},
-    {"t": 0.0, "ev": "stage.exit", "lane": "w1", "job": "j1", "stage": "charge",
-     "error": "RuntimeError"},
+    {
+        "t": 0.0,
+        "ev": "stage.exit",
+        "lane": "w1",
+        "job": "j1",
+        "stage": "charge",
+        "error": "RuntimeError",
+    },
     {"t": 0.0, "ev": "call", "lane": "w1", "op": "storage.get", "key": "index.json"},
     {"t": 0.0, "ev": "fault", "lane": "w1", "job": "j1", "fault": "crash", "where": "enter"},
     {"t": 0.0, "ev": "crash", "lane": "w1", "job": "j1", "where": "enter charge"},
@@ -61,11 +74,19 @@ EVERY_KIND = [
 
 
 def _traces() -> list[Trace]:
-    every = Trace({"seed": 0, "workers": 2, "name": "every:kind",
-                   "faults": {"faults": [{"kind": "crash"}]}, "error": "boom"})
+    every = Trace(
+        {
+            "seed": 0,
+            "workers": 2,
+            "name": "every:kind",
+            "faults": {"faults": [{"kind": "crash"}]},
+            "error": "boom",
+        }
+    )
     every.events = list(EVERY_KIND)
-    crash = run_scenario(payments.crash_after_charge, seed=3,
-                         faults=FaultPlan(Crash(stage="send_receipt", job=1))).trace
+    crash = run_scenario(
+        payments.crash_after_charge, seed=3, faults=FaultPlan(Crash(stage="send_receipt", job=1))
+    ).trace
     locked = run_scenario(race.locked_uploads, seed=5).trace
     return [every, crash, locked]
 
@@ -95,15 +116,24 @@ def test_a_lock_event_reads_as_words() -> None:
 
 @pytest.mark.skipif(shutil.which("fc-list") is None, reason="needs fontconfig's fc-list")
 def test_dejavu_sans_has_every_glyph() -> None:
-    if not subprocess.run(["fc-list", "DejaVu Sans"], capture_output=True, text=True,
-                          check=True).stdout.strip():
+    if not subprocess.run(
+        ["fc-list", "DejaVu Sans"], capture_output=True, text=True, check=True
+    ).stdout.strip():
         pytest.skip("DejaVu Sans is not installed")
-    missing = [c for c in sorted(GLYPHS) if not subprocess.run(
-        ["fc-list", f"DejaVu Sans:charset={ord(c):x}"], capture_output=True, text=True,
-        check=True).stdout.strip()]
+    missing = [
+        c
+        for c in sorted(GLYPHS)
+        if not subprocess.run(
+            ["fc-list", f"DejaVu Sans:charset={ord(c):x}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    ]
     assert missing == []
-    lock = subprocess.run(["fc-list", "DejaVu Sans:charset=26bf"], capture_output=True,
-                          text=True, check=True).stdout
+    lock = subprocess.run(
+        ["fc-list", "DejaVu Sans:charset=26bf"], capture_output=True, text=True, check=True
+    ).stdout
     assert lock.strip() == ""  # the old lock glyph: the empty box this replaces
 
 
@@ -147,14 +177,19 @@ def test_a_race_at_one_instant_is_ordered_by_the_step_column() -> None:
 
     lines = render_text(trace).splitlines()
     start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("step")) + 2
-    steps = [int(re.match(r"\s*(\d+) │", line).group(1))  # type: ignore[union-attr]
-             for line in lines[start:]]
+    steps = [
+        int(re.match(r"\s*(\d+) │", line).group(1))  # type: ignore[union-attr]
+        for line in lines[start:]
+    ]
     assert steps == [r.step for r in shown]
 
 
 def test_the_step_is_the_index_a_divergence_names() -> None:
     trace = run_scenario(race.unlocked_uploads, seed=2).trace
-    row = next(r for r in rows(trace) if r.event["ev"] == "stage.enter"
-               and r.event["stage"] == "index_update")
+    row = next(
+        r
+        for r in rows(trace)
+        if r.event["ev"] == "stage.enter" and r.event["stage"] == "index_update"
+    )
     assert trace.events.index(row.event) == row.step
-    assert f"<td class=\"n\">{row.step}</td>" in render_html(trace)
+    assert f'<td class="n">{row.step}</td>' in render_html(trace)
