@@ -21,7 +21,8 @@ def private_imports(source: str) -> list[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
+            # ``from dcore import _core`` imports a module too
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
         else:
             continue
         found += [name for name in names if name.split(".")[0] == "dcore"
@@ -42,8 +43,16 @@ def documented_sources() -> dict[str, str]:
 
 
 def test_the_check_finds_a_private_import() -> None:
-    source = "import dcore\nfrom dcore._core.lifecycle import deliver\nimport dcore._worker as r\n"
-    assert private_imports(source) == ["dcore._core.lifecycle", "dcore._worker"]
+    source = (
+        "import dcore\nfrom dcore._core.lifecycle import deliver\nimport dcore._worker as w\n"
+        "from dcore import _core\n"
+    )
+    assert private_imports(source) == [
+        "dcore._core.lifecycle",
+        "dcore._core.lifecycle.deliver",
+        "dcore._worker",
+        "dcore._core",
+    ]
     assert private_imports("from dcore.engine import deliver_message\n") == []
 
 

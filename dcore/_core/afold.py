@@ -26,15 +26,16 @@ job to the next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import functools
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dcore._core import events
 from dcore._core.lifecycle import describe_error
-from dcore._core.loops import run_coroutine
+from dcore._core.loops import CALLER_LOOP, run_coroutine
 from dcore._core.retry import acall_with_retry
 from dcore._core.runner import (
     Call,
@@ -58,11 +59,6 @@ T = TypeVar("T")
 
 #: One step of an async-folded chain.
 AsyncCall = Callable[[Any], Coroutine[Any, Any, Any]]
-
-# the caller's loop, for a plain segment's next_fn running in a worker thread
-_CALLER_LOOP: ContextVar[asyncio.AbstractEventLoop | None] = ContextVar(
-    "dcore_caller_loop", default=None
-)
 
 
 def afold(
@@ -126,13 +122,13 @@ def _offloaded(call: Call, offload: bool, *, own_thread: bool = False) -> AsyncC
 
     async def in_thread(ctx: Any) -> Any:
         loop = asyncio.get_running_loop()
-        token = _CALLER_LOOP.set(loop)
+        token = CALLER_LOOP.set(loop)
         try:
             if own_thread:
                 return await _in_own_thread(loop, call, ctx)
             return await asyncio.to_thread(call, ctx)
         finally:
-            _CALLER_LOOP.reset(token)
+            CALLER_LOOP.reset(token)
 
     return in_thread
 
@@ -152,14 +148,24 @@ async def _in_own_thread(loop: asyncio.AbstractEventLoop, call: Call, ctx: Any) 
 
     def work() -> None:
         try:
-            result = context.run(call, ctx)
+            outcome: tuple[Any, BaseException | None] = (context.run(call, ctx), None)
         except BaseException as exc:  # handed to the awaiting task, which re-raises it
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
+            outcome = (None, exc)
+        # the request may have been cancelled and its loop closed meanwhile: then
+        # nobody waits for the outcome
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, *outcome)
 
     threading.Thread(target=work, name="dcore-arun", daemon=True).start()
     return await done
+
+
+async def _off_loop(env: Environment, call: Callable[[], T]) -> T:
+    """``call()`` in a worker thread, or on the loop where threads may not be used (the
+    simulator's loop runs on virtual time, and a thread would escape its scheduler)."""
+    if env.async_offload:
+        return await asyncio.to_thread(call)
+    return call()
 
 
 def _bridge(rest: AsyncCall, env: Environment, offload: bool) -> Call:
@@ -174,7 +180,7 @@ def _bridge(rest: AsyncCall, env: Environment, offload: bool) -> Call:
         return nested
 
     def on_caller_loop(ctx: Any) -> Any:
-        loop = _CALLER_LOOP.get()
+        loop = CALLER_LOOP.get()
         assert loop is not None, "an offloaded segment knows its caller's loop"
         return asyncio.run_coroutine_threadsafe(rest(ctx), loop).result()
 
@@ -205,8 +211,20 @@ def _async_stage_call(
     async def body(ctx: Any) -> Any:
         if pool is None:
             return await instance.execute(next_call, ctx)
-        with pool.lease(ref.interface, ref.plugin, **ref.options) as leased:
-            return await leased.execute(next_call, ctx)
+        # waiting for a free instance (and entering a new one) blocks: off the loop, or
+        # requests beyond the pool's size would stall the loop and with it the leases'
+        # holders, which could then never give their instances back
+        leased = await _off_loop(
+            env, functools.partial(pool.acquire, ref.interface, ref.plugin, **ref.options)
+        )
+        try:
+            result = await leased.execute(next_call, ctx)
+        except BaseException:
+            # a discarded instance is exited, which may block
+            await _off_loop(env, functools.partial(pool.release, leased, discard=True))
+            raise
+        pool.release(leased)  # back to the idle list: never blocks
+        return result
 
     async def attempts(ctx: Any) -> Any:
         if policy.attempts == 1:
@@ -219,6 +237,7 @@ def _async_stage_call(
             attempt,
             policy,
             rng=env.random,
+            sleep=env.sleep_async,
             retry_if=lambda exc: not raised_downstream(exc),
             before_sleep=lambda n, exc, delay: events.emit(
                 env,

@@ -162,6 +162,16 @@ class Environment:
         worker thread keeps one): the simulator's runs on its virtual clock."""
         return asyncio.new_event_loop()
 
+    async def sleep_async(self, seconds: float) -> None:
+        """How an async stage's retries wait: on the loop while the clock is the real
+        one; on the environment's own clock otherwise (a test's manual clock moves at
+        once, as a plain stage's retries find it), then a yield to the loop."""
+        if isinstance(self.clock, SystemClock):
+            await asyncio.sleep(seconds)
+        else:
+            self.clock.sleep(seconds)
+            await asyncio.sleep(0)
+
     # -- deliveries ----------------------------------------------------------------
     def new_delivery_id(self) -> str:
         """A fresh id for one delivery of a job: the owner of the job's lease while it

@@ -25,7 +25,6 @@ one that runs (its options checked again).
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import json
 import threading
@@ -39,6 +38,7 @@ from dcore._core.chain import BoundChain, compiled
 from dcore._core.contextbase import ContextBase
 from dcore._core.continuation import Continuation
 from dcore._core.environment import Environment, current_environment
+from dcore._core.loops import CALLER_LOOP
 from dcore._core.message import StageSpec, core_function_name
 from dcore._core.retry import RetryPolicy
 from dcore._core.runner import Call, Stage, origin_of
@@ -268,7 +268,11 @@ class Pipeline(Generic[ContextT]):
                 return await entry(ctx)
             except Exception as exc:  # as run() does, in a thread: undoing may block
                 if bound.env.async_offload:
-                    await asyncio.to_thread(undo_failed_run, saga, done, exc)
+                    token = CALLER_LOOP.set(asyncio.get_running_loop())
+                    try:
+                        await asyncio.to_thread(undo_failed_run, saga, done, exc)
+                    finally:
+                        CALLER_LOOP.reset(token)
                 else:
                     undo_failed_run(saga, done, exc)
                 raise
@@ -398,15 +402,18 @@ def _check_shared_job_store(env: Environment) -> None:
     )
 
 
-@functools.lru_cache(maxsize=512)
-def _async_function(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn)
+#: whether a code object is ``async def``, by code: a core function made per request (a
+#: closure, a bound method) shares its code with the others, and holds nothing alive here
+_ASYNC_CODE: dict[Any, bool] = {}
 
 
 def _is_async_function(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn`` is ``async def``; remembered per function, as a pipeline is made
+    """Whether ``fn`` is ``async def``; remembered per code object, as a pipeline is made
     per request and the check costs about as much as a stage."""
-    try:
-        return _async_function(fn)
-    except TypeError:  # an unhashable callable
+    code = getattr(fn, "__code__", None)
+    if code is None:  # a partial, a callable object: asked each time
         return inspect.iscoroutinefunction(fn)
+    known = _ASYNC_CODE.get(code)
+    if known is None:
+        known = _ASYNC_CODE[code] = inspect.iscoroutinefunction(fn)
+    return known

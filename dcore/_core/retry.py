@@ -201,12 +201,13 @@ async def acall_with_retry(
     retry_if: Callable[[BaseException], bool] | None = None,
     before_sleep: Callable[[int, BaseException, float], None] | None = None,
     rng: random.Random | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> T:
-    """:func:`call_with_retry` for a coroutine function: the waits are awaited on the
-    running event loop (``asyncio.sleep``), whose time is the clock of async code (the
-    simulator's loop runs on its virtual clock), so a waiting stage never blocks it."""
+    """:func:`call_with_retry` for a coroutine function: the waits are awaited with
+    ``sleep`` (an environment's ``sleep_async``: on the loop, or on a test's clock), so
+    a waiting stage never blocks the loop."""
     if policy.attempts == 1:
         return await fn()
     options = _retrying_options(policy, retry_if, before_sleep, rng)
-    retrying: tenacity.AsyncRetrying = tenacity.AsyncRetrying(sleep=asyncio.sleep, **options)
+    retrying: tenacity.AsyncRetrying = tenacity.AsyncRetrying(sleep=sleep, **options)
     return await retrying(fn)

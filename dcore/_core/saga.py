@@ -183,9 +183,9 @@ def _undo(instance: Any, ctx: Any, reason: BaseException, env: Environment) -> C
     def undo() -> Any:
         result = instance.compensate(ctx, reason)
         if inspect.iscoroutine(result):  # an ``async def compensate``
-            from dcore._core.loops import run_coroutine
+            from dcore._core.loops import run_awaitable
 
-            return run_coroutine(env, result)
+            return run_awaitable(env, result)
         return result
 
     return undo

@@ -239,6 +239,10 @@ class SimEnvironment(Environment):
         yield point of the simulation, and moves virtual time only."""
         return VirtualEventLoop(self.clock)
 
+    async def sleep_async(self, seconds: float) -> None:
+        """On the virtual loop, whose time is the simulation's clock."""
+        await asyncio.sleep(seconds)
+
     def run_async(self, main: Coroutine[Any, Any, T]) -> T:
         """Run ``main`` (test code awaiting ``pipeline.arun()``) on a virtual-time loop
         in the main flow, as ``asyncio.run`` would on a real one: while it waits, the

@@ -8,7 +8,10 @@ compensation as a plain stage has them, on every in-process engine."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +40,18 @@ from dcore import (
 )
 from dcore._core.runner import Stage
 from dcore.dispatchers.thread import ThreadDispatcher
+from dcore_testing import ManualClock
 
 JOURNAL: list[str] = []
+LOOP_TAGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
+LOOP_COUNT = itertools.count(1)
+
+
+def loop_tag(loop: asyncio.AbstractEventLoop) -> int:
+    """A number of its own per loop: ``id()`` may be reused once a loop is freed."""
+    if loop not in LOOP_TAGS:
+        LOOP_TAGS[loop] = next(LOOP_COUNT)
+    return LOOP_TAGS[loop]
 
 
 class Trip(PipelineContext):
@@ -69,13 +82,14 @@ class Fetch(Execute[Trip]):
         await asyncio.sleep(0)
         _fails(context, self.name)
         loop = asyncio.get_running_loop()
-        JOURNAL.append(f"{self.name} on loop {id(loop)} in {threading.get_ident()}")
+        JOURNAL.append(f"{self.name} on loop {loop_tag(loop)} in {threading.get_ident()}")
         context.steps.append(self.name)
         return await next_fn(context)
 
     async def compensate(self, context: Trip, error: BaseException) -> None:
         await asyncio.sleep(0)
         JOURNAL.append(f"undo {self.name} ({type(error).__name__})")
+        JOURNAL.append(f"undo {self.name} on loop {loop_tag(asyncio.get_running_loop())}")
 
 
 class Save(Execute[Trip]):
@@ -125,7 +139,7 @@ def test_arun_runs_a_mixed_chain_async_stages_on_the_loop_plain_ones_in_threads(
 ) -> None:
     async def main() -> tuple[Any, int]:
         result = await mixed(Trip()).arun()
-        return result, id(asyncio.get_running_loop())
+        return result, loop_tag(asyncio.get_running_loop())
 
     caller = threading.get_ident()
     result, loop = asyncio.run(main())
@@ -247,6 +261,31 @@ def test_a_background_part_runs_on_one_loop_kept_per_worker_thread(
     assert len(loops) == 1
 
 
+def test_async_stages_after_a_plain_one_keep_their_loop_from_job_to_job(
+    tmp_path: Path,
+    dcore_registry: PluginRegistry,
+) -> None:
+    """Async stages that follow a plain stage in a background part run nested inside
+    it, on the worker thread's next loop: that one is kept from job to job too, so a
+    stage there may keep a loop-bound client."""
+    env = Environment(
+        DcoreSettings(storage_root=tmp_path, thread_workers=1), registry=dcore_registry
+    )
+    with use_environment(env):
+        for _ in range(3):
+            p = Trip().create_pipeline(trip_core).chain(Dispatch("thread"))
+            p.chain(Execute("fetch", name="a")).chain(Execute("save", name="b"))
+            p.chain(Execute("fetch", name="c")).run()
+        ThreadDispatcher.drain(10)
+    env.close()
+    outer = {line.split(" in ")[0].split()[-1] for line in JOURNAL if line.startswith("a on")}
+    inner = {line.split(" in ")[0].split()[-1] for line in JOURNAL if line.startswith("c on")}
+    assert len(JOURNAL) == 9
+    assert len(outer) == 1  # one loop for every job's first level ...
+    assert len(inner) == 1  # ... and one for the level nested in its plain stage
+    assert outer != inner
+
+
 def test_an_async_stage_retries_its_own_failures_only(dcore_env: Environment) -> None:
     seen: list[dict[str, Any]] = []
     dcore_env.events.subscribe("stage.failed", lambda event: seen.append(event.payload))
@@ -267,18 +306,49 @@ def test_an_async_stage_retries_its_own_failures_only(dcore_env: Environment) ->
     assert {f"{ctx.job_id}:core": 1} == FAILED
 
 
+def test_an_async_stage_retries_on_the_environment_clock_as_a_plain_one_does(
+    dcore_manual_env: Environment, dcore_manual_clock: ManualClock
+) -> None:
+    """Under a test's manual clock, an async stage's retry waits move that clock at once
+    (and are recorded), as a plain stage's do; no wall-clock time is spent."""
+    policy = RetryPolicy(attempts=3, initial=1.0, backoff=2.0)
+    ctx = Trip(fail_at="a", failures=2)
+    p = ctx.create_pipeline(trip_core).chain(Execute("fetch", name="a"), retry=policy)
+    started = time.perf_counter()
+
+    assert asyncio.run(p.arun()) == "a"
+
+    assert time.perf_counter() - started < 0.5
+    assert dcore_manual_clock.sleeps == [1.0, 2.0]
+
+
 def test_arun_undoes_the_completed_stages_of_a_failing_synchronous_part_as_run_does(
     dcore_env: Environment,
 ) -> None:
     ctx = Trip(fail_at="core")
     with pytest.raises(ConnectionError):
         asyncio.run(mixed(ctx).arun())
-    assert [j for j in JOURNAL if j.startswith("undo")] == [
+    assert [j for j in JOURNAL if j.startswith("undo") and " on loop " not in j] == [
         "undo d (ConnectionError)",
         "undo c (ConnectionError)",
         "undo b (ConnectionError)",
         "undo a (ConnectionError)",
     ]
+
+
+def test_arun_undoes_an_async_stage_on_the_loop_it_ran_on(dcore_env: Environment) -> None:
+    """A stage may make a loop-bound client in execute and await it in compensate: the
+    undo of a failing synchronous part runs its coroutine on the request's loop."""
+
+    async def main() -> int:
+        with pytest.raises(ConnectionError):
+            await mixed(Trip(fail_at="core")).arun()
+        return loop_tag(asyncio.get_running_loop())
+
+    request_loop = asyncio.run(main())
+    assert f"a on loop {request_loop}" in JOURNAL[0]
+    assert f"undo a on loop {request_loop}" in JOURNAL
+    assert f"undo c on loop {request_loop}" in JOURNAL
 
 
 def test_observers_see_async_stages_enter_and_exit(dcore_env: Environment) -> None:
@@ -357,7 +427,7 @@ def test_a_failing_async_stage_after_the_dispatch_retries_then_dead_letters_and_
     attempts = 1 if engine == "inline" else 2
     assert FAILED[f"{ctx.job_id}:e"] == attempts
     # the stages of both attempts completed once each and are undone once, in reverse
-    assert [j for j in JOURNAL if j.startswith("undo")] == [
+    assert [j for j in JOURNAL if j.startswith("undo") and " on loop " not in j] == [
         "undo d (RuntimeError)",
         "undo c (RuntimeError)",
         "undo b (RuntimeError)",
@@ -412,6 +482,51 @@ def test_more_concurrent_requests_than_executor_threads_do_not_starve(
 
     results = asyncio.run(crowd())
     assert [r.status for r in results] == ["succeeded"] * requests
+
+
+def test_more_concurrent_requests_than_pooled_instances_wait_without_blocking_the_loop(
+    dcore_env: Environment,
+) -> None:
+    """A pooled async stage (``__enter__``/``__exit__``) leases an instance across its
+    await. With more requests than the pool holds (8), the ninth waits for an instance
+    off the loop, so the eight holding one can finish and give theirs back."""
+    requests = 12
+    entered: list[int] = []
+
+    class Pooled(Execute[Trip]):
+        held = 0
+        most = 0
+
+        def __enter__(self) -> Pooled:
+            entered.append(threading.get_ident())
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        async def execute(self, next_fn: AsyncNextFn[Trip], context: Trip) -> Any:
+            Pooled.held += 1
+            Pooled.most = max(Pooled.most, Pooled.held)
+            await asyncio.sleep(0.01)
+            Pooled.held -= 1
+            return await next_fn(context)
+
+    dcore_env.registry.register("pooled", Pooled)
+    p = Trip().create_pipeline(trip_core).chain(Execute("pooled"))
+
+    async def crowd() -> list[Any]:
+        return await asyncio.gather(*(p.arun(Trip()) for _ in range(requests)))
+
+    results: list[Any] = []
+    # in a thread of its own: a blocked loop cannot time itself out
+    runner = threading.Thread(target=lambda: results.extend(asyncio.run(crowd())), daemon=True)
+    runner.start()
+    runner.join(10)
+    assert not runner.is_alive(), "the loop stalled waiting for a pooled instance"
+    assert results == [""] * requests  # the core joins the steps: there are none
+    assert Pooled.most == 8  # the pool's size: the others waited for an instance
+    assert len(entered) == 8  # eight instances made, each entered once
+    assert threading.get_ident() not in entered  # entered off the loop's thread
 
 
 class Mark(Execute[Trip]):

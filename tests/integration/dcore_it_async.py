@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from typing import Any
 
 from dcore import AsyncNextFn, Execute, PipelineContext, core_function, register_plugin
@@ -28,7 +29,10 @@ class LoopProbe(Execute[AsyncJob]):
 
     async def execute(self, next_fn: AsyncNextFn[AsyncJob], context: AsyncJob) -> Any:
         await asyncio.sleep(0.01)
-        seen = {"pid": os.getpid(), "loop": id(asyncio.get_running_loop())}
+        loop = asyncio.get_running_loop()
+        if not hasattr(loop, "it_probe_tag"):  # a tag of its own: an id may be reused
+            loop.it_probe_tag = uuid.uuid4().hex  # type: ignore[attr-defined]
+        seen = {"pid": os.getpid(), "loop": loop.it_probe_tag}  # type: ignore[attr-defined]
         self.storage.put(f"probes/{context.name}", json.dumps(seen).encode())
         return await next_fn(context)
 

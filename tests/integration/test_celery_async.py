@@ -64,7 +64,7 @@ def test_a_prefork_worker_keeps_one_event_loop_per_pool_process(dcore_celery_wor
         assert {r.state for r in records.values()} == {JobState.SUCCEEDED}, worker.log_tail()
         probes = [json.loads(env.storage.get(f"probes/{n}")) for n in names]
     env.close()
-    loops: dict[int, set[int]] = {}
+    loops: dict[int, set[str]] = {}
     for probe in probes:
         loops.setdefault(probe["pid"], set()).add(probe["loop"])
     assert all(len(ids) == 1 for ids in loops.values()), loops
