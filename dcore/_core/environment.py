@@ -233,6 +233,7 @@ class Environment:
 
 _default: Environment | None = None
 _stack: list[Environment] = []
+_tokens: list[object] = []  # one per entry of _stack: the block that pushed it
 _guard = threading.Lock()
 
 
@@ -283,15 +284,16 @@ def reset_default_environment() -> None:
 @contextmanager
 def use_environment(env: Environment) -> Iterator[Environment]:
     """Make ``env`` current for every thread until the block ends."""
+    token = object()
     with _guard:
         _stack.append(env)
+        _tokens.append(token)
     try:
         yield env
     finally:
         with _guard:
-            # the innermost entry of env: the same environment may also be current
-            # further out (a simulation running inside its own ``with`` block)
-            for i in range(len(_stack) - 1, -1, -1):
-                if _stack[i] is env:
-                    del _stack[i]
-                    break
+            # this block's own entry: the same environment may be current in other
+            # entries too (a simulation inside its own ``with``, another thread's block),
+            # and blocks in different threads may end in any order
+            i = _tokens.index(token)
+            del _stack[i], _tokens[i]

@@ -144,6 +144,23 @@ def test_an_environment_scoped_again_inside_another_leaves_that_one_current(
         assert current_environment() is a
 
 
+def test_blocks_that_end_out_of_order_each_remove_their_own_entry(
+    dcore_registry: PluginRegistry,
+) -> None:
+    """Blocks in different threads may end in any order: the outermost a ending first
+    leaves the later a (and b) in place, so a is still current."""
+    a = Environment(DcoreSettings(), registry=dcore_registry)
+    b = Environment(DcoreSettings(), registry=dcore_registry)
+    outer, middle, inner = use_environment(a), use_environment(b), use_environment(a)
+    for block in (outer, middle, inner):
+        block.__enter__()
+    outer.__exit__(None, None, None)
+    assert current_environment() is a  # the inner block's entry
+    inner.__exit__(None, None, None)
+    assert current_environment() is b
+    middle.__exit__(None, None, None)
+
+
 def test_scoped_environment_is_the_innermost_one_and_never_builds_the_default(
     dcore_registry: PluginRegistry,
     monkeypatch: pytest.MonkeyPatch,
@@ -151,6 +168,7 @@ def test_scoped_environment_is_the_innermost_one_and_never_builds_the_default(
     import dcore._core.environment as module
 
     monkeypatch.setattr(module, "_stack", [])
+    monkeypatch.setattr(module, "_tokens", [])
     monkeypatch.setattr(module, "_default", None)
     assert scoped_environment() is None
     assert module._default is None  # asking did not build one
