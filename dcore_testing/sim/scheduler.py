@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 from asyncio import _get_running_loop as _running_loop
 from asyncio import _set_running_loop
 from collections.abc import Callable, Hashable
@@ -368,6 +369,10 @@ class Scheduler:
         # run from inside a virtual loop's wait (test code awaiting in the main flow):
         # that loop is the main flow's, not the tasks'
         outer = _set_aside()
+        # each virtual loop's run sets the thread's async-generator hooks and puts back
+        # what it found, and runs interleaved by tasks put them back out of order: the
+        # thread gets its own back when the run ends
+        hooks = sys.get_asyncgen_hooks()
         self._hub = hub = getcurrent()
         self._direct = steps is None
         self._until = _INF if until is None else until
@@ -419,6 +424,7 @@ class Scheduler:
         finally:
             self._running = False
             self._direct, self._until = False, _INF
+            sys.set_asyncgen_hooks(*hooks)
             _take_back(outer)
 
     def _fire(self, timers: list[float], due: dict[float, _Bucket], now: float) -> None:

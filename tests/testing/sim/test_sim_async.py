@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,18 @@ def test_async_stages_before_and_after_the_dispatch_run_on_virtual_time(
     # three 30 s waits in the requests, one after the other; then the last job's
     assert sim.clock.monotonic() == 120.0
     assert time.perf_counter() - started < 5
+
+
+def test_a_run_gives_the_thread_its_async_generator_hooks_back() -> None:
+    """Virtual loops run interleaved by tasks set and put back the thread's
+    async-generator hooks out of order; the run puts back the ones it found."""
+    before = sys.get_asyncgen_hooks()
+    with SimEnvironment(seed=1, workers=2) as sim:
+        for i in range(2):  # two jobs awaiting at once, on two workers' loops
+            p = Doc(name=f"doc{i}", wait=5.0).create_pipeline(indexed)
+            p.chain(Dispatch, plugin="celery").chain(Execute, plugin="async_wait").run()
+        sim.run_until_idle()
+    assert sys.get_asyncgen_hooks() == before
 
 
 def test_the_same_seed_gives_the_same_trace_and_it_replays(tmp_path: Path) -> None:
