@@ -33,8 +33,6 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dcore._core import events
-from dcore._core.lifecycle import describe_error
 from dcore._core.loops import CALLER_LOOP, run_coroutine
 from dcore._core.retry import acall_with_retry
 from dcore._core.runner import (
@@ -44,6 +42,7 @@ from dcore._core.runner import (
     fold,
     plugin_pool,
     raised_downstream,
+    retry_notice,
     stage_failed,
 )
 from dcore._core.saga import completed
@@ -239,15 +238,7 @@ def _async_stage_call(
             rng=env.random,
             sleep=env.sleep_async,
             retry_if=lambda exc: not raised_downstream(exc),
-            before_sleep=lambda n, exc, delay: events.emit(
-                env,
-                events.STAGE_FAILED,
-                job_id=ctx.job_id,
-                stage=origin,
-                error=describe_error(exc),
-                attempt=n,
-                retry_in=delay,
-            ),
+            before_sleep=retry_notice(env, ctx, origin),
         )
 
     async def call(ctx: Any) -> Any:

@@ -45,6 +45,7 @@ __all__ = [
     "observers_of",
     "origin_of",
     "raised_downstream",
+    "retry_notice",
     "stage_failed",
     "tag",
 ]
@@ -320,21 +321,33 @@ def _general_call(
             clock,
             retry_if=own_failure,
             rng=env.random,
-            before_sleep=lambda n, exc, delay: events.emit(
-                env,
-                events.STAGE_FAILED,
-                job_id=ctx.job_id,
-                stage=origin,
-                error=describe_error(exc),
-                attempt=n,
-                retry_in=delay,
-            ),
+            before_sleep=retry_notice(env, ctx, origin),
         )
 
     def call(ctx: Any) -> Any:
         return _observed(stage, run, next_call, env, observers, ctx)
 
     return call
+
+
+def retry_notice(
+    env: Environment, ctx: Any, origin: str
+) -> Callable[[int, BaseException, float], None]:
+    """What a stage's own retries announce before each wait (plain and async alike):
+    ``stage.failed`` with the attempt that failed and the delay before the next."""
+
+    def notify(attempt: int, exc: BaseException, delay: float) -> None:
+        events.emit(
+            env,
+            events.STAGE_FAILED,
+            job_id=ctx.job_id,
+            stage=origin,
+            error=describe_error(exc),
+            attempt=attempt,
+            retry_in=delay,
+        )
+
+    return notify
 
 
 def plugin_pool(env: Environment) -> PluginPool:
