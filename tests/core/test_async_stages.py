@@ -496,6 +496,7 @@ def test_more_concurrent_requests_than_pooled_instances_wait_without_blocking_th
     class Pooled(Execute[Trip]):
         held = 0
         most = 0
+        full: asyncio.Event | None = None  # set once the pool's 8 instances are all held
 
         def __enter__(self) -> Pooled:
             entered.append(threading.get_ident())
@@ -505,9 +506,13 @@ def test_more_concurrent_requests_than_pooled_instances_wait_without_blocking_th
             return None
 
         async def execute(self, next_fn: AsyncNextFn[Trip], context: Trip) -> Any:
+            if Pooled.full is None:
+                Pooled.full = asyncio.Event()
             Pooled.held += 1
             Pooled.most = max(Pooled.most, Pooled.held)
-            await asyncio.sleep(0.01)
+            if Pooled.held == 8:
+                Pooled.full.set()
+            await Pooled.full.wait()  # hold the instance until every one is taken
             Pooled.held -= 1
             return await next_fn(context)
 
