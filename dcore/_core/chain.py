@@ -6,7 +6,7 @@ folding its middleware list once into a stack:
 1. **compile** (:func:`compiled`): look each plugin up in the running environment's
    registry (re-validating the options if the name now means another class), resolve
    retry policies, build the one instance of each *shareable* plugin and the recipe
-   (constructor and keyword arguments, services included) for every other. The
+   (the constructor with its arguments, services included) for every other. The
    result, a :class:`CompiledChain`, depends on nothing but the stages, the environment
    and the registry's generation, so it is kept per environment and reused by every
    pipeline built the same way: a registry change (a new generation) makes it
@@ -82,7 +82,7 @@ class CompiledChain:
         self.async_stages = tuple(s.index for s in self.stages if s.is_async)
         #: no pipeline has an instance of its own: every plugin is shareable or pooled,
         #: and there is no Dispatch (whose instance the environment may wrap per pipeline)
-        self.shared = self.dispatch is None and all(s.construct is None for s in self.stages)
+        self.shared = self.dispatch is None and all(s.build is None for s in self.stages)
         self._bound: dict[Callable[[Any], Any], BoundChain] = {}
 
     def bind(self, core_fn: Callable[[Any], Any]) -> BoundChain:
@@ -131,7 +131,7 @@ def _compile(
             if getattr(cls, "shareable", False) is True:
                 stage.shared = factory.instantiate(cls, ref.plugin, options)
             else:
-                stage.construct, stage.kwargs = factory.recipe(cls, options)
+                stage.build = factory.recipe(cls, options)
         stages.append(stage)
     return CompiledChain(env, registry, generation, stages), immutable
 
@@ -193,10 +193,8 @@ def _instances(stages: Sequence[Stage]) -> list[Any]:
     stage = None
     try:
         for stage in stages:
-            construct = stage.construct
-            instances.append(
-                stage.shared if construct is None else construct(stage.cls, **stage.kwargs)
-            )
+            build = stage.build
+            instances.append(stage.shared if build is None else build())
     except PluginOptionsError:
         raise
     except (TypeError, ValueError) as exc:

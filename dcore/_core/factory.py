@@ -11,9 +11,11 @@ plugin, the option and what it accepts.
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import re
 import threading
+import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -83,9 +85,7 @@ class _Signature:
         self.cls = cls
         self.services: dict[str, type] = {}
         fields: dict[str, Any] = {}
-        init = vars(cls).get("__init__") or next(
-            (vars(k)["__init__"] for k in cls.__mro__ if "__init__" in vars(k)), object.__init__
-        )
+        init = _init_of(cls)
         if init is object.__init__:
             params: list[inspect.Parameter] = []
             hints: dict[str, Any] = {}
@@ -208,28 +208,55 @@ class PluginFactory:
 
     def instantiate(self, cls: type, name: str, options: Mapping[str, Any]) -> Any:
         """Build ``cls`` from options already validated for it, injecting services."""
-        construct, kwargs = self.recipe(cls, options)
+        build = self.recipe(cls, options)
         try:
-            return construct(cls, **kwargs)
+            return build()
         except PluginOptionsError:
             raise
         except (TypeError, ValueError) as exc:
             raise rejected(cls, name, exc) from exc
 
-    def recipe(
-        self, cls: type, options: Mapping[str, Any]
-    ) -> tuple[Callable[..., Any], dict[str, Any]]:
-        """How to build ``cls`` from options already validated for it, as
-        ``construct(cls, **kwargs)``, with the services injected now: a compiled
-        pipeline builds one instance per request this way. ``kwargs``' values are shared
-        by every instance built so; give only options that :func:`immutable_values`
-        accepts if it is used more than once. Convert a TypeError or ValueError raised by
-        the constructor with :func:`rejected`."""
+    def recipe(self, cls: type, options: Mapping[str, Any]) -> Callable[[], Any]:
+        """How to build ``cls`` from options already validated for it, with the services
+        injected now, as a call without arguments: a compiled pipeline builds one instance
+        per request this way. Its arguments are shared by every instance built so; give
+        only options that :func:`immutable_values` accepts if it is used more than once.
+        Convert a TypeError or ValueError raised by the constructor with
+        :func:`rejected`."""
         kwargs = dict(options)
         env = self.environment
         for param, service in plugin_signature(cls).services.items():
             kwargs[param] = env if service is Environment else env.service(service)
-        return constructor(cls), kwargs
+        construct = constructor(cls)
+        args = _by_position(cls, construct, kwargs)
+        if args is not None:
+            return functools.partial(construct, cls, *args)
+        return functools.partial(construct, cls, **kwargs)
+
+
+def _init_of(cls: type) -> Any:
+    """The ``__init__`` that building ``cls`` calls (``object.__init__`` at the least)."""
+    return next(vars(k)["__init__"] for k in cls.__mro__ if "__init__" in vars(k))
+
+
+def _by_position(
+    cls: type, construct: Callable[..., Any], kwargs: Mapping[str, Any]
+) -> tuple[Any, ...] | None:
+    """``kwargs`` as positional arguments, when passing them so binds them exactly as by
+    keyword: a plain class (type's own call, object's ``__new__``) whose Python
+    ``__init__`` takes these names first, none of them positional-only. A call by
+    position costs about a third less, and a pipeline makes one per stage per request."""
+    new: object = cls.__new__
+    init = _init_of(cls)
+    if construct is not type.__call__ or new is not object.__new__:
+        return None
+    if type(init) is not types.FunctionType:
+        return None
+    code = init.__code__
+    names = code.co_varnames[1 : code.co_argcount][: len(kwargs)]
+    if code.co_posonlyargcount > 1 or len(names) != len(kwargs) or set(names) != kwargs.keys():
+        return None
+    return tuple(kwargs[name] for name in names)
 
 
 def rejected(cls: type, name: str, exc: Exception) -> PluginOptionsError:

@@ -133,9 +133,33 @@ class Pipeline(Generic[ContextT]):
             or answers.generation != answers.registry.generation
         ):
             answers = self._current_answers(stage, plugin)
-        checked = answers.entries.get(stagecheck.stage_key(stage, plugin, retry, options))
+        # the key of the answer: interface, plugin, retry policy unless None, then name,
+        # type and value of each option (see stagecheck); chain(Execute("x", **options))
+        # is keyed as chain(Execute, plugin="x", **options). Built here, not in a
+        # helper, as it is most of a known stage's cost
+        if type(plugin) is str:
+            key_options: Mapping[str, Any] = options
+            key: stagecheck.StageKey = (stage, plugin) if retry is None else (stage, plugin, retry)
+        elif type(stage) is StageRef and plugin is None and not options:
+            key_options = stage.options
+            policy = stage.retry if retry is None else retry
+            key = (
+                (stage.interface, stage.plugin)
+                if policy is None
+                else (stage.interface, stage.plugin, policy)
+            )
+        else:  # not a stage: the full check explains
+            key_options = {}
+            key = ()
+        for name in key_options:
+            value = key_options[name]
+            key += (name, type(value), value)
+        try:
+            checked = answers.entries.get(key)
+        except TypeError:  # an unhashable part (a retry mapping, a list option): not kept
+            checked = None
         if checked is None or checked.is_dispatch:
-            checked = self._check(answers, checked, stage, plugin, retry, options)
+            checked = self._check(answers, checked, key, stage, plugin, retry, options)
         self._checked.append(checked)
         return self
 
@@ -161,6 +185,7 @@ class Pipeline(Generic[ContextT]):
         self,
         answers: stagecheck.Answers,
         known: stagecheck.CheckedStage | None,
+        key: stagecheck.StageKey,
         stage: type | StageRef,
         plugin: str | None,
         retry: RetryPolicy | Mapping[str, Any] | None,
@@ -173,7 +198,7 @@ class Pipeline(Generic[ContextT]):
             ref = stagecheck.stage_ref(stage, plugin, retry, options)
             if stagecheck.is_dispatch(ref.interface):
                 self._refuse_second_dispatch(ref)
-            known = answers.check(ref, stagecheck.stage_key(stage, plugin, retry, options))
+            known = answers.check(ref, key)
             self._cacheable = self._cacheable and known.cacheable
         elif known.is_dispatch:
             self._refuse_second_dispatch(known.ref)

@@ -82,13 +82,13 @@ def tag(exc: BaseException, origin: str) -> None:
 class Stage:
     """One compiled stage: its reference, plugin class, validated options, resolved retry
     policy, and how a pipeline gets its instance: ``shared`` (a shareable plugin, built
-    once), ``construct(cls, **kwargs)`` (one per pipeline), or neither (a pooled plugin,
+    once), ``build()`` (one per pipeline), or neither (a pooled plugin,
     leased per run). Observers are handed this object; it is the same for every pipeline
     that compiled to the same chain, so it holds nothing of one request."""
 
     __slots__ = (
-        "cls", "compensates", "construct", "declared_policy", "index", "is_async",
-        "is_dispatch", "kwargs", "label", "observer", "options", "origin", "plain", "policy",
+        "build", "cls", "compensates", "declared_policy", "index", "is_async",
+        "is_dispatch", "label", "observer", "options", "origin", "plain", "policy",
         "pooled", "ref", "shared",
     )  # fmt: skip
 
@@ -106,18 +106,17 @@ class Stage:
         self.label = ref.plugin
         self.origin = f"{ref.plugin}#{index}"
         self.pooled = hasattr(cls, "__enter__") and hasattr(cls, "__exit__")
-        #: one attempt, not pooled: the shortest call (see fold)
-        self.plain = not self.pooled and self.policy.attempts == 1
         #: whether its instance observes the pipeline's stages (the tracing stage)
         self.observer = not self.pooled and not is_dispatch and is_observer_class(cls)
         #: whether it can undo its work (see dcore._core.saga)
         self.compensates = not is_dispatch and compensates(cls)
+        #: one attempt, not pooled: the shortest call (see fold)
+        self.plain = not self.pooled and self.policy.attempts == 1 and not is_dispatch
         #: whether its ``execute`` is ``async def`` (see dcore._core.afold)
         self.is_async = not is_dispatch and inspect.iscoroutinefunction(
             getattr(cls, "execute", None)
         )
-        self.construct: Callable[..., Any] | None = None
-        self.kwargs: dict[str, Any] = {}
+        self.build: Callable[[], Any] | None = None
         self.shared: Any = None
 
     def spec(self) -> StageSpec:
@@ -218,34 +217,36 @@ def fold(
     list, checked per call; only a non-empty one takes the observed path."""
     call = core_call(core) if tail is None else tail
     shared = env.observers
+    unobserved = observers is shared
     for stage in reversed(stages):
         instance = instances[stage.index]
-        if stage.compensates:  # it completed once it handed over (see dcore._core.saga)
+        compensates = stage.compensates
+        if compensates:  # it completed once it handed over (see dcore._core.saga)
             call = _handing_over(stage.index, call)
-        if stage.is_dispatch:
-            call = dispatch_call(stage, instance, rest_after(stage), env)
-        elif stage.plain and observers is shared:
+        if stage.plain and unobserved:
 
             def plain(
                 ctx: Any,
-                execute: Callable[[Call, Any], Any] = instance.execute,
+                instance: Any = instance,
                 next_call: Call = call,
                 stage: Stage = stage,
                 env: Environment = env,
                 observers: Sequence[PipelineObserver] = shared,
             ) -> Any:
                 if observers:
-                    return _observed(stage, execute, next_call, env, observers, ctx)
+                    return _observed(stage, instance.execute, next_call, env, observers, ctx)
                 try:
-                    return execute(next_call, ctx)
+                    return instance.execute(next_call, ctx)
                 except BaseException as exc:
                     stage_failed(stage, env, ctx, exc)
                     raise
 
             call = plain
+        elif stage.is_dispatch:
+            call = dispatch_call(stage, instance, rest_after(stage), env)
         else:
             call = _general_call(stage, instance, call, env, observers)
-        if stage.compensates:  # ... or returned
+        if compensates:  # ... or returned
             call = _returning(stage.index, call)
     return call
 

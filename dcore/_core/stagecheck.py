@@ -19,8 +19,8 @@ A kept answer is shared by every pipeline that chains the same stage, so its sta
 reference's options and its validated options are read-only mappings.
 
 The full path (:func:`stage_ref`, then :meth:`Answers.check`) is what ``chain()``
-always did; a look-up in :attr:`Answers.entries` by :func:`stage_key` stands in front of
-it.
+always did; a look-up in :attr:`Answers.entries` by the call's :data:`StageKey` (built
+in ``Pipeline.chain``) stands in front of it.
 """
 
 from __future__ import annotations
@@ -45,12 +45,13 @@ __all__ = [
     "StageKey",
     "answers",
     "is_dispatch",
-    "stage_key",
     "stage_ref",
+    "storable",
 ]
 
-#: What identifies a ``chain()`` call: interface, plugin, retry, then name, type and
-#: value of each option, in the order given.
+#: What identifies a ``chain()`` call: interface, plugin, the retry policy unless it is
+#: None, then name, type and value of each option, in the order given. Built by
+#: ``Pipeline.chain`` for any call; only :func:`storable` ones are kept.
 StageKey = tuple[Any, ...]
 
 _ATOMIC = frozenset({str, int, float, bool, bytes, type(None)})
@@ -83,36 +84,16 @@ def is_dispatch(interface: type) -> bool:
     return interface is Dispatch or (interface is not Execute and issubclass(interface, Dispatch))
 
 
-def stage_key(
-    stage: object, plugin: object, retry: object, options: Mapping[str, Any]
-) -> StageKey | None:
-    """The cache key of a ``chain()`` call, or None when it cannot have a cached answer
-    (a malformed call, a retry mapping, a mutable option value)."""
-    if type(plugin) is str:  # chain(Execute, plugin="x", **options)
-        if not isinstance(stage, type):
-            return None
-        key: StageKey = (stage, plugin, retry)
-    elif (  # chain(Execute("x"))
-        type(stage) is StageRef
-        and plugin is None
-        and not options
-        and type(stage.plugin) is str
-        and isinstance(stage.interface, type)
-    ):
-        if retry is None:
-            retry = stage.retry
-        key = (stage.interface, stage.plugin, retry)
-        options = stage.options
-    else:
-        return None  # the full path explains the mistake
-    if retry is not None and type(retry) is not RetryPolicy:
-        return None
-    for name, value in options.items():
-        kind = type(value)
-        if kind not in _ATOMIC:
-            return None
-        key += (name, kind, value)
-    return key
+def storable(key: StageKey) -> bool:
+    """Whether an answer may be kept under ``key``: a stage interface, a plugin name, a
+    RetryPolicy if any, and options whose values are immutable scalars (each value's
+    type is in the key, so ``1``, ``1.0`` and ``True`` stay apart)."""
+    if len(key) < 2 or not isinstance(key[0], type) or type(key[1]) is not str:
+        return False
+    has_retry = len(key) % 3 == 0  # (stage, plugin, retry, *options) vs (stage, plugin, *options)
+    if has_retry and type(key[2]) is not RetryPolicy:
+        return False
+    return all(kind in _ATOMIC for kind in key[3 if has_retry else 2 :][1::3])
 
 
 class Answers:
@@ -125,14 +106,14 @@ class Answers:
     def __init__(self, registry: PluginRegistry, generation: int) -> None:
         self.registry = registry
         self.generation = generation
-        self.entries: dict[StageKey | None, CheckedStage] = {}
+        self.entries: dict[StageKey, CheckedStage] = {}
 
-    def check(self, ref: StageRef, key: StageKey | None) -> CheckedStage:
+    def check(self, ref: StageRef, key: StageKey) -> CheckedStage:
         """The full check of ``ref`` (PluginNotFoundError, PluginOptionsError), kept
         under ``key`` when it may be shared."""
         cls = self.registry.get(ref.interface, ref.plugin)
         options = plugin_signature(cls).validate(ref.plugin, ref.options)
-        if key is None or not immutable_values(options):
+        if not storable(key) or not immutable_values(options):
             return CheckedStage(ref, cls, options, cacheable=False)
         frozen = StageRef(ref.interface, ref.plugin, MappingProxyType(dict(ref.options)), ref.retry)
         checked = CheckedStage(frozen, cls, MappingProxyType(options), cacheable=True)

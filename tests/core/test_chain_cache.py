@@ -7,6 +7,7 @@ is always seen; a plugin instance belongs to one pipeline unless its class decla
 
 from __future__ import annotations
 
+import enum
 import math
 import threading
 from typing import Any, ClassVar
@@ -378,6 +379,27 @@ def test_each_pipeline_gets_the_option_value_and_type_it_was_given(values: list[
             assert got == value or (math.isnan(got) and math.isnan(value))
 
 
+class Colour(enum.StrEnum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    ONE = 1
+
+
+def test_an_enum_member_equal_to_a_remembered_scalar_keeps_its_type(
+    plugins: PluginRegistry,
+) -> None:
+    """``"red" == Colour.RED`` and ``1 == Level.ONE``, with equal hashes: the remembered
+    answer for the scalar must not serve the member, nor the other way round."""
+    plugins.register("keep", Keep)
+    for value in ["red", Colour.RED, "red", 1, Level.ONE, True, 1.0, Level.ONE]:
+        Keep.kept.clear()
+        Ctx().create_pipeline(core).chain(Execute, plugin="keep", value=value).run()
+        Ctx().create_pipeline(core).chain(Execute("keep", value=value)).run()
+        assert [type(v) for v in Keep.kept] == [type(value)] * 2
+
+
 def test_mutable_option_values_are_never_shared_between_pipelines(
     plugins: PluginRegistry,
 ) -> None:
@@ -425,3 +447,23 @@ def test_a_nearer_none_does_not_hide_a_declared_retry_policy() -> None:
     policy = declared_policy(None, Silent)
     assert policy is not None
     assert policy.attempts == 4
+
+
+@pytest.mark.parametrize(
+    ("key", "kept"),
+    [
+        ((Execute, "keep"), True),
+        ((Execute, "keep", "value", int, 1), True),
+        ((Execute, "keep", RetryPolicy(attempts=2), "value", bool, True), True),
+        ((Execute, "keep", "value", Colour, Colour.RED), False),  # not a plain scalar
+        ((Execute, "keep", "value", list, (1,)), False),
+        ((Execute, "keep", "not a policy", "value", int, 1), False),
+        (("Execute", "keep"), False),  # not an interface
+        ((Execute, 1), False),
+        ((), False),  # a call in neither form
+    ],
+)
+def test_only_answers_keyed_by_plain_scalars_are_kept(key: tuple[Any, ...], kept: bool) -> None:
+    from dcore._core.stagecheck import storable
+
+    assert storable(key) is kept

@@ -3,6 +3,8 @@ that name the plugin, the option and what it accepts."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
@@ -225,3 +227,94 @@ def test_unknown_plugin_name_raises_not_found(factory: PluginFactory) -> None:
 
     with pytest.raises(PluginNotFoundError, match=r"'needz'.*Did you mean 'needs'"):
         factory.create(Execute, "needz")
+
+
+# -- however a constructor is called, each parameter gets the option of its name ----------------
+class Ordered(Base):
+    def __init__(self, b: int, storage: StorageInterface, a: int) -> None:
+        self.got = (a, b, storage)
+
+
+class KeywordOnly(Base):
+    def __init__(self, *, a: int = 0, b: int = 0) -> None:
+        self.got = (a, b)
+
+
+class PositionalOnly(Base):
+    def __init__(self, a: int = 0, /) -> None:
+        self.got = a
+
+
+class OwnNew(Base):
+    def __new__(cls, **options: Any) -> OwnNew:
+        instance = super().__new__(cls)
+        instance.seen_by_new = options
+        return instance
+
+    def __init__(self, a: int = 0) -> None:
+        self.got = a
+
+
+def keywords_only(init: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(init)
+    def wrapper(self: Any, **options: Any) -> None:
+        self.seen_by_wrapper = options
+        init(self, **options)
+
+    return wrapper
+
+
+class Decorated(Base):
+    @keywords_only
+    def __init__(self, a: int = 0, b: int = 0) -> None:
+        self.got = (a, b)
+
+
+class CountingMeta(type(Base)):  # type: ignore[misc]
+    calls: list[dict[str, Any]] = []
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        CountingMeta.calls.append(kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+class Metaclassed(Base, metaclass=CountingMeta):
+    def __init__(self, a: int = 0) -> None:
+        self.got = a
+
+
+def test_each_parameter_gets_the_option_of_its_name_in_any_order(
+    factory: PluginFactory, dcore_registry: PluginRegistry, dcore_env: Environment
+) -> None:
+    dcore_registry.register("ordered", Ordered)
+    dcore_registry.register("keyword_only", KeywordOnly)
+
+    assert factory.create(Execute, "ordered", a=1, b=2).got == (1, 2, dcore_env.storage)
+    assert factory.create(Execute, "ordered", b=2, a=1).got == (1, 2, dcore_env.storage)
+    assert factory.create(Execute, "keyword_only", b=2, a=1).got == (1, 2)
+
+
+def test_a_positional_only_parameter_is_refused_as_it_always_was(
+    factory: PluginFactory, dcore_registry: PluginRegistry
+) -> None:
+    """Options are passed by name; a constructor that refuses names is rejected, not
+    quietly fed by position."""
+    dcore_registry.register("positional_only", PositionalOnly)
+    with pytest.raises(PluginOptionsError, match=r"'positional_only'.*rejected its options"):
+        factory.create(Execute, "positional_only", a=1)
+
+
+def test_own_new_wrapped_init_and_metaclass_call_get_options_by_name(
+    factory: PluginFactory, dcore_registry: PluginRegistry
+) -> None:
+    for name, cls in {"own_new": OwnNew, "decorated": Decorated, "meta": Metaclassed}.items():
+        dcore_registry.register(name, cls)
+    CountingMeta.calls.clear()
+
+    own_new = factory.create(Execute, "own_new", a=3)
+    decorated = factory.create(Execute, "decorated", b=2, a=1)
+    meta = factory.create(Execute, "meta", a=4)
+
+    assert (own_new.seen_by_new, own_new.got) == ({"a": 3}, 3)
+    assert (decorated.seen_by_wrapper, decorated.got) == ({"a": 1, "b": 2}, (1, 2))
+    assert (CountingMeta.calls, meta.got) == ([{"a": 4}], 4)
