@@ -221,7 +221,7 @@ class BoundChain:
         self.env = env
         self.core_fn = core_fn
         instances = _instances(compiled.stages)
-        own = [instances[i] for i in compiled.observing] if compiled.observing else []
+        own = [instances[i] for i in compiled.observing] if compiled.observing else None
         self.dispatcher: Any = None
         dispatch = compiled.dispatch
         if dispatch is not None:

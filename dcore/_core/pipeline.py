@@ -247,15 +247,12 @@ class Pipeline(Generic[ContextT]):
     # -- running --------------------------------------------------------------------------
     def run(self, context: ContextT | None = None) -> Any:
         """Run over ``context`` (default: the one the pipeline was created with)."""
-        ctx = context if context is not None else self.context
-        if not isinstance(ctx, ContextBase):
-            raise PipelineDefinitionError(
-                f"run() needs a PipelineContext, got {type(ctx).__name__}"
-            )
+        ctx = self._context_for(context, "run()")
         entry = self._entry
         if entry is None:
             bound = self._freeze()
-            self._refuse_async(bound)
+            if bound.compiled.async_stages:
+                self._refuse_async(bound)
             entry = self._entry = bound.call_from(0)
         dispatcher = self._dispatcher
         if dispatcher is not None and dispatcher.is_remote():
@@ -304,7 +301,8 @@ class Pipeline(Generic[ContextT]):
 
     def _context_for(self, context: ContextT | None, call: str) -> PipelineContext:
         ctx = context if context is not None else self.context
-        if not isinstance(ctx, ContextBase):
+        # the context the pipeline was created with was checked then
+        if (ctx is None or ctx is not self.context) and not isinstance(ctx, ContextBase):
             raise PipelineDefinitionError(
                 f"{call} needs a PipelineContext, got {type(ctx).__name__}"
             )
@@ -312,8 +310,6 @@ class Pipeline(Generic[ContextT]):
 
     def _refuse_async(self, bound: BoundChain) -> None:
         """AsyncStageError when an async stage would run before the hand-off."""
-        if not bound.compiled.async_stages:
-            return
         end = self._dispatch_at
         stage = bound.compiled.first_async(0, end)
         if stage is None:

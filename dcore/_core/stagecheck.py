@@ -131,6 +131,11 @@ _answers_lock = threading.Lock()
 
 def answers(registry: PluginRegistry) -> Answers:
     """The answers for ``registry`` as it is now (empty after any change to it)."""
+    # read without the lock first (every new pipeline asks): a dict look-up is atomic,
+    # and answers found stale or missing are made under it
+    found = _answers.get(registry)
+    if found is not None and found.generation == registry.generation:
+        return found
     with _answers_lock:
         found = _answers.get(registry)
         if found is None or found.generation != registry.generation:

@@ -186,6 +186,11 @@ def test_run_needs_a_context(append_plugin: type[Append]) -> None:
         pipeline.run()
     with pytest.raises(PipelineDefinitionError, match="got dict"):
         pipeline.run({"seen": []})
+    own = Ctx().create_pipeline(finish)  # its own context is known good; others are not
+    with pytest.raises(
+        PipelineDefinitionError, match="run\\(\\) needs a PipelineContext, got dict"
+    ):
+        own.run({"seen": []})
 
 
 def test_pipeline_rejects_non_callable_core_and_non_context() -> None:
