@@ -13,7 +13,8 @@ transitions (atomic, with history) plus their events. Two baselines: a bare raw 
 and a raw task doing the same job-state and event work by hand (two pipelined round
 trips: the lean hand-written equivalent, without atomic transitions or history).
 
-Target: dcore ≥ 0.8x the raw task doing the same work. Sending rates (``pipeline.run()`` vs
+Target: dcore ≥ 0.85x the raw task doing the same work (median of the per-round ratios,
+each round running the two back to back), no round below 0.8x. Sending rates (``pipeline.run()`` vs
 ``send_task``) are shown too. Bounded: a few seconds per round, under 2 minutes in all.
 
 The sender side (``--only sender`` runs it alone, without a worker): ``pipeline.run()``
@@ -513,10 +514,26 @@ def main() -> int:
         ]:
             vs2 = f"{rate / base2:>9.2f}x" if base2 else f"{'':>10}"
             print(f"{size // 1024:>6}KiB  {label:<36} {rate:>9.0f} {rate / base:>6.2f}x {vs2}")
-    verdict = "meets" if worst_tracked >= 0.8 else "misses"
+    print("\ndcore vs the raw task doing the same work, per round (the two ran back to back):")
+    per_round: list[float] = []
+    for size in SIZES:
+        ratios = [
+            d / t
+            for (t, _), (d, _) in zip(
+                results[("tracked", size)], results[("dcore", size)], strict=True
+            )
+        ]
+        per_round += ratios
+        print(f"{size // 1024:>6}KiB  " + "  ".join(f"{r:.2f}x" for r in ratios))
+    median_round = statistics.median(per_round)
+    verdict = "meets" if median_round >= 0.85 and min(per_round) >= 0.8 else "misses"
     print(
-        f"\nworst dcore vs a raw task doing the same work (job state + events): "
-        f"{worst_tracked:.2f}x ({verdict} the 0.8x target)"
+        f"\nper-round ratios: median {median_round:.2f}x, min {min(per_round):.2f}x "
+        f"({verdict} the target: median >= 0.85x, no round below 0.8x)"
+    )
+    print(
+        f"worst dcore vs a raw task doing the same work (job state + events), medians of "
+        f"rounds: {worst_tracked:.2f}x"
     )
     print(f"worst dcore vs a bare raw task (no job state, no events): {worst_bare:.2f}x")
     if sender_table is not None:
