@@ -200,8 +200,9 @@ class Round(NamedTuple):
 
 def _drain(
     sender: Any, client: redis.Redis[Any], worker: str, queue: str, run_id: str, n: int,
-    pids: tuple[int, ...], send_rate: float,
+    pids: tuple[int, int], send_rate: float,
 ) -> Round:  # fmt: skip
+    """Let the worker drain the filled ``queue``; the round's rate and CPU per task."""
     worker_pid, redis_pid = pids
     cpu, redis_cpu = _cpu(worker_pid), _cpu(redis_pid)
     _pause(sender, worker, queue, False)
@@ -228,7 +229,7 @@ def _round_raw(
     worker: str,
     n: int,
     size: int,
-    pids: tuple[int, ...],
+    pids: tuple[int, int],
     tracked: bool = False,
 ) -> Round:
     run_id = uuid.uuid4().hex
@@ -253,7 +254,7 @@ def _round_dcore(
     worker: str,
     n: int,
     size: int,
-    pids: tuple[int, ...],
+    pids: tuple[int, int],
 ) -> Round:
     run_id = uuid.uuid4().hex
     queue = f"{env.settings.celery_queue}.0"
