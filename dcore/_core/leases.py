@@ -57,10 +57,16 @@ class LeaseKeeper:
         self._kept: dict[int, _Kept] = {}
         self._thread: threading.Thread | None = None
         self._closed = False
+        # when the thread wakes up next (monotonic); a lease due later needs no wake-up
+        self._wake_at = float("-inf")
 
     def keep(self, job_id: str, owner: str, lease: float) -> Heartbeat:
         """Renew ``owner``'s lease on ``job_id`` every ``lease / 3`` seconds until the
-        returned heartbeat is stopped."""
+        returned heartbeat is stopped.
+
+        The thread is woken only when this lease falls due before it would wake anyway:
+        on a busy worker, where each job's lease is due later than the one before, a
+        job then costs no thread switch."""
         kept = _Kept(self, job_id, owner, lease, self._env.clock.monotonic() + lease / 3)
         with self._cond:
             self._kept[id(kept)] = kept
@@ -69,7 +75,9 @@ class LeaseKeeper:
                     target=self._run, name="dcore-lease-keeper", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            if kept.due < self._wake_at:
+                self._wake_at = kept.due
+                self._cond.notify()
         return kept
 
     def _forget(self, kept: _Kept) -> None:
@@ -86,6 +94,7 @@ class LeaseKeeper:
                 due = [k for k in self._kept.values() if k.due <= now]
                 if not due:
                     soonest = min((k.due for k in self._kept.values()), default=now + 60)
+                    self._wake_at = soonest
                     self._cond.wait(timeout=max(soonest - now, 0.01))
                     continue
                 for kept in due:
