@@ -135,8 +135,8 @@ class Pipeline(Generic[ContextT]):
             answers = self._current_answers(stage, plugin)
         # the key of the answer: interface, plugin, retry policy unless None, then name,
         # type and value of each option (see stagecheck); chain(Execute("x", **options))
-        # is keyed as chain(Execute, plugin="x", **options). Built here, not in a
-        # helper, as it is most of a known stage's cost
+        # is keyed as chain(Execute, plugin="x", **options). Built inline: it is most of
+        # what chaining a known stage costs
         if type(plugin) is str:
             key_options: Mapping[str, Any] = options
             key: stagecheck.StageKey = (stage, plugin) if retry is None else (stage, plugin, retry)
