@@ -135,7 +135,7 @@ class SimEnvironment(Environment):
             **settings,
         )
         self._custom_chooser = chooser is not None
-        plan = faults or FaultPlan()
+        plan = faults or _NO_FAULTS
         clock = VirtualClock()
         trace = Trace(
             {
@@ -143,11 +143,8 @@ class SimEnvironment(Environment):
                 "workers": workers if isinstance(workers, int) else dict(workers),
                 "delivery": delivery,
                 "name": name,
-                "settings": _jsonable(settings, "settings"),
-                "faults": {
-                    **plan.model_dump(mode="json", exclude_defaults=True, exclude={"faults"}),
-                    "faults": [f.model_dump(mode="json") for f in plan.faults],
-                },
+                "settings": _jsonable(settings, "settings") if settings else {},
+                "faults": json.loads(_plan_header(plan)),
                 "chooser": replay.header.get("chooser", "random")
                 if replay is not None
                 else (chooser.kind if chooser else "random"),
@@ -169,13 +166,13 @@ class SimEnvironment(Environment):
             dcore_settings,
             clock=clock,
             registry=registry,
+            rng=random.Random(f"dcore-sim:{seed}"),
             storage=ServiceProxy(self, "storage", backends["storage"]),  # type: ignore[arg-type]
             events=ServiceProxy(self, "events", backends["events"]),  # type: ignore[arg-type]
             jobs=ServiceProxy(self, "jobs", backends["jobs"]),  # type: ignore[arg-type]
             locks=LocksProxy(self, "locks", backends["locks"]),  # type: ignore[arg-type]
         )
         self.clock: VirtualClock = clock
-        self.random = random.Random(f"dcore-sim:{seed}")
         self.faults = FaultInjector(plan, self.chooser, self.scheduler)
         self.broker = Broker(self, workers, delivery)
         self.scheduler.on_task_done = self.broker.task_done
@@ -641,7 +638,35 @@ class _SimHeartbeat:
         self.timer.cancel()
 
 
-_SETTINGS_CACHE: dict[str, DcoreSettings] = {}
+#: the plan of a simulation made without one (a FaultPlan is frozen: one serves all)
+_NO_FAULTS = FaultPlan()
+
+
+#: id(plan) → (plan, its header text); the plan is held so its id stays its own
+_PLAN_HEADERS: dict[int, tuple[FaultPlan, str]] = {}
+
+
+def _plan_header(plan: FaultPlan) -> str:
+    """The trace header's ``faults`` entry for ``plan``, as JSON text: dumped once per
+    plan object (explore runs one plan for every seed; an equal plan may still spell a
+    value differently, -0.0 for 0.0), parsed per trace so each header owns its objects."""
+    found = _PLAN_HEADERS.get(id(plan))
+    if found is not None:
+        return found[1]
+    text = json.dumps(
+        {
+            **plan.model_dump(mode="json", exclude_defaults=True, exclude={"faults"}),
+            "faults": [f.model_dump(mode="json") for f in plan.faults],
+        }
+    )
+    if len(_PLAN_HEADERS) >= 64:
+        _PLAN_HEADERS.clear()
+    _PLAN_HEADERS[id(plan)] = (plan, text)
+    return text
+
+
+#: settings by distinct overrides and variables, with the names of their mutable values
+_SETTINGS_CACHE: dict[str, tuple[DcoreSettings, tuple[str, ...]]] = {}
 
 
 def _settings(overrides: Mapping[str, Any]) -> DcoreSettings:
@@ -652,20 +677,22 @@ def _settings(overrides: Mapping[str, Any]) -> DcoreSettings:
     environ = os.environ
     env = sorted((k, environ[k]) for k in environ if k[:6].upper() == "DCORE_")
     key = json.dumps([env, sorted(overrides.items())], default=repr)
-    cached = _SETTINGS_CACHE.get(key)
-    if cached is None:
+    found = _SETTINGS_CACHE.get(key)
+    if found is None:
         defaults = {
             "storage": "memory",
             "event_bus": "memory",
             "job_store": "memory",
             "locks": "memory",
         }
-        cached = _SETTINGS_CACHE[key] = DcoreSettings(**{**defaults, **overrides})
+        built = DcoreSettings(**{**defaults, **overrides})
+        mutable = tuple(n for n, v in built.__dict__.items() if not isinstance(v, _IMMUTABLE))
+        found = _SETTINGS_CACHE[key] = (built, mutable)
+    cached, mutable = found  # (the cached copy is never handed out: its values keep their types)
     copied = cached.model_copy()
     values = copied.__dict__
-    for name, value in values.items():
-        if not isinstance(value, _IMMUTABLE):
-            values[name] = copy.deepcopy(value)
+    for name in mutable:
+        values[name] = copy.deepcopy(values[name])
     return copied
 
 
