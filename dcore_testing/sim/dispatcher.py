@@ -469,7 +469,7 @@ class SimObserver:
         sim = self.sim
         task = sim.scheduler.current
         job = sim._aliases.get(context.job_id) or sim.alias(context.job_id)
-        sim.scheduler.emit("stage.enter", job=job, stage=stage.label, index=stage.index)
+        sim.scheduler.emit_stage("stage.enter", job, stage.label, stage.index)
         if task is not None and task.worker is not None and sim.faults.active:
             sim.faults.at_stage(task, int(job[1:]), stage.label, "enter")
 
@@ -479,12 +479,12 @@ class SimObserver:
         if task is not None and task.crashed:
             return  # a dead process observes nothing
         job = sim._aliases.get(context.job_id) or sim.alias(context.job_id)
-        sim.scheduler.emit(
+        sim.scheduler.emit_stage(
             "stage.exit",
-            job=job,
-            stage=stage.label,
-            index=stage.index,
-            error=None if error is None else type(error).__name__,
+            job,
+            stage.label,
+            stage.index,
+            None if error is None else type(error).__name__,
         )
         if error is None and task is not None and task.worker is not None and sim.faults.active:
             sim.faults.at_stage(task, int(job[1:]), stage.label, "exit")

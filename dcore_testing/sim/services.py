@@ -108,7 +108,7 @@ def _real(value: Any) -> Any:
     if isinstance(value, ServiceProxy):
         return value._inner
     if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*[_real(item) for item in value])
+        return type(value)(*[_real(v) if isinstance(v, _WRAPPING) else v for v in value])
     return value
 
 
