@@ -483,10 +483,14 @@ class SimEnvironment(Environment):
     # -- running -------------------------------------------------------------------------
     def _running(self) -> AbstractContextManager[None]:
         """The scope a run needs: this environment current, and time patched when
-        ``patch_time``; nothing to do when it is current already and time is not patched
-        (a run inside ``with sim:``)."""
-        if not self.patch_time and scoped_environment() is self:
-            return nullcontext()
+        ``patch_time``; a run inside ``with sim:`` finds it current already and only
+        patches time (if at all)."""
+        if scoped_environment() is self:
+            if not self.patch_time:
+                return nullcontext()
+            from dcore_testing.sim.timepatch import patched_time
+
+            return patched_time(self.clock)
         return self._entered()
 
     @contextmanager
