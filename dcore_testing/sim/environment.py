@@ -358,7 +358,11 @@ class SimEnvironment(Environment):
             return
         if op == "jobs.claim" and getattr(result, "status", None) != "started":
             return
-        self._record_call("events.publish", (announce[1], announce[2]))
+        topic, payload = announce[1], announce[2]
+        if isinstance(topic, str) and topic in _JOB_TOPICS:  # (nearly always: a state event)
+            self._record_state_event(topic, payload)
+        else:
+            self._record_call("events.publish", (topic, payload))
 
     def _record_call(self, op: str, args: tuple[Any, ...]) -> None:
         emit = self.scheduler.emit
@@ -377,15 +381,7 @@ class SimEnvironment(Environment):
                 emit("call", op=op)
             return
         if op == "events.publish" and isinstance(first, str) and first in _JOB_TOPICS:
-            payload = args[1] if len(args) > 1 and isinstance(args[1], _MAPPINGS) else {}
-            job_id = payload.get("job_id")
-            fields: dict[str, Any] = {}
-            if isinstance(job_id, str):
-                fields["job"] = self._aliases.get(job_id) or self.alias(job_id)
-            for key in ("attempt", "stage"):
-                if key in payload:
-                    fields[key] = payload[key]
-            emit(first, **fields)
+            self._record_state_event(first, args[1] if len(args) > 1 else None)
         elif op == "events.append" and first == self.settings.dlq_topic:
             payload = args[1] if len(args) > 1 and isinstance(args[1], _MAPPINGS) else {}
             job_id = payload.get("job_id")
@@ -396,6 +392,19 @@ class SimEnvironment(Environment):
             emit("call", op=op, key=key)
         else:
             emit("call", op=op)
+
+    def _record_state_event(self, topic: str, payload: Any) -> None:
+        """A job topic published (a state event): its job's alias, attempt and stage."""
+        if not isinstance(payload, _MAPPINGS):
+            payload = {}
+        job_id = payload.get("job_id")
+        fields: dict[str, Any] = {}
+        if isinstance(job_id, str):
+            fields["job"] = self._aliases.get(job_id) or self.alias(job_id)
+        for key in ("attempt", "stage"):
+            if key in payload:
+                fields[key] = payload[key]
+        self.scheduler.emit(topic, **fields)
 
     def emit_call(self, ev: str, **fields: Any) -> None:
         if "name" in fields and isinstance(fields["name"], str):
