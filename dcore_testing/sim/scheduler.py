@@ -142,6 +142,9 @@ class Scheduler:
         self.closing = False
         self.on_task_done: Callable[[Task], None] | None = None
         self._hub: greenlet | None = None
+        #: greenlets whose task ended, waiting for the next task: a new greenlet maps and
+        #: unmaps a 16 KiB Python data stack (and faults its pages in) for every task
+        self._idle: list[greenlet] = []
         self._running = False
         # sleep() may hand over directly only inside a run() with no step budget, up
         # to its deadline
@@ -413,13 +416,18 @@ class Scheduler:
                         self.emit("choice", task, what="run", n=n, pick=i)
                     done += 1
                     # resume the task until it yields, parks, sleeps or ends; a task
-                    # never raises into here (_bootstrap keeps its error). A sleeping
+                    # never raises into here (_worker keeps its error). A sleeping
                     # task may hand over to others first: control comes back from
                     # whichever task is current then.
                     glet = task.glet
                     self.current = task
                     if glet is None:
-                        glet = task.glet = greenlet(self._bootstrap, parent=hub)
+                        if self._idle:
+                            glet = self._idle.pop()
+                            glet.parent = hub
+                        else:
+                            glet = greenlet(self._worker, parent=hub)
+                        task.glet = glet
                         glet.gr_context = task.context
                         glet.switch(task)
                     else:
@@ -492,14 +500,21 @@ class Scheduler:
         task.waiting_on = None
         task.timed_out = True
 
-    @staticmethod
-    def _bootstrap(task: Task) -> None:
-        try:
-            task.fn()
-        except BaseException as exc:
-            task.error = exc
-        finally:
-            task.done = True
+    def _worker(self, task: Task) -> None:
+        """A task's greenlet: runs the task (keeping its error), then waits among the
+        idle ones for the next task, unless it was unwound (GreenletExit, or closing)."""
+        while True:
+            try:
+                task.fn()
+            except BaseException as exc:
+                task.error = exc
+            finally:
+                task.done = True
+            if self.closing or isinstance(task.error, GreenletExit):
+                return
+            self._idle.append(getcurrent())
+            del task  # (an idle greenlet keeps no finished task alive)
+            task = self._hub.switch()  # type: ignore[union-attr]
 
     def _finish(self, task: Task) -> None:
         self.tasks.pop(task, None)
@@ -543,6 +558,10 @@ class Scheduler:
                         pass
                     finally:
                         self.current = None
+            idle, self._idle = self._idle, []
+            for glet in idle:  # unwind the waiting greenlets now, not whenever collected
+                glet.parent = getcurrent()
+                glet.throw(GreenletExit)
             self.tasks.clear()
             self.ready.clear()
             self.timers.clear()
