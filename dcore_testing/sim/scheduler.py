@@ -502,7 +502,8 @@ class Scheduler:
 
     def _worker(self, task: Task) -> None:
         """A task's greenlet: runs the task (keeping its error), then waits among the
-        idle ones for the next task, unless it was unwound (GreenletExit, or closing)."""
+        idle ones for the next task (None: the scheduler closes), unless it was unwound
+        (GreenletExit, or closing)."""
         while True:
             try:
                 task.fn()
@@ -515,6 +516,8 @@ class Scheduler:
             self._idle.append(getcurrent())
             del task  # (an idle greenlet keeps no finished task alive)
             task = self._hub.switch()  # type: ignore[union-attr]
+            if task is None:  # closing: end here
+                return
 
     def _finish(self, task: Task) -> None:
         self.tasks.pop(task, None)
@@ -559,9 +562,9 @@ class Scheduler:
                     finally:
                         self.current = None
             idle, self._idle = self._idle, []
-            for glet in idle:  # unwind the waiting greenlets now, not whenever collected
+            for glet in idle:  # end the waiting greenlets now, not whenever collected
                 glet.parent = getcurrent()
-                glet.throw(GreenletExit)
+                glet.switch(None)
             self.tasks.clear()
             self.ready.clear()
             self.timers.clear()
