@@ -90,6 +90,8 @@ class Task:
 # it must still hold to be woken, or None and a callback
 _Bucket = list[Any]
 _INF = float("inf")
+#: how many greenlets of finished tasks wait for new tasks, at most
+_IDLE_MAX = 64
 
 
 class TimerHandle:
@@ -142,8 +144,9 @@ class Scheduler:
         self.closing = False
         self.on_task_done: Callable[[Task], None] | None = None
         self._hub: greenlet | None = None
-        #: greenlets whose task ended, waiting for the next task: a new greenlet maps and
-        #: unmaps a 16 KiB Python data stack (and faults its pages in) for every task
+        #: greenlets whose task ended, waiting for the next task (at most _IDLE_MAX): a
+        #: new greenlet maps and unmaps a 16 KiB Python data stack (and faults its pages
+        #: in) for every task
         self._idle: list[greenlet] = []
         self._running = False
         # sleep() may hand over directly only inside a run() with no step budget, up
@@ -503,7 +506,8 @@ class Scheduler:
     def _worker(self, task: Task) -> None:
         """A task's greenlet: runs the task (keeping its error), then waits among the
         idle ones for the next task (None: the scheduler closes), unless it was unwound
-        (GreenletExit, or closing)."""
+        (GreenletExit, or closing) or enough wait already (a run of a thousand concurrent
+        tasks keeps no thousand greenlets once they are done)."""
         while True:
             try:
                 task.fn()
@@ -511,7 +515,7 @@ class Scheduler:
                 task.error = exc
             finally:
                 task.done = True
-            if self.closing or isinstance(task.error, GreenletExit):
+            if self.closing or isinstance(task.error, GreenletExit) or len(self._idle) >= _IDLE_MAX:
                 return
             self._idle.append(getcurrent())
             del task  # (an idle greenlet keeps no finished task alive)

@@ -62,3 +62,14 @@ def test_closing_unwinds_the_waiting_greenlets() -> None:
 
     assert idle.dead
     assert sim.scheduler._idle == []
+
+
+def test_no_more_than_a_few_greenlets_wait_after_many_tasks_ended_together() -> None:
+    from dcore_testing.sim.scheduler import _IDLE_MAX
+
+    sim = SimEnvironment(seed=1, patch_time=False)
+    for _ in range(_IDLE_MAX + 10):
+        sim.spawn(sim.clock.sleep, 1.0)
+    sim.run_until_idle()
+
+    assert len(sim.scheduler._idle) == _IDLE_MAX
