@@ -135,7 +135,7 @@ class SimEnvironment(Environment):
             **settings,
         )
         self._custom_chooser = chooser is not None
-        plan = faults or FaultPlan()
+        plan = faults or _NO_FAULTS
         clock = VirtualClock()
         trace = Trace(
             {
@@ -143,11 +143,8 @@ class SimEnvironment(Environment):
                 "workers": workers if isinstance(workers, int) else dict(workers),
                 "delivery": delivery,
                 "name": name,
-                "settings": _jsonable(settings, "settings"),
-                "faults": {
-                    **plan.model_dump(mode="json", exclude_defaults=True, exclude={"faults"}),
-                    "faults": [f.model_dump(mode="json") for f in plan.faults],
-                },
+                "settings": _jsonable(settings, "settings") if settings else {},
+                "faults": json.loads(_plan_header(plan)),
                 "chooser": replay.header.get("chooser", "random")
                 if replay is not None
                 else (chooser.kind if chooser else "random"),
@@ -169,13 +166,13 @@ class SimEnvironment(Environment):
             dcore_settings,
             clock=clock,
             registry=registry,
+            rng=random.Random(f"dcore-sim:{seed}"),
             storage=ServiceProxy(self, "storage", backends["storage"]),  # type: ignore[arg-type]
             events=ServiceProxy(self, "events", backends["events"]),  # type: ignore[arg-type]
             jobs=ServiceProxy(self, "jobs", backends["jobs"]),  # type: ignore[arg-type]
             locks=LocksProxy(self, "locks", backends["locks"]),  # type: ignore[arg-type]
         )
         self.clock: VirtualClock = clock
-        self.random = random.Random(f"dcore-sim:{seed}")
         self.faults = FaultInjector(plan, self.chooser, self.scheduler)
         self.broker = Broker(self, workers, delivery)
         self.scheduler.on_task_done = self.broker.task_done
@@ -361,7 +358,11 @@ class SimEnvironment(Environment):
             return
         if op == "jobs.claim" and getattr(result, "status", None) != "started":
             return
-        self._record_call("events.publish", (announce[1], announce[2]))
+        topic, payload = announce[1], announce[2]
+        if isinstance(topic, str) and topic in _JOB_TOPICS:  # (nearly always: a state event)
+            self._record_state_event(topic, payload)
+        else:
+            self._record_call("events.publish", (topic, payload))
 
     def _record_call(self, op: str, args: tuple[Any, ...]) -> None:
         emit = self.scheduler.emit
@@ -380,15 +381,7 @@ class SimEnvironment(Environment):
                 emit("call", op=op)
             return
         if op == "events.publish" and isinstance(first, str) and first in _JOB_TOPICS:
-            payload = args[1] if len(args) > 1 and isinstance(args[1], _MAPPINGS) else {}
-            job_id = payload.get("job_id")
-            fields: dict[str, Any] = {}
-            if isinstance(job_id, str):
-                fields["job"] = self._aliases.get(job_id) or self.alias(job_id)
-            for key in ("attempt", "stage"):
-                if key in payload:
-                    fields[key] = payload[key]
-            emit(first, **fields)
+            self._record_state_event(first, args[1] if len(args) > 1 else None)
         elif op == "events.append" and first == self.settings.dlq_topic:
             payload = args[1] if len(args) > 1 and isinstance(args[1], _MAPPINGS) else {}
             job_id = payload.get("job_id")
@@ -399,6 +392,19 @@ class SimEnvironment(Environment):
             emit("call", op=op, key=key)
         else:
             emit("call", op=op)
+
+    def _record_state_event(self, topic: str, payload: Any) -> None:
+        """A job topic published (a state event): its job's alias, attempt and stage."""
+        if not isinstance(payload, _MAPPINGS):
+            payload = {}
+        job_id = payload.get("job_id")
+        fields: dict[str, Any] = {}
+        if isinstance(job_id, str):
+            fields["job"] = self._aliases.get(job_id) or self.alias(job_id)
+        for key in ("attempt", "stage"):
+            if key in payload:
+                fields[key] = payload[key]
+        self.scheduler.emit(topic, **fields)
 
     def emit_call(self, ev: str, **fields: Any) -> None:
         if "name" in fields and isinstance(fields["name"], str):
@@ -486,10 +492,14 @@ class SimEnvironment(Environment):
     # -- running -------------------------------------------------------------------------
     def _running(self) -> AbstractContextManager[None]:
         """The scope a run needs: this environment current, and time patched when
-        ``patch_time``; nothing to do when it is current already and time is not patched
-        (a run inside ``with sim:``)."""
-        if not self.patch_time and scoped_environment() is self:
-            return nullcontext()
+        ``patch_time``; a run inside ``with sim:`` finds it current already and only
+        patches time (if at all)."""
+        if scoped_environment() is self:
+            if not self.patch_time:
+                return nullcontext()
+            from dcore_testing.sim.timepatch import patched_time
+
+            return patched_time(self.clock)
         return self._entered()
 
     @contextmanager
@@ -641,7 +651,35 @@ class _SimHeartbeat:
         self.timer.cancel()
 
 
-_SETTINGS_CACHE: dict[str, DcoreSettings] = {}
+#: the plan of a simulation made without one (a FaultPlan is frozen: one serves all)
+_NO_FAULTS = FaultPlan()
+
+
+#: id(plan) → (plan, its header text); the plan is held so its id stays its own
+_PLAN_HEADERS: dict[int, tuple[FaultPlan, str]] = {}
+
+
+def _plan_header(plan: FaultPlan) -> str:
+    """The trace header's ``faults`` entry for ``plan``, as JSON text: dumped once per
+    plan object (explore runs one plan for every seed; an equal plan may still spell a
+    value differently, -0.0 for 0.0), parsed per trace so each header owns its objects."""
+    found = _PLAN_HEADERS.get(id(plan))
+    if found is not None:
+        return found[1]
+    text = json.dumps(
+        {
+            **plan.model_dump(mode="json", exclude_defaults=True, exclude={"faults"}),
+            "faults": [f.model_dump(mode="json") for f in plan.faults],
+        }
+    )
+    if len(_PLAN_HEADERS) >= 64:
+        _PLAN_HEADERS.clear()
+    _PLAN_HEADERS[id(plan)] = (plan, text)
+    return text
+
+
+#: settings by distinct overrides and variables, with the names of their mutable values
+_SETTINGS_CACHE: dict[str, tuple[DcoreSettings, tuple[str, ...]]] = {}
 
 
 def _settings(overrides: Mapping[str, Any]) -> DcoreSettings:
@@ -652,20 +690,22 @@ def _settings(overrides: Mapping[str, Any]) -> DcoreSettings:
     environ = os.environ
     env = sorted((k, environ[k]) for k in environ if k[:6].upper() == "DCORE_")
     key = json.dumps([env, sorted(overrides.items())], default=repr)
-    cached = _SETTINGS_CACHE.get(key)
-    if cached is None:
+    found = _SETTINGS_CACHE.get(key)
+    if found is None:
         defaults = {
             "storage": "memory",
             "event_bus": "memory",
             "job_store": "memory",
             "locks": "memory",
         }
-        cached = _SETTINGS_CACHE[key] = DcoreSettings(**{**defaults, **overrides})
+        built = DcoreSettings(**{**defaults, **overrides})
+        mutable = tuple(n for n, v in built.__dict__.items() if not isinstance(v, _IMMUTABLE))
+        found = _SETTINGS_CACHE[key] = (built, mutable)
+    cached, mutable = found  # (the cached copy is never handed out: its values keep their types)
     copied = cached.model_copy()
     values = copied.__dict__
-    for name, value in values.items():
-        if not isinstance(value, _IMMUTABLE):
-            values[name] = copy.deepcopy(value)
+    for name in mutable:
+        values[name] = copy.deepcopy(values[name])
     return copied
 
 

@@ -90,6 +90,8 @@ class Task:
 # it must still hold to be woken, or None and a callback
 _Bucket = list[Any]
 _INF = float("inf")
+#: how many greenlets of finished tasks wait for new tasks, at most
+_IDLE_MAX = 64
 
 
 class TimerHandle:
@@ -142,6 +144,10 @@ class Scheduler:
         self.closing = False
         self.on_task_done: Callable[[Task], None] | None = None
         self._hub: greenlet | None = None
+        #: greenlets whose task ended, waiting for the next task (at most _IDLE_MAX): a
+        #: new greenlet maps and unmaps a 16 KiB Python data stack (and faults its pages
+        #: in) for every task
+        self._idle: list[greenlet] = []
         self._running = False
         # sleep() may hand over directly only inside a run() with no step budget, up
         # to its deadline
@@ -183,6 +189,27 @@ class Scheduler:
                 "op": op,
                 "key": key,
             }
+        trace = self.trace
+        if trace.expected is None:
+            trace.events.append(event)
+        else:
+            trace.record(event)
+
+    def emit_stage(self, ev: str, job: str, stage: str, index: int, *error: str | None) -> None:
+        """``emit(ev, job=job, stage=stage, index=index[, error=error])``, a stage's enter
+        or exit (ten per job of five stages), built without the keyword arguments: the
+        same event, field for field (a task's own job gives way to ``job``, in place)."""
+        task = self.current
+        event = {
+            "t": self.clock._now,
+            "ev": ev,
+            "lane": "main" if task is None else task.lane,
+            "job": job,
+            "stage": stage,
+            "index": index,
+        }
+        if error:
+            event["error"] = error[0]
         trace = self.trace
         if trace.expected is None:
             trace.events.append(event)
@@ -392,13 +419,18 @@ class Scheduler:
                         self.emit("choice", task, what="run", n=n, pick=i)
                     done += 1
                     # resume the task until it yields, parks, sleeps or ends; a task
-                    # never raises into here (_bootstrap keeps its error). A sleeping
+                    # never raises into here (_worker keeps its error). A sleeping
                     # task may hand over to others first: control comes back from
                     # whichever task is current then.
                     glet = task.glet
                     self.current = task
                     if glet is None:
-                        glet = task.glet = greenlet(self._bootstrap, parent=hub)
+                        if self._idle:
+                            glet = self._idle.pop()
+                            glet.parent = hub
+                        else:
+                            glet = greenlet(self._worker, parent=hub)
+                        task.glet = glet
                         glet.gr_context = task.context
                         glet.switch(task)
                     else:
@@ -471,14 +503,25 @@ class Scheduler:
         task.waiting_on = None
         task.timed_out = True
 
-    @staticmethod
-    def _bootstrap(task: Task) -> None:
-        try:
-            task.fn()
-        except BaseException as exc:
-            task.error = exc
-        finally:
-            task.done = True
+    def _worker(self, task: Task) -> None:
+        """A task's greenlet: runs the task (keeping its error), then waits among the
+        idle ones for the next task (None: the scheduler closes), unless it was unwound
+        (GreenletExit, or closing) or enough wait already (a run of a thousand concurrent
+        tasks keeps no thousand greenlets once they are done)."""
+        while True:
+            try:
+                task.fn()
+            except BaseException as exc:
+                task.error = exc
+            finally:
+                task.done = True
+            if self.closing or isinstance(task.error, GreenletExit) or len(self._idle) >= _IDLE_MAX:
+                return
+            self._idle.append(getcurrent())
+            del task  # (an idle greenlet keeps no finished task alive)
+            task = self._hub.switch()  # type: ignore[union-attr]
+            if task is None:  # closing: end here
+                return
 
     def _finish(self, task: Task) -> None:
         self.tasks.pop(task, None)
@@ -494,6 +537,8 @@ class Scheduler:
     @property
     def blocked(self) -> list[Task]:
         """Tasks waiting with no timer that could wake them."""
+        if not self.waiters:
+            return []
         return [
             t
             for ts in self.waiters.values()
@@ -520,6 +565,10 @@ class Scheduler:
                         pass
                     finally:
                         self.current = None
+            idle, self._idle = self._idle, []
+            for glet in idle:  # end the waiting greenlets now, not whenever collected
+                glet.parent = getcurrent()
+                glet.switch(None)
             self.tasks.clear()
             self.ready.clear()
             self.timers.clear()

@@ -84,22 +84,22 @@ def unwrapped(args: tuple[Any, ...], kwargs: dict[str, Any]
               ) -> tuple[tuple[Any, ...], dict[str, Any]]:  # fmt: skip
     """Arguments with every simulated service replaced by the backend it wraps: a
     backend handed another service (the job store publishing on the bus) talks to it
-    directly, inside its own single step. Arguments holding no service and no tuple
-    (nearly every call) are returned as they are."""
-    for value in args:
+    directly, inside its own single step. Only what may hold a service (a service, or a
+    tuple such as an Announcement) is replaced, in copies; arguments holding none (nearly
+    every call) are returned as they are."""
+    items: list[Any] | None = None
+    for i, value in enumerate(args):
         if isinstance(value, _WRAPPING):
-            break
-    else:
-        for value in kwargs.values():
-            if isinstance(value, _WRAPPING):
-                break
-        else:
-            return args, kwargs
-
-    return (
-        tuple([_real(a) if isinstance(a, _WRAPPING) else a for a in args]),
-        {k: _real(v) if isinstance(v, _WRAPPING) else v for k, v in kwargs.items()},
-    )
+            if items is None:
+                items = list(args)
+            items[i] = _real(value)
+    new_kwargs = kwargs
+    for key, value in kwargs.items():
+        if isinstance(value, _WRAPPING):
+            if new_kwargs is kwargs:
+                new_kwargs = dict(kwargs)
+            new_kwargs[key] = _real(value)
+    return (args if items is None else tuple(items)), new_kwargs
 
 
 def _real(value: Any) -> Any:
@@ -108,7 +108,7 @@ def _real(value: Any) -> Any:
     if isinstance(value, ServiceProxy):
         return value._inner
     if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*[_real(item) for item in value])
+        return type(value)(*[_real(v) if isinstance(v, _WRAPPING) else v for v in value])
     return value
 
 
