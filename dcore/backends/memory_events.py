@@ -81,9 +81,12 @@ class MemoryEventBus(EventBusInterface):
 
     # fire-and-forget
     def publish(self, topic: str, payload: Mapping[str, Any]) -> int:
-        event = Event(topic=topic, payload=decode_payload(encode_payload(payload)))
+        raw = encode_payload(payload)  # refuses what Redis would, subscribers or not
         with self._cond:
             handlers = list(self._subscribers.get(topic, {}).values())
+        if not handlers:  # (most publishes: nobody listens, and nothing is kept)
+            return 0
+        event = Event(topic=topic, payload=decode_payload(raw))
         for handler in handlers:
             try:
                 handler(event.model_copy(deep=True))
